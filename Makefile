@@ -1,0 +1,94 @@
+# takhin -- build, test, bench.  `make help` lists the targets.
+
+LUA        ?= lua5.4
+LUA_INC    ?= /usr/include/lua5.4
+CC         ?= cc
+BUILD      ?= build
+OPT        ?= -O2
+CFLAGS_WARN = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -fPIC -fvisibility=hidden $(CFLAGS_WARN)
+SAN        ?=
+CFLAGS_ALL  = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
+LDLIBS_ALL  = -lpthread $(LDLIBS)
+
+ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/fs.c csrc/lock.c csrc/record.c \
+             csrc/index.c csrc/segment.c csrc/log.c
+ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
+BINDING    = csrc/lua_takhin.c
+HEADERS    = $(wildcard csrc/*.h)
+C_TESTS    = $(BUILD)/tests/test_crc32c $(BUILD)/tests/test_threads
+
+BUSTED     = busted --lua=$(LUA)
+SPEC_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
+             LUA_CPATH='$(BUILD)/?.so;;' TAKHIN_LUA=$(LUA) TAKHIN_BUILD=$(BUILD)
+
+.PHONY: all help deps test test-c test-lua test-asan test-tsan bench demo clean
+
+all: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(C_TESTS)
+
+help:
+	@echo "make            build $(BUILD)/takhin/core.so (Lua 5.4) and $(BUILD)/libtakhin.a"
+	@echo "make deps       install missing Debian packages (as root) or print the command"
+	@echo "make test       run every C test and busted spec; last line 'N passed, N failed'"
+	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
+	@echo "make test-tsan  the C thread test under ThreadSanitizer"
+	@echo "make bench      benchmarks with ratios against baselines run side by side"
+	@echo "make demo       run examples/quickstart.lua"
+	@echo "make clean      remove build outputs"
+
+# ---------------------------------------------------------------- build
+
+$(BUILD)/obj/%.o: csrc/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/libtakhin.a: $(ENGINE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# The module is not linked against liblua: the host provides the API.
+$(BUILD)/takhin/core.so: $(BINDING) $(BUILD)/libtakhin.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -I$(LUA_INC) -shared $(BINDING) $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libtakhin.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Icsrc $< $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
+
+# ---------------------------------------------------------------- deps
+
+deps:
+	@sh scripts/deps.sh
+
+# ---------------------------------------------------------------- tests
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@sh scripts/run-tests.sh $(BUILD) $(LUA)
+
+ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
+UBSAN_LIB = $(shell $(CC) -print-file-name=libubsan.so)
+
+test-asan: deps
+	@$(MAKE) --no-print-directory all BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	@LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  sh scripts/run-tests.sh build-asan $(LUA)
+
+test-tsan: deps
+	@$(MAKE) --no-print-directory build-tsan/tests/test_threads BUILD=build-tsan OPT=-O1 \
+	  SAN="-fsanitize=thread"
+	TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_threads
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@$(SPEC_ENV) $(LUA) bench/log_bench.lua
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@$(SPEC_ENV) $(LUA) examples/quickstart.lua
+
+clean:
+	rm -rf build build-asan build-tsan

@@ -1,0 +1,121 @@
+/*
+ * index.c -- sparse indexes: search, parse, encode.
+ */
+#include <stdlib.h>
+
+#include "index.h"
+#include "record.h"
+
+void tk_index_free(tk_index *ix) {
+    free(ix->e);
+    ix->e = NULL;
+    ix->n = ix->cap = 0;
+}
+
+int tk_index_push(tk_index *ix, uint32_t rel, uint32_t pos, int64_t max_ts) {
+    if (ix->n == ix->cap) {
+        size_t cap = ix->cap ? ix->cap * 2 : 64;
+        tk_ientry *e = realloc(ix->e, cap * sizeof *e);
+        if (!e) return -1;
+        ix->e = e;
+        ix->cap = cap;
+    }
+    ix->e[ix->n].rel = rel;
+    ix->e[ix->n].pos = pos;
+    ix->e[ix->n].max_ts = max_ts;
+    ix->n++;
+    return 0;
+}
+
+void tk_index_truncate(tk_index *ix, size_t n) {
+    if (n < ix->n) ix->n = n;
+}
+
+long tk_index_floor_rel(const tk_index *ix, uint32_t rel) {
+    size_t lo = 0, hi = ix->n;          /* first entry with e.rel > rel */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ix->e[mid].rel <= rel) lo = mid + 1; else hi = mid;
+    }
+    return (long)lo - 1;
+}
+
+long tk_index_floor_ts_below(const tk_index *ix, int64_t ts) {
+    size_t lo = 0, hi = ix->n;          /* first entry with e.max_ts >= ts */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ix->e[mid].max_ts < ts) lo = mid + 1; else hi = mid;
+    }
+    return (long)lo - 1;
+}
+
+int tk_idxstate_step(tk_idxstate *st, int64_t ts, uint64_t size, uint32_t interval) {
+    int due = st->since >= interval;
+    if (ts > st->max_ts) st->max_ts = ts;
+    if (due) st->since = 0;
+    st->since += size;
+    return due;
+}
+
+/* Each entry ends with the CRC32C of its other bytes, so a damaged entry
+ * is found when the file is loaded rather than when it misleads a lookup. */
+static int entry_crc_ok(const unsigned char *e, size_t len) {
+    return tk_load32(e + len) == tk_crc32c(0, e, len);
+}
+
+static void seal_entry(unsigned char *e, size_t len) {
+    tk_store32(e + len, tk_crc32c(0, e, len));
+}
+
+int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
+                   const unsigned char *tim, size_t tim_len, uint64_t log_size,
+                   size_t extra_time, int64_t *final_ts, uint32_t *final_rel) {
+    size_t n_off = off_len / TK_OIDX_ENTRY, n_tim = tim_len / TK_TIDX_ENTRY;
+    size_t n = n_off < n_tim ? n_off : n_tim;
+    int whole = off_len % TK_OIDX_ENTRY == 0 && tim_len % TK_TIDX_ENTRY == 0 &&
+                n_tim == n_off + extra_time;
+    uint32_t prev_rel = 0, prev_pos = 0;
+    int64_t prev_ts = TK_TS_NONE;
+    size_t k;
+
+    ix->n = 0;
+    for (k = 0; k < n; k++) {
+        const unsigned char *o = off + k * TK_OIDX_ENTRY, *t = tim + k * TK_TIDX_ENTRY;
+        uint32_t rel = tk_load32(o), pos = tk_load32(o + 4);
+        int64_t ts = (int64_t)tk_load64(t);
+        uint32_t trel = tk_load32(t + 8);
+        if (!entry_crc_ok(o, 8) || !entry_crc_ok(t, 12)) break;
+        if (rel <= prev_rel || pos <= prev_pos || pos >= log_size) break;
+        if (trel != rel || ts < prev_ts) break;
+        if (tk_index_push(ix, rel, pos, ts) < 0) return -1;
+        prev_rel = rel; prev_pos = pos; prev_ts = ts;
+    }
+    if (k < n_off) whole = 0;
+    if (whole && extra_time == 1) {
+        const unsigned char *f = tim + n_off * TK_TIDX_ENTRY;
+        *final_ts = (int64_t)tk_load64(f);
+        *final_rel = tk_load32(f + 8);
+        if (!entry_crc_ok(f, 12) || *final_ts < prev_ts || (n_off && *final_rel < prev_rel))
+            whole = 0;
+    }
+    return whole;
+}
+
+void tk_index_encode_off(const tk_index *ix, size_t from, size_t to, unsigned char *out) {
+    for (size_t k = from; k < to; k++, out += TK_OIDX_ENTRY) {
+        tk_store32(out, ix->e[k].rel);
+        tk_store32(out + 4, ix->e[k].pos);
+        seal_entry(out, 8);
+    }
+}
+
+void tk_index_encode_time_entry(unsigned char *out, int64_t ts, uint32_t rel) {
+    tk_store64(out, (uint64_t)ts);
+    tk_store32(out + 8, rel);
+    seal_entry(out, 12);
+}
+
+void tk_index_encode_time(const tk_index *ix, size_t from, size_t to, unsigned char *out) {
+    for (size_t k = from; k < to; k++, out += TK_TIDX_ENTRY)
+        tk_index_encode_time_entry(out, ix->e[k].max_ts, ix->e[k].rel);
+}

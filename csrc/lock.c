@@ -1,0 +1,89 @@
+/*
+ * lock.c -- directory locks with flock(2).
+ *
+ * Why flock and not fcntl (POSIX) locks: a POSIX lock belongs to the
+ * process and is dropped when the process closes ANY descriptor of the
+ * file -- a snapshot reading .lock, a library opening it to print the
+ * holder, would silently unlock the log (SQLite's os_unix.c documents the
+ * trap at length).  An flock lock belongs to the open file description: it
+ * is released only when that description is closed, it conflicts between
+ * two opens in the same process too (so a second writer in one process is
+ * refused like one in another), and it dies with the process, so a
+ * SIGKILLed writer never leaves a stale lock.  flock is not reliable on
+ * NFS; takhin directories are meant for local filesystems.
+ *
+ * The holder's pid is written into the file after the lock is taken, for
+ * error messages only; nothing trusts it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "fs.h"
+#include "lock.h"
+
+static void describe_holder(int fd, char *out, size_t cap) {
+    char buf[64];
+    ssize_t n = tk_pread_full(fd, buf, sizeof buf - 1, 0);
+    long pid = 0;
+    snprintf(out, cap, "another process");
+    if (n <= 0) return;
+    buf[n] = '\0';
+    if (sscanf(buf, "pid %ld", &pid) == 1 && pid > 0)
+        snprintf(out, cap, "pid %ld", pid);
+}
+
+static void record_holder(int fd) {
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "pid %ld\n", (long)getpid());
+    /* Best effort: the lock is what matters, the text is a courtesy. */
+    if (ftruncate(fd, 0) == 0) (void)tk_pwrite_all(fd, buf, (size_t)n, 0);
+}
+
+static tk_code lock_open(const char *dir, const char *name, int *fd, char *path,
+                         tk_err *err) {
+    if (tk_path_join(path, PATH_MAX, dir, name) < 0)
+        return tk_fail_errno(err, errno, "lock %s/%s", dir, name);
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (*fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+    return TK_OK;
+}
+
+static tk_code lock_take(const char *dir, const char *name, int how, int *fd_out,
+                         tk_err *err) {
+    char path[PATH_MAX], holder[64];
+    int fd = -1;
+    tk_code rc = lock_open(dir, name, &fd, path, err);
+    if (rc != TK_OK) return rc;
+    while (flock(fd, how) < 0) {
+        int e = errno;
+        if (e == EINTR) continue;
+        if (e == EWOULDBLOCK) {
+            describe_holder(fd, holder, sizeof holder);
+            close(fd);
+            return tk_fail(err, TK_LOCKED, "lock %s: held by %s", path, holder);
+        }
+        close(fd);
+        return tk_fail_errno(err, e, "lock %s", path);
+    }
+    record_holder(fd);
+    *fd_out = fd;
+    return TK_OK;
+}
+
+tk_code tk_dirlock_try(const char *dir, const char *name, int *fd_out, tk_err *err) {
+    return lock_take(dir, name, LOCK_EX | LOCK_NB, fd_out, err);
+}
+
+tk_code tk_dirlock_wait(const char *dir, const char *name, int *fd_out, tk_err *err) {
+    return lock_take(dir, name, LOCK_EX, fd_out, err);
+}
+
+void tk_dirlock_release(int fd) {
+    if (fd >= 0) close(fd);         /* closing the description drops the lock */
+}

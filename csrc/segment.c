@@ -1,0 +1,493 @@
+/*
+ * segment.c -- reading, scanning, indexing and writing one segment.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "fs.h"
+#include "segment.h"
+
+/* ------------------------------------------------------------------ */
+/* Cursor                                                               */
+/* ------------------------------------------------------------------ */
+
+void tk_cursor_reset(tk_cursor *c) {
+    c->seg = NULL;
+    c->len = 0;
+    c->at = 0;
+}
+
+void tk_cursor_free(tk_cursor *c) {
+    free(c->buf);
+    c->buf = NULL;
+    c->cap = 0;
+    tk_cursor_reset(c);
+}
+
+/* Makes bytes [pos, pos+need) of fd available and returns them.  NULL with
+ * errno == 0 means they lie (partly) beyond end; NULL with errno set is a
+ * read error. */
+static const unsigned char *cursor_get(tk_cursor *c, const tk_segment *s, int fd,
+                                       uint64_t pos, size_t need, uint64_t end) {
+    size_t want;
+    ssize_t n;
+    if (c->seg == s && pos >= c->at && pos + need <= c->at + c->len)
+        return c->buf + (pos - c->at);
+    if (pos + need > end) { errno = 0; return NULL; }
+    want = need > c->chunk ? need : c->chunk;
+    if (want > end - pos) want = (size_t)(end - pos);
+    if (want > c->cap) {
+        unsigned char *b = realloc(c->buf, want);
+        if (!b) { errno = ENOMEM; return NULL; }
+        c->buf = b;
+        c->cap = want;
+    }
+    c->seg = NULL;
+    n = tk_pread_full(fd, c->buf, want, pos);
+    if (n < 0) return NULL;
+    c->seg = s;
+    c->at = pos;
+    c->len = (size_t)n;
+    if ((size_t)n < need) { errno = 0; return NULL; }
+    return c->buf;
+}
+
+/* ------------------------------------------------------------------ */
+/* Life cycle                                                           */
+/* ------------------------------------------------------------------ */
+
+int tk_seg_path(char *out, size_t cap, const char *dir, int64_t base, const char *ext) {
+    int n = snprintf(out, cap, "%s/%020" PRId64 "%s", dir, base, ext);
+    if (n < 0 || (size_t)n >= cap) { errno = ENAMETOOLONG; return -1; }
+    return 0;
+}
+
+tk_segment *tk_seg_new(int64_t base) {
+    tk_segment *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->base = s->next = base;
+    s->max_ts = TK_TS_NONE;
+    s->log_fd = s->idx_fd = s->tim_fd = -1;
+    s->ws.max_ts = TK_TS_NONE;
+    return s;
+}
+
+void tk_seg_free(tk_segment *s) {
+    if (!s) return;
+    if (s->log_fd >= 0) close(s->log_fd);
+    if (s->idx_fd >= 0) close(s->idx_fd);
+    if (s->tim_fd >= 0) close(s->tim_fd);
+    tk_index_free(&s->ix);
+    free(s);
+}
+
+tk_code tk_seg_fd(const char *dir, tk_segment *s, int *fd_out, tk_err *err) {
+    char path[PATH_MAX];
+    int fd = __atomic_load_n(&s->log_fd, __ATOMIC_ACQUIRE), expected = -1;
+    if (fd >= 0) { *fd_out = fd; return TK_OK; }
+    if (tk_seg_path(path, sizeof path, dir, s->base, ".log") < 0)
+        return tk_fail_errno(err, errno, "open %s", dir);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+    /* Several readers may race to open a sealed segment: one wins. */
+    if (!__atomic_compare_exchange_n(&s->log_fd, &expected, fd, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        close(fd);
+        fd = expected;
+    }
+    *fd_out = fd;
+    return TK_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Loading and rebuilding the index                                     */
+/* ------------------------------------------------------------------ */
+
+/* Reads a whole small file; a missing file reads as empty. */
+static tk_code slurp(const char *path, unsigned char **buf, size_t *len, tk_err *err) {
+    struct stat st;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    *buf = NULL;
+    *len = 0;
+    if (fd < 0) {
+        if (errno == ENOENT) return TK_OK;
+        return tk_fail_errno(err, errno, "open %s", path);
+    }
+    if (fstat(fd, &st) < 0) goto fail;
+    if (st.st_size > 0) {
+        *buf = malloc((size_t)st.st_size);
+        if (!*buf) { errno = ENOMEM; goto fail; }
+        n = tk_pread_full(fd, *buf, (size_t)st.st_size, 0);
+        if (n < 0) goto fail;
+        *len = (size_t)n;
+    }
+    close(fd);
+    return TK_OK;
+fail:
+    {
+        int e = errno;
+        close(fd);
+        free(*buf);
+        *buf = NULL;
+        return tk_fail_errno(err, e, "read %s", path);
+    }
+}
+
+tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
+                          int sealed, int *whole, tk_err *err) {
+    char p_off[PATH_MAX], p_tim[PATH_MAX];
+    unsigned char *off = NULL, *tim = NULL;
+    size_t off_len, tim_len;
+    int64_t final_ts = TK_TS_NONE;
+    uint32_t final_rel = 0;
+    tk_code rc;
+    int r;
+
+    if (tk_seg_path(p_off, sizeof p_off, dir, s->base, ".index") < 0 ||
+        tk_seg_path(p_tim, sizeof p_tim, dir, s->base, ".timeindex") < 0)
+        return tk_fail_errno(err, errno, "open %s", dir);
+    if ((rc = slurp(p_off, &off, &off_len, err)) != TK_OK) return rc;
+    if ((rc = slurp(p_tim, &tim, &tim_len, err)) != TK_OK) { free(off); return rc; }
+    r = tk_index_parse(&s->ix, off, off_len, tim, tim_len, log_size, sealed ? 1 : 0,
+                       &final_ts, &final_rel);
+    free(off);
+    free(tim);
+    if (r < 0) return tk_fail(err, TK_NOMEM, "load %s: out of memory", p_off);
+    *whole = r;
+    if (r && sealed) {
+        s->max_ts = final_ts;
+        if (s->base + (int64_t)final_rel + 1 != s->next) *whole = 0;
+        if (log_size > 0 && final_ts == TK_TS_NONE) *whole = 0;
+    }
+    return TK_OK;
+}
+
+static tk_code corrupt_at(tk_err *err, const char *dir, const tk_segment *s,
+                          uint64_t pos, const char *what) {
+    char path[PATH_MAX];
+    if (tk_seg_path(path, sizeof path, dir, s->base, ".log") < 0) path[0] = '\0';
+    return tk_fail(err, TK_CORRUPT, "%s at byte %" PRIu64 " of %s", what, pos, path);
+}
+
+static tk_code read_failed(tk_err *err, const char *dir, const tk_segment *s, int e) {
+    char path[PATH_MAX];
+    if (tk_seg_path(path, sizeof path, dir, s->base, ".log") < 0) path[0] = '\0';
+    return tk_fail_errno(err, e, "read %s", path);
+}
+
+tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
+                    int64_t *expect, tk_idxstate *st, uint32_t interval,
+                    uint64_t end, int check_crc, tk_err *err) {
+    int fd;
+    tk_code rc = tk_seg_fd(dir, s, &fd, err);
+    if (rc != TK_OK) return rc;
+    while (*pos < end) {
+        tk_rec_hdr h;
+        const unsigned char *p = cursor_get(c, s, fd, *pos, TK_REC_HEADER, end);
+        uint64_t total;
+        if (!p) {
+            if (errno) return read_failed(err, dir, s, errno);
+            break;                                      /* torn header */
+        }
+        if (!tk_rec_decode_header(p, &h) || h.offset != *expect) break;
+        total = tk_rec_total(&h);
+        if (check_crc) {
+            p = cursor_get(c, s, fd, *pos, (size_t)total, end);
+            if (!p) {
+                if (errno) return read_failed(err, dir, s, errno);
+                break;                                  /* torn payload */
+            }
+            if (!tk_rec_crc_ok(p, &h)) break;
+        } else if (*pos + total > end) {
+            break;
+        }
+        if (tk_idxstate_step(st, h.timestamp, total, interval) &&
+            tk_index_push(&s->ix, (uint32_t)(*expect - s->base), (uint32_t)*pos,
+                          st->max_ts) < 0)
+            return tk_fail(err, TK_NOMEM, "index %020" PRId64 ": out of memory", s->base);
+        *pos += total;
+        (*expect)++;
+    }
+    return TK_OK;
+}
+
+tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
+                       uint64_t end, tk_err *err) {
+    tk_cursor c = { .chunk = 1 << 16 };
+    tk_idxstate st = { 0, TK_TS_NONE };
+    uint64_t pos = 0;
+    int64_t expect = s->base;
+    tk_code rc;
+    tk_index_truncate(&s->ix, 0);
+    rc = tk_seg_scan(dir, s, &c, &pos, &expect, &st, interval, end, 0, err);
+    tk_cursor_free(&c);
+    if (rc != TK_OK) return rc;
+    s->max_ts = st.max_ts;
+    s->ws = st;
+    return TK_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reading                                                              */
+/* ------------------------------------------------------------------ */
+
+tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
+                      uint64_t end, uint64_t *pos_out, tk_err *err) {
+    long k = tk_index_floor_rel(&s->ix, (uint32_t)(offset - s->base));
+    uint64_t pos = k >= 0 ? s->ix.e[k].pos : 0;
+    int64_t at = k >= 0 ? s->base + s->ix.e[k].rel : s->base;
+    int fd;
+    tk_code rc = tk_seg_fd(dir, s, &fd, err);
+    if (rc != TK_OK) return rc;
+    for (;;) {
+        tk_rec_hdr h;
+        const unsigned char *p = cursor_get(c, s, fd, pos, TK_REC_HEADER, end);
+        if (!p && errno) return read_failed(err, dir, s, errno);
+        if (!p || !tk_rec_decode_header(p, &h) || h.offset != at) {
+            if (k >= 0 && pos == s->ix.e[k].pos) return TK_STALE;
+            return corrupt_at(err, dir, s, pos, "damaged record header");
+        }
+        if (at == offset) { *pos_out = pos; return TK_OK; }
+        pos += tk_rec_total(&h);
+        at++;
+    }
+}
+
+tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_cursor *c, uint64_t pos,
+                       int64_t expect, uint64_t end, tk_rec_hdr *h,
+                       const unsigned char **rec, tk_err *err) {
+    const unsigned char *p;
+    int fd;
+    tk_code rc = tk_seg_fd(dir, s, &fd, err);
+    if (rc != TK_OK) return rc;
+    p = cursor_get(c, s, fd, pos, TK_REC_HEADER, end);
+    if (!p && errno) return read_failed(err, dir, s, errno);
+    if (!p || !tk_rec_decode_header(p, h) || h->offset != expect)
+        return corrupt_at(err, dir, s, pos, "damaged record header");
+    p = cursor_get(c, s, fd, pos, (size_t)tk_rec_total(h), end);
+    if (!p && errno) return read_failed(err, dir, s, errno);
+    if (!p) return corrupt_at(err, dir, s, pos, "truncated record");
+    if (!tk_rec_crc_ok(p, h)) return corrupt_at(err, dir, s, pos, "checksum mismatch");
+    *rec = p;
+    return TK_OK;
+}
+
+tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t ts,
+                         uint64_t end, int64_t *offset, tk_err *err) {
+    /* Entry k says: no record up to offset base+rel_k is newer than
+     * max_ts_k.  So start after the last entry whose max_ts < ts. */
+    long k = tk_index_floor_ts_below(&s->ix, ts);
+    uint64_t pos = k >= 0 ? s->ix.e[k].pos : 0;
+    int64_t at = k >= 0 ? s->base + s->ix.e[k].rel : s->base;
+    while (at < s->next) {
+        tk_rec_hdr h;
+        const unsigned char *p;
+        tk_code rc = tk_seg_read_at(dir, s, c, pos, at, end, &h, &p, err);
+        if (rc != TK_OK) {
+            if (rc == TK_CORRUPT && k >= 0 && pos == s->ix.e[k].pos) return TK_STALE;
+            return rc;
+        }
+        if (h.timestamp >= ts) { *offset = at; return TK_OK; }
+        pos += tk_rec_total(&h);
+        at++;
+    }
+    *offset = s->next;
+    return TK_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing                                                              */
+/* ------------------------------------------------------------------ */
+
+static int open_at(const char *dir, int64_t base, const char *ext, int flags,
+                   char *path, size_t cap) {
+    if (tk_seg_path(path, cap, dir, base, ext) < 0) return -1;
+    return open(path, flags | O_CLOEXEC, 0644);
+}
+
+tk_code tk_seg_open_writable(const char *dir, tk_segment *s, tk_err *err) {
+    char path[PATH_MAX];
+    int fd;
+    if (s->log_fd >= 0) close(s->log_fd);
+    s->log_fd = open_at(dir, s->base, ".log", O_RDWR, path, sizeof path);
+    if (s->log_fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+    if (s->idx_fd < 0) {
+        fd = open_at(dir, s->base, ".index", O_RDWR | O_CREAT, path, sizeof path);
+        if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+        s->idx_fd = fd;
+    }
+    if (s->tim_fd < 0) {
+        fd = open_at(dir, s->base, ".timeindex", O_RDWR | O_CREAT, path, sizeof path);
+        if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+        s->tim_fd = fd;
+    }
+    return TK_OK;
+}
+
+tk_code tk_seg_create(const char *dir, int64_t base, int durable, tk_segment **out,
+                      tk_err *err) {
+    static const char *const ext[3] = { ".index", ".timeindex", ".log" };
+    char path[PATH_MAX];
+    tk_segment *s = tk_seg_new(base);
+    tk_code rc;
+    if (!s) return tk_fail(err, TK_NOMEM, "create segment %020" PRId64 ": out of memory", base);
+    /* The .log comes last: a segment exists once its .log does. */
+    for (int i = 0; i < 3; i++) {
+        int fd = open_at(dir, base, ext[i], O_RDWR | O_CREAT | O_TRUNC, path, sizeof path);
+        if (fd < 0) {
+            rc = tk_fail_errno(err, errno, "create %s", path);
+            tk_seg_free(s);
+            return rc;
+        }
+        close(fd);
+    }
+    if (durable && tk_fsync_dir(dir) < 0) {
+        rc = tk_fail_errno(err, errno, "fsync %s", dir);
+        tk_seg_free(s);
+        return rc;
+    }
+    if ((rc = tk_seg_open_writable(dir, s, err)) != TK_OK) {
+        tk_seg_free(s);
+        return rc;
+    }
+    *out = s;
+    return TK_OK;
+}
+
+/* Replaces the file behind *fd by a private copy of its first len bytes
+ * when it has other hard links; *fd then refers to the copy. */
+static tk_code unshare_file(const char *dir, int64_t base, const char *ext, int *fd,
+                            uint64_t len, int durable, tk_err *err) {
+    char path[PATH_MAX], tmp[PATH_MAX];
+    int nfd, e;
+    long links = tk_link_count(*fd);
+    if (links < 0) return tk_fail_errno(err, errno, "stat %020" PRId64 "%s", base, ext);
+    if (links <= 1) return TK_OK;
+    if (tk_seg_path(path, sizeof path, dir, base, ext) < 0 ||
+        snprintf(tmp, sizeof tmp, "%s/.%020" PRId64 "%s.tmp", dir, base, ext) >= (int)sizeof tmp)
+        return tk_fail_errno(err, ENAMETOOLONG, "copy %s", dir);
+    unlink(tmp);
+    nfd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (nfd < 0) return tk_fail_errno(err, errno, "create %s", tmp);
+    if (tk_copy_range(*fd, nfd, len) < 0 || (durable && fsync(nfd) < 0) ||
+        rename(tmp, path) < 0) {
+        e = errno;
+        close(nfd);
+        unlink(tmp);
+        return tk_fail_errno(err, e, "copy %s to %s", path, tmp);
+    }
+    if (durable && tk_fsync_dir(dir) < 0) {
+        e = errno;
+        close(nfd);
+        return tk_fail_errno(err, e, "fsync %s", dir);
+    }
+    close(*fd);
+    *fd = nfd;
+    return TK_OK;
+}
+
+tk_code tk_seg_unshare(const char *dir, tk_segment *s, int durable, tk_err *err) {
+    tk_code rc = unshare_file(dir, s->base, ".log", &s->log_fd, s->size, durable, err);
+    if (rc != TK_OK) return rc;
+    rc = unshare_file(dir, s->base, ".index", &s->idx_fd,
+                      (uint64_t)s->ix.n * TK_OIDX_ENTRY, durable, err);
+    if (rc != TK_OK) return rc;
+    return unshare_file(dir, s->base, ".timeindex", &s->tim_fd,
+                        (uint64_t)s->ix.n * TK_TIDX_ENTRY, durable, err);
+}
+
+static tk_code replace_index_file(const char *dir, int64_t base, const char *ext,
+                                  const unsigned char *buf, size_t len, int *fd,
+                                  int durable, tk_err *err) {
+    char path[PATH_MAX];
+    if (tk_seg_path(path, sizeof path, dir, base, ext) < 0 ||
+        tk_replace_file(path, buf, len, durable) < 0)
+        return tk_fail_errno(err, errno, "write %s", path);
+    if (fd && *fd >= 0) {
+        /* Re-open so the descriptor follows the new file. */
+        int nfd = open(path, O_RDWR | O_CLOEXEC);
+        if (nfd < 0) return tk_fail_errno(err, errno, "open %s", path);
+        close(*fd);
+        *fd = nfd;
+    }
+    return TK_OK;
+}
+
+tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durable,
+                           tk_err *err) {
+    size_t n = s->ix.n, nt = n + (sealed ? 1 : 0);
+    unsigned char *off = malloc(n * TK_OIDX_ENTRY + 1), *tim = malloc(nt * TK_TIDX_ENTRY + 1);
+    tk_code rc;
+    if (!off || !tim) {
+        free(off); free(tim);
+        return tk_fail(err, TK_NOMEM, "index %020" PRId64 ": out of memory", s->base);
+    }
+    tk_index_encode_off(&s->ix, 0, n, off);
+    tk_index_encode_time(&s->ix, 0, n, tim);
+    if (sealed)
+        tk_index_encode_time_entry(tim + n * TK_TIDX_ENTRY, s->max_ts,
+                                   (uint32_t)(s->next - 1 - s->base));
+    rc = replace_index_file(dir, s->base, ".index", off, n * TK_OIDX_ENTRY,
+                            &s->idx_fd, durable, err);
+    if (rc == TK_OK)
+        rc = replace_index_file(dir, s->base, ".timeindex", tim, nt * TK_TIDX_ENTRY,
+                                &s->tim_fd, durable, err);
+    free(off);
+    free(tim);
+    return rc;
+}
+
+tk_code tk_seg_seal(const char *dir, tk_segment *s, int durable, tk_err *err) {
+    unsigned char buf[TK_TIDX_ENTRY];
+    char path[PATH_MAX];
+    if (s->next > s->base) {
+        tk_index_encode_time_entry(buf, s->max_ts, (uint32_t)(s->next - 1 - s->base));
+        if (tk_pwrite_all(s->tim_fd, buf, sizeof buf,
+                          (uint64_t)s->ix.n * TK_TIDX_ENTRY) < 0) {
+            int e = errno;
+            tk_seg_path(path, sizeof path, dir, s->base, ".timeindex");
+            return tk_fail_errno(err, e, "write %s", path);
+        }
+    }
+    if (durable) {
+        tk_code rc = tk_seg_sync(dir, s, err);
+        if (rc != TK_OK) return rc;
+    }
+    close(s->idx_fd);
+    close(s->tim_fd);
+    s->idx_fd = s->tim_fd = -1;
+    return TK_OK;
+}
+
+tk_code tk_seg_sync(const char *dir, tk_segment *s, tk_err *err) {
+    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
+    int fds[3] = { s->log_fd, s->idx_fd, s->tim_fd };
+    char path[PATH_MAX];
+    for (int i = 0; i < 3; i++) {
+        int fd = fds[i], own = 0;
+        if (fd < 0) {
+            if (tk_seg_path(path, sizeof path, dir, s->base, ext[i]) < 0) continue;
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;                   /* derived files may be absent */
+            own = 1;
+        }
+        if (fdatasync(fd) < 0) {
+            int e = errno;
+            if (own) close(fd);
+            tk_seg_path(path, sizeof path, dir, s->base, ext[i]);
+            return tk_fail_errno(err, e, "fsync %s", path);
+        }
+        if (own) close(fd);
+    }
+    s->dirty = 0;
+    return TK_OK;
+}

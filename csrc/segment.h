@@ -1,0 +1,104 @@
+/*
+ * segment.h -- one segment: a .log with its .index and .timeindex.
+ *
+ * Locking is the log's business (log.c): fields marked "published" are
+ * written only under the log's exclusive rwlock and read under its shared
+ * one; "writer" fields belong to whoever holds the log's append mutex.
+ */
+#ifndef TK_SEGMENT_H
+#define TK_SEGMENT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "index.h"
+#include "record.h"
+#include "takhin.h"
+
+#define TK_STALE ((tk_code)100)     /* internal: an index entry lied */
+
+typedef struct tk_segment {
+    int64_t base;           /* offset of the first record (file name) */
+    int64_t next;           /* published: one past the last record */
+    uint64_t size;          /* published: bytes of valid records */
+    int64_t max_ts;         /* published: largest timestamp, TK_TS_NONE if empty */
+    tk_index ix;            /* published */
+    int log_fd;             /* atomic; -1 until first needed */
+    int idx_fd, tim_fd;     /* writer's active segment only, else -1 */
+    tk_idxstate ws;         /* writer: where the next index entry goes */
+    int dirty;              /* writer: written since the last sync */
+} tk_segment;
+
+/* Reads a window of a segment's .log, reusing its buffer between calls. */
+typedef struct tk_cursor {
+    unsigned char *buf;
+    size_t cap, len;
+    size_t chunk;           /* bytes to read ahead */
+    uint64_t at;            /* file position of buf[0] */
+    const tk_segment *seg;  /* whose bytes buf holds (NULL: none) */
+} tk_cursor;
+
+void tk_cursor_reset(tk_cursor *c);
+void tk_cursor_free(tk_cursor *c);
+
+int tk_seg_path(char *out, size_t cap, const char *dir, int64_t base, const char *ext);
+tk_segment *tk_seg_new(int64_t base);
+void tk_seg_free(tk_segment *s);
+
+/* The .log descriptor, opened read-only on first use (thread-safe). */
+tk_code tk_seg_fd(const char *dir, tk_segment *s, int *fd, tk_err *err);
+
+/* Loads both index files; *whole says whether they were fully valid.
+ * sealed: expect the final .timeindex entry (sets max_ts from it). */
+tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
+                          int sealed, int *whole, tk_err *err);
+
+/* Scans records from pos (offset expect) while they are valid, up to end,
+ * pushing index entries as the writer would have.  check_crc == 0 walks by
+ * sound headers only (indexing a sealed segment around a damaged payload).
+ * On return *pos / *expect are one past the last valid record. */
+tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
+                    int64_t *expect, tk_idxstate *st, uint32_t interval,
+                    uint64_t end, int check_crc, tk_err *err);
+
+/* Rebuilds the in-memory index from the whole .log (up to end). */
+tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
+                       uint64_t end, tk_err *err);
+
+/* Byte position of `offset` (TK_STALE when an index entry is wrong). */
+tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
+                      uint64_t end, uint64_t *pos, tk_err *err);
+
+/* The record at pos, which must be offset `expect`, CRC checked. */
+tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_cursor *c, uint64_t pos,
+                       int64_t expect, uint64_t end, tk_rec_hdr *h,
+                       const unsigned char **rec, tk_err *err);
+
+/* Position of the first record with timestamp >= ts (the segment's
+ * max_ts must be >= ts); *offset gets its offset. */
+tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t ts,
+                         uint64_t end, int64_t *offset, tk_err *err);
+
+/* ---- writer side ---- */
+
+/* Creates the three files of a new, empty segment. */
+tk_code tk_seg_create(const char *dir, int64_t base, int durable, tk_segment **out,
+                      tk_err *err);
+
+/* Opens the .log read-write and the index files for appending. */
+tk_code tk_seg_open_writable(const char *dir, tk_segment *s, tk_err *err);
+
+/* Copy-on-write: if any of the segment's writable files has another hard
+ * link, replace it by a private copy first (docs/FORMAT.md). */
+tk_code tk_seg_unshare(const char *dir, tk_segment *s, int durable, tk_err *err);
+
+/* Rewrites both index files atomically from memory. */
+tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durable,
+                           tk_err *err);
+
+/* Writes the final .timeindex entry and closes the index descriptors. */
+tk_code tk_seg_seal(const char *dir, tk_segment *s, int durable, tk_err *err);
+
+tk_code tk_seg_sync(const char *dir, tk_segment *s, tk_err *err);
+
+#endif

@@ -1,0 +1,196 @@
+/*
+ * takhin.h -- the public C interface of the takhin engine.
+ *
+ * takhin is a Kafka-style segmented commit log.  A log is a directory of
+ * segments; each segment is three files named by its base offset:
+ *
+ *     00000000000000000000.log        framed records (see docs/FORMAT.md)
+ *     00000000000000000000.index      sparse offset -> position index
+ *     00000000000000000000.timeindex  sparse max-timestamp -> offset index
+ *
+ * Calling sequence:
+ *
+ *     tk_log_opts o;  tk_log *log;  tk_err e;
+ *     tk_log_opts_init(&o);
+ *     if (tk_log_open("/data/log", &o, &log, &e) != TK_OK)
+ *         fprintf(stderr, "%s\n", e.msg);
+ *     tk_log_append(log, recs, n, &first, &e);
+ *     tk_log_read(log, offset, &rec, &e);
+ *     tk_log_close(log);
+ *
+ * Every function that can fail returns a tk_code (TK_OK == 0) and, when
+ * given a tk_err, fills it with the code, the errno involved (0 if none) and
+ * a message that names the operation and the path or offset involved.
+ *
+ * Threads: a tk_log may be used from several threads at once.  Appends are
+ * serialized; reads run alongside appends and each other.  tk_log_close must
+ * not race with any other call on the same handle.
+ *
+ * Processes: one writer per directory, enforced with flock(2) on
+ * <dir>/.lock; any number of read-only handles, which see what the writer
+ * has appended (every append reaches the kernel before it returns).
+ */
+#ifndef TAKHIN_H
+#define TAKHIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TAKHIN_VERSION "0.1.0"
+#define TK_FORMAT_VERSION 1           /* record magic byte, docs/FORMAT.md */
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                               */
+/* ------------------------------------------------------------------ */
+
+typedef enum tk_code {
+    TK_OK = 0,
+    TK_NOT_FOUND,       /* no such log, snapshot, file */
+    TK_OUT_OF_RANGE,    /* offset outside [base_offset, high_water_mark) */
+    TK_LOCKED,          /* another writer holds the directory */
+    TK_CORRUPT,         /* checksum or structure mismatch on disk */
+    TK_EXISTS,
+    TK_NOT_EMPTY,
+    TK_TOO_SOON,
+    TK_INVALID,         /* bad argument value (size limits, ids, ...) */
+    TK_NOSPC,           /* ENOSPC / EDQUOT */
+    TK_IO,              /* any other system error */
+    TK_READONLY,        /* write attempted on a read-only handle */
+    TK_NOMEM,
+    TK_CODE_COUNT
+} tk_code;
+
+typedef struct tk_err {
+    tk_code code;
+    int sys_errno;              /* errno of the failing call, 0 if none */
+    char msg[512];
+} tk_err;
+
+/* Stable upper-case name of a code: "NOT_FOUND", "CORRUPT", ... */
+const char *tk_code_name(tk_code code);
+
+/* ------------------------------------------------------------------ */
+/* Log                                                                  */
+/* ------------------------------------------------------------------ */
+
+typedef enum tk_sync { TK_SYNC_NONE = 0, TK_SYNC_ALWAYS = 1 } tk_sync;
+
+typedef struct tk_log_opts {
+    uint64_t max_segment_size;      /* roll when a record would not fit; default 64 MiB */
+    uint32_t index_interval_bytes;  /* bytes between index entries; default 4096 */
+    uint32_t max_record_size;       /* framed size limit; default 16 MiB */
+    tk_sync sync;                   /* TK_SYNC_ALWAYS: fdatasync before append returns */
+    int readonly;                   /* no lock, no writes, follows the writer */
+} tk_log_opts;
+
+#define TK_MAX_SEGMENT_SIZE_LIMIT  (1u << 30)  /* positions are uint32 */
+#define TK_MAX_RECORD_SIZE_LIMIT   (1u << 30)
+
+void tk_log_opts_init(tk_log_opts *opts);
+
+typedef struct tk_log tk_log;
+
+/* A record to append.  key == NULL with has_key == 0 is an absent key;
+ * has_key == 1 with key_len == 0 is an empty key.  timestamp < 0 means
+ * "now" (CLOCK_REALTIME, milliseconds). */
+typedef struct tk_rec_in {
+    const void *key;
+    size_t key_len;
+    int has_key;
+    const void *value;
+    size_t value_len;
+    int64_t timestamp;
+} tk_rec_in;
+
+/* A record read back.  key and value point into buf, which the engine
+ * grows as needed; release it with tk_record_free.  Zero-initialise before
+ * first use. */
+typedef struct tk_record {
+    int64_t offset;
+    int64_t timestamp;
+    int has_key;
+    const unsigned char *key;
+    size_t key_len;
+    const unsigned char *value;
+    size_t value_len;
+    unsigned char *buf;
+    size_t cap;
+} tk_record;
+
+void tk_record_free(tk_record *rec);
+
+/* Open (creating when not read-only) the log in dir. */
+tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_err *err);
+
+/* Release everything; never fails.  NULL is accepted. */
+void tk_log_close(tk_log *log);
+
+/* Append n records as one batch; *first gets the first record's offset.
+ * The batch is written with one write(2) per segment it touches. */
+tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n,
+                      int64_t *first, tk_err *err);
+
+tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err);
+
+/* First offset whose timestamp is >= ts; base_offset when every record is
+ * at or after ts, high_water_mark when none is. */
+tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset, tk_err *err);
+
+/* Remove every record at or after offset (base_offset <= offset <= hwm). */
+tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err);
+
+/* Every appended record already reached the kernel; flush re-checks that
+ * index files are written.  sync makes all of it durable (fsync). */
+tk_code tk_log_flush(tk_log *log, tk_err *err);
+tk_code tk_log_sync(tk_log *log, tk_err *err);
+
+/* A read-only handle re-reads the writer's progress; a writer returns at
+ * once.  Called by the readers below, exposed for tail-followers. */
+tk_code tk_log_refresh(tk_log *log, tk_err *err);
+
+int64_t tk_log_high_water_mark(tk_log *log);
+int64_t tk_log_base_offset(tk_log *log);
+size_t tk_log_num_segments(tk_log *log);
+uint64_t tk_log_size(tk_log *log);             /* bytes of all .log files */
+const char *tk_log_dir(const tk_log *log);
+int tk_log_readonly(const tk_log *log);
+
+typedef struct tk_segment_info {
+    int64_t base_offset;
+    int64_t next_offset;        /* one past its last record */
+    uint64_t size;              /* bytes of the .log file */
+    int active;
+} tk_segment_info;
+
+/* Copies up to cap entries into out and returns the segment count. */
+size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap);
+
+/* ------------------------------------------------------------------ */
+/* Sequential reading                                                   */
+/* ------------------------------------------------------------------ */
+
+typedef struct tk_iter tk_iter;
+
+/* Iterate [from, to); to < 0 means the high water mark at creation. */
+tk_code tk_iter_open(tk_log *log, int64_t from, int64_t to, tk_iter **out, tk_err *err);
+
+/* TK_OK with *done == 0 and rec filled, or *done == 1 at the end. */
+tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err);
+void tk_iter_close(tk_iter *it);
+
+/* ------------------------------------------------------------------ */
+/* Checksums                                                            */
+/* ------------------------------------------------------------------ */
+
+uint32_t tk_crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t tk_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+int tk_crc32c_hw_available(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

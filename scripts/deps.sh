@@ -1,0 +1,19 @@
+#!/bin/sh
+# Install the Debian packages takhin needs to build, test and bench.
+# As root, missing packages are installed; otherwise the command is printed.
+PKGS="build-essential lua5.4 liblua5.4-dev lua-busted lua-cjson lua-sql-sqlite3 libjansson-dev"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+    echo "deps: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq $missing >/dev/null || {
+        echo "deps: apt-get install$missing failed" >&2; exit 1; }
+else
+    echo "deps: missing packages; run as root:" >&2
+    echo "    apt-get update && apt-get install -y$missing" >&2
+    exit 1
+fi

@@ -1,0 +1,218 @@
+-- Processes sharing a log: one writer (flock on <dir>/.lock), any number
+-- of read-only handles that follow what the writer appends.
+
+local takhin = require("takhin")
+local util = require("helpers.util")
+
+local function failed_with(code, v, msg, got)
+    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
+    assert.is_string(msg)
+    assert.are.equal(code, got, "message: " .. tostring(msg))
+    return msg
+end
+
+local function open(opts)
+    local log, msg, code = takhin.open_log(opts)
+    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
+    return log
+end
+
+-- A child that tries to open the log as a writer and prints the outcome
+-- as three lines: "opened" or "nil", the message, the code.
+local TRY_WRITER = [[
+local takhin = require("takhin")
+local log, msg, code = takhin.open_log({ dir = arg[1] })
+if log then
+    local o = log:append("child", arg[2] or "from a child")
+    io.write("opened\n", tostring(o), "\n", "nil\n")
+    log:close()
+else
+    io.write("nil\n", tostring(msg), "\n", tostring(code), "\n")
+end
+]]
+
+local function try_writer(tmp, dir, value)
+    local out, ok = util.run_lua(tmp, TRY_WRITER, { dir, value })
+    assert.is_true(ok, out)
+    local lines = {}
+    for line in out:gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+    return lines[1], lines[2], lines[3], out
+end
+
+describe("a log shared between processes", function()
+    local tmp, dir, pid
+
+    before_each(function()
+        tmp = util.tmpdir()
+        dir = tmp .. "/log"
+        pid = nil
+    end)
+    after_each(function()
+        if pid and util.alive(pid) then util.kill9(pid); util.wait_exit(pid) end
+        collectgarbage(); collectgarbage()
+        util.rmtree(tmp)
+    end)
+
+    describe("writer lock", function()
+        it("refuses a second writer in another process with LOCKED, naming the holder's pid", function()
+            local log = open({ dir = dir })
+            log:append("k", "v")
+            local me = util.getpid()
+            local status, msg, code, out = try_writer(tmp, dir)
+            assert.are.equal("nil", status, out)
+            assert.are.equal("LOCKED", code, out)
+            assert.truthy(msg:find(tostring(me), 1, true), msg)
+            assert.are.equal("pid " .. me .. "\n", util.read_file(dir .. "/.lock"))
+            assert.are.equal(1, log:high_water_mark())
+            log:close()
+        end)
+
+        it("refuses a second writer in the same process with LOCKED", function()
+            local log = open({ dir = dir })
+            local msg = failed_with("LOCKED", takhin.open_log({ dir = dir }))
+            assert.truthy(msg:find(tostring(util.getpid()), 1, true), msg)
+            log:append("k", "still mine")
+            assert.are.equal("still mine", log:read(0).value)
+            log:close()
+        end)
+
+        it("lets another process write once the writer has closed", function()
+            local log = open({ dir = dir })
+            log:append("parent", "first")
+            log:close()
+            local status, offset, _, out = try_writer(tmp, dir, "second")
+            assert.are.equal("opened", status, out)
+            assert.are.equal("1", offset, out)
+            log = open({ dir = dir })
+            assert.are.equal(2, log:high_water_mark())
+            assert.are.equal("second", log:read(1).value)
+            assert.are.equal("child", log:read(1).key)
+            log:close()
+        end)
+
+        it("is released when the writer process is killed", function()
+            local ready = tmp .. "/ready"
+            local out
+            pid, out = util.spawn_lua(tmp, [[
+                local takhin = require("takhin")
+                local util = require("helpers.util")
+                local log = assert(takhin.open_log({ dir = arg[1] }))
+                log:append("k", "held")
+                local f = assert(io.open(arg[2], "w")); f:write("ready\n"); f:close()
+                util.wait_until(function() return false end, 6000)
+            ]], { dir, ready })
+            util.wait_for_content(ready, "ready")
+            assert.are.equal("ready\n", util.read_file(ready) or "", util.read_file(out))
+            local msg = failed_with("LOCKED", takhin.open_log({ dir = dir }))
+            assert.truthy(msg:find(tostring(pid), 1, true), msg)
+            util.kill9(pid)
+            assert.is_true(util.wait_exit(pid))
+            local log = open({ dir = dir })
+            assert.are.equal("held", log:read(0).value)
+            log:close()
+        end)
+    end)
+
+    describe("read-only handle", function()
+        it("in another process sees what the writer appended, then what it appends later", function()
+            local opts = { dir = dir, max_segment_size = 200, index_interval_bytes = 50 }
+            local log = open(opts)
+            local function value(i) return ("value-%d-"):format(i) .. ("z"):rep(30) end
+            for i = 0, 2 do log:append("k" .. i, value(i), i) end
+
+            local report, go = tmp .. "/report", tmp .. "/go"
+            local out
+            pid, out = util.spawn_lua(tmp, [[
+                local takhin = require("takhin")
+                local util = require("helpers.util")
+                local dir, report_path, go_path, want = arg[1], arg[2], arg[3], tonumber(arg[4])
+                local report = assert(io.open(report_path, "w"))
+                local function say(...)
+                    local t = {}
+                    for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
+                    report:write(table.concat(t, "\t"), "\n")
+                    report:flush()
+                end
+                local ro, msg, code = takhin.open_log({ dir = dir, readonly = true })
+                if not ro then say("error", msg, code); os.exit(1) end
+                say("hwm", ro:high_water_mark())
+                for rec in ro:records() do say("rec", rec.offset, rec.value) end
+                say("ready")
+                util.wait_until(function() return util.exists(go_path) end, 3000)
+                util.wait_until(function() return ro:high_water_mark() >= want end, 3000)
+                say("hwm", ro:high_water_mark())
+                say("segments", ro:num_segments())
+                for o = 0, ro:high_water_mark() - 1 do
+                    local rec, m, c = ro:read(o)
+                    if rec then say("read", o, rec.value) else say("read", o, "error", m, c) end
+                end
+                local r, m, c = ro:append("k", "v")
+                say("append", r, c)
+                ro:close()
+                say("done")
+            ]], { dir, report, go, 8 })
+
+            local first = util.wait_for_content(report, "ready\n")
+            assert.truthy(first and first:find("ready\n", 1, true), (first or "") .. util.read_file(out))
+            assert.are.equal(table.concat({
+                "hwm\t3",
+                "rec\t0\t" .. value(0),
+                "rec\t1\t" .. value(1),
+                "rec\t2\t" .. value(2),
+                "ready", "" }, "\n"), first)
+
+            log:append("k3", value(3), 3)
+            log:append_batch({
+                { key = "k4", value = value(4), timestamp = 4 },
+                { key = "k5", value = value(5), timestamp = 5 },
+            })
+            for i = 6, 7 do log:append("k" .. i, value(i), i) end
+            assert.is_true(log:num_segments() >= 4)
+            util.write_file(go, "go\n")
+
+            local all = util.wait_for_content(report, "done\n")
+            assert.truthy(all and all:find("done\n", 1, true), (all or "") .. util.read_file(out))
+            local rest = all:sub(#first + 1)
+            local want = { "hwm\t8", "segments\t" .. log:num_segments() }
+            for i = 0, 7 do want[#want + 1] = ("read\t%d\t%s"):format(i, value(i)) end
+            want[#want + 1] = "append\tnil\tREADONLY"
+            want[#want + 1] = "done"
+            want[#want + 1] = ""
+            assert.are.equal(table.concat(want, "\n"), rest)
+            log:close()
+        end)
+
+        it("takes no lock: a writer opens while it is open", function()
+            open({ dir = dir }):close()
+            local ro = open({ dir = dir, readonly = true })
+            local w = open({ dir = dir })
+            w:append("k", "v")
+            assert.are.equal(1, ro:high_water_mark())
+            assert.are.equal("v", ro:read(0).value)
+            w:close()
+            ro:close()
+        end)
+
+        it("refuses writes with READONLY", function()
+            local w = open({ dir = dir })
+            w:append("k", "v")
+            local ro = open({ dir = dir, readonly = true })
+            failed_with("READONLY", ro:append("k", "v"))
+            failed_with("READONLY", ro:append_batch({ { value = "v" } }))
+            failed_with("READONLY", ro:truncate(0))
+            assert.are.equal(1, w:high_water_mark())
+            assert.are.equal(1, ro:high_water_mark())
+            assert.are.equal("v", ro:read(0).value)
+            ro:close()
+            w:close()
+            -- Without a writer present, too.
+            ro = open({ dir = dir, readonly = true })
+            failed_with("READONLY", ro:append("k", "v"))
+            failed_with("READONLY", ro:truncate(1))
+            ro:close()
+            w = open({ dir = dir })
+            assert.are.equal(1, w:high_water_mark())
+            w:close()
+        end)
+    end)
+end)

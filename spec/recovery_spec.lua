@@ -1,0 +1,382 @@
+-- Recovery: torn tails, garbage, lost or damaged index files, and damaged
+-- records in sealed segments (docs/FORMAT.md, "Recovery").
+
+local takhin = require("takhin")
+local util = require("helpers.util")
+
+local SEG0 = util.segment_name(0, "log")
+
+local function failed_with(code, v, msg, got)
+    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
+    assert.is_string(msg)
+    assert.are.equal(code, got, "message: " .. tostring(msg))
+    return msg
+end
+
+local function open(opts)
+    local log, msg, code = takhin.open_log(opts)
+    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
+    return log
+end
+
+local function with(opts, dir)
+    local o = { dir = dir }
+    for k, v in pairs(opts) do o[k] = v end
+    return o
+end
+
+describe("a log being opened", function()
+    local tmp
+
+    before_each(function() tmp = util.tmpdir() end)
+    after_each(function()
+        collectgarbage(); collectgarbage()
+        util.rmtree(tmp)
+    end)
+
+    ---------------------------------------------------------------------
+    -- (a) torn tail
+    ---------------------------------------------------------------------
+
+    -- Three records of 60 bytes each: 34 + key "k0" (2) + value (24).
+    local REC = 60
+    local function value(i) return ("value-%d-"):format(i) .. ("x"):rep(24 - 8) end
+
+    local function three_records(dir, opts)
+        local log = open(with(opts, dir))
+        for i = 0, 2 do
+            assert.are.equal(24, #value(i))
+            log:append("k" .. i, value(i), 1000 * (i + 1))
+        end
+        log:close()
+        assert.are.equal(3 * REC, util.file_size(dir .. "/" .. SEG0))
+    end
+
+    for _, case in ipairs({
+        { name = "without index entries", opts = {} },
+        { name = "with an index entry for every record", opts = { index_interval_bytes = 1 } },
+    }) do
+        it("drops a last record cut at any byte, keeping the others (" .. case.name .. ")", function()
+            local pristine = tmp .. "/pristine"
+            three_records(pristine, case.opts)
+            for cut = 2 * REC, 3 * REC - 1 do
+                local dir = tmp .. "/cut"
+                util.copytree(pristine, dir)
+                util.truncate(dir .. "/" .. SEG0, cut)
+                local log = open(with(case.opts, dir))
+                local where = "cut at " .. cut
+                assert.are.equal(2, log:high_water_mark(), where)
+                assert.are.equal(2 * REC, util.file_size(dir .. "/" .. SEG0), where)
+                for i = 0, 1 do
+                    assert.are.same({ offset = i, key = "k" .. i, value = value(i), timestamp = 1000 * (i + 1) },
+                                    log:read(i), where)
+                end
+                failed_with("OUT_OF_RANGE", log:read(2))
+                assert.are.equal(1, log:offset_for_time(1500), where)
+                assert.are.equal(2, log:offset_for_time(2500), where)
+                assert.are.equal(2, log:offset_for_time(3500), where)
+                assert.are.equal(2, log:append("new", "new value", 4000), where)
+                assert.are.same({ offset = 2, key = "new", value = "new value", timestamp = 4000 },
+                                log:read(2), where)
+                assert.are.equal(2, log:offset_for_time(3500), where)
+                log:close()
+
+                log = open(with(case.opts, dir))
+                assert.are.equal(3, log:high_water_mark(), where)
+                assert.are.equal("new value", log:read(2).value, where)
+                log:close()
+            end
+        end)
+    end
+
+    ---------------------------------------------------------------------
+    -- (b) garbage after the last record
+    ---------------------------------------------------------------------
+
+    local function garbage_cases()
+        local rnd = {}
+        local x = 7
+        for i = 1, 200 do x = (x * 1103515245 + 12345) % 2147483648; rnd[i] = string.char(x % 256) end
+        return {
+            zeros = ("\0"):rep(100),
+            random = table.concat(rnd),
+            ["a huge length"] = "\255\255\255\127" .. ("\1"):rep(40),
+            ["a plausible header with a bad CRC"] = string.pack("<I4I4BBi8i8I4I4", 30 + 3, 0xdeadbeef, 1, 0, 3, 0, 0, 3) .. "abc",
+            ["one byte"] = "\1",
+        }
+    end
+
+    for name, junk in pairs(garbage_cases()) do
+        it("drops garbage after the last record (" .. name .. ") and resumes appending", function()
+            local dir = tmp .. "/log"
+            three_records(dir, {})
+            util.append_file(dir .. "/" .. SEG0, junk)
+            local log = open({ dir = dir })
+            assert.are.equal(3, log:high_water_mark())
+            assert.are.equal(3 * REC, util.file_size(dir .. "/" .. SEG0))
+            assert.are.equal(value(2), log:read(2).value)
+            assert.are.equal(3, log:append("k3", "after"))
+            assert.are.equal("after", log:read(3).value)
+            log:close()
+            log = open({ dir = dir })
+            assert.are.equal(4, log:high_water_mark())
+            assert.are.equal("after", log:read(3).value)
+            log:close()
+        end)
+    end
+
+    it("drops a repeated copy of the last record (wrong offset) after the tail", function()
+        local dir = tmp .. "/log"
+        three_records(dir, {})
+        local path = dir .. "/" .. SEG0
+        util.append_file(path, util.read_at(path, 2 * REC, REC))
+        local log = open({ dir = dir })
+        assert.are.equal(3, log:high_water_mark())
+        assert.are.equal(3 * REC, util.file_size(path))
+        log:close()
+    end)
+
+    ---------------------------------------------------------------------
+    -- (c) index files
+    ---------------------------------------------------------------------
+
+    local IOPTS = { max_segment_size = 2000, index_interval_bytes = 100 }
+    local N = 300
+
+    -- A log over several segments with many index entries and timestamps
+    -- that often go backwards.  Returns what reads and lookups give.
+    local function build(dir)
+        local log = open(with(IOPTS, dir))
+        local x = 99
+        local function rand(n) x = (x * 1103515245 + 12345) % 2147483648; return x % n end
+        for i = 0, N - 1 do
+            log:append("k" .. i, ("%d|"):format(i) .. ("v"):rep(rand(50)), 10000 + i * 10 + rand(100) - 50)
+        end
+        assert.is_true(log:num_segments() >= 4)
+        local reads, times = {}, {}
+        for i = 0, N - 1 do reads[i] = log:read(i) end
+        for t = 9900, 13100 do times[t] = log:offset_for_time(t) end
+        log:close()
+        return { reads = reads, times = times }
+    end
+
+    local function check(dir, want, what)
+        local log = open(with(IOPTS, dir))
+        assert.are.equal(N, log:high_water_mark(), what)
+        for i = 0, N - 1 do assert.are.same(want.reads[i], log:read(i), what .. ", offset " .. i) end
+        for t = 9900, 13100 do
+            assert.are.equal(want.times[t], log:offset_for_time(t), what .. ", time " .. t)
+        end
+        local i = 0
+        for rec in log:records() do
+            assert.are.same(want.reads[i], rec, what)
+            i = i + 1
+        end
+        assert.are.equal(N, i, what)
+        assert.are.equal(N, log:append("after", "after"), what)
+        assert.are.equal("after", log:read(N).value, what)
+        log:close()
+    end
+
+    local function index_files(dir)
+        local names = {}
+        for _, n in ipairs(util.ls_suffix(dir, ".index")) do names[#names + 1] = n end
+        for _, n in ipairs(util.ls_suffix(dir, ".timeindex")) do names[#names + 1] = n end
+        return names
+    end
+
+    it("rebuilds deleted .index and .timeindex files of sealed and active segments", function()
+        local dir = tmp .. "/log"
+        local want = build(dir)
+        local names = index_files(dir)
+        assert.is_true(#names >= 8)
+        for _, n in ipairs(names) do os.remove(dir .. "/" .. n) end
+        check(dir, want, "deleted index files")
+        for _, n in ipairs(names) do
+            assert.is_true(util.exists(dir .. "/" .. n), n .. " was not rebuilt")
+        end
+    end)
+
+    local damage = {
+        ["truncated to an odd size"] = function(path)
+            local size = util.file_size(path)
+            if size > 3 then util.truncate(path, size - 3) else util.write_file(path, "\1\2\3") end
+        end,
+        ["overwritten with random bytes"] = function(path, seed)
+            local size = util.file_size(path)
+            local x, t = seed, {}
+            for i = 1, math.max(size, 24) do
+                x = (x * 1103515245 + 12345) % 2147483648
+                t[i] = string.char((x >> 16) % 256)
+            end
+            util.write_file(path, table.concat(t))
+        end,
+        ["zeroed"] = function(path)
+            util.write_file(path, ("\0"):rep(math.max(util.file_size(path), 24)))
+        end,
+        ["with its middle entry zeroed"] = function(path)
+            local entry = path:match("%.timeindex$") and 12 or 8
+            local n = util.file_size(path) // entry
+            if n >= 1 then util.write_at(path, (n // 2) * entry, ("\0"):rep(entry)) end
+        end,
+    }
+
+    for name, hurt in pairs(damage) do
+        it("gives correct lookups when its index files are " .. name, function()
+            local dir = tmp .. "/log"
+            local want = build(dir)
+            for seed, n in ipairs(index_files(dir)) do hurt(dir .. "/" .. n, seed) end
+            check(dir, want, name)
+        end)
+    end
+
+    it("gives correct lookups when an index entry points at the wrong record", function()
+        local dir = tmp .. "/log"
+        local want = build(dir)
+        local hurt = 0
+        for _, n in ipairs(util.ls_suffix(dir, ".index")) do
+            local path = dir .. "/" .. n
+            local count = util.file_size(path) // 8
+            -- Move a middle entry one record back, keeping both fields
+            -- strictly increasing: it now names a record that is not there.
+            for k = 1, count - 2 do
+                local rel, pos = string.unpack("<I4I4", util.read_at(path, k * 8, 8))
+                local prel = string.unpack("<I4I4", util.read_at(path, (k - 1) * 8, 8))
+                if rel - 1 > prel then
+                    util.write_at(path, k * 8, string.pack("<I4I4", rel - 1, pos))
+                    hurt = hurt + 1
+                    break
+                end
+            end
+        end
+        assert.is_true(hurt > 0)
+        check(dir, want, "index entry with a wrong offset")
+    end)
+
+    it("gives correct lookups when a time index entry claims the wrong timestamp", function()
+        local dir = tmp .. "/log"
+        local want = build(dir)
+        local hurt = 0
+        for _, n in ipairs(util.ls_suffix(dir, ".timeindex")) do
+            local path = dir .. "/" .. n
+            local count = util.file_size(path) // 12
+            for k = 1, count - 2 do
+                local ts, rel = string.unpack("<i8I4", util.read_at(path, k * 12, 12))
+                local pts = string.unpack("<i8I4", util.read_at(path, (k - 1) * 12, 12))
+                local nts = string.unpack("<i8I4", util.read_at(path, (k + 1) * 12, 12))
+                -- Claim a smaller timestamp, still above the previous
+                -- entry's: the entry now says its record is older than it is.
+                if ts - 1 > pts and ts < nts then
+                    util.write_at(path, k * 12, string.pack("<i8I4", ts - 1, rel))
+                    hurt = hurt + 1
+                    break
+                end
+            end
+        end
+        assert.is_true(hurt > 0)
+        check(dir, want, "time index entry with a wrong timestamp")
+    end)
+
+    ---------------------------------------------------------------------
+    -- (d) damage inside a sealed segment
+    ---------------------------------------------------------------------
+
+    -- Fixed-size records: 34 + key "k0000" (5) + value (50) = 89 bytes,
+    -- five to a segment.
+    local FREC = 89
+    local FOPTS = { max_segment_size = 5 * FREC, index_interval_bytes = 1 }
+    local function fvalue(i) return ("%06d"):format(i) .. ("#"):rep(44) end
+
+    local function fixed_log(dir)
+        local log = open(with(FOPTS, dir))
+        for i = 0, 29 do log:append(("k%04d"):format(i), fvalue(i), i) end
+        local segs = log:segments()
+        log:close()
+        assert.are.equal(6, #segs)
+        for _, s in ipairs(segs) do
+            assert.are.equal(5, s.next_offset - s.base_offset)
+            assert.are.equal(5 * FREC, s.size)
+        end
+        return segs
+    end
+
+    for _, case in ipairs({
+        { field = "value", at = 34 + 5 + 20 },
+        { field = "timestamp", at = 18 },
+        { field = "key", at = 34 + 2 },
+        { field = "crc", at = 5 },
+    }) do
+        it("reports CORRUPT for a damaged record (" .. case.field .. ") of a sealed segment and reads the rest", function()
+            local dir = tmp .. "/log"
+            local segs = fixed_log(dir)
+            local seg = segs[2]
+            local bad = seg.base_offset + 2
+            local name = util.segment_name(seg.base_offset, "log")
+            local path = dir .. "/" .. name
+            util.flip_byte(path, (bad - seg.base_offset) * FREC + case.at)
+            local before = util.read_file(path)
+
+            local log = open(with(FOPTS, dir))
+            assert.are.equal(30, log:high_water_mark())
+            local msg = failed_with("CORRUPT", log:read(bad))
+            assert.truthy(msg:find(name, 1, true), msg)
+            for i = 0, 29 do
+                if i ~= bad then assert.are.equal(fvalue(i), log:read(i).value, "offset " .. i) end
+            end
+            local ok, err = pcall(function() for _ in log:records() do end end)
+            assert.is_false(ok)
+            assert.truthy(tostring(err):find("CORRUPT", 1, true), tostring(err))
+            local seen = 0
+            for rec in log:records(bad + 1) do
+                assert.are.equal(fvalue(rec.offset), rec.value)
+                seen = seen + 1
+            end
+            assert.are.equal(30 - bad - 1, seen)
+            assert.are.equal(30, log:append("k0030", fvalue(30), 30))
+            log:close()
+            assert.are.equal(before, util.read_file(path), "a sealed segment was modified")
+
+            local ro = open(with({ readonly = true }, dir))
+            failed_with("CORRUPT", ro:read(bad))
+            assert.are.equal(fvalue(bad + 1), ro:read(bad + 1).value)
+            ro:close()
+        end)
+    end
+
+    ---------------------------------------------------------------------
+    -- read-only handles
+    ---------------------------------------------------------------------
+
+    it("opens read-only over a torn tail without modifying the file", function()
+        local dir = tmp .. "/log"
+        three_records(dir, { index_interval_bytes = 1 })
+        local path = dir .. "/" .. SEG0
+        util.truncate(path, 2 * REC + 25)
+        local files = {}
+        for _, n in ipairs(util.ls(dir)) do
+            if n ~= ".lock" then files[n] = util.read_file(dir .. "/" .. n) end
+        end
+        local log = open({ dir = dir, readonly = true })
+        assert.are.equal(2, log:high_water_mark())
+        assert.are.equal(value(1), log:read(1).value)
+        failed_with("OUT_OF_RANGE", log:read(2))
+        assert.are.equal(2, log:offset_for_time(2500))
+        log:close()
+        assert.are.equal(2 * REC + 25, util.file_size(path))
+        for n, data in pairs(files) do
+            assert.are.equal(data, util.read_file(dir .. "/" .. n), n .. " was modified")
+        end
+    end)
+
+    it("opens read-only over garbage after the tail without modifying the file", function()
+        local dir = tmp .. "/log"
+        three_records(dir, {})
+        local path = dir .. "/" .. SEG0
+        util.append_file(path, ("\0"):rep(77))
+        local log = open({ dir = dir, readonly = true })
+        assert.are.equal(3, log:high_water_mark())
+        assert.are.equal(value(2), log:read(2).value)
+        log:close()
+        assert.are.equal(3 * REC + 77, util.file_size(path))
+    end)
+end)
