@@ -91,16 +91,20 @@ describe("a log shared between processes", function()
         end)
 
         it("is released when the writer process is killed", function()
-            local ready = tmp .. "/ready"
+            local ready, never = tmp .. "/ready", tmp .. "/never"
+            -- The child blocks opening a FIFO nobody writes to.  It must not
+            -- sit in a loop of os.execute: a forked child holds a copy of
+            -- the lock's descriptor until it execs, and would keep the lock
+            -- for a moment after the kill.
+            assert.is_true(util.sh("mkfifo " .. util.q(never)))
             local out
             pid, out = util.spawn_lua(tmp, [[
                 local takhin = require("takhin")
-                local util = require("helpers.util")
                 local log = assert(takhin.open_log({ dir = arg[1] }))
                 log:append("k", "held")
                 local f = assert(io.open(arg[2], "w")); f:write("ready\n"); f:close()
-                util.wait_until(function() return false end, 6000)
-            ]], { dir, ready })
+                io.open(arg[3], "r")
+            ]], { dir, ready, never })
             util.wait_for_content(ready, "ready")
             assert.are.equal("ready\n", util.read_file(ready) or "", util.read_file(out))
             local msg = failed_with("LOCKED", takhin.open_log({ dir = dir }))

@@ -396,8 +396,9 @@ static int read_one(uint64_t *st, tk_record *rec) {
      * published the high water mark before the bytes behind it, that is
      * where it shows. */
     uint64_t r = rng(st);
-    int64_t off = (r & 3) == 0 ? h - 1
-                               : base + (int64_t)((r >> 2) % (uint64_t)(h - base));
+    int64_t off = base + (int64_t)((r >> 2) % (uint64_t)(h - base));
+    if ((r & 3) == 0)
+        off = h - 1;
     tk_code rc = tk_log_read(g_log, off, rec, &err);
     ran(CK_READ);
     if (rc != TK_OK) {
