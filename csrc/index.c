@@ -69,11 +69,13 @@ static void seal_entry(unsigned char *e, size_t len) {
 
 int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
                    const unsigned char *tim, size_t tim_len, uint64_t log_size,
-                   size_t extra_time, int64_t *final_ts, uint32_t *final_rel) {
-    size_t n_off = off_len / TK_OIDX_ENTRY, n_tim = tim_len / TK_TIDX_ENTRY;
+                   int sealed, tk_seal *seal) {
+    size_t trailer = sealed ? TK_SEAL_SIZE : 0;
+    size_t n_off = off_len / TK_OIDX_ENTRY;
+    size_t n_tim = (tim_len >= trailer ? tim_len - trailer : 0) / TK_TIDX_ENTRY;
     size_t n = n_off < n_tim ? n_off : n_tim;
-    int whole = off_len % TK_OIDX_ENTRY == 0 && tim_len % TK_TIDX_ENTRY == 0 &&
-                n_tim == n_off + extra_time;
+    int whole = off_len % TK_OIDX_ENTRY == 0 && tim_len >= trailer &&
+                (tim_len - trailer) % TK_TIDX_ENTRY == 0 && n_tim == n_off;
     uint32_t prev_rel = 0, prev_pos = 0;
     int64_t prev_ts = TK_TS_NONE;
     size_t k;
@@ -91,11 +93,14 @@ int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
         prev_rel = rel; prev_pos = pos; prev_ts = ts;
     }
     if (k < n_off) whole = 0;
-    if (whole && extra_time == 1) {
+    if (whole && sealed) {
         const unsigned char *f = tim + n_off * TK_TIDX_ENTRY;
-        *final_ts = (int64_t)tk_load64(f);
-        *final_rel = tk_load32(f + 8);
-        if (!entry_crc_ok(f, 12) || *final_ts < prev_ts || (n_off && *final_rel < prev_rel))
+        seal->max_ts = (int64_t)tk_load64(f);
+        seal->last_rel = tk_load32(f + 8);
+        seal->log_size = tk_load32(f + 12);
+        seal->log_crc = tk_load32(f + 16);
+        if (!entry_crc_ok(f, 20) || seal->max_ts < prev_ts || seal->last_rel < prev_rel ||
+            seal->log_size != log_size)
             whole = 0;
     }
     return whole;
@@ -109,13 +114,18 @@ void tk_index_encode_off(const tk_index *ix, size_t from, size_t to, unsigned ch
     }
 }
 
-void tk_index_encode_time_entry(unsigned char *out, int64_t ts, uint32_t rel) {
-    tk_store64(out, (uint64_t)ts);
-    tk_store32(out + 8, rel);
-    seal_entry(out, 12);
+void tk_index_encode_time(const tk_index *ix, size_t from, size_t to, unsigned char *out) {
+    for (size_t k = from; k < to; k++, out += TK_TIDX_ENTRY) {
+        tk_store64(out, (uint64_t)ix->e[k].max_ts);
+        tk_store32(out + 8, ix->e[k].rel);
+        seal_entry(out, 12);
+    }
 }
 
-void tk_index_encode_time(const tk_index *ix, size_t from, size_t to, unsigned char *out) {
-    for (size_t k = from; k < to; k++, out += TK_TIDX_ENTRY)
-        tk_index_encode_time_entry(out, ix->e[k].max_ts, ix->e[k].rel);
+void tk_index_encode_seal(unsigned char *out, const tk_seal *seal) {
+    tk_store64(out, (uint64_t)seal->max_ts);
+    tk_store32(out + 8, seal->last_rel);
+    tk_store32(out + 12, seal->log_size);
+    tk_store32(out + 16, seal->log_crc);
+    seal_entry(out, 20);
 }

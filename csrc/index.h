@@ -15,6 +15,17 @@
 
 #define TK_OIDX_ENTRY 12u      /* rel u32, pos u32, crc u32 */
 #define TK_TIDX_ENTRY 16u      /* max_ts i64, rel u32, crc u32 */
+#define TK_SEAL_SIZE  24u      /* max_ts i64, last_rel u32, log_size u32, log_crc u32, crc u32 */
+
+/* The trailer of a sealed segment's .timeindex: what the writer knew when
+ * it sealed the segment.  log_crc (CRC32C of the whole .log) lets a
+ * snapshot name a sealed file's checksum without reading it. */
+typedef struct tk_seal {
+    int64_t max_ts;
+    uint32_t last_rel;
+    uint32_t log_size;
+    uint32_t log_crc;
+} tk_seal;
 
 typedef struct tk_ientry {
     uint32_t rel;           /* offset - base */
@@ -51,19 +62,18 @@ int tk_idxstate_step(tk_idxstate *st, int64_t ts, uint64_t size, uint32_t interv
 
 /* Parses the bytes of a .index and a .timeindex into ix, keeping the
  * longest prefix of entries that is consistent: matching checksums,
- * increasing offsets and
- * positions, positions below log_size, matching relative offsets, and
- * non-decreasing timestamps.  Returns 1 when every byte of both files was
- * accepted (with `extra_time` trailing .timeindex entries allowed: 1 for a
- * sealed segment's final entry, whose values are returned in *final_ts and
- * *final_rel), 0 otherwise.  Allocation failure returns -1. */
+ * increasing offsets and positions, positions below log_size, matching
+ * relative offsets, and non-decreasing timestamps.  Returns 1 when every
+ * byte of both files was accepted -- for a sealed segment that includes a
+ * valid trailer, returned in *seal -- and 0 otherwise.  Allocation failure
+ * returns -1. */
 int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
                    const unsigned char *tim, size_t tim_len, uint64_t log_size,
-                   size_t extra_time, int64_t *final_ts, uint32_t *final_rel);
+                   int sealed, tk_seal *seal);
 
 /* Encodes entries [from, to) into .index / .timeindex bytes. */
 void tk_index_encode_off(const tk_index *ix, size_t from, size_t to, unsigned char *out);
 void tk_index_encode_time(const tk_index *ix, size_t from, size_t to, unsigned char *out);
-void tk_index_encode_time_entry(unsigned char *out, int64_t ts, uint32_t rel);
+void tk_index_encode_seal(unsigned char *out, const tk_seal *seal);
 
 #endif

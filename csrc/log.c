@@ -546,7 +546,9 @@ undo:
 
 static void publish_chunk(tk_log *log, tk_segment *s, size_t count, size_t len,
                           const pending *pd) {
+    uint32_t crc = s->crc_known ? tk_crc32c(s->log_crc, log->wbuf, len) : 0;
     pthread_rwlock_wrlock(&log->rw);
+    s->log_crc = crc;
     for (size_t k = 0; k < pd->ix.n; k++)
         if (tk_index_push(&s->ix, pd->ix.e[k].rel, pd->ix.e[k].pos, pd->ix.e[k].max_ts) < 0)
             break;      /* a missing in-memory entry only lengthens scans */
@@ -660,6 +662,7 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
     if (rc != TK_OK) goto out;
     s->next = offset;
     s->max_ts = s->ws.max_ts;
+    s->crc_known = 0;
     rc = tk_seg_write_index(log->dir, s, 0, durable(log), err);
     if (rc == TK_OK && durable(log)) rc = tk_seg_sync(log->dir, s, err);
 out:
@@ -741,6 +744,7 @@ static tk_code follow_segment(tk_log *log, tk_segment *s, int *reload_needed, tk
     if ((uint64_t)st.st_size == s->size) return TK_OK;
     rc = tk_seg_scan(log->dir, s, &c, &pos, &s->next, &s->ws, log->o.index_interval_bytes,
                      (uint64_t)st.st_size, 1, err);
+    if (pos != s->size) s->crc_known = 0;
     s->size = pos;
     s->max_ts = s->ws.max_ts;
     tk_cursor_free(&c);

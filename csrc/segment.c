@@ -15,6 +15,8 @@
 #include "fs.h"
 #include "segment.h"
 
+#define ITER_BUF (1u << 20)
+
 /* ------------------------------------------------------------------ */
 /* Cursor                                                               */
 /* ------------------------------------------------------------------ */
@@ -75,6 +77,7 @@ tk_segment *tk_seg_new(int64_t base) {
     if (!s) return NULL;
     s->base = s->next = base;
     s->max_ts = TK_TS_NONE;
+    s->crc_known = 1;                   /* of nothing: 0 */
     s->log_fd = s->idx_fd = s->tim_fd = -1;
     s->ws.max_ts = TK_TS_NONE;
     return s;
@@ -147,8 +150,7 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
     char p_off[PATH_MAX], p_tim[PATH_MAX];
     unsigned char *off = NULL, *tim = NULL;
     size_t off_len, tim_len;
-    int64_t final_ts = TK_TS_NONE;
-    uint32_t final_rel = 0;
+    tk_seal seal;
     tk_code rc;
     int r;
 
@@ -157,16 +159,20 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
         return tk_fail_errno(err, errno, "open %s", dir);
     if ((rc = slurp(p_off, &off, &off_len, err)) != TK_OK) return rc;
     if ((rc = slurp(p_tim, &tim, &tim_len, err)) != TK_OK) { free(off); return rc; }
-    r = tk_index_parse(&s->ix, off, off_len, tim, tim_len, log_size, sealed ? 1 : 0,
-                       &final_ts, &final_rel);
+    r = tk_index_parse(&s->ix, off, off_len, tim, tim_len, log_size, sealed, &seal);
     free(off);
     free(tim);
     if (r < 0) return tk_fail(err, TK_NOMEM, "load %s: out of memory", p_off);
     *whole = r;
+    s->crc_known = 0;
     if (r && sealed) {
-        s->max_ts = final_ts;
-        if (s->base + (int64_t)final_rel + 1 != s->next) *whole = 0;
-        if (log_size > 0 && final_ts == TK_TS_NONE) *whole = 0;
+        if (s->base + (int64_t)seal.last_rel + 1 != s->next) *whole = 0;
+        if (log_size > 0 && seal.max_ts == TK_TS_NONE) *whole = 0;
+        if (*whole) {
+            s->max_ts = seal.max_ts;
+            s->log_crc = seal.log_crc;
+            s->crc_known = 1;
+        }
     }
     return TK_OK;
 }
@@ -220,6 +226,32 @@ tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
     return TK_OK;
 }
 
+tk_code tk_seg_ensure_crc(const char *dir, tk_segment *s, tk_err *err) {
+    unsigned char *buf;
+    uint64_t pos = 0;
+    uint32_t crc = 0;
+    int fd;
+    tk_code rc;
+    if (s->crc_known) return TK_OK;
+    if ((rc = tk_seg_fd(dir, s, &fd, err)) != TK_OK) return rc;
+    if (!(buf = malloc(ITER_BUF)))
+        return tk_fail(err, TK_NOMEM, "checksum %020" PRId64 ".log: out of memory", s->base);
+    while (pos < s->size) {
+        size_t want = s->size - pos < ITER_BUF ? (size_t)(s->size - pos) : ITER_BUF;
+        ssize_t n = tk_pread_full(fd, buf, want, pos);
+        if (n < 0 || (size_t)n != want) {
+            free(buf);
+            return read_failed(err, dir, s, n < 0 ? errno : EIO);
+        }
+        crc = tk_crc32c(crc, buf, want);
+        pos += want;
+    }
+    free(buf);
+    s->log_crc = crc;
+    s->crc_known = 1;
+    return TK_OK;
+}
+
 tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
                        uint64_t end, tk_err *err) {
     tk_cursor c = { .chunk = 1 << 16 };
@@ -233,6 +265,7 @@ tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
     if (rc != TK_OK) return rc;
     s->max_ts = st.max_ts;
     s->ws = st;
+    s->crc_known = 0;
     return TK_OK;
 }
 
@@ -296,6 +329,8 @@ tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t t
             if (rc == TK_CORRUPT && k >= 0 && pos == s->ix.e[k].pos) return TK_STALE;
             return rc;
         }
+        /* The entry's own record cannot be newer than the entry claims. */
+        if (k >= 0 && pos == s->ix.e[k].pos && h.timestamp > s->ix.e[k].max_ts) return TK_STALE;
         if (h.timestamp >= ts) { *offset = at; return TK_OK; }
         pos += tk_rec_total(&h);
         at++;
@@ -422,44 +457,56 @@ static tk_code replace_index_file(const char *dir, int64_t base, const char *ext
     return TK_OK;
 }
 
+static void make_seal(const tk_segment *s, tk_seal *seal) {
+    seal->max_ts = s->max_ts;
+    seal->last_rel = s->next > s->base ? (uint32_t)(s->next - 1 - s->base) : 0;
+    seal->log_size = (uint32_t)s->size;
+    seal->log_crc = s->log_crc;
+}
+
 tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durable,
                            tk_err *err) {
-    size_t n = s->ix.n, nt = n + (sealed ? 1 : 0);
-    unsigned char *off = malloc(n * TK_OIDX_ENTRY + 1), *tim = malloc(nt * TK_TIDX_ENTRY + 1);
+    size_t n = s->ix.n, tlen = n * TK_TIDX_ENTRY + (sealed ? TK_SEAL_SIZE : 0);
+    unsigned char *off, *tim;
     tk_code rc;
+    if (sealed && (rc = tk_seg_ensure_crc(dir, s, err)) != TK_OK) return rc;
+    off = malloc(n * TK_OIDX_ENTRY + 1);
+    tim = malloc(tlen + 1);
     if (!off || !tim) {
         free(off); free(tim);
         return tk_fail(err, TK_NOMEM, "index %020" PRId64 ": out of memory", s->base);
     }
     tk_index_encode_off(&s->ix, 0, n, off);
     tk_index_encode_time(&s->ix, 0, n, tim);
-    if (sealed)
-        tk_index_encode_time_entry(tim + n * TK_TIDX_ENTRY, s->max_ts,
-                                   (uint32_t)(s->next - 1 - s->base));
+    if (sealed) {
+        tk_seal seal;
+        make_seal(s, &seal);
+        tk_index_encode_seal(tim + n * TK_TIDX_ENTRY, &seal);
+    }
     rc = replace_index_file(dir, s->base, ".index", off, n * TK_OIDX_ENTRY,
                             &s->idx_fd, durable, err);
     if (rc == TK_OK)
-        rc = replace_index_file(dir, s->base, ".timeindex", tim, nt * TK_TIDX_ENTRY,
-                                &s->tim_fd, durable, err);
+        rc = replace_index_file(dir, s->base, ".timeindex", tim, tlen, &s->tim_fd, durable, err);
     free(off);
     free(tim);
     return rc;
 }
 
 tk_code tk_seg_seal(const char *dir, tk_segment *s, int durable, tk_err *err) {
-    unsigned char buf[TK_TIDX_ENTRY];
+    unsigned char buf[TK_SEAL_SIZE];
     char path[PATH_MAX];
-    if (s->next > s->base) {
-        tk_index_encode_time_entry(buf, s->max_ts, (uint32_t)(s->next - 1 - s->base));
-        if (tk_pwrite_all(s->tim_fd, buf, sizeof buf,
-                          (uint64_t)s->ix.n * TK_TIDX_ENTRY) < 0) {
-            int e = errno;
-            tk_seg_path(path, sizeof path, dir, s->base, ".timeindex");
-            return tk_fail_errno(err, e, "write %s", path);
-        }
+    tk_seal seal;
+    tk_code rc = tk_seg_ensure_crc(dir, s, err);
+    if (rc != TK_OK) return rc;
+    make_seal(s, &seal);
+    tk_index_encode_seal(buf, &seal);
+    if (tk_pwrite_all(s->tim_fd, buf, sizeof buf, (uint64_t)s->ix.n * TK_TIDX_ENTRY) < 0) {
+        int e = errno;
+        tk_seg_path(path, sizeof path, dir, s->base, ".timeindex");
+        return tk_fail_errno(err, e, "write %s", path);
     }
     if (durable) {
-        tk_code rc = tk_seg_sync(dir, s, err);
+        rc = tk_seg_sync(dir, s, err);
         if (rc != TK_OK) return rc;
     }
     close(s->idx_fd);

@@ -23,6 +23,8 @@ typedef struct tk_segment {
     uint64_t size;          /* published: bytes of valid records */
     int64_t max_ts;         /* published: largest timestamp, TK_TS_NONE if empty */
     tk_index ix;            /* published */
+    uint32_t log_crc;       /* published: CRC32C of .log bytes [0, size) ... */
+    int crc_known;          /* ... when this is set (else computed on demand) */
     int log_fd;             /* atomic; -1 until first needed */
     int idx_fd, tim_fd;     /* writer's active segment only, else -1 */
     tk_idxstate ws;         /* writer: where the next index entry goes */
@@ -60,6 +62,10 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
 tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
                     int64_t *expect, tk_idxstate *st, uint32_t interval,
                     uint64_t end, int check_crc, tk_err *err);
+
+/* Makes log_crc known, reading the .log up to size if need be.  Caller
+ * holds the log exclusively (or is the only user of s). */
+tk_code tk_seg_ensure_crc(const char *dir, tk_segment *s, tk_err *err);
 
 /* Rebuilds the in-memory index from the whole .log (up to end). */
 tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,

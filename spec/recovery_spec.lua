@@ -197,6 +197,15 @@ describe("a log being opened", function()
         end
     end)
 
+    -- Entry sizes and layouts of docs/FORMAT.md: each entry ends with the
+    -- CRC32C of the bytes before it.
+    local OFF_ENTRY, TIME_ENTRY = 12, 16
+    local function entry_size(path)
+        return path:match("%.timeindex$") and TIME_ENTRY or OFF_ENTRY
+    end
+    local function with_crc(body) return body .. string.pack("<I4", takhin.crc32c(body)) end
+    local function base_of(name) return tonumber(name:match("^(%d+)%.")) end
+
     local damage = {
         ["truncated to an odd size"] = function(path)
             local size = util.file_size(path)
@@ -205,19 +214,26 @@ describe("a log being opened", function()
         ["overwritten with random bytes"] = function(path, seed)
             local size = util.file_size(path)
             local x, t = seed, {}
-            for i = 1, math.max(size, 24) do
+            for i = 1, math.max(size, 48) do
                 x = (x * 1103515245 + 12345) % 2147483648
                 t[i] = string.char((x >> 16) % 256)
             end
             util.write_file(path, table.concat(t))
         end,
         ["zeroed"] = function(path)
-            util.write_file(path, ("\0"):rep(math.max(util.file_size(path), 24)))
+            util.write_file(path, ("\0"):rep(math.max(util.file_size(path), 48)))
         end,
-        ["with its middle entry zeroed"] = function(path)
-            local entry = path:match("%.timeindex$") and 12 or 8
+        ["with their middle entry zeroed"] = function(path)
+            local entry = entry_size(path)
             local n = util.file_size(path) // entry
             if n >= 1 then util.write_at(path, (n // 2) * entry, ("\0"):rep(entry)) end
+        end,
+        ["with a byte of their middle entry flipped (bad CRC)"] = function(path)
+            local entry = entry_size(path)
+            local n = util.file_size(path) // entry
+            -- The position's low byte, or the max_timestamp's low byte.
+            local at = entry == OFF_ENTRY and 4 or 0
+            if n >= 1 then util.flip_byte(path, (n // 2) * entry + at) end
         end,
     }
 
@@ -230,44 +246,49 @@ describe("a log being opened", function()
         end)
     end
 
+    -- Entries below have valid CRCs and stay increasing: only using them
+    -- shows they are wrong.
+
     it("gives correct lookups when an index entry points at the wrong record", function()
         local dir = tmp .. "/log"
         local want = build(dir)
+        local function size(o) return 34 + #want.reads[o].key + #want.reads[o].value end
         local hurt = 0
         for _, n in ipairs(util.ls_suffix(dir, ".index")) do
-            local path = dir .. "/" .. n
-            local count = util.file_size(path) // 8
-            -- Move a middle entry one record back, keeping both fields
-            -- strictly increasing: it now names a record that is not there.
+            local path, base = dir .. "/" .. n, base_of(n)
+            local count = util.file_size(path) // OFF_ENTRY
+            -- Point a middle entry at the record before its own: the
+            -- position still grows, but the record there has another offset.
             for k = 1, count - 2 do
-                local rel, pos = string.unpack("<I4I4", util.read_at(path, k * 8, 8))
-                local prel = string.unpack("<I4I4", util.read_at(path, (k - 1) * 8, 8))
-                if rel - 1 > prel then
-                    util.write_at(path, k * 8, string.pack("<I4I4", rel - 1, pos))
+                local rel, pos = string.unpack("<I4I4", util.read_at(path, k * OFF_ENTRY, 8))
+                local prel, ppos = string.unpack("<I4I4", util.read_at(path, (k - 1) * OFF_ENTRY, 8))
+                local earlier = pos - size(base + rel - 1)
+                if rel - 1 > prel and earlier > ppos then
+                    util.write_at(path, k * OFF_ENTRY, with_crc(string.pack("<I4I4", rel, earlier)))
                     hurt = hurt + 1
                     break
                 end
             end
         end
         assert.is_true(hurt > 0)
-        check(dir, want, "index entry with a wrong offset")
+        check(dir, want, "index entry pointing at the wrong record")
     end)
 
-    it("gives correct lookups when a time index entry claims the wrong timestamp", function()
+    it("gives correct lookups when a time index entry claims a timestamp below its record's", function()
         local dir = tmp .. "/log"
         local want = build(dir)
         local hurt = 0
         for _, n in ipairs(util.ls_suffix(dir, ".timeindex")) do
-            local path = dir .. "/" .. n
-            local count = util.file_size(path) // 12
+            local path, base = dir .. "/" .. n, base_of(n)
+            local count = util.file_size(path) // TIME_ENTRY
+            -- Find an entry whose own record raised the largest timestamp
+            -- by more than one, and claim one less: still non-decreasing,
+            -- but the entry's record is newer than the entry says.
             for k = 1, count - 2 do
-                local ts, rel = string.unpack("<i8I4", util.read_at(path, k * 12, 12))
-                local pts = string.unpack("<i8I4", util.read_at(path, (k - 1) * 12, 12))
-                local nts = string.unpack("<i8I4", util.read_at(path, (k + 1) * 12, 12))
-                -- Claim a smaller timestamp, still above the previous
-                -- entry's: the entry now says its record is older than it is.
-                if ts - 1 > pts and ts < nts then
-                    util.write_at(path, k * 12, string.pack("<i8I4", ts - 1, rel))
+                local ts, rel = string.unpack("<i8I4", util.read_at(path, k * TIME_ENTRY, 12))
+                local pts = string.unpack("<i8I4", util.read_at(path, (k - 1) * TIME_ENTRY, 12))
+                if want.reads[base + rel].timestamp == ts and ts - 1 > pts then
+                    util.write_at(path, k * TIME_ENTRY, with_crc(string.pack("<i8I4", ts - 1, rel)))
                     hurt = hurt + 1
                     break
                 end
