@@ -3,6 +3,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <stdlib.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #include <unistd.h>
 
 #include "fs.h"
+#include "takhin.h"
 
 int tk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off) {
     const char *p = buf;
@@ -144,4 +147,40 @@ fail:
     unlink(tmp);
     errno = saved;
     return -1;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st; (void)ftw;
+    if (flag == FTW_DP) return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
+    return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+int tk_rmtree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int tk_file_crc(int fd, uint64_t len, uint32_t *crc_out) {
+    size_t cap = 1u << 20;
+    unsigned char *buf = malloc(cap);
+    uint64_t pos = 0;
+    uint32_t crc = 0;
+    if (!buf) { errno = ENOMEM; return -1; }
+    while (pos < len) {
+        size_t want = len - pos < cap ? (size_t)(len - pos) : cap;
+        ssize_t n = tk_pread_full(fd, buf, want, pos);
+        if (n < 0 || (size_t)n != want) {
+            int e = n < 0 ? errno : EIO;
+            free(buf);
+            errno = e;
+            return -1;
+        }
+        crc = tk_crc32c(crc, buf, want);
+        pos += want;
+    }
+    free(buf);
+    *crc_out = crc;
+    return 0;
 }

@@ -35,4 +35,11 @@ long tk_link_count(int fd);
  * errno is that of the first failing call. */
 int tk_replace_file(const char *path, const void *buf, size_t len, int durable);
 
+/* Removes a directory tree without following symbolic links; a missing
+ * path is not an error. */
+int tk_rmtree(const char *path);
+
+/* CRC32C of a file's first len bytes (-1 with errno, EIO when shorter). */
+int tk_file_crc(int fd, uint64_t len, uint32_t *crc);
+
 #endif

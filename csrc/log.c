@@ -44,9 +44,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cut.h"
 #include "error.h"
 #include "fs.h"
 #include "lock.h"
+#include "restore.h"
 #include "segment.h"
 
 #define WRITE_CHUNK   (8u << 20)        /* frame at most this much per write */
@@ -167,8 +169,11 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* What a crash can leave in a log directory: temp files of an atomic
+ * replace or a copy-on-write, an in-place restore that never committed. */
 static int is_leftover(const char *name) {
     size_t n = strlen(name);
+    if (strncmp(name, ".restore-tmp-", 13) == 0) return 1;
     return n > 4 && strcmp(name + n - 4, ".tmp") == 0 &&
            (name[0] == '.' || (name[0] >= '0' && name[0] <= '9'));
 }
@@ -184,7 +189,8 @@ static tk_code list_bases(tk_log *log, int64_t **out, size_t *count, tk_err *err
     if (!d) return tk_fail_errno(err, errno, "open %s", log->dir);
     while ((de = readdir(d)) != NULL) {
         if (!log->o.readonly && is_leftover(de->d_name)) {
-            unlinkat(dirfd(d), de->d_name, 0);
+            char path[PATH_MAX];
+            if (tk_path_join(path, sizeof path, log->dir, de->d_name) == 0) tk_rmtree(path);
             continue;
         }
         if (!parse_base(de->d_name, ".log", &base)) continue;
@@ -352,8 +358,16 @@ static tk_code prepare_dir(tk_log *log, tk_err *err) {
     if (stat(log->dir, &st) < 0) return tk_fail_errno(err, errno, "open %s", log->dir);
     if (!S_ISDIR(st.st_mode))
         return tk_fail(err, TK_INVALID, "open %s: not a directory", log->dir);
-    if (log->o.readonly) return TK_OK;
-    return tk_dirlock_try(log->dir, ".lock", &log->lock_fd, err);
+    if (log->o.readonly) {
+        if (tk_restore_pending(log->dir))
+            return tk_fail(err, TK_LOCKED, "open %s: an in-place restore is in progress; "
+                           "open it as a writer to finish it", log->dir);
+        return TK_OK;
+    }
+    tk_code rc = tk_dirlock_try(log->dir, ".lock", &log->lock_fd, err);
+    if (rc == TK_OK && tk_restore_pending(log->dir))
+        rc = tk_restore_apply(log->dir, err);          /* finish a crashed restore */
+    return rc;
 }
 
 tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_err *err) {
@@ -1066,4 +1080,74 @@ size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap) {
     }
     pthread_rwlock_unlock(&log->rw);
     return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* Cutting (snapshots, cut.h)                                           */
+/* ------------------------------------------------------------------ */
+
+void tk_cut_free(tk_cut *cut) {
+    for (size_t i = 0; i < cut->n; i++) {
+        if (cut->segs[i].log_fd >= 0) close(cut->segs[i].log_fd);
+        free(cut->segs[i].idx);
+        free(cut->segs[i].tim);
+    }
+    free(cut->segs);
+    free(cut->dir);
+    memset(cut, 0, sizeof *cut);
+}
+
+/* The active segment's part of the cut: a descriptor and the index files
+ * as they stand at the cut (no seal trailer: it stays active when restored). */
+static tk_code cut_active(tk_log *log, tk_segment *s, tk_cut_seg *cs, tk_err *err) {
+    int fd;
+    tk_code rc = tk_seg_fd(log->dir, s, &fd, err);
+    if (rc != TK_OK) return rc;
+    if ((cs->log_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        return tk_fail_errno(err, errno, "snapshot %s", log->dir);
+    cs->idx_len = s->ix.n * TK_OIDX_ENTRY;
+    cs->tim_len = s->ix.n * TK_TIDX_ENTRY;
+    cs->idx = malloc(cs->idx_len + 1);
+    cs->tim = malloc(cs->tim_len + 1);
+    if (!cs->idx || !cs->tim) return tk_fail(err, TK_NOMEM, "snapshot %s: out of memory", log->dir);
+    tk_index_encode_off(&s->ix, 0, s->ix.n, cs->idx);
+    tk_index_encode_time(&s->ix, 0, s->ix.n, cs->tim);
+    return TK_OK;
+}
+
+static tk_code cut_locked(tk_log *log, tk_cut *cut, tk_err *err) {
+    tk_code rc = TK_OK;
+    if (!(cut->segs = calloc(log->nsegs, sizeof *cut->segs)) || !(cut->dir = strdup(log->dir)))
+        return tk_fail(err, TK_NOMEM, "snapshot %s: out of memory", log->dir);
+    for (size_t i = 0; i < log->nsegs && rc == TK_OK; i++) {
+        tk_segment *s = log->segs[i];
+        tk_cut_seg *cs = &cut->segs[i];
+        cut->n = i + 1;
+        cs->log_fd = -1;
+        cs->base = s->base;
+        cs->next = s->next;
+        cs->size = s->size;
+        cs->sealed = i + 1 < log->nsegs;
+        if (s->next == s->base && cs->sealed) continue;
+        if ((rc = tk_seg_ensure_crc(log->dir, s, err)) != TK_OK) break;
+        cs->log_crc = s->log_crc;
+        if (!cs->sealed) rc = cut_active(log, s, cs, err);
+    }
+    cut->base_offset = base_locked(log);
+    cut->high_water_mark = hwm_locked(log);
+    return rc;
+}
+
+tk_code tk_log_cut(tk_log *log, tk_cut *cut, tk_err *err) {
+    tk_code rc;
+    memset(cut, 0, sizeof *cut);
+    /* Appends wait only while the cut point is taken, never for copying. */
+    pthread_mutex_lock(&log->wmu);
+    pthread_rwlock_wrlock(&log->rw);
+    rc = log->o.readonly ? refresh_locked(log, err) : TK_OK;
+    if (rc == TK_OK) rc = cut_locked(log, cut, err);
+    pthread_rwlock_unlock(&log->rw);
+    pthread_mutex_unlock(&log->wmu);
+    if (rc != TK_OK) tk_cut_free(cut);
+    return rc;
 }

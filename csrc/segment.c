@@ -15,7 +15,6 @@
 #include "fs.h"
 #include "segment.h"
 
-#define ITER_BUF (1u << 20)
 
 /* ------------------------------------------------------------------ */
 /* Cursor                                                               */
@@ -227,27 +226,11 @@ tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
 }
 
 tk_code tk_seg_ensure_crc(const char *dir, tk_segment *s, tk_err *err) {
-    unsigned char *buf;
-    uint64_t pos = 0;
-    uint32_t crc = 0;
     int fd;
     tk_code rc;
     if (s->crc_known) return TK_OK;
     if ((rc = tk_seg_fd(dir, s, &fd, err)) != TK_OK) return rc;
-    if (!(buf = malloc(ITER_BUF)))
-        return tk_fail(err, TK_NOMEM, "checksum %020" PRId64 ".log: out of memory", s->base);
-    while (pos < s->size) {
-        size_t want = s->size - pos < ITER_BUF ? (size_t)(s->size - pos) : ITER_BUF;
-        ssize_t n = tk_pread_full(fd, buf, want, pos);
-        if (n < 0 || (size_t)n != want) {
-            free(buf);
-            return read_failed(err, dir, s, n < 0 ? errno : EIO);
-        }
-        crc = tk_crc32c(crc, buf, want);
-        pos += want;
-    }
-    free(buf);
-    s->log_crc = crc;
+    if (tk_file_crc(fd, s->size, &s->log_crc) < 0) return read_failed(err, dir, s, errno);
     s->crc_known = 1;
     return TK_OK;
 }

@@ -183,6 +183,95 @@ tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err);
 void tk_iter_close(tk_iter *it);
 
 /* ------------------------------------------------------------------ */
+/* Snapshots                                                            */
+/* ------------------------------------------------------------------ */
+
+/* A snapshot manager owns a directory of snapshots of one log (default
+ * <log dir>/.snapshots).  Several managers, in several processes, may use
+ * the same directory at once: metadata changes are serialized by
+ * flock(<snapshot dir>/.lock).  See docs/FORMAT.md for the layout and
+ * csrc/snapshot.c for the crash-safety protocol. */
+typedef struct tk_snapmgr tk_snapmgr;
+
+typedef enum tk_snap_mode { TK_SNAP_LINK = 0, TK_SNAP_COPY = 1 } tk_snap_mode;
+
+#define TK_SNAP_ID_MAX 64
+#define TK_SNAP_LABEL_MAX 256
+
+typedef struct tk_snapshot {
+    char id[TK_SNAP_ID_MAX];
+    int64_t timestamp;              /* ms since the epoch, when taken */
+    int64_t base_offset;
+    int64_t high_water_mark;        /* holds records [base_offset, high_water_mark) */
+    uint64_t total_size;            /* bytes of its segment files */
+    size_t num_segments;
+    int64_t *segment_offsets;       /* base offset of each segment (malloc'd) */
+    char label[TK_SNAP_LABEL_MAX];
+    tk_snap_mode mode;
+} tk_snapshot;
+
+void tk_snapshot_free(tk_snapshot *snap);
+void tk_snapshot_list_free(tk_snapshot *snaps, size_t n);
+
+/* dir may be NULL for the default. */
+tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
+                        tk_snapmgr **out, tk_err *err);
+void tk_snapmgr_close(tk_snapmgr *mgr);
+const char *tk_snapmgr_dir(const tk_snapmgr *mgr);
+
+typedef void (*tk_progress_fn)(void *ud, uint64_t done, uint64_t total);
+
+typedef struct tk_create_opts {
+    int64_t min_interval_ms;        /* TOO_SOON when the newest snapshot is younger */
+    const char *label;              /* optional */
+    tk_progress_fn progress;        /* optional: bytes placed so far */
+    void *progress_ud;
+} tk_create_opts;
+
+/* Snapshots log (a writer or a read-only handle of the manager's log). */
+tk_code tk_snap_create(tk_snapmgr *mgr, tk_log *log, const tk_create_opts *opts,
+                       tk_snapshot *out, tk_err *err);
+
+typedef struct tk_restore_opts {
+    int replace;                    /* restore into an existing log, in place */
+    int64_t upto_offset;            /* < 0: all; else keep offsets < upto_offset */
+    int64_t upto_timestamp;         /* < 0: all; else keep records up to the first
+                                       one with timestamp > upto_timestamp */
+    int has_upto_timestamp;
+    tk_progress_fn progress;
+    void *progress_ud;
+} tk_restore_opts;
+
+tk_code tk_snap_restore(tk_snapmgr *mgr, const char *id, const char *target,
+                        const tk_restore_opts *opts, tk_err *err);
+
+/* Newest first. */
+tk_code tk_snap_list(tk_snapmgr *mgr, tk_snapshot **out, size_t *n, tk_err *err);
+tk_code tk_snap_get(tk_snapmgr *mgr, const char *id, tk_snapshot *out, tk_err *err);
+tk_code tk_snap_delete(tk_snapmgr *mgr, const char *id, tk_err *err);
+
+/* Deletes the given snapshots in one metadata update; unknown ids are
+ * skipped.  *deleted counts what was removed. */
+tk_code tk_snap_delete_many(tk_snapmgr *mgr, const char *const *ids, size_t n,
+                            size_t *deleted, tk_err *err);
+
+/* Re-reads every file and compares size and CRC32C with the manifest;
+ * CORRUPT names the first file that differs. */
+tk_code tk_snap_verify(tk_snapmgr *mgr, const char *id, tk_progress_fn progress,
+                       void *progress_ud, tk_err *err);
+
+/* Count and age rules; max_snapshots 0 and retention_ms < 0 turn a rule
+ * off.  Age is measured from the newest snapshot, which is always kept. */
+tk_code tk_snap_cleanup(tk_snapmgr *mgr, size_t max_snapshots, int64_t retention_ms,
+                        size_t *deleted, tk_err *err);
+
+/* Sum of total_size over all snapshots. */
+tk_code tk_snap_total_size(tk_snapmgr *mgr, uint64_t *size, tk_err *err);
+
+/* INVALID unless id is a plausible snapshot id (no '/', no "..", ...). */
+tk_code tk_snap_check_id(const char *id, tk_err *err);
+
+/* ------------------------------------------------------------------ */
 /* Checksums                                                            */
 /* ------------------------------------------------------------------ */
 

@@ -199,9 +199,15 @@ describe("a log being opened", function()
 
     -- Entry sizes and layouts of docs/FORMAT.md: each entry ends with the
     -- CRC32C of the bytes before it.
-    local OFF_ENTRY, TIME_ENTRY = 12, 16
-    local function entry_size(path)
-        return path:match("%.timeindex$") and TIME_ENTRY or OFF_ENTRY
+    -- A sealed segment's .timeindex ends with a 24-byte seal trailer.
+    local OFF_ENTRY, TIME_ENTRY, SEAL = 12, 16, 24
+    local function is_time(path) return path:match("%.timeindex$") ~= nil end
+    local function entry_size(path) return is_time(path) and TIME_ENTRY or OFF_ENTRY end
+    local function sealed(path)
+        return is_time(path) and util.file_size(path) % TIME_ENTRY == SEAL % TIME_ENTRY
+    end
+    local function entry_count(path)
+        return (util.file_size(path) - (sealed(path) and SEAL or 0)) // entry_size(path)
     end
     local function with_crc(body) return body .. string.pack("<I4", takhin.crc32c(body)) end
     local function base_of(name) return tonumber(name:match("^(%d+)%.")) end
@@ -224,16 +230,23 @@ describe("a log being opened", function()
             util.write_file(path, ("\0"):rep(math.max(util.file_size(path), 48)))
         end,
         ["with their middle entry zeroed"] = function(path)
-            local entry = entry_size(path)
-            local n = util.file_size(path) // entry
-            if n >= 1 then util.write_at(path, (n // 2) * entry, ("\0"):rep(entry)) end
+            local entry, n = entry_size(path), entry_count(path)
+            if n < 1 then return false end
+            util.write_at(path, (n // 2) * entry, ("\0"):rep(entry))
         end,
         ["with a byte of their middle entry flipped (bad CRC)"] = function(path)
-            local entry = entry_size(path)
-            local n = util.file_size(path) // entry
+            local entry, n = entry_size(path), entry_count(path)
+            if n < 1 then return false end
             -- The position's low byte, or the max_timestamp's low byte.
-            local at = entry == OFF_ENTRY and 4 or 0
-            if n >= 1 then util.flip_byte(path, (n // 2) * entry + at) end
+            util.flip_byte(path, (n // 2) * entry + (is_time(path) and 0 or 4))
+        end,
+        ["with a byte of the seal trailer flipped"] = function(path)
+            if not sealed(path) then return false end
+            util.flip_byte(path, util.file_size(path) - SEAL)  -- max_timestamp's low byte
+        end,
+        ["without the seal trailer"] = function(path)
+            if not sealed(path) then return false end
+            util.truncate(path, util.file_size(path) - SEAL)
         end,
     }
 
@@ -241,7 +254,11 @@ describe("a log being opened", function()
         it("gives correct lookups when its index files are " .. name, function()
             local dir = tmp .. "/log"
             local want = build(dir)
-            for seed, n in ipairs(index_files(dir)) do hurt(dir .. "/" .. n, seed) end
+            local hurt_files = 0
+            for seed, n in ipairs(index_files(dir)) do
+                if hurt(dir .. "/" .. n, seed) ~= false then hurt_files = hurt_files + 1 end
+            end
+            assert.is_true(hurt_files >= 2, "only " .. hurt_files .. " files damaged")
             check(dir, want, name)
         end)
     end
@@ -256,10 +273,10 @@ describe("a log being opened", function()
         local hurt = 0
         for _, n in ipairs(util.ls_suffix(dir, ".index")) do
             local path, base = dir .. "/" .. n, base_of(n)
-            local count = util.file_size(path) // OFF_ENTRY
+            local count = entry_count(path)
             -- Point a middle entry at the record before its own: the
             -- position still grows, but the record there has another offset.
-            for k = 1, count - 2 do
+            for k = 1, count - 1 do
                 local rel, pos = string.unpack("<I4I4", util.read_at(path, k * OFF_ENTRY, 8))
                 local prel, ppos = string.unpack("<I4I4", util.read_at(path, (k - 1) * OFF_ENTRY, 8))
                 local earlier = pos - size(base + rel - 1)
@@ -280,11 +297,11 @@ describe("a log being opened", function()
         local hurt = 0
         for _, n in ipairs(util.ls_suffix(dir, ".timeindex")) do
             local path, base = dir .. "/" .. n, base_of(n)
-            local count = util.file_size(path) // TIME_ENTRY
+            local count = entry_count(path)
             -- Find an entry whose own record raised the largest timestamp
             -- by more than one, and claim one less: still non-decreasing,
             -- but the entry's record is newer than the entry says.
-            for k = 1, count - 2 do
+            for k = 1, count - 1 do
                 local ts, rel = string.unpack("<i8I4", util.read_at(path, k * TIME_ENTRY, 12))
                 local pts = string.unpack("<i8I4", util.read_at(path, (k - 1) * TIME_ENTRY, 12))
                 if want.reads[base + rel].timestamp == ts and ts - 1 > pts then

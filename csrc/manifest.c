@@ -1,0 +1,231 @@
+/*
+ * manifest.c -- reading and writing manifest.json and snapshots.json with
+ * jansson.  Every field read from disk is checked (type, range, names that
+ * could escape the snapshot directory) before anything trusts it.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "fs.h"
+#include "manifest.h"
+#include "restore.h"
+
+#define JSON_FORMAT 1
+
+/* ------------------------------------------------------------------ */
+/* Snapshots <-> JSON objects                                           */
+/* ------------------------------------------------------------------ */
+
+void tk_snapshot_free(tk_snapshot *snap) {
+    if (!snap) return;
+    free(snap->segment_offsets);
+    snap->segment_offsets = NULL;
+    snap->num_segments = 0;
+}
+
+void tk_snapshot_list_free(tk_snapshot *snaps, size_t n) {
+    for (size_t i = 0; i < n; i++) tk_snapshot_free(&snaps[i]);
+    free(snaps);
+}
+
+int tk_snapshot_copy(tk_snapshot *dst, const tk_snapshot *src) {
+    *dst = *src;
+    dst->segment_offsets = NULL;
+    if (src->num_segments) {
+        dst->segment_offsets = malloc(src->num_segments * sizeof(int64_t));
+        if (!dst->segment_offsets) return -1;
+        memcpy(dst->segment_offsets, src->segment_offsets, src->num_segments * sizeof(int64_t));
+    }
+    return 0;
+}
+
+void tk_manifest_free(tk_manifest *m) {
+    tk_snapshot_free(&m->snap);
+    free(m->files);
+    m->files = NULL;
+    m->nfiles = 0;
+}
+
+static json_t *snapshot_to_json(const tk_snapshot *s) {
+    json_t *o = json_object(), *offs = json_array();
+    if (!o || !offs) { json_decref(o); json_decref(offs); return NULL; }
+    for (size_t i = 0; i < s->num_segments; i++)
+        json_array_append_new(offs, json_integer(s->segment_offsets[i]));
+    json_object_set_new(o, "id", json_string(s->id));
+    json_object_set_new(o, "timestamp", json_integer(s->timestamp));
+    json_object_set_new(o, "base_offset", json_integer(s->base_offset));
+    json_object_set_new(o, "high_water_mark", json_integer(s->high_water_mark));
+    json_object_set_new(o, "num_segments", json_integer((json_int_t)s->num_segments));
+    json_object_set_new(o, "total_size", json_integer((json_int_t)s->total_size));
+    json_object_set_new(o, "segment_offsets", offs);
+    json_object_set_new(o, "mode", json_string(s->mode == TK_SNAP_COPY ? "copy" : "link"));
+    if (s->label[0]) json_object_set_new(o, "label", json_string(s->label));
+    return o;
+}
+
+static int get_int(json_t *o, const char *key, int64_t min, int64_t *out) {
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < min) return -1;
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int get_str(json_t *o, const char *key, char *out, size_t cap, int required) {
+    json_t *v = json_object_get(o, key);
+    if (!v && !required) { out[0] = '\0'; return 0; }
+    if (!json_is_string(v) || json_string_length(v) >= cap ||
+        strlen(json_string_value(v)) != json_string_length(v))
+        return -1;
+    memcpy(out, json_string_value(v), json_string_length(v) + 1);
+    return 0;
+}
+
+/* Fills s from o; -1 when any field is missing or out of range. */
+static int snapshot_from_json(json_t *o, tk_snapshot *s) {
+    int64_t v;
+    char mode[8];
+    json_t *offs;
+    memset(s, 0, sizeof *s);
+    if (!json_is_object(o)) return -1;
+    if (get_str(o, "id", s->id, sizeof s->id, 1) < 0 || tk_snap_check_id(s->id, NULL) != TK_OK)
+        return -1;
+    if (get_str(o, "label", s->label, sizeof s->label, 0) < 0) return -1;
+    if (get_str(o, "mode", mode, sizeof mode, 0) < 0) return -1;
+    s->mode = strcmp(mode, "copy") == 0 ? TK_SNAP_COPY : TK_SNAP_LINK;
+    if (get_int(o, "timestamp", INT64_MIN, &s->timestamp) < 0 ||
+        get_int(o, "base_offset", 0, &s->base_offset) < 0 ||
+        get_int(o, "high_water_mark", s->base_offset, &s->high_water_mark) < 0 ||
+        get_int(o, "total_size", 0, &v) < 0)
+        return -1;
+    s->total_size = (uint64_t)v;
+    if (get_int(o, "num_segments", 0, &v) < 0) return -1;
+    offs = json_object_get(o, "segment_offsets");
+    if (!json_is_array(offs) || json_array_size(offs) != (size_t)v) return -1;
+    s->num_segments = (size_t)v;
+    if (v > 0 && !(s->segment_offsets = malloc((size_t)v * sizeof(int64_t)))) return -1;
+    for (size_t i = 0; i < s->num_segments; i++) {
+        json_t *e = json_array_get(offs, i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0) { tk_snapshot_free(s); return -1; }
+        s->segment_offsets[i] = json_integer_value(e);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Files                                                                */
+/* ------------------------------------------------------------------ */
+
+static tk_code write_json(const char *path, json_t *root, tk_err *err) {
+    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    tk_code rc = TK_OK;
+    json_decref(root);
+    if (!text) return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    size_t len = strlen(text);
+    text[len] = '\n';               /* json_dumps leaves room for its NUL */
+    if (tk_replace_file(path, text, len + 1, 1) < 0)
+        rc = tk_fail_errno(err, errno, "write %s", path);
+    free(text);
+    return rc;
+}
+
+static tk_code load_json(const char *path, json_t **root, tk_err *err) {
+    json_error_t je;
+    FILE *f = fopen(path, "rb");
+    if (!f) return tk_fail_errno(err, errno, "open %s", path);
+    *root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
+    fclose(f);
+    if (!*root)
+        return tk_fail(err, TK_CORRUPT, "parse %s: %s (line %d)", path, je.text, je.line);
+    return TK_OK;
+}
+
+tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err) {
+    json_t *root = snapshot_to_json(&m->snap), *files = json_array();
+    if (!root || !files) {
+        json_decref(root); json_decref(files);
+        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    }
+    for (size_t i = 0; i < m->nfiles; i++) {
+        char crc[9];
+        snprintf(crc, sizeof crc, "%08" PRIx32, m->files[i].crc);
+        json_array_append_new(files, json_pack("{s:s, s:I, s:s}", "name", m->files[i].name,
+                                               "size", (json_int_t)m->files[i].size,
+                                               "crc32c", crc));
+    }
+    json_object_set_new(root, "files", files);
+    json_object_set_new(root, "format", json_integer(JSON_FORMAT));
+    return write_json(path, root, err);
+}
+
+static int file_from_json(json_t *o, tk_mfile *f) {
+    char crc[16], *end;
+    int64_t size;
+    unsigned long v;
+    if (!json_is_object(o) || get_str(o, "name", f->name, sizeof f->name, 1) < 0 ||
+        !tk_is_segment_file(f->name) || get_int(o, "size", 0, &size) < 0 ||
+        get_str(o, "crc32c", crc, sizeof crc, 1) < 0 || strlen(crc) != 8)
+        return -1;
+    errno = 0;
+    v = strtoul(crc, &end, 16);
+    if (*end || errno) return -1;
+    f->size = (uint64_t)size;
+    f->crc = (uint32_t)v;
+    return 0;
+}
+
+tk_code tk_manifest_read(const char *path, tk_manifest *m, tk_err *err) {
+    json_t *root, *files;
+    tk_code rc = load_json(path, &root, err);
+    memset(m, 0, sizeof *m);
+    if (rc != TK_OK) return rc;
+    files = json_object_get(root, "files");
+    if (snapshot_from_json(root, &m->snap) < 0 || !json_is_array(files)) goto bad;
+    m->nfiles = json_array_size(files);
+    if (!(m->files = calloc(m->nfiles ? m->nfiles : 1, sizeof *m->files))) goto bad;
+    for (size_t i = 0; i < m->nfiles; i++)
+        if (file_from_json(json_array_get(files, i), &m->files[i]) < 0) goto bad;
+    json_decref(root);
+    return TK_OK;
+bad:
+    json_decref(root);
+    tk_manifest_free(m);
+    return tk_fail(err, TK_CORRUPT, "read %s: not a valid takhin manifest", path);
+}
+
+tk_code tk_catalog_write(const char *path, const tk_snapshot *snaps, size_t n, tk_err *err) {
+    json_t *root = json_object(), *arr = json_array();
+    if (!root || !arr) {
+        json_decref(root); json_decref(arr);
+        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    }
+    for (size_t i = 0; i < n; i++) json_array_append_new(arr, snapshot_to_json(&snaps[i]));
+    json_object_set_new(root, "format", json_integer(JSON_FORMAT));
+    json_object_set_new(root, "snapshots", arr);
+    return write_json(path, root, err);
+}
+
+tk_code tk_catalog_read(const char *path, tk_snapshot **out, size_t *n, tk_err *err) {
+    json_t *root, *arr;
+    tk_snapshot *snaps = NULL;
+    size_t count = 0;
+    tk_code rc = load_json(path, &root, err);
+    if (rc != TK_OK) return rc;
+    arr = json_object_get(root, "snapshots");
+    if (!json_is_array(arr)) goto bad;
+    if (!(snaps = calloc(json_array_size(arr) + 1, sizeof *snaps))) goto bad;
+    for (count = 0; count < json_array_size(arr); count++)
+        if (snapshot_from_json(json_array_get(arr, count), &snaps[count]) < 0) goto bad;
+    json_decref(root);
+    *out = snaps;
+    *n = count;
+    return TK_OK;
+bad:
+    json_decref(root);
+    tk_snapshot_list_free(snaps, count);
+    return tk_fail(err, TK_CORRUPT, "read %s: not a valid snapshot catalog", path);
+}
