@@ -22,7 +22,7 @@ BUSTED     = busted --lua=$(LUA)
 SPEC_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
              LUA_CPATH='$(BUILD)/?.so;;' TAKHIN_LUA=$(LUA) TAKHIN_BUILD=$(BUILD)
 
-.PHONY: all help deps test test-c test-lua test-asan test-tsan bench demo clean
+.PHONY: all help deps fault test test-asan test-tsan bench demo clean
 
 all: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(C_TESTS)
 
@@ -32,6 +32,7 @@ help:
 	@echo "make test       run every C test and busted spec; last line 'N passed, N failed'"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make test-tsan  the C thread test under ThreadSanitizer"
+	@echo "make fault      the crash-point build ($(BUILD)-fault) used by spec/fault_spec.lua"
 	@echo "make bench      benchmarks with ratios against baselines run side by side"
 	@echo "make demo       run examples/quickstart.lua"
 	@echo "make clean      remove build outputs"
@@ -62,17 +63,25 @@ deps:
 
 # ---------------------------------------------------------------- tests
 
+# The crash-point build (csrc/fault.h): only the fault specs load it.
+fault: deps
+	@$(MAKE) --no-print-directory $(FAULT_BUILD)/takhin/core.so BUILD=$(FAULT_BUILD) \
+	  SAN="$(SAN) -DTK_FAULT_INJECTION"
+
+FAULT_BUILD ?= $(BUILD)-fault
+
 test: deps
-	@$(MAKE) --no-print-directory all
-	@sh scripts/run-tests.sh $(BUILD) $(LUA)
+	@$(MAKE) --no-print-directory all fault
+	@TAKHIN_FAULT_BUILD=$(FAULT_BUILD) sh scripts/run-tests.sh $(BUILD) $(LUA)
 
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 UBSAN_LIB = $(shell $(CC) -print-file-name=libubsan.so)
 
+ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
 test-asan: deps
-	@$(MAKE) --no-print-directory all BUILD=build-asan OPT=-O1 \
-	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
-	@LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	@$(MAKE) --no-print-directory all fault BUILD=build-asan OPT=-O1 SAN="$(ASAN_FLAGS)"
+	@TAKHIN_FAULT_BUILD=build-asan-fault LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  sh scripts/run-tests.sh build-asan $(LUA)
@@ -91,4 +100,4 @@ demo: deps
 	@$(SPEC_ENV) $(LUA) examples/quickstart.lua
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-fault build-asan build-asan-fault build-tsan

@@ -21,6 +21,7 @@
 
 #define LOG_MT  "takhin.Log"
 #define ITER_MT "takhin.Iter"
+#define SM_MT   "takhin.SnapshotManager"
 
 #if defined(__GNUC__)
 #define TK_EXPORT __attribute__((visibility("default")))
@@ -32,6 +33,10 @@ typedef struct lua_log {
     tk_log *log;                /* NULL once closed */
     tk_record rec;              /* reused by read() */
 } lua_log;
+
+typedef struct lua_sm {
+    tk_snapmgr *mgr;            /* NULL once closed */
+} lua_sm;
 
 typedef struct lua_iter {
     tk_iter *it;                /* NULL once finished */
@@ -483,6 +488,394 @@ static int l_tostring(lua_State *L) {
     return 1;
 }
 
+
+/* ------------------------------------------------------------------ */
+/* SnapshotManager                                                      */
+/* ------------------------------------------------------------------ */
+
+static lua_sm *check_sm(lua_State *L, int idx) {
+    lua_sm *u = (lua_sm *)luaL_checkudata(L, idx, SM_MT);
+    if (!u->mgr) luaL_error(L, "attempt to use a closed takhin.SnapshotManager");
+    return u;
+}
+
+static const char *check_id(lua_State *L, int idx) {
+    size_t len;
+    const char *id = check_string(L, idx, &len);
+    if (strlen(id) != len) return NULL;             /* NUL inside: INVALID below */
+    return id;
+}
+
+static void push_snapshot(lua_State *L, tk_snapmgr *mgr, const tk_snapshot *s) {
+    lua_createtable(L, 0, 10);
+    lua_pushstring(L, s->id);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, (lua_Integer)s->timestamp);
+    lua_setfield(L, -2, "timestamp");
+    lua_pushinteger(L, (lua_Integer)s->base_offset);
+    lua_setfield(L, -2, "base_offset");
+    lua_pushinteger(L, (lua_Integer)s->high_water_mark);
+    lua_setfield(L, -2, "high_water_mark");
+    lua_pushinteger(L, (lua_Integer)s->num_segments);
+    lua_setfield(L, -2, "num_segments");
+    lua_pushinteger(L, (lua_Integer)s->total_size);
+    lua_setfield(L, -2, "total_size");
+    lua_createtable(L, (int)s->num_segments, 0);
+    for (size_t i = 0; i < s->num_segments; i++) {
+        lua_pushinteger(L, (lua_Integer)s->segment_offsets[i]);
+        lua_rawseti(L, -2, (lua_Integer)(i + 1));
+    }
+    lua_setfield(L, -2, "segment_offsets");
+    lua_pushstring(L, s->mode == TK_SNAP_COPY ? "copy" : "link");
+    lua_setfield(L, -2, "mode");
+    if (s->label[0]) {
+        lua_pushstring(L, s->label);
+        lua_setfield(L, -2, "label");
+    }
+    lua_pushfstring(L, "%s/snapshot-%s", tk_snapmgr_dir(mgr), s->id);
+    lua_setfield(L, -2, "path");
+}
+
+static const char *const sm_opt_names[] = { "dir", "mode", NULL };
+
+static int l_snapshot_manager(lua_State *L) {
+    size_t len;
+    const char *log_dir = check_string(L, 1, &len), *dir = NULL;
+    tk_snap_mode mode = TK_SNAP_LINK;
+    lua_sm *u;
+    tk_err e;
+    if (strlen(log_dir) != len) return push_invalid(L, "snapshot_manager: path contains a NUL byte");
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        check_field_names(L, 2, "snapshot_manager", sm_opt_names);
+        lua_getfield(L, 2, "dir");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "option 'dir': string expected, got %s", luaL_typename(L, -1));
+            dir = lua_tolstring(L, -1, &len);        /* the opts table keeps it alive */
+            if (strlen(dir) != len) return push_invalid(L, "snapshot_manager: dir contains a NUL byte");
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, 2, "mode");
+        if (!lua_isnil(L, -1)) {
+            const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (!m) luaL_error(L, "option 'mode': string expected, got %s", luaL_typename(L, -1));
+            if (strcmp(m, "copy") == 0) mode = TK_SNAP_COPY;
+            else if (strcmp(m, "link") != 0)
+                return push_invalid(L, "snapshot_manager: mode must be \"link\" or \"copy\"");
+        }
+        lua_pop(L, 1);
+    }
+    u = (lua_sm *)lua_newuserdata(L, sizeof *u);
+    u->mgr = NULL;
+    luaL_setmetatable(L, SM_MT);
+    if (tk_snapmgr_open(log_dir, dir, mode, &u->mgr, &e) != TK_OK) return push_error(L, &e);
+    return 1;
+}
+
+/* Progress callbacks call Lua under pcall: an error in a callback must not
+ * unwind through the engine.  The first one is raised after the call. */
+typedef struct lua_progress {
+    lua_State *L;
+    int fn;                     /* stack index of the function, 0: none */
+    int failed;
+} lua_progress;
+
+static void call_progress(void *ud, uint64_t done, uint64_t total) {
+    lua_progress *p = (lua_progress *)ud;
+    if (p->failed) return;
+    lua_pushvalue(p->L, p->fn);
+    lua_pushinteger(p->L, (lua_Integer)done);
+    lua_pushinteger(p->L, (lua_Integer)total);
+    if (lua_pcall(p->L, 2, 0, 0) != LUA_OK) p->failed = lua_gettop(p->L);   /* keep the error */
+}
+
+static void setup_progress(lua_State *L, int t, lua_progress *p, tk_progress_fn *fn, void **ud) {
+    p->L = L;
+    p->fn = 0;
+    p->failed = 0;
+    *fn = NULL;
+    *ud = NULL;
+    if (!t) return;
+    lua_getfield(L, t, "progress");
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+    if (lua_type(L, -1) != LUA_TFUNCTION)
+        luaL_error(L, "option 'progress': function expected, got %s", luaL_typename(L, -1));
+    p->fn = lua_gettop(L);                          /* left on the stack */
+    *fn = call_progress;
+    *ud = p;
+}
+
+static void raise_progress_error(lua_State *L, const lua_progress *p) {
+    if (p->failed) {
+        lua_pushvalue(L, p->failed);
+        lua_error(L);
+    }
+}
+
+static const char *const create_opt_names[] = { "min_interval_ms", "label", "progress", NULL };
+
+static int l_sm_create(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    lua_log *lg = check_log(L, 2);
+    tk_create_opts o;
+    tk_snapshot snap;
+    lua_progress pr;
+    tk_err e;
+    int t = 0;
+    tk_code rc;
+    memset(&o, 0, sizeof o);
+    if (!lua_isnoneornil(L, 3)) {
+        int64_t v;
+        size_t len;
+        luaL_checktype(L, 3, LUA_TTABLE);
+        t = 3;
+        check_field_names(L, 3, "create", create_opt_names);
+        if (field_int(L, 3, "min_interval_ms", &v)) {
+            if (v < 0) return push_invalid(L, "create: min_interval must be >= 0");
+            o.min_interval_ms = v;
+        }
+        lua_getfield(L, 3, "label");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "option 'label': string expected, got %s", luaL_typename(L, -1));
+            o.label = lua_tolstring(L, -1, &len);
+            if (strlen(o.label) != len) return push_invalid(L, "create: label contains a NUL byte");
+        }
+        lua_pop(L, 1);                              /* the opts table keeps it alive */
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    rc = tk_snap_create(u->mgr, lg->log, &o, &snap, &e);
+    raise_progress_error(L, &pr);
+    if (rc != TK_OK) return push_error(L, &e);
+    push_snapshot(L, u->mgr, &snap);
+    tk_snapshot_free(&snap);
+    return 1;
+}
+
+static const char *const restore_opt_names[] = {
+    "replace", "upto_offset", "upto_timestamp", "progress", NULL
+};
+
+static int l_sm_restore(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    const char *id = check_id(L, 2), *target;
+    size_t len;
+    tk_restore_opts o;
+    lua_progress pr;
+    tk_err e;
+    int t = 0;
+    tk_code rc;
+    target = check_string(L, 3, &len);
+    if (!id) return push_invalid(L, "restore: id contains a NUL byte");
+    if (strlen(target) != len) return push_invalid(L, "restore: target contains a NUL byte");
+    memset(&o, 0, sizeof o);
+    o.upto_offset = -1;
+    o.upto_timestamp = -1;
+    if (!lua_isnoneornil(L, 4)) {
+        int64_t v;
+        luaL_checktype(L, 4, LUA_TTABLE);
+        t = 4;
+        check_field_names(L, 4, "restore", restore_opt_names);
+        lua_getfield(L, 4, "replace");
+        if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
+            luaL_error(L, "option 'replace': boolean expected, got %s", luaL_typename(L, -1));
+        o.replace = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (field_int(L, 4, "upto_offset", &v)) {
+            if (v < 0) return push_invalid(L, "restore: upto_offset must be >= 0");
+            o.upto_offset = v;
+        }
+        if (field_int(L, 4, "upto_timestamp", &v)) {
+            o.upto_timestamp = v;
+            o.has_upto_timestamp = 1;
+        }
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    rc = tk_snap_restore(u->mgr, id, target, &o, &e);
+    raise_progress_error(L, &pr);
+    if (rc != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_sm_list(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    tk_snapshot *snaps;
+    size_t n;
+    tk_err e;
+    if (tk_snap_list(u->mgr, &snaps, &n, &e) != TK_OK) return push_error(L, &e);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        push_snapshot(L, u->mgr, &snaps[i]);
+        lua_rawseti(L, -2, (lua_Integer)(i + 1));
+    }
+    tk_snapshot_list_free(snaps, n);
+    return 1;
+}
+
+static int l_sm_get(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    const char *id = check_id(L, 2);
+    tk_snapshot snap;
+    tk_err e;
+    if (!id) return push_invalid(L, "get: id contains a NUL byte");
+    if (tk_snap_get(u->mgr, id, &snap, &e) != TK_OK) return push_error(L, &e);
+    push_snapshot(L, u->mgr, &snap);
+    tk_snapshot_free(&snap);
+    return 1;
+}
+
+static int l_sm_latest(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    tk_snapshot *snaps;
+    size_t n;
+    tk_err e;
+    if (tk_snap_list(u->mgr, &snaps, &n, &e) != TK_OK) return push_error(L, &e);
+    if (n == 0) {
+        tk_snapshot_list_free(snaps, n);
+        lua_pushnil(L);
+        lua_pushfstring(L, "no snapshots in %s", tk_snapmgr_dir(u->mgr));
+        lua_pushstring(L, tk_code_name(TK_NOT_FOUND));
+        return 3;
+    }
+    push_snapshot(L, u->mgr, &snaps[0]);
+    tk_snapshot_list_free(snaps, n);
+    return 1;
+}
+
+static int l_sm_delete(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    const char *id = check_id(L, 2);
+    tk_err e;
+    if (!id) return push_invalid(L, "delete: id contains a NUL byte");
+    if (tk_snap_delete(u->mgr, id, &e) != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* _delete_many(ids) -> number deleted: one metadata update (policies). */
+static int l_sm_delete_many(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    size_t n, deleted = 0;
+    const char **ids;
+    tk_err e;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    n = (size_t)lua_rawlen(L, 2);
+    ids = (const char **)lua_newuserdata(L, (n ? n : 1) * sizeof *ids);
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)(i + 1));
+        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "_delete_many: ids must be strings");
+        ids[i] = lua_tostring(L, -1);               /* the table keeps it alive */
+        lua_pop(L, 1);
+    }
+    if (tk_snap_delete_many(u->mgr, ids, n, &deleted, &e) != TK_OK) return push_error(L, &e);
+    lua_pushinteger(L, (lua_Integer)deleted);
+    return 1;
+}
+
+/* _cleanup(max_snapshots, retention_ms) -> number deleted; 0 / -1 turn a
+ * rule off.  The Lua layer (takhin.policy) parses the user's options. */
+static int l_sm_cleanup(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    int64_t max = check_int64(L, 2), retention = check_int64(L, 3);
+    size_t deleted = 0;
+    tk_err e;
+    if (max < 0) return push_invalid(L, "cleanup: max_snapshots must be >= 0");
+    if (tk_snap_cleanup(u->mgr, (size_t)max, retention, &deleted, &e) != TK_OK)
+        return push_error(L, &e);
+    lua_pushinteger(L, (lua_Integer)deleted);
+    return 1;
+}
+
+static int l_sm_verify(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    const char *id = check_id(L, 2);
+    lua_progress pr;
+    tk_progress_fn fn;
+    void *ud;
+    tk_err e;
+    tk_code rc;
+    if (!id) return push_invalid(L, "verify: id contains a NUL byte");
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    setup_progress(L, lua_isnoneornil(L, 3) ? 0 : 3, &pr, &fn, &ud);
+    rc = tk_snap_verify(u->mgr, id, fn, ud, &e);
+    raise_progress_error(L, &pr);
+    if (rc != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_sm_size(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    uint64_t size;
+    tk_err e;
+    if (tk_snap_total_size(u->mgr, &size, &e) != TK_OK) return push_error(L, &e);
+    lua_pushinteger(L, (lua_Integer)size);
+    return 1;
+}
+
+static int l_sm_dir(lua_State *L) {
+    lua_pushstring(L, tk_snapmgr_dir(check_sm(L, 1)->mgr));
+    return 1;
+}
+
+static int l_sm_close(lua_State *L) {
+    lua_sm *u = (lua_sm *)luaL_checkudata(L, 1, SM_MT);
+    tk_snapmgr_close(u->mgr);
+    u->mgr = NULL;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_sm_gc(lua_State *L) {
+    lua_sm *u = (lua_sm *)lua_touserdata(L, 1);
+    if (u) {
+        tk_snapmgr_close(u->mgr);
+        u->mgr = NULL;
+    }
+    return 0;
+}
+
+static int l_sm_tostring(lua_State *L) {
+    lua_sm *u = (lua_sm *)luaL_checkudata(L, 1, SM_MT);
+    if (!u->mgr) lua_pushliteral(L, "takhin.SnapshotManager(closed)");
+    else lua_pushfstring(L, "takhin.SnapshotManager(%s)", tk_snapmgr_dir(u->mgr));
+    return 1;
+}
+
+static int l_check_id(lua_State *L) {
+    const char *id = check_id(L, 1);
+    tk_err e;
+    if (!id) return push_invalid(L, "snapshot id contains a NUL byte");
+    if (tk_snap_check_id(id, &e) != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static const luaL_Reg sm_methods[] = {
+    { "_create", l_sm_create },
+    { "restore", l_sm_restore },
+    { "list", l_sm_list },
+    { "get", l_sm_get },
+    { "latest", l_sm_latest },
+    { "delete", l_sm_delete },
+    { "_delete_many", l_sm_delete_many },
+    { "_cleanup", l_sm_cleanup },
+    { "verify", l_sm_verify },
+    { "size", l_sm_size },
+    { "dir", l_sm_dir },
+    { "close", l_sm_close },
+    { NULL, NULL }
+};
+
+static const luaL_Reg sm_meta[] = {
+    { "__gc", l_sm_gc },
+    { "__close", l_sm_gc },
+    { "__tostring", l_sm_tostring },
+    { NULL, NULL }
+};
+
 /* ------------------------------------------------------------------ */
 /* Module                                                               */
 /* ------------------------------------------------------------------ */
@@ -524,6 +917,8 @@ static const luaL_Reg log_meta[] = {
 
 static const luaL_Reg module_funcs[] = {
     { "open_log", l_open_log },
+    { "snapshot_manager", l_snapshot_manager },
+    { "check_snapshot_id", l_check_id },
     { "crc32c", l_crc32c },
     { NULL, NULL }
 };
@@ -534,6 +929,12 @@ static void create_metatables(lua_State *L) {
     if (luaL_newmetatable(L, LOG_MT)) {
         luaL_setfuncs(L, log_meta, 0);
         luaL_newlib(L, log_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, SM_MT)) {
+        luaL_setfuncs(L, sm_meta, 0);
+        luaL_newlib(L, sm_methods);
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
@@ -549,6 +950,14 @@ static void create_metatables(lua_State *L) {
 TK_EXPORT int luaopen_takhin_core(lua_State *L) {
     create_metatables(L);
     luaL_newlib(L, module_funcs);
+    luaL_getmetatable(L, SM_MT);                    /* methods, for takhin/init.lua */
+    lua_getfield(L, -1, "__index");
+    lua_setfield(L, -3, "SnapshotManager");
+    lua_pop(L, 1);
+    luaL_getmetatable(L, LOG_MT);
+    lua_getfield(L, -1, "__index");
+    lua_setfield(L, -3, "Log");
+    lua_pop(L, 1);
     lua_pushliteral(L, TAKHIN_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushinteger(L, TK_FORMAT_VERSION);
