@@ -98,6 +98,8 @@ bench: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@$(SPEC_ENV) $(LUA) examples/quickstart.lua
+	@echo
+	@$(SPEC_ENV) $(LUA) examples/snapshot_example.lua
 
 clean:
 	rm -rf build build-fault build-asan build-asan-fault build-tsan
