@@ -22,12 +22,13 @@ BUSTED     = busted --lua=$(LUA)
 SPEC_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
              LUA_CPATH='$(BUILD)/?.so;;' TAKHIN_LUA=$(LUA) TAKHIN_BUILD=$(BUILD)
 
-.PHONY: all help deps fault test test-asan test-tsan bench demo clean
+.PHONY: all help deps fault luajit test test-asan test-tsan bench demo clean
 
 all: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(C_TESTS)
 
 help:
 	@echo "make            build $(BUILD)/takhin/core.so (Lua 5.4) and $(BUILD)/libtakhin.a"
+	@echo "make luajit     build build/luajit/takhin/core.so for LuaJIT 2.1 (OpenResty)"
 	@echo "make deps       install missing Debian packages (as root) or print the command"
 	@echo "make test       run every C test and busted spec; last line 'N passed, N failed'"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
@@ -55,6 +56,12 @@ $(BUILD)/takhin/core.so: $(BINDING) $(BUILD)/libtakhin.a $(HEADERS)
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Icsrc $< $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
+
+# LuaJIT / nginx's Lua module: the same sources against the Lua 5.1 API.
+LUAJIT_INC ?= /usr/include/luajit-2.1
+
+luajit:
+	@$(MAKE) --no-print-directory build/luajit/takhin/core.so BUILD=build/luajit LUA_INC=$(LUAJIT_INC)
 
 # ---------------------------------------------------------------- deps
 

@@ -11,12 +11,14 @@
  * close, __gc and __close share one quiet path that never raises.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lauxlib.h"
 #include "lua.h"
 
+#include "compat.h"
 #include "takhin.h"
 
 #define LOG_MT  "takhin.Log"
@@ -69,12 +71,11 @@ static lua_log *check_log(lua_State *L, int idx) {
 /* An integer argument: a number with an exact integer value.  Strings are
  * refused (no silent coercion of "10" into an offset). */
 static int64_t check_int64(lua_State *L, int idx) {
-    lua_Integer v;
-    int ok = 0;
-    if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "integer");
-    v = lua_tointegerx(L, idx, &ok);
-    if (!ok) luaL_argerror(L, idx, "number has no integer representation");
-    return (int64_t)v;
+    int64_t v = 0;
+    if (lua_type(L, idx) != LUA_TNUMBER) compat_typeerror(L, idx, "integer");
+    if (!compat_toint64(L, idx, &v))
+        luaL_argerror(L, idx, "number has no exact integer representation");
+    return v;
 }
 
 static int64_t opt_int64(lua_State *L, int idx, int64_t def) {
@@ -82,7 +83,7 @@ static int64_t opt_int64(lua_State *L, int idx, int64_t def) {
 }
 
 static const char *check_string(lua_State *L, int idx, size_t *len) {
-    if (lua_type(L, idx) != LUA_TSTRING) luaL_typeerror(L, idx, "string");
+    if (lua_type(L, idx) != LUA_TSTRING) compat_typeerror(L, idx, "string");
     return lua_tolstring(L, idx, len);
 }
 
@@ -113,13 +114,10 @@ static int field_int(lua_State *L, int t, const char *name, int64_t *out) {
     lua_getfield(L, t, name);
     present = !lua_isnil(L, -1);
     if (present) {
-        lua_Integer v;
-        int ok = 0;
         if (lua_type(L, -1) != LUA_TNUMBER)
             luaL_error(L, "option '%s': integer expected, got %s", name, luaL_typename(L, -1));
-        v = lua_tointegerx(L, -1, &ok);
-        if (!ok) luaL_error(L, "option '%s': number has no integer representation", name);
-        *out = (int64_t)v;
+        if (!compat_toint64(L, -1, out))
+            luaL_error(L, "option '%s': number has no exact integer representation", name);
     }
     lua_pop(L, 1);
     return present;
@@ -221,7 +219,7 @@ static int l_append(lua_State *L) {
     tk_err e;
     memset(&r, 0, sizeof r);
     if (!lua_isnoneornil(L, 2)) {
-        if (lua_type(L, 2) != LUA_TSTRING) luaL_typeerror(L, 2, "string or nil");
+        if (lua_type(L, 2) != LUA_TSTRING) compat_typeerror(L, 2, "string or nil");
         r.key = lua_tolstring(L, 2, &r.key_len);
         r.has_key = 1;
     }
@@ -229,7 +227,7 @@ static int l_append(lua_State *L) {
     r.timestamp = opt_int64(L, 4, -1);
     if (!lua_isnoneornil(L, 4) && r.timestamp < 0) return push_invalid(L, "append: timestamp must be >= 0");
     if (tk_log_append(u->log, &r, 1, &off, &e) != TK_OK) return push_error(L, &e);
-    lua_pushinteger(L, (lua_Integer)off);
+    compat_pushint64(L, (int64_t)off);
     return 1;
 }
 
@@ -254,12 +252,11 @@ static const char *batch_entry(lua_State *L, int i, tk_rec_in *r) {
     lua_getfield(L, -1, "timestamp");
     r->timestamp = -1;
     if (!lua_isnil(L, -1)) {
-        lua_Integer v = 0;
-        int ok = 0;
-        if (lua_type(L, -1) != LUA_TNUMBER || (v = lua_tointegerx(L, -1, &ok), !ok))
+        int64_t v = 0;
+        if (lua_type(L, -1) != LUA_TNUMBER || !compat_toint64(L, -1, &v))
             luaL_error(L, "append_batch: element %d: timestamp must be an integer", i);
         if (v < 0) { lua_pop(L, 1); return "append_batch: timestamp must be >= 0"; }
-        r->timestamp = (int64_t)v;
+        r->timestamp = v;
     }
     lua_pop(L, 1);
     return NULL;
@@ -273,7 +270,7 @@ static int l_append_batch(lua_State *L) {
     tk_err e;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
-    n = (size_t)lua_rawlen(L, 2);
+    n = (size_t)compat_rawlen(L, 2);
     /* Scratch space owned by the GC, so a raise below leaks nothing. */
     recs = (tk_rec_in *)lua_newuserdata(L, (n ? n : 1) * sizeof *recs);   /* stack: log, t, scratch */
     for (size_t i = 0; i < n; i++) {
@@ -284,8 +281,8 @@ static int l_append_batch(lua_State *L) {
         if (bad) return push_invalid(L, bad);
     }
     if (tk_log_append(u->log, recs, n, &first, &e) != TK_OK) return push_error(L, &e);
-    lua_pushinteger(L, (lua_Integer)first);
-    lua_pushinteger(L, (lua_Integer)(first + (int64_t)n - 1));
+    compat_pushint64(L, (int64_t)first);
+    compat_pushint64(L, (int64_t)(first + (int64_t)n - 1));
     return 2;
 }
 
@@ -319,9 +316,9 @@ static int l_sync(lua_State *L) {
 
 static void push_record(lua_State *L, const tk_record *r) {
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, (lua_Integer)r->offset);
+    compat_pushint64(L, (int64_t)r->offset);
     lua_setfield(L, -2, "offset");
-    lua_pushinteger(L, (lua_Integer)r->timestamp);
+    compat_pushint64(L, (int64_t)r->timestamp);
     lua_setfield(L, -2, "timestamp");
     if (r->has_key) {
         lua_pushlstring(L, (const char *)r->key, r->key_len);
@@ -395,27 +392,27 @@ static int l_offset_for_time(lua_State *L) {
     tk_err e;
     if (tk_log_offset_for_time(u->log, check_int64(L, 2), &off, &e) != TK_OK)
         return push_error(L, &e);
-    lua_pushinteger(L, (lua_Integer)off);
+    compat_pushint64(L, (int64_t)off);
     return 1;
 }
 
 static int l_high_water_mark(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)tk_log_high_water_mark(check_log(L, 1)->log));
+    compat_pushint64(L, (int64_t)tk_log_high_water_mark(check_log(L, 1)->log));
     return 1;
 }
 
 static int l_base_offset(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)tk_log_base_offset(check_log(L, 1)->log));
+    compat_pushint64(L, (int64_t)tk_log_base_offset(check_log(L, 1)->log));
     return 1;
 }
 
 static int l_num_segments(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)tk_log_num_segments(check_log(L, 1)->log));
+    compat_pushint64(L, (int64_t)tk_log_num_segments(check_log(L, 1)->log));
     return 1;
 }
 
 static int l_size(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)tk_log_size(check_log(L, 1)->log));
+    compat_pushint64(L, (int64_t)tk_log_size(check_log(L, 1)->log));
     return 1;
 }
 
@@ -438,11 +435,11 @@ static int l_segments(lua_State *L) {
     lua_createtable(L, (int)got, 0);
     for (size_t i = 0; i < got; i++) {
         lua_createtable(L, 0, 4);
-        lua_pushinteger(L, (lua_Integer)info[i].base_offset);
+        compat_pushint64(L, (int64_t)info[i].base_offset);
         lua_setfield(L, -2, "base_offset");
-        lua_pushinteger(L, (lua_Integer)info[i].next_offset);
+        compat_pushint64(L, (int64_t)info[i].next_offset);
         lua_setfield(L, -2, "next_offset");
-        lua_pushinteger(L, (lua_Integer)info[i].size);
+        compat_pushint64(L, (int64_t)info[i].size);
         lua_setfield(L, -2, "size");
         lua_pushboolean(L, info[i].active);
         lua_setfield(L, -2, "active");
@@ -480,11 +477,11 @@ static int l_tostring(lua_State *L) {
         lua_pushliteral(L, "takhin.Log(closed)");
         return 1;
     }
-    lua_pushfstring(L, "takhin.Log(%s, offsets %I..%I, %I segments%s)", tk_log_dir(u->log),
-                    (lua_Integer)tk_log_base_offset(u->log),
-                    (lua_Integer)tk_log_high_water_mark(u->log),
-                    (lua_Integer)tk_log_num_segments(u->log),
-                    tk_log_readonly(u->log) ? ", read-only" : "");
+    char buf[128];
+    snprintf(buf, sizeof buf, "offsets %lld..%lld, %zu segments%s",
+             (long long)tk_log_base_offset(u->log), (long long)tk_log_high_water_mark(u->log),
+             tk_log_num_segments(u->log), tk_log_readonly(u->log) ? ", read-only" : "");
+    lua_pushfstring(L, "takhin.Log(%s, %s)", tk_log_dir(u->log), buf);
     return 1;
 }
 
@@ -510,19 +507,19 @@ static void push_snapshot(lua_State *L, tk_snapmgr *mgr, const tk_snapshot *s) {
     lua_createtable(L, 0, 10);
     lua_pushstring(L, s->id);
     lua_setfield(L, -2, "id");
-    lua_pushinteger(L, (lua_Integer)s->timestamp);
+    compat_pushint64(L, (int64_t)s->timestamp);
     lua_setfield(L, -2, "timestamp");
-    lua_pushinteger(L, (lua_Integer)s->base_offset);
+    compat_pushint64(L, (int64_t)s->base_offset);
     lua_setfield(L, -2, "base_offset");
-    lua_pushinteger(L, (lua_Integer)s->high_water_mark);
+    compat_pushint64(L, (int64_t)s->high_water_mark);
     lua_setfield(L, -2, "high_water_mark");
-    lua_pushinteger(L, (lua_Integer)s->num_segments);
+    compat_pushint64(L, (int64_t)s->num_segments);
     lua_setfield(L, -2, "num_segments");
-    lua_pushinteger(L, (lua_Integer)s->total_size);
+    compat_pushint64(L, (int64_t)s->total_size);
     lua_setfield(L, -2, "total_size");
     lua_createtable(L, (int)s->num_segments, 0);
     for (size_t i = 0; i < s->num_segments; i++) {
-        lua_pushinteger(L, (lua_Integer)s->segment_offsets[i]);
+        compat_pushint64(L, (int64_t)s->segment_offsets[i]);
         lua_rawseti(L, -2, (lua_Integer)(i + 1));
     }
     lua_setfield(L, -2, "segment_offsets");
@@ -585,8 +582,8 @@ static void call_progress(void *ud, uint64_t done, uint64_t total) {
     lua_progress *p = (lua_progress *)ud;
     if (p->failed) return;
     lua_pushvalue(p->L, p->fn);
-    lua_pushinteger(p->L, (lua_Integer)done);
-    lua_pushinteger(p->L, (lua_Integer)total);
+    lua_pushnumber(p->L, (lua_Number)done);         /* never raises: no pushint64 here */
+    lua_pushnumber(p->L, (lua_Number)total);
     if (lua_pcall(p->L, 2, 0, 0) != LUA_OK) p->failed = lua_gettop(p->L);   /* keep the error */
 }
 
@@ -761,7 +758,7 @@ static int l_sm_delete_many(lua_State *L) {
     const char **ids;
     tk_err e;
     luaL_checktype(L, 2, LUA_TTABLE);
-    n = (size_t)lua_rawlen(L, 2);
+    n = (size_t)compat_rawlen(L, 2);
     ids = (const char **)lua_newuserdata(L, (n ? n : 1) * sizeof *ids);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)(i + 1));
@@ -770,7 +767,7 @@ static int l_sm_delete_many(lua_State *L) {
         lua_pop(L, 1);
     }
     if (tk_snap_delete_many(u->mgr, ids, n, &deleted, &e) != TK_OK) return push_error(L, &e);
-    lua_pushinteger(L, (lua_Integer)deleted);
+    compat_pushint64(L, (int64_t)deleted);
     return 1;
 }
 
@@ -784,7 +781,7 @@ static int l_sm_cleanup(lua_State *L) {
     if (max < 0) return push_invalid(L, "cleanup: max_snapshots must be >= 0");
     if (tk_snap_cleanup(u->mgr, (size_t)max, retention, &deleted, &e) != TK_OK)
         return push_error(L, &e);
-    lua_pushinteger(L, (lua_Integer)deleted);
+    compat_pushint64(L, (int64_t)deleted);
     return 1;
 }
 
@@ -811,7 +808,7 @@ static int l_sm_size(lua_State *L) {
     uint64_t size;
     tk_err e;
     if (tk_snap_total_size(u->mgr, &size, &e) != TK_OK) return push_error(L, &e);
-    lua_pushinteger(L, (lua_Integer)size);
+    compat_pushint64(L, (int64_t)size);
     return 1;
 }
 
@@ -885,7 +882,7 @@ static int l_crc32c(lua_State *L) {
     const char *s = check_string(L, 1, &len);
     int64_t crc = opt_int64(L, 2, 0);
     luaL_argcheck(L, crc >= 0 && crc <= 0xffffffffLL, 2, "CRC out of range");
-    lua_pushinteger(L, (lua_Integer)tk_crc32c((uint32_t)crc, s, len));
+    compat_pushint64(L, (int64_t)tk_crc32c((uint32_t)crc, s, len));
     return 1;
 }
 

@@ -1,0 +1,61 @@
+/*
+ * compat.h -- the Lua 5.1 / LuaJIT differences the binding needs, in one
+ * place (named compat_* so they never clash with what a host exports).
+ *
+ * Integers: Lua 5.4 has 64-bit integers.  LuaJIT has only doubles, exact
+ * up to 2^53, so an offset or timestamp beyond that is refused with an
+ * error instead of being silently rounded.
+ */
+#ifndef TK_COMPAT_H
+#define TK_COMPAT_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "lauxlib.h"
+#include "lua.h"
+
+#if LUA_VERSION_NUM >= 503
+
+#define compat_rawlen(L, i) lua_rawlen(L, i)
+
+/* 1 and *out set when the value at idx is a number with an exact integer value. */
+static inline int compat_toint64(lua_State *L, int idx, int64_t *out) {
+    int ok = 0;
+    lua_Integer v = lua_tointegerx(L, idx, &ok);
+    *out = (int64_t)v;
+    return ok;
+}
+
+static inline void compat_pushint64(lua_State *L, int64_t v) {
+    lua_pushinteger(L, (lua_Integer)v);
+}
+
+#else   /* Lua 5.1, LuaJIT */
+
+#define COMPAT_EXACT_MAX 9007199254740992.0             /* 2^53 */
+#define compat_rawlen(L, i) lua_objlen(L, i)
+
+static inline int compat_toint64(lua_State *L, int idx, int64_t *out) {
+    lua_Number d = lua_tonumber(L, idx);
+    if (d != floor(d) || fabs(d) > COMPAT_EXACT_MAX) return 0;
+    *out = (int64_t)d;
+    return 1;
+}
+
+static inline void compat_pushint64(lua_State *L, int64_t v) {
+    if (v > (int64_t)COMPAT_EXACT_MAX || v < -(int64_t)COMPAT_EXACT_MAX)
+        luaL_error(L, "integer %lld is beyond 2^53 and cannot be represented exactly "
+                   "by this Lua (LuaJIT numbers are doubles)", (long long)v);
+    lua_pushnumber(L, (lua_Number)v);
+}
+
+#endif
+
+/* luaL_typeerror is 5.4-only; this one words it the same way. */
+static inline int compat_typeerror(lua_State *L, int arg, const char *tname) {
+    const char *msg = lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, arg));
+    return luaL_argerror(L, arg, msg);
+}
+
+#endif
