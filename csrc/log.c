@@ -455,10 +455,11 @@ static tk_code roll(tk_log *log, tk_err *err) {
     tk_seg_free(s);
     if (old->idx_fd < 0) {
         tk_err scratch;
-        char path[PATH_MAX];
         tk_seg_open_writable(log->dir, old, &scratch);
-        tk_seg_path(path, sizeof path, log->dir, old->base, ".timeindex");
-        if (truncate(path, (off_t)(old->ix.n * TK_TIDX_ENTRY)) < 0) { /* best effort */ }
+    }
+    /* Drop a seal trailer that may have been written: the segment stays active. */
+    if (old->tim_fd >= 0 && ftruncate(old->tim_fd, (off_t)(old->ix.n * TK_TIDX_ENTRY)) < 0) {
+        /* the next open sees an active .timeindex with a trailer and rebuilds it */
     }
     return rc;
 }
