@@ -595,7 +595,8 @@ static tk_code publish(const tk_snapmgr *m, const tk_create_opts *o, const char 
             memcpy(all + 1, snaps, n * sizeof *snaps);
             qsort(all, n + 1, sizeof *all, newest_first);
             rc = publish_catalog(m, all, n + 1, err);
-            tk_snapshot_list_free(all, n + 1);      /* owns snaps' arrays now */
+            tk_snapshot_list_free(all, n + 1);      /* owned snaps' entries */
+            free(snaps);
             snaps = NULL;
             n = 0;
         }
