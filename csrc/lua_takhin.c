@@ -680,7 +680,13 @@ static int l_sm_restore(lua_State *L) {
         o.replace = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (field_int(L, 4, "upto_offset", &v)) {
-            if (v < 0) return push_invalid(L, "restore: upto_offset must be >= 0");
+            if (v < 0) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "restore %s: upto_offset %d is below the snapshot's base offset",
+                                id, (int)(v < INT32_MIN ? INT32_MIN : v));
+                lua_pushstring(L, tk_code_name(TK_OUT_OF_RANGE));
+                return 3;
+            }
             o.upto_offset = v;
         }
         if (field_int(L, 4, "upto_timestamp", &v)) {
@@ -785,6 +791,8 @@ static int l_sm_cleanup(lua_State *L) {
     return 1;
 }
 
+static const char *const verify_opt_names[] = { "progress", NULL };
+
 static int l_sm_verify(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
     const char *id = check_id(L, 2);
@@ -794,7 +802,10 @@ static int l_sm_verify(lua_State *L) {
     tk_err e;
     tk_code rc;
     if (!id) return push_invalid(L, "verify: id contains a NUL byte");
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        check_field_names(L, 3, "verify", verify_opt_names);
+    }
     setup_progress(L, lua_isnoneornil(L, 3) ? 0 : 3, &pr, &fn, &ud);
     rc = tk_snap_verify(u->mgr, id, fn, ud, &e);
     raise_progress_error(L, &pr);

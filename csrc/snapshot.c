@@ -372,8 +372,11 @@ static tk_code copy_fd_to(int src, const char *src_name, const char *dst, uint64
     return TK_OK;
 }
 
-/* Links src to dst, or copies it when linking is not possible (another
- * filesystem) or not wanted (copy mode). */
+#define WHOLE_FILE UINT64_MAX
+
+/* Links src to dst, or copies its first len bytes (WHOLE_FILE: all of it)
+ * when linking is not possible (another filesystem) or not wanted (copy
+ * mode). */
 static tk_code place(const char *src, const char *dst, uint64_t len, int link_ok, tk_err *err) {
     int fd;
     tk_code rc;
@@ -384,6 +387,15 @@ static tk_code place(const char *src, const char *dst, uint64_t len, int link_ok
     }
     if ((fd = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
         return tk_fail_errno(err, errno, "open %s", src);
+    if (len == WHOLE_FILE) {
+        struct stat st;
+        if (fstat(fd, &st) < 0) {
+            rc = tk_fail_errno(err, errno, "stat %s", src);
+            close(fd);
+            return rc;
+        }
+        len = (uint64_t)st.st_size;
+    }
     rc = copy_fd_to(fd, src, dst, len, err);
     close(fd);
     return rc;
@@ -482,7 +494,7 @@ static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut
         if (tk_path_join(src, sizeof src, cut->dir, name) < 0 ||
             tk_path_join(dst, sizeof dst, tmp, name) < 0)
             return tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", cut->dir);
-        rc = place(src, dst, size, m->mode == TK_SNAP_LINK, err);
+        rc = place(src, dst, i == 0 ? size : WHOLE_FILE, m->mode == TK_SNAP_LINK, err);
         if (rc == TK_NOT_FOUND && i > 0) continue;     /* derived: rebuilt on restore */
         if (rc != TK_OK) return rc;
         if (i > 0 && (rc = file_sum(dst, &size, &crc, err)) != TK_OK) return rc;

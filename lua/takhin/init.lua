@@ -4,6 +4,8 @@
 -- snapshot methods that take durations.  See docs/API.md.
 local core = require("takhin.core")
 local duration = require("takhin.duration")
+local policy = require("takhin.policy")
+local scheduler = require("takhin.scheduler")
 
 local M = {
     version = core.version,
@@ -13,6 +15,8 @@ local M = {
     check_snapshot_id = core.check_snapshot_id,
     crc32c = core.crc32c,
     duration = duration,
+    policy = policy,
+    scheduler = scheduler,
     core = core,
 }
 
@@ -52,30 +56,26 @@ function Snap:create(log, opts)
     return self:_create(log, c)
 end
 
-local CLEANUP_OPTS = { max_snapshots = true, retention_time = true }
-
---- sm:cleanup([{ max_snapshots = 5, retention_time = "24h" }]) -> number deleted
--- With no argument the seed's defaults apply; with a table, only the rules
--- it names.  The newest snapshot is never deleted; age is measured from it.
-function Snap:cleanup(opts)
-    if opts == nil then
-        local d = M.default_snapshot_config()
-        opts = { max_snapshots = d.max_snapshots, retention_time = d.retention_time }
-    end
-    local o = check_opts(opts, "cleanup", CLEANUP_OPTS)
-    local max, retention = 0, -1
-    if o.max_snapshots ~= nil then
-        max = o.max_snapshots
-        if type(max) ~= "number" or max ~= max or max < 1 or max ~= math.floor(max) then
-            return invalid(("cleanup: max_snapshots must be an integer >= 1, not %s"):format(tostring(o.max_snapshots)))
-        end
-    end
-    if o.retention_time ~= nil then
-        local ms, err = duration.parse(o.retention_time)
-        if not ms then return invalid("cleanup: retention_time: " .. err) end
-        retention = ms
-    end
-    return self:_cleanup(max, retention)
+--- sm:cleanup([rules]) -> number deleted, plan
+-- rules: a takhin.policy, a table of policy fields, or nil (the seed's
+-- defaults: 5 snapshots, 24 hours).  See takhin.policy for the rules; the
+-- newest snapshot is never deleted and ages are measured from it.  With
+-- dry_run = true nothing is deleted: 0, plan.  All deletions are one
+-- metadata update.  Bad values: nil, msg, "INVALID"; unknown names raise.
+function Snap:cleanup(rules)
+    local pol, msg, code = policy.check(rules, "cleanup", true)
+    if not pol then return nil, msg, code end
+    local snaps
+    snaps, msg, code = self:list()
+    if not snaps then return nil, msg, code end
+    local plan = policy.plan(snaps, pol)
+    if pol.dry_run or #plan.delete == 0 then return 0, plan end
+    local ids = {}
+    for i, s in ipairs(plan.delete) do ids[i] = s.id end
+    local n
+    n, msg, code = self:_delete_many(ids)
+    if not n then return nil, msg, code end
+    return n, plan
 end
 
 return M
