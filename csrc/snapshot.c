@@ -12,8 +12,9 @@
  *     <snapdir>/.del-<id>/              a snapshot being removed
  *
  * Create.  Crash state after each step in brackets.
- *   1. Under the metadata lock, check min_interval.            [nothing]
- *   2. mkdir .tmp-<id>, flock it (a live build).                [leftover]
+ *   1. Under the metadata lock, check min_interval, mkdir
+ *      .tmp-<id> and flock it (a live build).                  [leftover]
+ *   2. Release the metadata lock.
  *   3. Cut the log (appends wait only for this), link sealed
  *      segments, copy the active one up to the cut.             [leftover]
  *   4. Write manifest.json, fsync every file and the dir.       [leftover]
@@ -635,28 +636,29 @@ tk_code tk_snap_create(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
     if (opts->label && strlen(opts->label) >= TK_SNAP_LABEL_MAX)
         return tk_fail(err, TK_INVALID, "snapshot: label is longer than %d bytes",
                        TK_SNAP_LABEL_MAX - 1);
-    if ((rc = locked_catalog(m, &lock_fd, &snaps, &n, err)) != TK_OK) return rc;
-    rc = too_soon(m, snaps, n, opts->min_interval_ms, now_ms(), err);
-    tk_snapshot_list_free(snaps, n);
-    tk_dirlock_release(lock_fd);
-    if (rc != TK_OK) return rc;
-
     memset(&b, 0, sizeof b);
     memset(&pg, 0, sizeof pg);
     pg.fn = opts->progress;
     pg.ud = opts->progress_ud;
-    b.man.snap.timestamp = now_ms();
     b.man.snap.mode = m->mode;
     if (opts->label) snprintf(b.man.snap.label, sizeof b.man.snap.label, "%s", opts->label);
+
+    /* Step 1-2 under the metadata lock: a manager opening meanwhile sweeps
+     * .tmp-* directories, and must find ours already claimed. */
+    if ((rc = locked_catalog(m, &lock_fd, &snaps, &n, err)) != TK_OK) return rc;
+    b.man.snap.timestamp = now_ms();
+    rc = too_soon(m, snaps, n, opts->min_interval_ms, b.man.snap.timestamp, err);
+    tk_snapshot_list_free(snaps, n);
     new_id(b.man.snap.id, sizeof b.man.snap.id, b.man.snap.timestamp);
-    if (snap_path(tmp, sizeof tmp, m, ".tmp-", b.man.snap.id, NULL) < 0)
-        return tk_fail_errno(err, errno, "snapshot %s", m->dir);
-    if (mkdir(tmp, 0755) < 0) return tk_fail_errno(err, errno, "create %s", tmp);
-    if ((tmp_fd = claim_dir(tmp, 0)) < 0) {
+    if (rc == TK_OK && snap_path(tmp, sizeof tmp, m, ".tmp-", b.man.snap.id, NULL) < 0)
+        rc = tk_fail_errno(err, errno, "snapshot %s", m->dir);
+    if (rc == TK_OK && mkdir(tmp, 0755) < 0) rc = tk_fail_errno(err, errno, "create %s", tmp);
+    if (rc == TK_OK && (tmp_fd = claim_dir(tmp, 0)) < 0) {
         rc = tk_fail_errno(err, errno, "lock %s", tmp);
         tk_rmtree(tmp);
-        return rc;
     }
+    tk_dirlock_release(lock_fd);
+    if (rc != TK_OK) return rc;
     TK_FAULT("create.tmpdir");
     rc = tk_log_cut(log, &cut, err);
     if (rc == TK_OK) {
@@ -851,6 +853,13 @@ tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_m
 /* Verify                                                               */
 /* ------------------------------------------------------------------ */
 
+static int snapshot_exists(const tk_snapmgr *m, const char *id) {
+    char path[PATH_MAX];
+    struct stat st;
+    return snap_path(path, sizeof path, m, SNAP_PREFIX, id, NULL) == 0 &&
+           lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 static tk_code read_manifest(const tk_snapmgr *m, const char *id, tk_manifest *man,
                              tk_err *err) {
     char path[PATH_MAX];
@@ -863,6 +872,7 @@ static tk_code read_manifest(const tk_snapmgr *m, const char *id, tk_manifest *m
     if (snap_path(path, sizeof path, m, SNAP_PREFIX, id, MANIFEST) < 0)
         return tk_fail_errno(err, errno, "snapshot %s", id);
     rc = tk_manifest_read(path, man, err);
+    if (rc == TK_NOT_FOUND && !snapshot_exists(m, id)) return not_found(m, id, err);
     if (rc == TK_NOT_FOUND)
         return tk_fail(err, TK_CORRUPT, "snapshot %s: %s is missing", id, path);
     if (rc == TK_OK && strcmp(man->snap.id, id) != 0) {
@@ -873,7 +883,9 @@ static tk_code read_manifest(const tk_snapmgr *m, const char *id, tk_manifest *m
     return rc;
 }
 
-/* Checks one snapshot file against its manifest entry. */
+/* Checks one snapshot file against its manifest entry.  Verify and
+ * restore take no lock against delete: a snapshot deleted under them is
+ * NOT_FOUND, not CORRUPT. */
 static tk_code check_file(const tk_snapmgr *m, const char *id, const tk_mfile *f,
                           progress *pg, tk_err *err) {
     char path[PATH_MAX];
@@ -883,6 +895,8 @@ static tk_code check_file(const tk_snapmgr *m, const char *id, const tk_mfile *f
     if (snap_path(path, sizeof path, m, SNAP_PREFIX, id, f->name) < 0)
         return tk_fail_errno(err, errno, "verify %s", id);
     tk_code rc = file_sum(path, &size, &crc, &scratch);
+    if (rc == TK_NOT_FOUND && !snapshot_exists(m, id))
+        return tk_fail(err, TK_NOT_FOUND, "snapshot %s was deleted while being read", id);
     if (rc == TK_NOT_FOUND) return tk_fail(err, TK_CORRUPT, "verify %s: %s is missing", id, path);
     if (rc != TK_OK) { *err = scratch; return rc; }
     if (size != f->size)

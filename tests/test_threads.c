@@ -7,7 +7,26 @@
  *   - READERS threads read random offsets below the high water mark,
  *     iterate ranges, and probe out-of-range offsets;
  *   - one stats thread calls tk_log_offset_for_time, tk_log_segments,
- *     tk_log_num_segments and tk_log_size.
+ *     tk_log_num_segments and tk_log_size;
+ *   - one snapshot thread calls tk_snap_create on the shared handle: each
+ *     snapshot's high water mark lies between the marks read just before
+ *     and just after the call.  The appenders wait at SNAP_GATES points
+ *     for the next snapshot to finish, so cuts land in the middle of the
+ *     appends whatever the relative speeds (plain, TSan, ASan builds);
+ *   - one restore thread restores random listed snapshots into fresh
+ *     directories (some with upto_offset), opens each read-only and checks
+ *     its high water mark and every record (the same identity check the
+ *     readers make), verifies random snapshots, then removes the copy;
+ *   - DELETERS threads delete random older snapshots (NOT_FOUND when the
+ *     other got there first) and now and then tk_snap_cleanup(3, -1).
+ *   Every snapshot thread opens its own tk_snapmgr on the log's default
+ *   snapshot directory (the manager takes no in-process locks; separate
+ *   handles meet only in flock on <snapdir>/.lock).  Opening a manager
+ *   sweeps leftover .tmp-* and .del-* directories, so the opens at thread
+ *   start and the deleters' reopens now and then run that sweep beside a
+ *   create in progress, whose .tmp-<id> must survive it.  A restore,
+ *   verify or delete that fails because the snapshot was deleted meanwhile
+ *   must fail with NOT_FOUND.
  *
  * Every record is self-describing: its value starts with "T<t> S<sssss>|"
  * (thread, sequence number) and the rest of the value, the key, whether the
@@ -21,7 +40,11 @@
  * appended; every (t, s) appears exactly once and each thread's records
  * appear in sequence order; the offsets append returned hold the records
  * appended; segments rolled and are consistent; offset_for_time is exact;
- * a read-only handle sees it all; after close and reopen nothing changed.
+ * the snapshot catalog is newest first, holds exactly the snapshots created
+ * and not deleted, each verifies, nothing is left half-made, and the newest
+ * restores to the whole log; a read-only handle sees it all; after close
+ * and reopen nothing changed, and every snapshot still verifies after the
+ * reopened writer appended (hard links are never written through).
  *
  * Output is TAP; the exit status is non-zero when any test fails.  A
  * watchdog (TK_TEST_TIMEOUT seconds, default 300) turns a hang into a
@@ -32,6 +55,7 @@
 #endif
 #include "takhin.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <inttypes.h>
@@ -58,6 +82,15 @@
 #define MIN_LOOPS     200       /* reader loops, even if appends end first */
 #define MAX_SEGS      4096
 #define WHY_LEN       1024      /* room for a tk_err message and context */
+
+#define SNAP_GATES    8         /* appenders wait for a snapshot 7 times */
+#define MIN_SNAPS     10        /* made, even if the appends end first */
+#define SNAP_BUDGET_S 6.0       /* then gates open, MIN_SNAPS is waived */
+#define MAX_SNAPS     40        /* at most this many created in all */
+#define MIN_RESTORES  6         /* checked, even if snapshots end first */
+#define MAX_RESTORES  60        /* restore attempts at most */
+#define DELETERS      2
+#define KEEP          3         /* tk_snap_cleanup's max_snapshots */
 
 #define HDR_LEN       10        /* "T%1u S%05u|" */
 #define VALUE_MAX     (HDR_LEN + 40 + 120)
@@ -95,7 +128,8 @@ static void diag(const char *msg) {
  * count from 0 writes the message, and main reads it after joining every
  * thread, so the message needs no lock.
  */
-enum { CK_APPEND, CK_READ, CK_ITER, CK_TIME, CK_SEGS, CK_COUNT };
+enum { CK_APPEND, CK_READ, CK_ITER, CK_TIME, CK_SEGS, CK_SNAP, CK_RESTORE,
+       CK_VERIFY, CK_DELETE, CK_GONE, CK_COUNT };
 
 static struct check {
     atomic_long fails;
@@ -290,7 +324,12 @@ static int check_record(const tk_record *rec, int64_t offset,
 /* ------------------------------------------------------------------ */
 
 static tk_log *g_log;
+static char g_dir[64];                  /* the log's directory */
+static char g_restore_root[64];         /* where restores go */
 static atomic_int appends_done;
+static atomic_int snaps_taken;          /* creates finished, ok or not */
+static atomic_int gates_open;           /* appenders no longer wait for them */
+static atomic_int snaps_stopped;        /* the snapshot thread is done */
 
 /* Offsets append reported, per (thread, seq); each written by its owner
  * thread only and read by main after the join. */
@@ -337,6 +376,15 @@ static void fill_rec(uint32_t t, uint32_t s, tk_rec_in *in, struct rec_buf *b) {
     in->timestamp = timestamp_of(t, s);
 }
 
+/* Record s of each appender waits until s * SNAP_GATES / PER_THREAD
+ * snapshots are done, unless the gates are open (the snapshot thread ran
+ * out of time or stopped). */
+static void wait_for_snapshots(uint32_t s) {
+    int gate = (int)((uint64_t)s * SNAP_GATES / PER_THREAD);
+    while (gate > atomic_load(&snaps_taken) && !atomic_load(&gates_open))
+        sleep_us(100);
+}
+
 static void *appender(void *arg) {
     uint32_t t = (uint32_t)(uintptr_t)arg;
     uint64_t st = 0xA77E4D00u + t;
@@ -347,6 +395,7 @@ static void *appender(void *arg) {
 
     while (s < PER_THREAD) {
         size_t n = (PER_THREAD - s >= BATCH && (rng(&st) & 1)) ? BATCH : 1;
+        wait_for_snapshots(s);
         int64_t first = -1;
         for (size_t i = 0; i < n; i++)
             fill_rec(t, s + (uint32_t)i, &in[i], &bufs[i]);
@@ -643,6 +692,449 @@ static void *stats(void *arg) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Snapshot threads                                                     */
+/* ------------------------------------------------------------------ */
+
+/* Tallies for the report and the accounting after the run. */
+static atomic_long snaps_created, snaps_deleted, deletes_done, deletes_missed,
+    cleanups_done, cleanup_deleted, too_soon_seen, restores_done,
+    restores_upto, restores_lost, verifies_done, verifies_lost, mgr_opens;
+
+/* The newest snapshot's id and the time creates took: written by the
+ * snapshot thread, read by main after the join. */
+static char newest_id[TK_SNAP_ID_MAX];
+static double create_s, create_max_s;
+static int budget_out;                  /* SNAP_BUDGET_S ran out */
+
+static int64_t realtime_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Every thread opens its own manager on the log's default directory. */
+static tk_snapmgr *open_mgr(int ck, const char *who) {
+    tk_snapmgr *m = NULL;
+    tk_err err;
+    tk_code rc = tk_snapmgr_open(g_dir, NULL, TK_SNAP_LINK, &m, &err);
+
+    ran(ck);
+    atomic_fetch_add(&mgr_opens, 1);
+    if (rc != TK_OK) {
+        fail(ck, "%s: tk_snapmgr_open(%s): %s: %s", who, g_dir, code_name(rc),
+             err.msg);
+        return NULL;
+    }
+    return m;
+}
+
+/* What any snapshot of this log looks like, taken while the high water
+ * mark was between h0 and h1. */
+static int check_snap_meta(const tk_snapshot *sn, int64_t h0, int64_t h1,
+                           char *why, size_t whylen) {
+    const int64_t *so = sn->segment_offsets;
+
+    if (tk_snap_check_id(sn->id, NULL) != TK_OK || sn->mode != TK_SNAP_LINK) {
+        snprintf(why, whylen, "snapshot '%.64s': bad id or mode %d", sn->id,
+                 (int)sn->mode);
+        return 0;
+    }
+    if (sn->base_offset != 0 || sn->high_water_mark < h0 ||
+        sn->high_water_mark > h1) {
+        snprintf(why, whylen, "snapshot %s holds [%" PRId64 ", %" PRId64 "), "
+                 "want [0, %" PRId64 "..%" PRId64 ")", sn->id, sn->base_offset,
+                 sn->high_water_mark, h0, h1);
+        return 0;
+    }
+    if (sn->num_segments < 1 || so == NULL || so[0] != 0 ||
+        (sn->high_water_mark > 0 && sn->total_size == 0)) {
+        snprintf(why, whylen, "snapshot %s: %zu segments, first at %" PRId64
+                 ", %" PRIu64 " bytes", sn->id, sn->num_segments,
+                 so ? so[0] : -1, sn->total_size);
+        return 0;
+    }
+    for (size_t k = 1; k < sn->num_segments; k++)
+        if (so[k] <= so[k - 1] || so[k] > sn->high_water_mark) {
+            snprintf(why, whylen, "snapshot %s: segment %zu at %" PRId64
+                     " after %" PRId64 " (hwm %" PRId64 ")", sn->id, k, so[k],
+                     so[k - 1], sn->high_water_mark);
+            return 0;
+        }
+    return 1;
+}
+
+/*
+ * An operation on snapshot id failed with rc.  That is fine only when the
+ * snapshot is gone (another thread deleted it meanwhile) and rc says so:
+ * NOT_FOUND.  Another code for a snapshot that is gone fails CK_GONE and
+ * the thread goes on; a failure while the snapshot is still listed fails
+ * check ck and stops the thread (returns 0).
+ */
+static int lost_race(tk_snapmgr *m, int ck, const char *op, const char *id,
+                     tk_code rc, const tk_err *err, atomic_long *lost) {
+    tk_snapshot got;
+    tk_err e2;
+
+    memset(&got, 0, sizeof got);
+    tk_code g = tk_snap_get(m, id, &got, &e2);
+    if (g == TK_OK)
+        tk_snapshot_free(&got);
+    ran(CK_GONE);
+    if (g == TK_NOT_FOUND && rc == TK_NOT_FOUND) {
+        atomic_fetch_add(lost, 1);
+        return 1;
+    }
+    if (g == TK_NOT_FOUND) {
+        fail(CK_GONE, "%s(%s) returned %s, want NOT_FOUND: the snapshot was "
+             "deleted meanwhile: %s", op, id, code_name(rc), err->msg);
+        return 1;
+    }
+    fail(ck, "%s(%s): %s: %s [tk_snap_get then: %s]", op, id, code_name(rc),
+         err->msg, g == TK_OK ? "still listed" : code_name(g));
+    return 0;
+}
+
+/* ---- create ---- */
+
+static void *snapshotter(void *arg) {
+    tk_snapmgr *m = open_mgr(CK_SNAP, "snapshot thread");
+    char why[WHY_LEN], label[32];
+    int k = 0, made = 0, after = 0; /* after: one made after the appends */
+    double start = now_s();
+
+    (void)arg;
+    /* Slow fsyncs (a busy disk) make creates slow: past the budget the
+     * appenders stop waiting and one snapshot after the appends will do. */
+    while (m != NULL && k < MAX_SNAPS &&
+           (!after || (made < MIN_SNAPS && !budget_out))) {
+        if (!budget_out && now_s() - start > SNAP_BUDGET_S) {
+            budget_out = 1;
+            atomic_store(&gates_open, 1);
+        }
+        tk_create_opts o;
+        tk_snapshot sn, got;
+        tk_err err;
+        int good = 1;
+
+        memset(&o, 0, sizeof o);
+        memset(&sn, 0, sizeof sn);
+        memset(&got, 0, sizeof got);
+        snprintf(label, sizeof label, "threads-%d", k);
+        o.label = label;
+        int began_after = atomic_load(&appends_done);
+        int64_t t0 = realtime_ms(), h0 = tk_log_high_water_mark(g_log);
+        double c0 = now_s();
+        tk_code rc = tk_snap_create(m, g_log, &o, &sn, &err);
+        double c1 = now_s();
+        int64_t h1 = tk_log_high_water_mark(g_log), t1 = realtime_ms();
+        atomic_store(&snaps_taken, ++k);        /* let the appenders go on */
+        create_s += c1 - c0;
+        if (c1 - c0 > create_max_s)
+            create_max_s = c1 - c0;
+        ran(CK_SNAP);
+        if (rc != TK_OK) {              /* noted; the next one may work */
+            fail(CK_SNAP, "tk_snap_create #%d (hwm %" PRId64 "): %s: %s", k,
+                 h0, code_name(rc), err.msg);
+            continue;
+        }
+        made++;
+        after |= began_after;
+        atomic_fetch_add(&snaps_created, 1);
+        snprintf(newest_id, sizeof newest_id, "%s", sn.id);
+        if (!check_snap_meta(&sn, h0, h1, why, sizeof why)) {
+            fail(CK_SNAP, "tk_snap_create #%d: %s", k, why);
+            good = 0;
+        } else if (sn.timestamp < t0 || sn.timestamp > t1 ||
+                   strcmp(sn.label, label) != 0) {
+            fail(CK_SNAP, "tk_snap_create #%d: snapshot %s has timestamp %"
+                 PRId64 " (taken %" PRId64 "..%" PRId64 "), label '%.40s'", k,
+                 sn.id, sn.timestamp, t0, t1, sn.label);
+            good = 0;
+        }
+        /* Only older snapshots are deleted: the newest is listed as made. */
+        rc = good ? tk_snap_get(m, sn.id, &got, &err) : TK_OK;
+        if (good && (rc != TK_OK ||
+                     got.high_water_mark != sn.high_water_mark ||
+                     got.timestamp != sn.timestamp ||
+                     got.num_segments != sn.num_segments ||
+                     got.total_size != sn.total_size)) {
+            fail(CK_SNAP, "tk_snap_get(%s) right after create: %s %s (hwm %"
+                 PRId64 ", want %" PRId64 ")", sn.id, code_name(rc),
+                 rc == TK_OK ? "" : err.msg, got.high_water_mark,
+                 sn.high_water_mark);
+            good = 0;
+        }
+        tk_snapshot_free(&got);
+        /* min_interval refuses while so young a snapshot exists. */
+        if (good && k % 4 == 0) {
+            o.min_interval_ms = INT64_C(3600000);
+            rc = tk_snap_create(m, g_log, &o, &got, &err);
+            ran(CK_SNAP);
+            if (rc == TK_TOO_SOON) {
+                atomic_fetch_add(&too_soon_seen, 1);
+            } else {
+                fail(CK_SNAP, "tk_snap_create(min_interval 1 h) just after %s:"
+                     " %s, want TOO_SOON", sn.id, code_name(rc));
+                if (rc == TK_OK) {
+                    atomic_fetch_add(&snaps_created, 1);
+                    snprintf(newest_id, sizeof newest_id, "%s", got.id);
+                    tk_snapshot_free(&got);
+                }
+                good = 0;
+            }
+        }
+        /* Distinct milliseconds, so that "newest" is never a tie. */
+        while (good && realtime_ms() <= sn.timestamp)
+            sleep_us(200);
+        tk_snapshot_free(&sn);
+        if (!good)
+            break;
+    }
+    atomic_store(&gates_open, 1);
+    atomic_store(&snaps_stopped, 1);
+    tk_snapmgr_close(m);
+    return NULL;
+}
+
+/* ---- restore and verify ---- */
+
+/*
+ * Open the restored log in dir read-only and check it holds [0, want):
+ * the segments of sn when whole, every record intact, each appender's
+ * records a prefix of its sequence, and each identity either the one in
+ * final[] (after the run) or the one any reader saw there (during it).
+ */
+static int check_restored(const char *dir, const tk_snapshot *sn, int64_t want,
+                          int whole, const uint32_t *final, tk_record *rec,
+                          char *why, size_t whylen) {
+    tk_log_opts o;
+    tk_log *ro = NULL;
+    tk_iter *it = NULL;
+    tk_err err;
+    uint32_t next_seq[APPENDERS] = { 0 };
+    int64_t off = 0;
+    int done = 0, good = 1;
+
+    tk_log_opts_init(&o);
+    o.readonly = 1;
+    tk_code rc = tk_log_open(dir, &o, &ro, &err);
+    if (rc != TK_OK) {
+        snprintf(why, whylen, "restored %s: tk_log_open(readonly): %s: %.500s",
+                 sn->id, code_name(rc), err.msg);
+        return 0;
+    }
+    if (tk_log_high_water_mark(ro) != want || tk_log_base_offset(ro) != 0) {
+        snprintf(why, whylen, "restored %s: hwm %" PRId64 " base %" PRId64
+                 ", want hwm %" PRId64 " base 0", sn->id,
+                 tk_log_high_water_mark(ro), tk_log_base_offset(ro), want);
+        good = 0;
+    }
+    if (good && whole) {
+        tk_segment_info segs[64];
+        size_t n = tk_log_segments(ro, segs, 64);
+        good = n == sn->num_segments && n <= 64;
+        for (size_t k = 0; good && k < n; k++)
+            good = segs[k].base_offset == sn->segment_offsets[k];
+        if (!good)
+            snprintf(why, whylen, "restored %s: %zu segments, the snapshot "
+                     "lists %zu", sn->id, n, sn->num_segments);
+    }
+    if (good && (rc = tk_iter_open(ro, 0, -1, &it, &err)) != TK_OK) {
+        snprintf(why, whylen, "restored %s: tk_iter_open: %s: %.500s", sn->id,
+                 code_name(rc), err.msg);
+        good = 0;
+    }
+    while (good) {
+        uint32_t t, s;
+        rc = tk_iter_next(it, rec, &done, &err);
+        if (rc != TK_OK) {
+            snprintf(why, whylen, "restored %s: tk_iter_next at %" PRId64
+                     ": %s: %.500s", sn->id, off, code_name(rc), err.msg);
+            good = 0;
+        } else if (done) {
+            break;
+        } else if (!check_record(rec, off, &t, &s, why, whylen)) {
+            good = 0;
+        } else if (s != next_seq[t]) {
+            snprintf(why, whylen, "restored %s: offset %" PRId64 " holds t%u "
+                     "s%u, want s%u", sn->id, off, t, s, next_seq[t]);
+            good = 0;
+        } else if (final ? final[off] != record_id(t, s)
+                         : !note_identity(off, t, s, why, whylen)) {
+            if (final)
+                snprintf(why, whylen, "restored %s: offset %" PRId64 " holds "
+                         "t%u s%u, the log t%u s%u", sn->id, off, t, s,
+                         id_thread(final[off]), id_seq(final[off]));
+            good = 0;
+        } else {
+            next_seq[t]++;
+            off++;
+        }
+    }
+    if (good && off != want) {
+        snprintf(why, whylen, "restored %s: %" PRId64 " records, want %" PRId64,
+                 sn->id, off, want);
+        good = 0;
+    }
+    tk_iter_close(it);
+    tk_log_close(ro);
+    return good;
+}
+
+/* Restore sn into a new directory (a third of the time up to a random
+ * offset), check it, remove it.  Returns 0 to stop. */
+static int restore_one(tk_snapmgr *m, uint64_t *st, const tk_snapshot *sn,
+                       int serial, tk_record *rec) {
+    char target[128], why[WHY_LEN];
+    tk_restore_opts o;
+    tk_err err;
+    int64_t want = sn->high_water_mark;
+
+    memset(&o, 0, sizeof o);
+    o.upto_offset = -1;
+    o.upto_timestamp = -1;
+    if (rng(st) % 3 == 0) {
+        o.upto_offset = (int64_t)(rng(st) % (uint64_t)(want + 1));
+        want = o.upto_offset;
+    }
+    snprintf(target, sizeof target, "%s/r-%d", g_restore_root, serial);
+    tk_code rc = tk_snap_restore(m, sn->id, target, &o, &err);
+    ran(CK_RESTORE);
+    if (rc != TK_OK)
+        return lost_race(m, CK_RESTORE, "tk_snap_restore", sn->id, rc, &err,
+                         &restores_lost);
+    int good = check_restored(target, sn, want, o.upto_offset < 0, NULL, rec,
+                              why, sizeof why);
+    if (!good)
+        fail(CK_RESTORE, "%s (upto_offset %" PRId64 ")", why, o.upto_offset);
+    if (nftw(target, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+        fail(CK_RESTORE, "remove %s: %s", target, strerror(errno));
+        good = 0;
+    }
+    if (good) {
+        atomic_fetch_add(&restores_done, 1);
+        if (o.upto_offset >= 0)
+            atomic_fetch_add(&restores_upto, 1);
+    }
+    return good;
+}
+
+static int verify_one(tk_snapmgr *m, const char *id) {
+    tk_err err;
+    tk_code rc = tk_snap_verify(m, id, NULL, NULL, &err);
+    ran(CK_VERIFY);
+    if (rc != TK_OK)
+        return lost_race(m, CK_VERIFY, "tk_snap_verify", id, rc, &err,
+                         &verifies_lost);
+    atomic_fetch_add(&verifies_done, 1);
+    return 1;
+}
+
+static void *restorer(void *arg) {
+    uint64_t st = 0x2E570000u;
+    tk_snapmgr *m = open_mgr(CK_RESTORE, "restore thread");
+    tk_record rec;
+    int attempts = 0;
+
+    (void)arg;
+    memset(&rec, 0, sizeof rec);
+    while (m != NULL && attempts < MAX_RESTORES &&
+           (!atomic_load(&snaps_stopped) ||
+            atomic_load(&restores_done) < MIN_RESTORES)) {
+        tk_snapshot *list = NULL;
+        size_t n = 0;
+        tk_err err;
+        tk_code rc = tk_snap_list(m, &list, &n, &err);
+        ran(CK_RESTORE);
+        if (rc != TK_OK) {
+            fail(CK_RESTORE, "tk_snap_list: %s: %s", code_name(rc), err.msg);
+            break;
+        }
+        if (n == 0) {
+            tk_snapshot_list_free(list, n);
+            if (atomic_load(&snaps_stopped))
+                break;
+            sleep_us(1000);
+            continue;
+        }
+        int good = restore_one(m, &st, &list[rng(&st) % n], attempts, &rec);
+        if (good && attempts % 2 == 0)
+            good = verify_one(m, list[rng(&st) % n].id);
+        attempts++;
+        tk_snapshot_list_free(list, n);
+        if (!good)
+            break;
+        sleep_us(2000 + (long)(rng(&st) % 8000));  /* spare the disk a little */
+    }
+    tk_record_free(&rec);
+    tk_snapmgr_close(m);
+    return NULL;
+}
+
+/* ---- delete and cleanup ---- */
+
+static void *deleter(void *arg) {
+    int me = (int)(uintptr_t)arg;
+    uint64_t st = 0xDE1E7E00u + (uint64_t)me;
+    tk_snapmgr *m = open_mgr(CK_DELETE, "delete thread");
+    long loop = 0;
+
+    while (m != NULL && !atomic_load(&snaps_stopped)) {
+        tk_snapshot *list = NULL;
+        size_t n = 0, deleted = 0;
+        tk_err err;
+        tk_code rc;
+
+        sleep_us(4000 + (long)(rng(&st) % 16000));
+        if (++loop % 8 == 0) {
+            /* A fresh handle sweeps leftovers while the others work. */
+            tk_snapmgr_close(m);
+            if ((m = open_mgr(CK_DELETE, "delete thread (reopen)")) == NULL)
+                break;
+        }
+        uint64_t r = rng(&st) % 8;
+        if (r < 2) {
+            rc = tk_snap_cleanup(m, KEEP, -1, &deleted, &err);
+            ran(CK_DELETE);
+            if (rc != TK_OK) {
+                fail(CK_DELETE, "tk_snap_cleanup(%d, -1): %s: %s", KEEP,
+                     code_name(rc), err.msg);
+                break;
+            }
+            atomic_fetch_add(&cleanups_done, 1);
+            atomic_fetch_add(&cleanup_deleted, (long)deleted);
+            atomic_fetch_add(&snaps_deleted, (long)deleted);
+            continue;
+        }
+        rc = tk_snap_list(m, &list, &n, &err);
+        ran(CK_DELETE);
+        if (rc != TK_OK) {
+            fail(CK_DELETE, "tk_snap_list: %s: %s", code_name(rc), err.msg);
+            break;
+        }
+        int good = 1;
+        if (n >= 2 && r < 5) {              /* else just a list */
+            char id[TK_SNAP_ID_MAX];
+            snprintf(id, sizeof id, "%s", list[1 + rng(&st) % (n - 1)].id);
+            rc = tk_snap_delete(m, id, &err);
+            ran(CK_DELETE);
+            if (rc == TK_OK) {
+                atomic_fetch_add(&deletes_done, 1);
+                atomic_fetch_add(&snaps_deleted, 1);
+            } else {
+                good = lost_race(m, CK_DELETE, "tk_snap_delete", id, rc, &err,
+                                 &deletes_missed);
+            }
+        }
+        tk_snapshot_list_free(list, n);
+        if (!good)
+            break;
+    }
+    tk_snapmgr_close(m);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* Phase 2: checks on the quiet log                                     */
 /* ------------------------------------------------------------------ */
 
@@ -826,6 +1318,152 @@ static int check_all_reads(tk_log *log, char *why, size_t whylen) {
     return good;
 }
 
+/* ------------------------------------------------------------------ */
+/* Phase 2: snapshots after the run                                     */
+/* ------------------------------------------------------------------ */
+
+/* Counts the entries of dir, only those named .tmp-* or .del-* when
+ * leftovers_only; the first one found goes to first. */
+static long count_entries(const char *dir, int leftovers_only, char *first,
+                          size_t cap) {
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    long n = 0;
+
+    if (d == NULL) {
+        snprintf(first, cap, "opendir: %s", strerror(errno));
+        return -1;
+    }
+    while ((de = readdir(d)) != NULL) {
+        const char *name = de->d_name;
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+            continue;
+        if (leftovers_only && strncmp(name, ".tmp-", 5) != 0 &&
+            strncmp(name, ".del-", 5) != 0)
+            continue;
+        if (n++ == 0)
+            snprintf(first, cap, "%s", name);
+    }
+    closedir(d);
+    return n;
+}
+
+/* tk_snap_verify on every listed snapshot. */
+static void verify_all(tk_snapmgr *m, const char *when) {
+    tk_snapshot *list = NULL;
+    size_t n = 0, bad = 0;
+    tk_err err;
+    char why[WHY_LEN] = "";
+    tk_code rc = tk_snap_list(m, &list, &n, &err);
+
+    if (rc != TK_OK)
+        snprintf(why, sizeof why, "tk_snap_list: %s: %.500s", code_name(rc),
+                 err.msg);
+    for (size_t i = 0; rc == TK_OK && i < n; i++) {
+        tk_code v = tk_snap_verify(m, list[i].id, NULL, NULL, &err);
+        if (v != TK_OK && bad++ == 0)
+            snprintf(why, sizeof why, "tk_snap_verify(%s): %s: %.500s",
+                     list[i].id, code_name(v), err.msg);
+    }
+    ok(rc == TK_OK && n > 0 && bad == 0, "tk_snap_verify passes for all %zu "
+       "listed snapshots %s", n, when);
+    diag(why);
+    tk_snapshot_list_free(list, n);
+}
+
+/* Restore up to 4 listed snapshots and compare them with the log. */
+static void restore_listed(tk_snapmgr *m, const tk_snapshot *list, size_t n) {
+    tk_record rec;
+    tk_err err;
+    char why[WHY_LEN] = "", target[128];
+    size_t k, upto = n < 4 ? n : 4;
+    int good = 1;
+
+    memset(&rec, 0, sizeof rec);
+    for (k = 0; good && k < upto; k++) {
+        snprintf(target, sizeof target, "%s/final-%zu", g_restore_root, k);
+        tk_code rc = tk_snap_restore(m, list[k].id, target, NULL, &err);
+        if (rc != TK_OK) {
+            snprintf(why, sizeof why, "tk_snap_restore(%s): %s: %.500s",
+                     list[k].id, code_name(rc), err.msg);
+            good = 0;
+            break;
+        }
+        good = check_restored(target, &list[k], list[k].high_water_mark, 1,
+                              final_id, &rec, why, sizeof why);
+        if (nftw(target, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && good) {
+            snprintf(why, sizeof why, "remove %s: %s", target, strerror(errno));
+            good = 0;
+        }
+    }
+    tk_record_free(&rec);
+    ok(good && upto > 0 && list[0].high_water_mark == TOTAL, "the %zu newest "
+       "snapshots restore to exactly the log's records below their hwm (the "
+       "newest, taken after the appends, holds %" PRId64 " of %d)", upto,
+       n ? list[0].high_water_mark : -1, TOTAL);
+    diag(why);
+}
+
+/* Returns the manager, for verify_all after the reopen; NULL if none. */
+static tk_snapmgr *check_snapshots(void) {
+    tk_snapmgr *m = NULL;
+    tk_snapshot *list = NULL;
+    size_t n = 0;
+    tk_err err;
+    char why[WHY_LEN] = "", first[300] = "";
+    long created = atomic_load(&snaps_created);
+    long deleted = atomic_load(&snaps_deleted);
+
+    tk_code rc = tk_snapmgr_open(g_dir, NULL, TK_SNAP_LINK, &m, &err);
+    ok(rc == TK_OK, "open a tk_snapmgr after the run (%ld were opened during "
+       "it)", atomic_load(&mgr_opens));
+    if (rc != TK_OK) {
+        printf("#   tk_snapmgr_open: %s: %s\n", code_name(rc), err.msg);
+        return NULL;
+    }
+    rc = tk_snap_list(m, &list, &n, &err);
+    ok(rc == TK_OK && n >= 1 && (long)n == created - deleted &&
+       strcmp(list[0].id, newest_id) == 0,
+       "tk_snap_list: %zu snapshots = %ld created - %ld deleted; the first "
+       "is the last created", n, created, deleted);
+    if (rc != TK_OK) {
+        printf("#   tk_snap_list: %s: %s\n", code_name(rc), err.msg);
+        tk_snapmgr_close(m);
+        return NULL;
+    }
+    if (n >= 1 && strcmp(list[0].id, newest_id) != 0)
+        printf("#   first listed %s, last created %s\n", list[0].id, newest_id);
+
+    int order = 1, meta = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && order && (list[i].timestamp > list[i - 1].timestamp ||
+                               strcmp(list[i].id, list[i - 1].id) == 0)) {
+            printf("#   [%zu] %s at %" PRId64 " after [%zu] %s at %" PRId64
+                   "\n", i, list[i].id, list[i].timestamp, i - 1,
+                   list[i - 1].id, list[i - 1].timestamp);
+            order = 0;
+        }
+        if (meta && !check_snap_meta(&list[i], 0, TOTAL, why, sizeof why))
+            meta = 0;
+    }
+    ok(order, "tk_snap_list is newest first, no id twice");
+    ok(meta, "every listed snapshot holds [0, hwm) in increasing segments");
+    diag(why);
+
+    verify_all(m, "after the run");
+
+    long left = count_entries(tk_snapmgr_dir(m), 1, first, sizeof first);
+    long rest = count_entries(g_restore_root, 0, first, sizeof first);
+    ok(left == 0 && rest == 0, "nothing half-made: no .tmp-/.del- in the "
+       "snapshot dir (%ld), nothing left in the restore dir (%ld)", left, rest);
+    if (left || rest)
+        diag(first);
+
+    restore_listed(m, list, n);
+    tk_snapshot_list_free(list, n);
+    return m;
+}
+
 static void check_readonly(const char *dir) {
     tk_log_opts o;
     tk_log *ro = NULL;
@@ -912,8 +1550,17 @@ static void join_threads(pthread_t *th, int n) {
 }
 
 static void run_concurrent(void) {
-    pthread_t app[APPENDERS], rd[READERS], stat_th[1];
+    pthread_t app[APPENDERS], rd[READERS], stat_th[1], snap_th[1], rest_th[1],
+        del_th[DELETERS];
+    char what[WHY_LEN];
     double t0 = now_s();
+    int nsn = start_threads(snap_th, 1, snapshotter);
+    if (nsn == 0) {                             /* no appender waits for it */
+        atomic_store(&gates_open, 1);
+        atomic_store(&snaps_stopped, 1);
+    }
+    int nre = start_threads(rest_th, 1, restorer);
+    int nde = start_threads(del_th, DELETERS, deleter);
     int na = start_threads(app, APPENDERS, appender);
     int nr = start_threads(rd, READERS, reader);
     int ns = start_threads(stat_th, 1, stats);
@@ -923,9 +1570,19 @@ static void run_concurrent(void) {
     double t1 = now_s();
     join_threads(rd, nr);
     join_threads(stat_th, ns);
-    ok(na == APPENDERS && nr == READERS && ns == 1, "started %d threads",
-       na + nr + ns);
-    printf("# appends took %.2f s, phase 1 %.2f s\n", t1 - t0, now_s() - t0);
+    join_threads(snap_th, nsn);
+    double t2 = now_s();
+    join_threads(rest_th, nre);
+    join_threads(del_th, nde);
+    ok(na == APPENDERS && nr == READERS && ns == 1 && nsn == 1 && nre == 1 &&
+       nde == DELETERS, "started %d threads (%d of them on snapshots)",
+       na + nr + ns + nsn + nre + nde, nsn + nre + nde);
+    printf("# appends took %.2f s, snapshots %.2f s, phase 1 %.2f s\n",
+           t1 - t0, t2 - t0, now_s() - t0);
+    int taken = atomic_load(&snaps_taken);
+    printf("# %d tk_snap_create calls took %.3f s on average, %.3f s at "
+           "most%s\n", taken, taken ? create_s / taken : 0.0, create_max_s,
+           budget_out ? "; the time budget ran out (slow disk?)" : "");
 
     report(CK_APPEND, "concurrent appends succeed");
     report(CK_READ, "concurrent tk_log_read of random offsets below the hwm");
@@ -933,21 +1590,53 @@ static void run_concurrent(void) {
     report(CK_TIME, "concurrent tk_log_offset_for_time consistent");
     report(CK_SEGS, "concurrent tk_log_segments, num_segments, size "
            "consistent");
+    snprintf(what, sizeof what, "concurrent tk_snap_create on the shared log: "
+             "hwm within the marks around the call, listed at once (%ld "
+             "created, %ld refused TOO_SOON)", atomic_load(&snaps_created),
+             atomic_load(&too_soon_seen));
+    report(CK_SNAP, what);
+    snprintf(what, sizeof what, "concurrent tk_snap_restore into new dirs: "
+             "read-only hwm and every record as appended (%ld restored, %ld "
+             "of them upto_offset; %ld NOT_FOUND, deleted meanwhile)",
+             atomic_load(&restores_done), atomic_load(&restores_upto),
+             atomic_load(&restores_lost));
+    report(CK_RESTORE, what);
+    snprintf(what, sizeof what, "concurrent tk_snap_verify (%ld verified; %ld "
+             "NOT_FOUND, deleted meanwhile)", atomic_load(&verifies_done),
+             atomic_load(&verifies_lost));
+    report(CK_VERIFY, what);
+    snprintf(what, sizeof what, "concurrent tk_snap_delete / tk_snap_cleanup "
+             "from %d handles (%ld deleted, %ld NOT_FOUND as the other got "
+             "there first; %ld cleanups removed %ld)", DELETERS,
+             atomic_load(&deletes_done), atomic_load(&deletes_missed),
+             atomic_load(&cleanups_done), atomic_load(&cleanup_deleted));
+    report(CK_DELETE, what);
+    report(CK_GONE, "a restore, verify or delete that loses the race to a "
+           "delete fails with NOT_FOUND, not another code");
+    ok(atomic_load(&snaps_created) >= (budget_out ? 2 : MIN_SNAPS) &&
+       atomic_load(&restores_done) >= MIN_RESTORES &&
+       atomic_load(&snaps_deleted) > 0,
+       "the snapshot threads did their share (>= %d created, >= %d restored, "
+       "some deleted)", budget_out ? 2 : MIN_SNAPS, MIN_RESTORES);
 }
 
 int main(void) {
     char dir[] = "/tmp/takhin-threads.XXXXXX";
+    char root[] = "/tmp/takhin-threads-restore.XXXXXX";
+    tk_snapmgr *sm = NULL;
     const char *to = getenv("TK_TEST_TIMEOUT");
     tk_log_opts opts;
     tk_err err;
 
     signal(SIGALRM, watchdog);
     alarm(to ? (unsigned)atoi(to) : 300u);
-    if (mkdtemp(dir) == NULL) {
+    if (mkdtemp(dir) == NULL || mkdtemp(root) == NULL) {
         printf("Bail out! mkdtemp: %s\n", strerror(errno));
         return 1;
     }
-    printf("# dir %s\n", dir);
+    snprintf(g_dir, sizeof g_dir, "%s", dir);
+    snprintf(g_restore_root, sizeof g_restore_root, "%s", root);
+    printf("# dir %s, restores in %s\n", dir, root);
 
     tk_log_opts_init(&opts);
     opts.max_segment_size = SEGMENT_SIZE;
@@ -970,13 +1659,18 @@ int main(void) {
         ok(good, "tk_log_offset_for_time exact (non-monotonic timestamps)");
         if (!good)
             diag(why);
+        sm = check_snapshots();
         check_readonly(dir);
         check_reopen(dir, &opts);
+        if (sm != NULL)
+            verify_all(sm, "after the writer reopened and appended");
+        tk_snapmgr_close(sm);
         tk_log_close(g_log);
     }
 
     int rm = nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    ok(rm == 0, "remove %s", dir);
+    int rm2 = nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ok(rm == 0 && rm2 == 0, "remove %s and %s", dir, root);
     printf("1..%d\n", n_run);
     if (n_failed)
         printf("# %d of %d failed\n", n_failed, n_run);
