@@ -500,7 +500,7 @@ static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut
         if (rc != TK_OK) return rc;
         if (i > 0 && (rc = file_sum(dst, &size, &crc, err)) != TK_OK) return rc;
         if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
-        advance(pg, size);
+        if (i == 0) advance(pg, size);             /* progress counts .log bytes */
     }
     return TK_OK;
 }
@@ -528,7 +528,7 @@ static tk_code place_active(const tk_cut *cut, const tk_cut_seg *cs, const char 
         }
         if (rc != TK_OK) return rc;
         if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
-        advance(pg, size);
+        if (i == 0) advance(pg, size);
     }
     return TK_OK;
 }

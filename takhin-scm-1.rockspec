@@ -1,0 +1,78 @@
+-- takhin from a checkout:
+--     luarocks --lua-version=5.4 make takhin-scm-1.rockspec
+-- builds the C core (takhin.core) with the builtin backend and installs the
+-- Lua modules and the `takhin` command.  `make` (the Makefile) is the
+-- development build; both compile the same sources.
+--
+-- Compiler flags: the builtin backend compiles with LuaRocks' CFLAGS
+-- (`-O2 -fPIC` by default) plus the defines and incdirs below; a rockspec
+-- cannot add other flags.  The sources are C11 with _GNU_SOURCE and build
+-- under GCC's and Clang's default (gnu17); for the Makefile's strict
+-- standard, pass it on the command line:
+--     luarocks make takhin-scm-1.rockspec CFLAGS="-O2 -fPIC -std=c11"
+rockspec_format = "3.0"
+package = "takhin"
+version = "scm-1"
+
+source = {
+    -- Only `luarocks install`/`download` fetch this; `luarocks make` builds
+    -- the checkout it is run in.  The repository's public address is not
+    -- settled yet: replace this placeholder when it is.
+    url = "git+https://github.com/takhin/takhin.git",
+}
+
+description = {
+    summary = "Crash-safe, Kafka-style segmented commit log with point-in-time snapshots",
+    detailed = [[
+An embeddable commit log: a directory of segments with sparse offset and
+time indexes, CRC32C-framed records, one writer and many readers across
+processes, and hard-link snapshots that can be restored anywhere.  The
+engine is C (csrc/, with a public header); require("takhin") loads it into
+Lua 5.4 or LuaJIT.  Includes the `takhin` command-line tool.
+]],
+    -- license: the project has not declared one yet (no LICENSE file).
+    labels = { "log", "kafka", "storage", "snapshot" },
+}
+
+dependencies = {
+    "lua >= 5.1",
+}
+
+external_dependencies = {
+    JANSSON = { header = "jansson.h", library = "jansson" },
+}
+
+build = {
+    type = "builtin",
+    modules = {
+        -- Every C file of csrc/: the engine and the Lua binding.
+        ["takhin.core"] = {
+            sources = {
+                "csrc/crc32c.c",
+                "csrc/error.c",
+                "csrc/fs.c",
+                "csrc/index.c",
+                "csrc/lock.c",
+                "csrc/log.c",
+                "csrc/lua_takhin.c",
+                "csrc/manifest.c",
+                "csrc/record.c",
+                "csrc/restore.c",
+                "csrc/segment.c",
+                "csrc/snapshot.c",
+            },
+            defines = { "_GNU_SOURCE" },
+            incdirs = { "csrc", "$(JANSSON_INCDIR)" },
+            libdirs = { "$(JANSSON_LIBDIR)" },
+            libraries = { "jansson", "pthread" },
+        },
+        ["takhin"] = "lua/takhin/init.lua",
+        ["takhin.cli"] = "lua/takhin/cli.lua",
+        ["takhin.duration"] = "lua/takhin/duration.lua",
+        ["takhin.policy"] = "lua/takhin/policy.lua",
+        ["takhin.scheduler"] = "lua/takhin/scheduler.lua",
+    },
+    install = {
+        bin = { takhin = "bin/takhin" },
+    },
+}
