@@ -101,6 +101,8 @@ static tk_code check_opts(const char *dir, const tk_log_opts *o, tk_err *err) {
                        dir, o->max_record_size, TK_MAX_RECORD_SIZE_LIMIT);
     if (o->sync != TK_SYNC_NONE && o->sync != TK_SYNC_ALWAYS)
         return tk_fail(err, TK_INVALID, "open_log %s: bad sync mode", dir);
+    if (o->shared && o->readonly)
+        return tk_fail(err, TK_INVALID, "open_log %s: shared and readonly exclude each other", dir);
     return TK_OK;
 }
 
@@ -364,11 +366,14 @@ static tk_code prepare_dir(tk_log *log, tk_err *err) {
                            "open it as a writer to finish it", log->dir);
         return TK_OK;
     }
-    tk_code rc = tk_dirlock_try(log->dir, ".lock", &log->lock_fd, err);
+    tk_code rc = log->o.shared ? tk_dirlock_wait(log->dir, ".lock", &log->lock_fd, err)
+                               : tk_dirlock_try(log->dir, ".lock", &log->lock_fd, err);
     if (rc == TK_OK && tk_restore_pending(log->dir))
         rc = tk_restore_apply(log->dir, err);          /* finish a crashed restore */
     return rc;
 }
+
+static void shared_leave(tk_log *log);
 
 tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_err *err) {
     tk_log_opts defaults;
@@ -396,8 +401,88 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
         tk_log_close(log);
         return rc;
     }
+    shared_leave(log);              /* a shared writer holds the lock only to write */
     *out = log;
     return TK_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Shared mode: several writer processes                                */
+/* ------------------------------------------------------------------ */
+
+/* Drops the segments from index k on and loads them again from disk, with
+ * any that other writers added; a writer's recovery (load_active) runs on
+ * the new active segment.  Caller holds wmu, rw exclusively and the lock. */
+static tk_code reload_from(tk_log *log, size_t k, tk_err *err) {
+    int64_t *bases = NULL, from = k < log->nsegs ? log->segs[k]->base : 0;
+    size_t n = 0;
+    tk_code rc;
+    while (log->nsegs > k) tk_seg_free(log->segs[--log->nsegs]);
+    log->gen++;
+    if (k == 0) return load_segments(log, err);
+    if ((rc = list_bases(log, &bases, &n, err)) != TK_OK) return rc;
+    for (size_t i = 0; i < n && rc == TK_OK; i++) {
+        tk_segment *s;
+        if (bases[i] < from) continue;
+        if (!(s = tk_seg_new(bases[i])) || push_segment(log, s) < 0) {
+            tk_seg_free(s);
+            rc = tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
+            break;
+        }
+        if (i + 1 < n) {
+            s->next = bases[i + 1];
+            rc = load_sealed(log, s, err);
+        } else {
+            rc = load_active(log, s, err);
+        }
+    }
+    free(bases);
+    if (rc == TK_OK && log->nsegs == 0) rc = load_segments(log, err);
+    return rc;
+}
+
+/* Brings this handle up to date with what other shared writers did since
+ * it last held the lock: nothing, appends or rolls (reload the active
+ * segment onwards), or a truncate below it (reload everything). */
+static tk_code catch_up(tk_log *log, tk_err *err) {
+    tk_segment *s = active(log);
+    char path[PATH_MAX];
+    struct stat st, fst;
+    size_t k = log->nsegs - 1;
+    tk_code rc;
+    if (tk_seg_path(path, sizeof path, log->dir, s->base, ".log") < 0)
+        return tk_fail_errno(err, ENAMETOOLONG, "open %s", log->dir);
+    if (stat(path, &st) < 0) {
+        k = 0;                                          /* truncated away */
+    } else if (s->log_fd >= 0 && fstat(s->log_fd, &fst) == 0 && fst.st_ino == st.st_ino &&
+               (uint64_t)st.st_size == s->size) {
+        if (tk_seg_path(path, sizeof path, log->dir, s->next, ".log") < 0 ||
+            stat(path, &st) < 0)
+            return TK_OK;                               /* nobody else wrote */
+    } else if ((uint64_t)st.st_size < s->size) {
+        k = 0;
+    }
+    pthread_rwlock_wrlock(&log->rw);
+    rc = reload_from(log, k, err);
+    pthread_rwlock_unlock(&log->rw);
+    return rc;
+}
+
+/* Called with wmu held, before a shared writer changes anything. */
+static tk_code shared_enter(tk_log *log, tk_err *err) {
+    tk_code rc;
+    if (!log->o.shared) return TK_OK;
+    if ((rc = tk_dirlock_wait(log->dir, ".lock", &log->lock_fd, err)) != TK_OK) return rc;
+    if (tk_restore_pending(log->dir)) rc = tk_restore_apply(log->dir, err);
+    if (rc == TK_OK) rc = catch_up(log, err);
+    if (rc != TK_OK) shared_leave(log);
+    return rc;
+}
+
+static void shared_leave(tk_log *log) {
+    if (!log->o.shared) return;
+    tk_dirlock_release(log->lock_fd);
+    log->lock_fd = -1;
 }
 
 void tk_log_close(tk_log *log) {
@@ -602,6 +687,10 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         return tk_fail(err, TK_READONLY, "append to %s: log is open read-only", log->dir);
     if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
     pthread_mutex_lock(&log->wmu);
+    if ((rc = shared_enter(log, err)) != TK_OK) {
+        pthread_mutex_unlock(&log->wmu);
+        return rc;
+    }
     start = active(log)->next;
     rc = unshare_active(log, err);
     while (rc == TK_OK && i < n) {
@@ -622,6 +711,7 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         tk_err scratch;                     /* all or nothing: drop the prefix */
         truncate_locked(log, start, &scratch);
     }
+    shared_leave(log);
     pthread_mutex_unlock(&log->wmu);
     tk_index_free(&pd.ix);
     if (rc == TK_OK && first) *first = start;
@@ -711,6 +801,10 @@ tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
     if (log->o.readonly)
         return tk_fail(err, TK_READONLY, "truncate %s: log is open read-only", log->dir);
     pthread_mutex_lock(&log->wmu);
+    if ((rc = shared_enter(log, err)) != TK_OK) {
+        pthread_mutex_unlock(&log->wmu);
+        return rc;
+    }
     base = log->segs[0]->base;
     hwm = active(log)->next;
     if (offset < base || offset > hwm)
@@ -718,6 +812,7 @@ tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
                      " is outside [%" PRId64 ", %" PRId64 "]", log->dir, offset, base, hwm);
     else if (offset < hwm)
         rc = truncate_locked(log, offset, err);
+    shared_leave(log);
     pthread_mutex_unlock(&log->wmu);
     return rc;
 }
@@ -790,6 +885,13 @@ static tk_code refresh_locked(tk_log *log, tk_err *err) {
 
 tk_code tk_log_refresh(tk_log *log, tk_err *err) {
     tk_code rc;
+    if (log->o.shared) {
+        pthread_mutex_lock(&log->wmu);
+        rc = shared_enter(log, err);
+        shared_leave(log);
+        pthread_mutex_unlock(&log->wmu);
+        return rc;
+    }
     if (!log->o.readonly) return TK_OK;
     pthread_mutex_lock(&log->wmu);
     pthread_rwlock_wrlock(&log->rw);
@@ -856,7 +958,7 @@ tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err) {
         hwm = hwm_locked(log);
         if (offset < base || offset >= hwm) {
             pthread_rwlock_unlock(&log->rw);
-            if (log->o.readonly && !refreshed) {
+            if ((log->o.readonly || log->o.shared) && !refreshed) {
                 refreshed = 1;
                 if ((rc = tk_log_refresh(log, err)) != TK_OK) return rc;
                 continue;
@@ -1144,10 +1246,15 @@ tk_code tk_log_cut(tk_log *log, tk_cut *cut, tk_err *err) {
     memset(cut, 0, sizeof *cut);
     /* Appends wait only while the cut point is taken, never for copying. */
     pthread_mutex_lock(&log->wmu);
+    if ((rc = shared_enter(log, err)) != TK_OK) {
+        pthread_mutex_unlock(&log->wmu);
+        return rc;
+    }
     pthread_rwlock_wrlock(&log->rw);
     rc = log->o.readonly ? refresh_locked(log, err) : TK_OK;
     if (rc == TK_OK) rc = cut_locked(log, cut, err);
     pthread_rwlock_unlock(&log->rw);
+    shared_leave(log);
     pthread_mutex_unlock(&log->wmu);
     if (rc != TK_OK) tk_cut_free(cut);
     return rc;

@@ -123,13 +123,24 @@ static int field_int(lua_State *L, int t, const char *name, int64_t *out) {
     return present;
 }
 
+/* Reads an optional boolean field of table t (absent: false). */
+static int field_bool(lua_State *L, int t, const char *name) {
+    int v;
+    lua_getfield(L, t, name);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
+        luaL_error(L, "option '%s': boolean expected, got %s", name, luaL_typename(L, -1));
+    v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
 /* ------------------------------------------------------------------ */
 /* open_log                                                             */
 /* ------------------------------------------------------------------ */
 
 static const char *const log_opt_names[] = {
     "dir", "max_segment_size", "index_interval_bytes", "max_record_size", "sync",
-    "readonly", NULL
+    "readonly", "shared", NULL
 };
 
 /* Fills o from the options table; returns NULL or an INVALID message. */
@@ -174,13 +185,8 @@ static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf,
         }
     }
     lua_pop(L, 1);
-    lua_getfield(L, t, "readonly");
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TBOOLEAN)
-            luaL_error(L, "option 'readonly': boolean expected, got %s", luaL_typename(L, -1));
-        o->readonly = lua_toboolean(L, -1);
-    }
-    lua_pop(L, 1);
+    o->readonly = field_bool(L, t, "readonly");
+    o->shared = field_bool(L, t, "shared");
     return NULL;
 }
 
@@ -681,9 +687,11 @@ static int l_sm_restore(lua_State *L) {
         lua_pop(L, 1);
         if (field_int(L, 4, "upto_offset", &v)) {
             if (v < 0) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "restore %s: upto_offset %lld is below the "
+                         "snapshot's base offset", id, (long long)v);
                 lua_pushnil(L);
-                lua_pushfstring(L, "restore %s: upto_offset %d is below the snapshot's base offset",
-                                id, (int)(v < INT32_MIN ? INT32_MIN : v));
+                lua_pushstring(L, msg);
                 lua_pushstring(L, tk_code_name(TK_OUT_OF_RANGE));
                 return 3;
             }

@@ -28,7 +28,11 @@
  *
  * Processes: one writer per directory, enforced with flock(2) on
  * <dir>/.lock; any number of read-only handles, which see what the writer
- * has appended (every append reaches the kernel before it returns).
+ * has appended (every append reaches the kernel before it returns).  In
+ * shared mode several processes write: each holds the lock only while it
+ * appends (or truncates, or is cut for a snapshot).  Shared and exclusive
+ * writers must not be mixed on one directory: an exclusive writer holds
+ * the lock for as long as it is open, and shared appends wait for it.
  */
 #ifndef TAKHIN_H
 #define TAKHIN_H
@@ -85,6 +89,9 @@ typedef struct tk_log_opts {
     uint32_t max_record_size;       /* framed size limit; default 16 MiB */
     tk_sync sync;                   /* TK_SYNC_ALWAYS: fdatasync before append returns */
     int readonly;                   /* no lock, no writes, follows the writer */
+    int shared;                     /* several writer processes: each append takes
+                                       the lock for its own duration and first
+                                       catches up with the others' appends */
 } tk_log_opts;
 
 #define TK_MAX_SEGMENT_SIZE_LIMIT  (1u << 30)  /* positions are uint32 */

@@ -4,6 +4,10 @@
 -- Every result is in milliseconds.  Runs on Lua 5.1-5.4 and LuaJIT.
 local M = {}
 
+-- Larger durations (over 285,000 years) are refused rather than rounded
+-- or wrapped: 2^53 ms is where doubles stop counting milliseconds exactly.
+local MAX_MS = 2 ^ 53
+
 local UNIT_MS = { ms = 1, s = 1000, m = 60000, h = 3600000, d = 86400000, w = 604800000 }
 
 local function bad(text, why)
@@ -17,6 +21,7 @@ function M.parse(v)
     if type(v) == "number" then
         if v ~= v or v == math.huge or v == -math.huge then return bad(v, "not a finite number") end
         if v < 0 then return bad(v, "negative") end
+        if v * 1000.0 > MAX_MS then return bad(v, "too large") end   -- float: no wrap
         return math.floor(v * 1000 + 0.5)
     end
     if type(v) ~= "string" then return bad(v, "a " .. type(v) .. " is not a duration") end
@@ -31,7 +36,8 @@ function M.parse(v)
         if not scale then return bad(v, "unknown unit \"" .. unit .. "\"") end
         if seen[unit] then return bad(v, "unit \"" .. unit .. "\" given twice") end
         seen[unit] = true
-        total = total + tonumber(num) * scale
+        total = total + (tonumber(num) + 0.0) * scale                  -- float: no wrap
+        if total > MAX_MS then return bad(v, "too large") end
         pos = after
     end
     return math.floor(total + 0.5)

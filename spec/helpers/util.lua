@@ -321,4 +321,27 @@ function M.getpid()
     return pid
 end
 
+-------------------------------------------------------------------------
+-- Unprivileged children (root ignores file modes: a permission test must
+-- run its process as another user)
+-------------------------------------------------------------------------
+
+-- The command prefix that runs a program as nobody (uid and gid 65534, no
+-- supplementary groups), or nil and the reason when this process cannot
+-- switch users.
+function M.nobody_prefix()
+    if M.capture("id -u"):gsub("%s+$", "") ~= "0" then return nil, "not running as root" end
+    if not M.sh("command -v setpriv >/dev/null 2>&1") then return nil, "setpriv is not installed" end
+    return "setpriv --reuid=65534 --regid=65534 --clear-groups"
+end
+
+-- run_lua, with the interpreter started under prefix (nobody_prefix()).
+function M.run_lua_as(prefix, dir, source, args)
+    local script = M.write_script(dir, source)
+    local p = assert(io.popen(prefix .. " " .. lua_command(script, args) .. " </dev/null 2>&1", "r"))
+    local out = p:read("a")
+    local ok = p:close()
+    return out, ok == true
+end
+
 return M
