@@ -36,6 +36,7 @@ help:
 	@echo "make fault      the crash-point build ($(BUILD)-fault) used by spec/fault_spec.lua"
 	@echo "make bench      benchmarks with ratios against baselines run side by side"
 	@echo "make demo       run examples/quickstart.lua"
+	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR too): Lua module, bin/takhin, takhin.h, libtakhin.a"
 	@echo "make clean      remove build outputs"
 
 # ---------------------------------------------------------------- build
@@ -101,12 +102,34 @@ test-tsan: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(SPEC_ENV) $(LUA) bench/log_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/snapshot_bench.lua
 
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@$(SPEC_ENV) $(LUA) examples/quickstart.lua
 	@echo
 	@$(SPEC_ENV) $(LUA) examples/snapshot_example.lua
+
+# ---------------------------------------------------------------- install
+
+# make install [PREFIX=/usr/local] [DESTDIR=/staging/root]: the C module in
+# lib/lua/5.4/takhin/core.so, the Lua modules in share/lua/5.4/takhin/, the
+# command in bin/, the C header and static library in include/ and lib/.
+PREFIX      ?= /usr/local
+LUA_VERSION ?= 5.4
+INSTALL     ?= install
+INST_CMOD    = $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/takhin
+INST_LMOD    = $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VERSION)/takhin
+
+.PHONY: install
+install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a
+	$(INSTALL) -d $(INST_CMOD) $(INST_LMOD) $(DESTDIR)$(PREFIX)/bin \
+	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib
+	$(INSTALL) -m 755 $(BUILD)/takhin/core.so $(INST_CMOD)/core.so
+	$(INSTALL) -m 644 lua/takhin/*.lua $(INST_LMOD)/
+	$(INSTALL) -m 755 bin/takhin $(DESTDIR)$(PREFIX)/bin/takhin
+	$(INSTALL) -m 644 csrc/takhin.h $(DESTDIR)$(PREFIX)/include/takhin.h
+	$(INSTALL) -m 644 $(BUILD)/libtakhin.a $(DESTDIR)$(PREFIX)/lib/libtakhin.a
 
 clean:
 	rm -rf build build-fault build-asan build-asan-fault build-tsan

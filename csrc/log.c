@@ -25,11 +25,10 @@
  * Crash states.  Bytes reach the .log before the matching index entries
  * (.timeindex first, then .index), so after a crash the index files may
  * lag the .log but never lead it; recovery (load_active) rescans from the
- * last index entry that checks out and truncates a torn tail.  A new
- * segment's .log is created after its index files, and the previous
- * segment's final .timeindex entry is written after that: a crash in
- * between leaves a sealed segment without its final entry, which the next
- * open detects and rebuilds.
+ * last index entry that checks out and truncates a torn tail.  Rolling
+ * writes the old segment's seal trailer first, then the new segment's
+ * index files, then its .log: a crash in between leaves an active segment
+ * whose .timeindex carries a trailer, which the next open trims.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -516,33 +515,40 @@ static tk_code unshare_active(tk_log *log, tk_err *err) {
     return rc;
 }
 
-/* Seals the active segment and starts a new one at its next offset.  The
- * new files are created first, so a failure leaves the log as it was. */
+static void remove_segment_files(const tk_log *log, int64_t base) {
+    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
+    char path[PATH_MAX];
+    for (int i = 0; i < 3; i++)        /* .log first: then the segment is gone */
+        if (tk_seg_path(path, sizeof path, log->dir, base, ext[i]) == 0) unlink(path);
+}
+
+/* Seals the active segment and starts a new one at its next offset.
+ *
+ * The seal trailer is written before the new .log exists: a read-only
+ * handle (and a snapshot taken through one) treats a segment as sealed as
+ * soon as the next .log appears, and from then on the segment's files must
+ * never change -- snapshots may have hard-linked them.  If the new segment
+ * cannot be made, the trailer is cut off again and the old segment stays
+ * active; no reader can have seen it sealed, since the next .log never
+ * appeared. */
 static tk_code roll(tk_log *log, tk_err *err) {
-    tk_segment *old = active(log), *s;
-    tk_code rc = tk_seg_create(log->dir, old->next, durable(log), &s, err);
-    int pushed;
-    if (rc != TK_OK) return rc;
-    rc = tk_seg_seal(log->dir, old, durable(log), err);
+    tk_segment *old = active(log), *s = NULL;
+    tk_code rc = tk_seg_seal(log->dir, old, durable(log), err);
+    if (rc == TK_OK) rc = tk_seg_create(log->dir, old->next, durable(log), &s, err);
     if (rc == TK_OK) {
+        int pushed;
         pthread_rwlock_wrlock(&log->rw);
         pushed = push_segment(log, s) == 0;
         pthread_rwlock_unlock(&log->rw);
         if (pushed) return TK_OK;
         rc = tk_fail(err, TK_NOMEM, "roll %s: out of memory", log->dir);
+        tk_seg_free(s);
     }
-    /* Undo: drop the new files, give the old segment its writers back. */
-    for (int i = 0; i < 3; i++) {
-        static const char *const ext[3] = { ".log", ".index", ".timeindex" };
-        char path[PATH_MAX];
-        if (tk_seg_path(path, sizeof path, log->dir, s->base, ext[i]) == 0) unlink(path);
-    }
-    tk_seg_free(s);
+    remove_segment_files(log, old->next);
     if (old->idx_fd < 0) {
         tk_err scratch;
         tk_seg_open_writable(log->dir, old, &scratch);
     }
-    /* Drop a seal trailer that may have been written: the segment stays active. */
     if (old->tim_fd >= 0 && ftruncate(old->tim_fd, (off_t)(old->ix.n * TK_TIDX_ENTRY)) < 0) {
         /* the next open sees an active .timeindex with a trailer and rebuilds it */
     }
@@ -722,12 +728,6 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
 /* Truncating                                                           */
 /* ------------------------------------------------------------------ */
 
-static void remove_segment_files(const tk_log *log, const tk_segment *s) {
-    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
-    char path[PATH_MAX];
-    for (int i = 0; i < 3; i++)        /* .log first: then the segment is gone */
-        if (tk_seg_path(path, sizeof path, log->dir, s->base, ext[i]) == 0) unlink(path);
-}
 
 /* Cuts segment s (now the active one) at offset, which is inside it or
  * one past its end.  Caller holds wmu and rw exclusively. */
@@ -783,7 +783,7 @@ static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     if (k > 0 && log->segs[k]->base == offset) k--;    /* segment k ends at offset */
     while (log->nsegs > k + 1) {                       /* newest first */
         tk_segment *s = active(log);
-        remove_segment_files(log, s);
+        remove_segment_files(log, s->base);
         tk_seg_free(s);
         log->nsegs--;
     }

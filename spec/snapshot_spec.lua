@@ -1,0 +1,1023 @@
+-- Snapshots of a log (docs/API.md "SnapshotManager", /work/shared/SPEC.md
+-- section 3): create, list, get, delete, cleanup, restore, verify; what a
+-- snapshot shares with the live log; damage to its files and to the
+-- catalog; and the errors a caller can get.
+--
+-- Snapshots taken while another process appends, and snapshots created by
+-- several processes at once, are in spec/snapshot_process_spec.lua.
+
+local takhin = require("takhin")
+local util = require("helpers.util")
+local cjson = require("cjson")
+
+-- Small segments and a dense index, so a few dozen records make several
+-- sealed segments with non-empty index files.
+local OPTS = { max_segment_size = 1024, index_interval_bytes = 64 }
+
+local MINUTE, HOUR, DAY = 60 * 1000, 3600 * 1000, 24 * 3600 * 1000
+
+-- What the record at offset i holds: absent, empty and ordinary keys,
+-- values with arbitrary bytes, increasing timestamps.
+local function key_for(i)
+    if i % 7 == 0 then return nil end
+    if i % 7 == 1 then return "" end
+    return "key-" .. i
+end
+local function value_for(i)
+    return ("%d|"):format(i) .. string.rep(string.char(i % 256), (i * 37) % 90) .. "\0\255"
+end
+local function ts_for(i) return 1600000000000 + i * 10 end
+
+local function open(dir, extra)
+    local opts = { dir = dir }
+    for k, v in pairs(OPTS) do opts[k] = v end
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    local log, msg, code = takhin.open_log(opts)
+    assert(log, "open_log " .. dir .. ": " .. tostring(msg) .. " " .. tostring(code))
+    return log
+end
+
+local function manager(log_dir, opts)
+    local sm, msg, code = takhin.snapshot_manager(log_dir, opts)
+    assert(sm, "snapshot_manager " .. log_dir .. ": " .. tostring(msg) .. " " .. tostring(code))
+    return sm
+end
+
+-- Appends the records for offsets from..to (inclusive).
+local function fill(log, from, to)
+    for i = from, to do
+        assert.are.equal(i, log:append(key_for(i), value_for(i), ts_for(i)))
+    end
+end
+
+local function failed_with(code, v, msg, got)
+    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
+    assert.is_string(msg)
+    assert.are.equal(code, got, "message: " .. tostring(msg))
+    return msg
+end
+
+local function ok(v, msg, code)
+    assert(v, tostring(msg) .. " " .. tostring(code))
+    return v
+end
+
+-- Every record of a log, as plain tables.
+local function records_of(log)
+    local out = {}
+    for rec in log:records() do
+        out[#out + 1] = { offset = rec.offset, key = rec.key, value = rec.value, timestamp = rec.timestamp }
+    end
+    return out
+end
+
+-- The restored log at dir holds exactly `want` (a records_of result, or
+-- its first n entries) and nothing else.
+local function assert_log_holds(dir, want, n)
+    n = n or #want
+    local log = open(dir)
+    assert.are.equal(n, log:high_water_mark(), dir)
+    local got = records_of(log)
+    assert.are.equal(n, #got, dir)
+    for i = 1, n do
+        local w, g = want[i], got[i]
+        assert.are.equal(w.offset, g.offset)
+        assert.are.equal(w.key, g.key, "key at offset " .. w.offset)
+        assert.are.equal(w.value, g.value, "value at offset " .. w.offset)
+        assert.are.equal(w.timestamp, g.timestamp, "timestamp at offset " .. w.offset)
+    end
+    log:close()
+end
+
+local function ids_of(list)
+    local ids = {}
+    for i, s in ipairs(list) do ids[i] = s.id end
+    return ids
+end
+
+local function reversed(t)
+    local r = {}
+    for i = #t, 1, -1 do r[#r + 1] = t[i] end
+    return r
+end
+
+-- The manifest of a snapshot, decoded.
+local function manifest(snap)
+    return cjson.decode(util.read_file(snap.path .. "/manifest.json"))
+end
+
+-- The catalog, decoded (fails the test when it does not parse).
+local function catalog(sm)
+    local text = util.read_file(sm:dir() .. "/snapshots.json")
+    local okay, doc = pcall(cjson.decode, text)
+    assert(okay, "snapshots.json does not parse: " .. tostring(doc))
+    return doc
+end
+
+local function catalog_ids(sm)
+    local ids = {}
+    for i, s in ipairs(catalog(sm).snapshots) do ids[i] = s.id end
+    return ids
+end
+
+-- Sets the "timestamp" of snapshots' manifests ({ [id] = ms }) and removes
+-- snapshots.json, so the next manager rebuilds the catalog from them.
+-- The number is written with %d: cjson may print big integers with an
+-- exponent.
+local function set_timestamps(snap_dir, stamps)
+    for id, ts in pairs(stamps) do
+        local path = ("%s/snapshot-%s/manifest.json"):format(snap_dir, id)
+        local text = util.read_file(path)
+        assert.are.equal(id, cjson.decode(text).id)
+        local new, n = text:gsub('("timestamp"%s*:%s*)[-+%d.eE]+', function(prefix)
+            return prefix .. string.format("%d", ts)
+        end)
+        assert.are.equal(1, n, path)
+        util.write_file(path, new)
+        assert.are.equal(ts, math.tointeger(cjson.decode(new).timestamp))
+    end
+    assert(os.remove(snap_dir .. "/snapshots.json"))
+end
+
+-- dev:inode of a path.
+local function file_id(path)
+    local out = util.capture("stat -c '%d:%i' " .. util.q(path) .. " 2>/dev/null")
+    local id = out:match("%d+:%d+")
+    assert(id, "stat " .. path)
+    return id
+end
+
+local function device(path)
+    return util.capture("stat -c '%d' " .. util.q(path)):match("%d+")
+end
+
+-- { name = bytes } of every file in a directory tree, for "untouched".
+local function tree(dir)
+    local out = {}
+    local list = util.capture("cd " .. util.q(dir) .. " && find . -mindepth 1 | LC_ALL=C sort")
+    for rel in list:gmatch("[^\n]+") do
+        local path = dir .. "/" .. rel:sub(3)
+        out[rel] = util.is_dir(path) and "<dir>" or util.read_file(path)
+    end
+    return out
+end
+
+describe("a snapshot manager", function()
+    local tmp, dir
+
+    before_each(function()
+        tmp = util.tmpdir()
+        dir = tmp .. "/log"
+    end)
+    after_each(function()
+        collectgarbage(); collectgarbage()
+        util.rmtree(tmp)
+    end)
+
+    -- A log of n records (several segments) and a manager for it.
+    local function setup(n, sm_opts)
+        local log = open(dir)
+        if n > 0 then fill(log, 0, n - 1) end
+        return log, manager(dir, sm_opts)
+    end
+
+    -- n snapshots of the log, oldest first.
+    local function snapshots(sm, log, n)
+        local made = {}
+        for i = 1, n do made[i] = ok(sm:create(log, { label = "s" .. i })) end
+        return made
+    end
+
+    describe("create", function()
+        it("returns a snapshot describing the log at that moment", function()
+            local log, sm = setup(60)
+            assert.is_true(log:num_segments() > 2)
+            local before = os.time() * 1000
+            local s = ok(sm:create(log, { label = "nightly" }))
+            local after = (os.time() + 1) * 1000
+            assert.matches("^%d+%-%x%x%x%x%x%x%x%x$", s.id)
+            assert.is_true(s.timestamp >= before - 1000 and s.timestamp <= after, tostring(s.timestamp))
+            assert.are.equal(0, s.base_offset)
+            assert.are.equal(60, s.high_water_mark)
+            assert.are.equal(log:num_segments(), s.num_segments)
+            local bases = {}
+            for i, seg in ipairs(log:segments()) do bases[i] = seg.base_offset end
+            assert.are.same(bases, s.segment_offsets)
+            assert.are.equal("link", s.mode)
+            assert.are.equal("nightly", s.label)
+            assert.are.equal(dir .. "/.snapshots/snapshot-" .. s.id, s.path)
+            assert.is_true(util.is_dir(s.path))
+            assert.is_true(util.exists(s.path .. "/manifest.json"))
+            for _, base in ipairs(s.segment_offsets) do
+                for _, ext in ipairs({ "log", "index", "timeindex" }) do
+                    assert.is_true(util.exists(s.path .. "/" .. util.segment_name(base, ext)), ext)
+                end
+            end
+            assert.are.equal(dir .. "/.snapshots", sm:dir())
+            assert.is_true(sm:verify(s.id))
+            log:close()
+        end)
+
+        it("gives unique ids to snapshots made in quick succession", function()
+            local log, sm = setup(5)
+            local seen = {}
+            for _, s in ipairs(snapshots(sm, log, 12)) do
+                assert.is_nil(seen[s.id], "duplicate id " .. s.id)
+                seen[s.id] = true
+            end
+            assert.are.equal(12, #sm:list())
+            log:close()
+        end)
+
+        it("copies a multi-segment log whole", function()
+            local log, sm = setup(80)
+            local want = records_of(log)
+            local n = log:num_segments()
+            assert.is_true(n >= 4, "only " .. n .. " segments")
+            local s = ok(sm:create(log))
+            assert.are.equal(n, s.num_segments)
+            assert.are.equal(n, #s.segment_offsets)
+            log:close()
+            ok(sm:restore(s.id, tmp .. "/restored"))
+            assert_log_holds(tmp .. "/restored", want)
+            local r = open(tmp .. "/restored")
+            assert.are.equal(n, r:num_segments())
+            r:close()
+        end)
+
+        it("snapshots an empty log, which restores as an empty log", function()
+            local log, sm = setup(0)
+            local s = ok(sm:create(log))
+            assert.are.equal(0, s.base_offset)
+            assert.are.equal(0, s.high_water_mark)
+            assert.are.equal(1, s.num_segments)
+            assert.is_true(sm:verify(s.id))
+            log:close()
+            assert.is_true(sm:restore(s.id, tmp .. "/restored"))
+            local r = open(tmp .. "/restored")
+            assert.are.equal(0, r:high_water_mark())
+            assert.are.equal(0, r:append("k", "v", 1))
+            assert.are.equal("v", r:read(0).value)
+            r:close()
+            assert.is_true(sm:verify(s.id))
+        end)
+
+        it("accepts a read-only handle of the log", function()
+            local log, sm = setup(30)
+            local ro = open(dir, { readonly = true })
+            local s = ok(sm:create(ro))
+            assert.are.equal(30, s.high_water_mark)
+            local want = records_of(ro)
+            ro:close()
+            log:close()
+            ok(sm:restore(s.id, tmp .. "/restored"))
+            assert_log_holds(tmp .. "/restored", want)
+        end)
+    end)
+
+    describe("list, get, latest and delete", function()
+        it("lists every snapshot, newest first", function()
+            local log, sm = setup(10)
+            assert.are.same({}, sm:list())
+            local made = snapshots(sm, log, 4)
+            local list = sm:list()
+            assert.are.same(reversed(ids_of(made)), ids_of(list))
+            for i = 2, #list do
+                assert.is_true(list[i - 1].timestamp >= list[i].timestamp)
+            end
+            assert.are.same(list[1], sm:latest())
+            log:close()
+        end)
+
+        it("gets a snapshot by id, with the fields create returned", function()
+            local log, sm = setup(25)
+            local made = snapshots(sm, log, 3)
+            for _, s in ipairs(made) do
+                assert.are.same(s, ok(sm:get(s.id)))
+            end
+            log:close()
+        end)
+
+        it("deletes a snapshot: unlisted, its directory gone, the others kept", function()
+            local log, sm = setup(25)
+            local made = snapshots(sm, log, 3)
+            assert.is_true(sm:delete(made[2].id))
+            assert.are.same({ made[3].id, made[1].id }, ids_of(sm:list()))
+            assert.is_false(util.exists(made[2].path))
+            failed_with("NOT_FOUND", sm:get(made[2].id))
+            failed_with("NOT_FOUND", sm:delete(made[2].id))
+            assert.are.same({ made[3].id, made[1].id }, catalog_ids(sm))
+            assert.is_true(sm:verify(made[1].id))
+            assert.is_true(sm:verify(made[3].id))
+            -- Deleting a snapshot leaves the live log alone.
+            assert.are.equal(25, log:high_water_mark())
+            assert.are.equal(value_for(3), log:read(3).value)
+            log:close()
+        end)
+
+        it("reports NOT_FOUND from latest when there are no snapshots", function()
+            local log, sm = setup(3)
+            failed_with("NOT_FOUND", sm:latest())
+            log:close()
+        end)
+
+        it("keeps its metadata: a new manager lists the same snapshots", function()
+            local log, sm = setup(40)
+            local made = snapshots(sm, log, 3)
+            local list = sm:list()
+            assert.is_true(sm:close())
+            local sm2 = manager(dir)
+            assert.are.same(list, sm2:list())
+            for _, s in ipairs(made) do assert.are.same(s, ok(sm2:get(s.id))) end
+            local doc = catalog(sm2)
+            assert.are.equal(3, #doc.snapshots)
+            assert.are.same(ids_of(list), catalog_ids(sm2))
+            log:close()
+        end)
+
+        it("reports its size: the sum of total_size, and of the files in each manifest", function()
+            local log, sm = setup(50)
+            assert.are.equal(0, sm:size())
+            snapshots(sm, log, 2)
+            fill(log, 50, 70)
+            snapshots(sm, log, 1)
+            local sum = 0
+            for _, s in ipairs(sm:list()) do
+                local files = 0
+                for _, f in ipairs(manifest(s).files) do
+                    local size = math.tointeger(f.size)
+                    assert.are.equal(size, util.file_size(s.path .. "/" .. f.name), f.name)
+                    files = files + size
+                end
+                assert.are.equal(s.total_size, files, s.id)
+                sum = sum + s.total_size
+            end
+            assert.is_true(sum > 0)
+            assert.are.equal(sum, sm:size())
+            log:close()
+        end)
+
+        it("has a printable form", function()
+            local log, sm = setup(1)
+            assert.are.equal("takhin.SnapshotManager(" .. dir .. "/.snapshots)", tostring(sm))
+            sm:close()
+            assert.are.equal("takhin.SnapshotManager(closed)", tostring(sm))
+            log:close()
+        end)
+    end)
+
+    describe("default configuration", function()
+        it("is the seed's: 5 snapshots, 24 hours, 1 hour between snapshots", function()
+            assert.are.same({ max_snapshots = 5, retention_time = "24h", min_interval = "1h" },
+                            takhin.default_snapshot_config())
+        end)
+    end)
+
+    describe("cleanup", function()
+        -- Snapshots whose manifests say they are `ages` ms older than the
+        -- newest (ages[1] == 0), long before the wall clock; returns a new
+        -- manager and the ids, in the order of ages.
+        local function aged(ages)
+            local log, sm = setup(12)
+            local made = snapshots(sm, log, #ages)
+            log:close()
+            sm:close()
+            local T = 1000000000000           -- 2001: age is not taken from the wall clock
+            local stamps, ids = {}, {}
+            for i, age in ipairs(ages) do
+                local s = made[#ages + 1 - i]     -- made oldest first, ages newest first
+                stamps[s.id] = T - age
+                ids[i] = s.id
+            end
+            set_timestamps(dir .. "/.snapshots", stamps)
+            local sm2 = manager(dir)
+            assert.are.same(ids, ids_of(sm2:list()))
+            for i, id in ipairs(ids) do assert.are.equal(T - ages[i], sm2:get(id).timestamp) end
+            return sm2, ids
+        end
+
+        local function pick(ids, ...)
+            local out = {}
+            for _, i in ipairs({ ... }) do out[#out + 1] = ids[i] end
+            return out
+        end
+
+        local function assert_kept(sm, want)
+            assert.are.same(want, ids_of(sm:list()))
+            assert.are.same(want, catalog_ids(sm))
+            local present = {}
+            for _, name in ipairs(util.ls(sm:dir())) do
+                local id = name:match("^snapshot%-(.+)$")
+                if id then present[#present + 1] = id end
+            end
+            table.sort(present)
+            local sorted = { table.unpack(want) }
+            table.sort(sorted)
+            assert.are.same(sorted, present)
+        end
+
+        local AGES = { 0, 10 * MINUTE, 40 * MINUTE, 2 * HOUR, 23 * HOUR, 25 * HOUR, 3 * DAY }
+
+        it("by count keeps the newest max_snapshots", function()
+            local log, sm = setup(20)
+            local made = snapshots(sm, log, 7)
+            assert.are.equal(4, (sm:cleanup({ max_snapshots = 3 })))
+            assert_kept(sm, { made[7].id, made[6].id, made[5].id })
+            assert.are.equal(0, (sm:cleanup({ max_snapshots = 3 })))
+            assert.are.equal(2, (sm:cleanup({ max_snapshots = 1 })))
+            assert_kept(sm, { made[7].id })
+            log:close()
+        end)
+
+        it("by age removes snapshots older than retention_time, measured from the newest", function()
+            local sm, ids = aged(AGES)
+            assert.are.equal(2, (sm:cleanup({ retention_time = "24h" })))
+            assert_kept(sm, pick(ids, 1, 2, 3, 4, 5))
+        end)
+
+        it("by age accepts minutes", function()
+            local sm, ids = aged(AGES)
+            assert.are.equal(5, (sm:cleanup({ retention_time = "30m" })))
+            assert_kept(sm, pick(ids, 1, 2))
+        end)
+
+        it("by age accepts a number of seconds", function()
+            local sm, ids = aged(AGES)
+            assert.are.equal(4, (sm:cleanup({ retention_time = 3600 })))
+            assert_kept(sm, pick(ids, 1, 2, 3))
+        end)
+
+        it("never deletes the newest snapshot, however old", function()
+            local sm, ids = aged({ 0, 2 * DAY, 9 * DAY })
+            assert.are.equal(2, (sm:cleanup({ retention_time = "1m" })))
+            assert_kept(sm, pick(ids, 1))
+            assert.are.equal(0, (sm:cleanup({ retention_time = "1m", max_snapshots = 1 })))
+            assert_kept(sm, pick(ids, 1))
+        end)
+
+        it("with both rules deletes what the count condemns", function()
+            local sm, ids = aged(AGES)
+            assert.are.equal(5, (sm:cleanup({ max_snapshots = 2, retention_time = "24h" })))
+            assert_kept(sm, pick(ids, 1, 2))
+        end)
+
+        it("with both rules deletes what the age condemns", function()
+            local sm, ids = aged(AGES)
+            assert.are.equal(4, (sm:cleanup({ max_snapshots = 5, retention_time = "1h" })))
+            assert_kept(sm, pick(ids, 1, 2, 3))
+        end)
+
+        it("with no rules given applies the defaults: 24 hours", function()
+            local sm, ids = aged({ 0, HOUR, 25 * HOUR })
+            assert.are.equal(1, (sm:cleanup()))
+            assert_kept(sm, pick(ids, 1, 2))
+        end)
+
+        it("with no rules given applies the defaults: 5 snapshots", function()
+            local sm, ids = aged({ 0, MINUTE, 2 * MINUTE, 3 * MINUTE, 4 * MINUTE, 5 * MINUTE, 6 * MINUTE })
+            assert.are.equal(2, (sm:cleanup()))
+            assert_kept(sm, pick(ids, 1, 2, 3, 4, 5))
+        end)
+
+        it("rejects a bad max_snapshots or retention_time with INVALID and deletes nothing", function()
+            local log, sm = setup(5)
+            local made = snapshots(sm, log, 3)
+            local all = reversed(ids_of(made))
+            for _, rules in ipairs({
+                { max_snapshots = 0 },
+                { max_snapshots = -1 },
+                { max_snapshots = 2.5 },
+                { max_snapshots = 0, retention_time = "24h" },
+                { retention_time = "forever" },
+                { retention_time = "24x" },
+                { retention_time = "" },
+                { max_snapshots = 1, retention_time = "soon" },
+            }) do
+                failed_with("INVALID", sm:cleanup(rules))
+                assert.are.same(all, ids_of(sm:list()))
+            end
+            log:close()
+        end)
+    end)
+
+    describe("min_interval", function()
+        it("refuses a snapshot with TOO_SOON while the newest is younger, and lists nothing new", function()
+            local log, sm = setup(5)
+            local first = ok(sm:create(log))
+            failed_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
+            failed_with("TOO_SOON", sm:create(log, { min_interval = 3600 }))
+            assert.are.same({ first.id }, ids_of(sm:list()))
+            assert.are.same({ first.id }, catalog_ids(sm))
+            local names = {}
+            for _, name in ipairs(util.ls(sm:dir())) do
+                if name:find("^snapshot%-") then names[#names + 1] = name end
+            end
+            assert.are.same({ "snapshot-" .. first.id }, names)
+            log:close()
+        end)
+
+        it("allows a snapshot once the newest is older than min_interval", function()
+            local log, sm = setup(5)
+            local first = ok(sm:create(log))
+            sm:close()
+            set_timestamps(dir .. "/.snapshots", { [first.id] = os.time() * 1000 - 2 * HOUR })
+            sm = manager(dir)
+            local second = ok(sm:create(log, { min_interval = "1h" }))
+            assert.are.same({ second.id, first.id }, ids_of(sm:list()))
+            failed_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
+            log:close()
+        end)
+    end)
+
+    describe("restore", function()
+        it("brings back exactly the records of the snapshot, however the log went on", function()
+            local log, sm = setup(45)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            fill(log, 45, 120)
+            assert.is_true(log:truncate(30))
+            fill(log, 30, 90)
+            local target = tmp .. "/restored"
+            assert.is_true(sm:restore(s.id, target))
+            assert_log_holds(target, want)
+            local r = open(target)
+            assert.are.equal(s.high_water_mark, r:high_water_mark())
+            assert.are.equal(s.base_offset, r:base_offset())
+            r:close()
+            log:close()
+        end)
+
+        it("makes a log that can be appended to without changing the snapshot", function()
+            local log, sm = setup(45)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            local target = tmp .. "/restored"
+            ok(sm:restore(s.id, target))
+            local r = open(target)
+            fill(r, 45, 110)
+            assert.is_true(r:truncate(20))
+            fill(r, 20, 60)
+            r:close()
+            fill(log, 45, 140)
+            assert.is_true(sm:verify(s.id))
+            -- A second restore still gives the snapshot's records.
+            ok(sm:restore(s.id, tmp .. "/again"))
+            assert_log_holds(tmp .. "/again", want)
+            log:close()
+        end)
+
+        it("restores into an existing empty directory", function()
+            local log, sm = setup(20)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            local target = tmp .. "/empty"
+            assert.is_true(util.sh("mkdir " .. util.q(target)))
+            assert.is_true(sm:restore(s.id, target))
+            assert_log_holds(target, want)
+            log:close()
+        end)
+
+        it("keeps only offsets below upto_offset", function()
+            local log, sm = setup(60)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            log:close()
+            for _, cut in ipairs({ 0, 1, 17, 59, 60 }) do
+                local target = tmp .. "/upto" .. cut
+                assert.is_true(sm:restore(s.id, target, { upto_offset = cut }))
+                assert_log_holds(target, want, cut)
+            end
+            assert.is_true(sm:verify(s.id))
+        end)
+
+        it("keeps records up to the first one newer than upto_timestamp", function()
+            local log, sm = setup(60)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            log:close()
+            local cases = {
+                { ts_for(0) - 1, 0 },         -- before every record
+                { ts_for(0), 1 },
+                { ts_for(25), 26 },
+                { ts_for(25) + 5, 26 },       -- between two records
+                { ts_for(59), 60 },
+                { ts_for(59) + 1000, 60 },    -- after every record
+            }
+            for i, case in ipairs(cases) do
+                local target = tmp .. "/time" .. i
+                assert.is_true(sm:restore(s.id, target, { upto_timestamp = case[1] }))
+                assert_log_holds(target, want, case[2])
+            end
+        end)
+
+        it("rejects upto_offset outside [base_offset, high_water_mark] with OUT_OF_RANGE", function()
+            local log, sm = setup(20)
+            local s = ok(sm:create(log))
+            log:close()
+            for i, cut in ipairs({ 21, 1000 }) do
+                local target = tmp .. "/bad" .. i
+                local msg = failed_with("OUT_OF_RANGE", sm:restore(s.id, target, { upto_offset = cut }))
+                assert.is_false(util.exists(target), msg)
+            end
+            assert.are.same({ "log" }, util.ls(tmp))
+            assert.is_true(sm:verify(s.id))
+        end)
+
+        it("rejects a negative upto_offset (below base_offset) with OUT_OF_RANGE", function()
+            local log, sm = setup(20)
+            local s = ok(sm:create(log))
+            log:close()
+            local target = tmp .. "/bad"
+            local msg = failed_with("OUT_OF_RANGE", sm:restore(s.id, target, { upto_offset = -1 }))
+            assert.is_false(util.exists(target), msg)
+            assert.are.same({ "log" }, util.ls(tmp))
+        end)
+
+        it("reports NOT_FOUND for a missing id and creates nothing", function()
+            local log, sm = setup(5)
+            ok(sm:create(log))
+            local target = tmp .. "/restored"
+            failed_with("NOT_FOUND", sm:restore("1600000000000-deadbeef", target))
+            assert.is_false(util.exists(target))
+            log:close()
+        end)
+
+        it("refuses a directory that is not empty with NOT_EMPTY and leaves it untouched", function()
+            local log, sm = setup(10)
+            local s = ok(sm:create(log))
+            log:close()
+            local target = tmp .. "/busy"
+            assert.is_true(util.sh("mkdir -p " .. util.q(target .. "/sub")))
+            util.write_file(target .. "/keep.txt", "precious\n")
+            util.write_file(target .. "/sub/" .. util.segment_name(0, "log"), "not a segment")
+            local before = tree(target)
+            failed_with("NOT_EMPTY", sm:restore(s.id, target))
+            assert.are.same(before, tree(target))
+            -- A lone dot file is enough to make it not empty.
+            local dotted = tmp .. "/dotted"
+            assert.is_true(util.sh("mkdir " .. util.q(dotted)))
+            util.write_file(dotted .. "/.hidden", "x")
+            failed_with("NOT_EMPTY", sm:restore(s.id, dotted))
+            assert.are.same({ ".hidden" }, util.ls(dotted))
+        end)
+
+        it("refuses a target that is a regular file with EXISTS and leaves it untouched", function()
+            local log, sm = setup(10)
+            local s = ok(sm:create(log))
+            log:close()
+            local target = tmp .. "/afile"
+            util.write_file(target, "just a file\n")
+            failed_with("EXISTS", sm:restore(s.id, target))
+            assert.are.equal("just a file\n", util.read_file(target))
+        end)
+
+        describe("with replace", function()
+            it("refuses with LOCKED while a writer holds the log, and leaves the log alone", function()
+                local log, sm = setup(30)
+                local s = ok(sm:create(log))
+                fill(log, 30, 50)
+                local want = records_of(log)
+                local msg = failed_with("LOCKED", sm:restore(s.id, dir, { replace = true }))
+                assert.truthy(msg:find(tostring(util.getpid()), 1, true), msg)
+                assert.are.equal(51, log:high_water_mark())
+                assert.are.equal(51, log:append("k", "still writing", 1))
+                log:close()
+                want[#want + 1] = { offset = 51, key = "k", value = "still writing", timestamp = 1 }
+                assert_log_holds(dir, want)
+                assert.is_true(sm:verify(s.id))
+            end)
+
+            it("replaces a closed log in place and keeps its snapshots", function()
+                local log, sm = setup(40)
+                local want = records_of(log)
+                local s = ok(sm:create(log))
+                local other = ok(sm:create(log, { label = "other" }))
+                fill(log, 40, 100)
+                log:close()
+                local snap_tree = tree(sm:dir())
+                local list = sm:list()
+                assert.is_true(sm:restore(s.id, dir, { replace = true }))
+                assert_log_holds(dir, want)
+                local r = open(dir)
+                assert.are.equal(s.high_water_mark, r:high_water_mark())
+                assert.are.equal(40, r:append("after", "restore", 7))
+                r:close()
+                assert.are.same(snap_tree, tree(sm:dir()))
+                assert.are.same(list, sm:list())
+                assert.is_true(sm:verify(s.id))
+                assert.is_true(sm:verify(other.id))
+                local sm2 = manager(dir)
+                assert.are.same(list, sm2:list())
+            end)
+        end)
+    end)
+
+    describe("link mode", function()
+        it("hard-links sealed segments and copies the active one", function()
+            local log, sm = setup(70)
+            local s = ok(sm:create(log))
+            assert.is_true(s.num_segments >= 3)
+            for i, base in ipairs(s.segment_offsets) do
+                local name = util.segment_name(base, "log")
+                local shared = file_id(s.path .. "/" .. name) == file_id(dir .. "/" .. name)
+                if i < s.num_segments then
+                    assert.is_true(shared, name .. " (sealed) is not shared with the log")
+                else
+                    assert.is_false(shared, name .. " (active) is shared with the log")
+                end
+            end
+            -- Appending to the live log leaves the linked files intact.
+            fill(log, 70, 160)
+            assert.is_true(sm:verify(s.id))
+            log:close()
+        end)
+
+        it("copies everything in copy mode", function()
+            local log, sm = setup(70, { mode = "copy" })
+            local s = ok(sm:create(log))
+            assert.are.equal("copy", s.mode)
+            local live = {}
+            for _, name in ipairs(util.ls(dir)) do
+                if not name:find("^%.") then live[file_id(dir .. "/" .. name)] = name end
+            end
+            for _, f in ipairs(manifest(s).files) do
+                local id = file_id(s.path .. "/" .. f.name)
+                assert.is_nil(live[id], f.name .. " shares its inode with " .. tostring(live[id]))
+                local _, nlink = util.stat(s.path .. "/" .. f.name)
+                assert.are.equal(1, nlink, f.name)
+            end
+            assert.is_true(sm:verify(s.id))
+            log:close()
+        end)
+
+        describe("with the snapshot directory on another filesystem", function()
+            local shm
+
+            before_each(function()
+                shm = util.capture("mktemp -d /dev/shm/takhin-spec.XXXXXX"):gsub("%s+$", "")
+                assert(shm ~= "" and util.is_dir(shm), "mktemp -d in /dev/shm failed")
+            end)
+            after_each(function()
+                collectgarbage(); collectgarbage()
+                util.rmtree(shm)
+            end)
+
+            it("copies instead of linking, and the snapshot verifies and restores", function()
+                local log = open(dir)
+                fill(log, 0, 69)
+                assert.are_not.equal(device(dir), device(shm), "/dev/shm is on the same filesystem as " .. tmp)
+                local sm = manager(dir, { dir = shm })
+                assert.are.equal(shm, sm:dir())
+                local s = ok(sm:create(log))
+                assert.are.equal(shm .. "/snapshot-" .. s.id, s.path)
+                assert.is_true(s.num_segments >= 3)
+                for _, f in ipairs(manifest(s).files) do
+                    local _, nlink = util.stat(s.path .. "/" .. f.name)
+                    assert.are.equal(1, nlink, f.name)
+                    assert.are_not.equal(file_id(dir .. "/" .. f.name), file_id(s.path .. "/" .. f.name))
+                end
+                assert.is_false(util.exists(dir .. "/.snapshots/snapshot-" .. s.id))
+                assert.is_true(sm:verify(s.id))
+                local want = records_of(log)
+                fill(log, 70, 100)
+                ok(sm:restore(s.id, tmp .. "/restored"))
+                assert_log_holds(tmp .. "/restored", want)
+                assert.are.same({ s.id }, ids_of(sm:list()))
+                log:close()
+                sm:close()
+            end)
+        end)
+    end)
+
+    describe("damage", function()
+        -- The snapshot's files of each kind: a sealed .log, a sealed
+        -- .index and .timeindex (non-empty), the active .log copy.
+        local function victims(s)
+            local first, last = s.segment_offsets[1], s.segment_offsets[s.num_segments]
+            return {
+                { "sealed .log", util.segment_name(first, "log") },
+                { ".index", util.segment_name(first, "index") },
+                { ".timeindex", util.segment_name(first, "timeindex") },
+                { "active .log", util.segment_name(last, "log") },
+            }
+        end
+
+        for _, mode in ipairs({ "link", "copy" }) do
+            it("to any file of a snapshot (" .. mode .. " mode) fails verify and restore with CORRUPT naming the file", function()
+                local log, sm = setup(70, { mode = mode })
+                local s = ok(sm:create(log))
+                log:close()
+                assert.is_true(s.num_segments >= 3)
+                for _, v in ipairs(victims(s)) do
+                    local kind, name = v[1], v[2]
+                    local path = s.path .. "/" .. name
+                    local size = util.file_size(path)
+                    assert.is_true(size > 0, kind .. " " .. name .. " is empty")
+                    local pos = size // 2
+                    util.flip_byte(path, pos)
+
+                    local msg = failed_with("CORRUPT", sm:verify(s.id))
+                    assert.truthy(msg:find(path, 1, true), kind .. ": " .. msg)
+                    local target = tmp .. "/restored"
+                    msg = failed_with("CORRUPT", sm:restore(s.id, target))
+                    assert.truthy(msg:find(path, 1, true), kind .. ": " .. msg)
+                    assert.is_false(util.exists(target), kind .. ": the target was created")
+                    assert.are.same({ "log" }, util.ls(tmp), kind .. ": something was left beside the target")
+
+                    util.flip_byte(path, pos)
+                    assert.is_true(sm:verify(s.id), kind)
+                end
+                assert.is_true(sm:restore(s.id, tmp .. "/restored"))
+            end)
+        end
+
+        it("to a file's length fails verify with CORRUPT naming the file", function()
+            local log, sm = setup(70)
+            local s = ok(sm:create(log))
+            log:close()
+            local path = s.path .. "/" .. util.segment_name(s.segment_offsets[s.num_segments], "log")
+            util.append_file(path, "extra")
+            local msg = failed_with("CORRUPT", sm:verify(s.id))
+            assert.truthy(msg:find(path, 1, true), msg)
+        end)
+
+        local damages = {
+            { "deleted", function(path) assert(os.remove(path)) end },
+            { "truncated", function(path) util.truncate(path, util.file_size(path) // 2) end },
+            { "overwritten with random bytes", function(path)
+                local size = util.file_size(path)
+                math.randomseed(1234)
+                local bytes = {}
+                for i = 1, size do bytes[i] = string.char(math.random(0, 255)) end
+                util.write_file(path, table.concat(bytes))
+            end },
+            { "emptied", function(path) util.write_file(path, "") end },
+        }
+        for _, d in ipairs(damages) do
+            it("to snapshots.json (" .. d[1] .. ") is repaired from the manifests by the next manager", function()
+                local log, sm = setup(30)
+                snapshots(sm, log, 3)
+                log:close()
+                local list = sm:list()
+                sm:close()
+                local path = dir .. "/.snapshots/snapshots.json"
+                d[2](path)
+                local sm2 = manager(dir)
+                assert.are.same(list, sm2:list())
+                assert.are.same(ids_of(list), catalog_ids(sm2))
+                for _, s in ipairs(list) do assert.is_true(sm2:verify(s.id)) end
+                local sm3 = manager(dir)
+                assert.are.same(list, sm3:list())
+            end)
+        end
+    end)
+
+    describe("bad input", function()
+        local BAD_IDS = { "a/b", "/", "/etc", "..", "../x", "a..b", ".hidden", "", ("x"):rep(64), "a b" }
+
+        it("rejects malformed ids with INVALID in get, delete, verify and restore", function()
+            local log, sm = setup(5)
+            ok(sm:create(log))
+            log:close()
+            local target = tmp .. "/restored"
+            for _, id in ipairs(BAD_IDS) do
+                local where = ("id %q"):format(id)
+                local _, msg, code = sm:get(id)
+                assert.are.equal("INVALID", code, where .. ": " .. tostring(msg))
+                _, msg, code = sm:delete(id)
+                assert.are.equal("INVALID", code, where .. ": " .. tostring(msg))
+                _, msg, code = sm:verify(id)
+                assert.are.equal("INVALID", code, where .. ": " .. tostring(msg))
+                _, msg, code = sm:restore(id, target)
+                assert.are.equal("INVALID", code, where .. ": " .. tostring(msg))
+                assert.is_false(util.exists(target), where)
+            end
+            assert.are.equal(1, #sm:list())
+        end)
+
+        it("reports NOT_FOUND for an unknown id in get, delete, verify and restore", function()
+            local log, sm = setup(5)
+            ok(sm:create(log))
+            log:close()
+            local target = tmp .. "/restored"
+            for _, id in ipairs({ "1600000000000-deadbeef", "nope", "snapshot-x" }) do
+                failed_with("NOT_FOUND", sm:get(id))
+                failed_with("NOT_FOUND", sm:delete(id))
+                failed_with("NOT_FOUND", sm:verify(id))
+                failed_with("NOT_FOUND", sm:restore(id, target))
+                assert.is_false(util.exists(target))
+            end
+            assert.are.equal(1, #sm:list())
+        end)
+
+        it("raises on a closed log and lists nothing", function()
+            local log, sm = setup(5)
+            log:close()
+            local okay, err = pcall(sm.create, sm, log)
+            assert.is_false(okay)
+            assert.truthy(tostring(err):find("attempt to use a closed takhin.Log", 1, true), tostring(err))
+            assert.are.same({}, sm:list())
+            for _, name in ipairs(util.ls(sm:dir())) do
+                assert.is_nil(name:find("^snapshot%-"), name)
+                assert.is_nil(name:find("^%.tmp"), name)
+            end
+        end)
+
+        it("raises on arguments of the wrong type", function()
+            local log, sm = setup(5)
+            local s = ok(sm:create(log))
+            local target = tmp .. "/restored"
+            assert.has_error(function() sm:get(42) end)
+            assert.has_error(function() sm:get() end)
+            assert.has_error(function() sm:delete(42) end)
+            assert.has_error(function() sm:verify(42) end)
+            assert.has_error(function() sm:restore(42, target) end)
+            assert.has_error(function() sm:restore(s.id, nil) end)
+            assert.has_error(function() sm:restore(s.id, 7) end)
+            assert.has_error(function() sm:restore(s.id, target, "replace") end)
+            assert.has_error(function() sm:restore(s.id, target, { replace = "yes" }) end)
+            assert.has_error(function() sm:restore(s.id, target, { upto_offset = "3" }) end)
+            assert.has_error(function() sm:restore(s.id, target, { upto_offset = 1.5 }) end)
+            assert.has_error(function() sm:create("not a log") end)
+            assert.has_error(function() sm:create(nil) end)
+            assert.has_error(function() sm:create(log, "label") end)
+            assert.has_error(function() sm:create(log, { label = 5 }) end)
+            assert.has_error(function() sm:create(log, { progress = "no" }) end)
+            assert.has_error(function() sm:cleanup("all") end)
+            assert.has_error(function() takhin.snapshot_manager(42) end)
+            assert.has_error(function() takhin.snapshot_manager(dir, "copy") end)
+            assert.has_error(function() takhin.snapshot_manager(dir, { dir = 5 }) end)
+            assert.is_false(util.exists(target))
+            assert.are.same({ s.id }, ids_of(sm:list()))
+            log:close()
+        end)
+
+        it("raises on unknown option names", function()
+            local log, sm = setup(5)
+            local s = ok(sm:create(log))
+            local target = tmp .. "/restored"
+            local cases = {
+                function() takhin.snapshot_manager(dir, { mdoe = "copy" }) end,
+                function() sm:create(log, { lable = "x" }) end,
+                function() sm:create(log, { min_intreval = "1h" }) end,
+                function() sm:restore(s.id, target, { upto = 3 }) end,
+                function() sm:restore(s.id, target, { replcae = true }) end,
+                function() sm:cleanup({ max_snapshot = 1 }) end,
+            }
+            for i, f in ipairs(cases) do
+                local okay, err = pcall(f)
+                assert.is_false(okay, "case " .. i .. " did not raise")
+                assert.truthy(tostring(err):find("unknown option", 1, true), "case " .. i .. ": " .. tostring(err))
+            end
+            assert.is_false(util.exists(target))
+            assert.are.same({ s.id }, ids_of(sm:list()))
+            log:close()
+        end)
+
+        it("raises on an unknown option name given to verify", function()
+            local log, sm = setup(5)
+            local s = ok(sm:create(log))
+            log:close()
+            local okay, err = pcall(sm.verify, sm, s.id, { progres = function() end })
+            assert.is_false(okay, "verify accepted the option 'progres'")
+            assert.truthy(tostring(err):find("unknown option", 1, true), tostring(err))
+        end)
+
+        it("reports a missing log directory with NOT_FOUND and a bad mode with INVALID", function()
+            failed_with("NOT_FOUND", takhin.snapshot_manager(tmp .. "/no-such-log"))
+            local log = open(dir)
+            failed_with("INVALID", takhin.snapshot_manager(dir, { mode = "hardlink" }))
+            log:close()
+        end)
+
+        it("raises on every method after close", function()
+            local log, sm = setup(5)
+            local s = ok(sm:create(log))
+            assert.is_true(sm:close())
+            assert.is_true(sm:close())
+            local calls = {
+                create = function() return sm:create(log) end,
+                restore = function() return sm:restore(s.id, tmp .. "/restored") end,
+                list = function() return sm:list() end,
+                get = function() return sm:get(s.id) end,
+                latest = function() return sm:latest() end,
+                delete = function() return sm:delete(s.id) end,
+                verify = function() return sm:verify(s.id) end,
+                cleanup = function() return sm:cleanup({ max_snapshots = 1 }) end,
+                cleanup_defaults = function() return sm:cleanup() end,
+                size = function() return sm:size() end,
+                dir = function() return sm:dir() end,
+            }
+            for name, f in pairs(calls) do
+                local okay, err = pcall(f)
+                assert.is_false(okay, name .. " did not raise")
+                assert.truthy(tostring(err):find("attempt to use a closed takhin.SnapshotManager", 1, true),
+                              name .. ": " .. tostring(err))
+            end
+            assert.is_false(util.exists(tmp .. "/restored"))
+            local sm2 = manager(dir)
+            assert.are.same({ s.id }, ids_of(sm2:list()))
+            log:close()
+        end)
+    end)
+end)
