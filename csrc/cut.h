@@ -22,6 +22,9 @@ typedef struct tk_cut_seg {
     uint64_t size;              /* bytes of .log in the cut */
     uint32_t log_crc;           /* CRC32C of those bytes */
     int sealed;
+    int icrc_known;             /* sealed: index file sizes and CRCs below are known */
+    uint64_t idx_size, tim_size;
+    uint32_t idx_crc, tim_crc;
     int log_fd;                 /* active only: a dup of its .log, else -1 */
     unsigned char *idx, *tim;   /* active only: .index / .timeindex bytes */
     size_t idx_len, tim_len;

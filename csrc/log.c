@@ -552,6 +552,7 @@ static tk_code roll(tk_log *log, tk_err *err) {
     if (old->tim_fd >= 0 && ftruncate(old->tim_fd, (off_t)(old->ix.n * TK_TIDX_ENTRY)) < 0) {
         /* the next open sees an active .timeindex with a trailer and rebuilds it */
     }
+    old->icrc_known = 0;
     return rc;
 }
 
@@ -628,10 +629,17 @@ static tk_code write_chunk(tk_log *log, tk_segment *s, size_t len, const pending
             rc = write_failed(log, s, ".timeindex", errno, err);
             goto undo;
         }
+        if (s->icrc_known) s->tim_crc = tk_crc32c(s->tim_crc, eb, n * TK_TIDX_ENTRY);
         tk_index_encode_off(&pd->ix, 0, n, eb);
         if (tk_pwrite_all(s->idx_fd, eb, n * TK_OIDX_ENTRY, oi) < 0) {
+            s->icrc_known = 0;
             rc = write_failed(log, s, ".index", errno, err);
             goto undo;
+        }
+        if (s->icrc_known) {
+            s->idx_crc = tk_crc32c(s->idx_crc, eb, n * TK_OIDX_ENTRY);
+            s->idx_size += n * TK_OIDX_ENTRY;
+            s->tim_size += n * TK_TIDX_ENTRY;
         }
     }
     if (durable(log) && (fdatasync(s->log_fd) < 0 ||
@@ -855,6 +863,7 @@ static tk_code follow_segment(tk_log *log, tk_segment *s, int *reload_needed, tk
     rc = tk_seg_scan(log->dir, s, &c, &pos, &s->next, &s->ws, log->o.index_interval_bytes,
                      (uint64_t)st.st_size, 1, err);
     if (pos != s->size) s->crc_known = 0;
+    s->icrc_known = 0;          /* the writer has written index entries since */
     s->size = pos;
     s->max_ts = s->ws.max_ts;
     tk_cursor_free(&c);
@@ -1234,6 +1243,11 @@ static tk_code cut_locked(tk_log *log, tk_cut *cut, tk_err *err) {
         if (s->next == s->base && cs->sealed) continue;
         if ((rc = tk_seg_ensure_crc(log->dir, s, err)) != TK_OK) break;
         cs->log_crc = s->log_crc;
+        cs->icrc_known = s->icrc_known;
+        cs->idx_size = s->idx_size;
+        cs->tim_size = s->tim_size;
+        cs->idx_crc = s->idx_crc;
+        cs->tim_crc = s->tim_crc;
         if (!cs->sealed) rc = cut_active(log, s, cs, err);
     }
     cut->base_offset = base_locked(log);

@@ -77,6 +77,7 @@ tk_segment *tk_seg_new(int64_t base) {
     s->base = s->next = base;
     s->max_ts = TK_TS_NONE;
     s->crc_known = 1;                   /* of nothing: 0 */
+    s->icrc_known = 1;
     s->log_fd = s->idx_fd = s->tim_fd = -1;
     s->ws.max_ts = TK_TS_NONE;
     return s;
@@ -159,6 +160,11 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
     if ((rc = slurp(p_off, &off, &off_len, err)) != TK_OK) return rc;
     if ((rc = slurp(p_tim, &tim, &tim_len, err)) != TK_OK) { free(off); return rc; }
     r = tk_index_parse(&s->ix, off, off_len, tim, tim_len, log_size, sealed, &seal);
+    s->idx_size = off_len;
+    s->tim_size = tim_len;
+    s->idx_crc = tk_crc32c(0, off, off_len);
+    s->tim_crc = tk_crc32c(0, tim, tim_len);
+    s->icrc_known = 1;
     free(off);
     free(tim);
     if (r < 0) return tk_fail(err, TK_NOMEM, "load %s: out of memory", p_off);
@@ -466,10 +472,18 @@ tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durab
         make_seal(s, &seal);
         tk_index_encode_seal(tim + n * TK_TIDX_ENTRY, &seal);
     }
+    s->icrc_known = 0;
     rc = replace_index_file(dir, s->base, ".index", off, n * TK_OIDX_ENTRY,
                             &s->idx_fd, durable, err);
     if (rc == TK_OK)
         rc = replace_index_file(dir, s->base, ".timeindex", tim, tlen, &s->tim_fd, durable, err);
+    if (rc == TK_OK) {
+        s->idx_size = n * TK_OIDX_ENTRY;
+        s->tim_size = tlen;
+        s->idx_crc = tk_crc32c(0, off, n * TK_OIDX_ENTRY);
+        s->tim_crc = tk_crc32c(0, tim, tlen);
+        s->icrc_known = 1;
+    }
     free(off);
     free(tim);
     return rc;
@@ -487,6 +501,12 @@ tk_code tk_seg_seal(const char *dir, tk_segment *s, int durable, tk_err *err) {
         int e = errno;
         tk_seg_path(path, sizeof path, dir, s->base, ".timeindex");
         return tk_fail_errno(err, e, "write %s", path);
+    }
+    if (s->icrc_known && s->tim_size == (uint64_t)s->ix.n * TK_TIDX_ENTRY) {
+        s->tim_crc = tk_crc32c(s->tim_crc, buf, sizeof buf);
+        s->tim_size += sizeof buf;
+    } else {
+        s->icrc_known = 0;
     }
     if (durable) {
         rc = tk_seg_sync(dir, s, err);

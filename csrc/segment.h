@@ -25,6 +25,12 @@ typedef struct tk_segment {
     tk_index ix;            /* published */
     uint32_t log_crc;       /* published: CRC32C of .log bytes [0, size) ... */
     int crc_known;          /* ... when this is set (else computed on demand) */
+    /* Size and CRC32C of the .index and .timeindex files as they are on
+     * disk, when icrc_known: snapshots record a hard-linked sealed
+     * segment's index files without reading them.  Written under wmu. */
+    uint64_t idx_size, tim_size;
+    uint32_t idx_crc, tim_crc;
+    int icrc_known;
     int log_fd;             /* atomic; -1 until first needed */
     int idx_fd, tim_fd;     /* writer's active segment only, else -1 */
     tk_idxstate ws;         /* writer: where the next index entry goes */

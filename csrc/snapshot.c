@@ -508,6 +508,19 @@ static tk_code add_file(build *b, const char *name, uint64_t size, uint32_t crc,
     return TK_OK;
 }
 
+/* The size and CRC the log knows for a sealed segment's index file
+ * (extension i: 1 .index, 2 .timeindex), when the placed file still has
+ * that size; else 0 and the caller reads the file. */
+static int known_sum(const tk_cut_seg *cs, int i, const char *dst, uint64_t *size,
+                     uint32_t *crc) {
+    struct stat st;
+    uint64_t want = i == 1 ? cs->idx_size : cs->tim_size;
+    if (!cs->icrc_known || lstat(dst, &st) < 0 || (uint64_t)st.st_size != want) return 0;
+    *size = want;
+    *crc = i == 1 ? cs->idx_crc : cs->tim_crc;
+    return 1;
+}
+
 static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut_seg *cs,
                             const char *tmp, build *b, progress *pg, tk_err *err) {
     static const char *const ext[3] = { ".log", ".index", ".timeindex" };
@@ -523,7 +536,9 @@ static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut
         rc = place(src, dst, i == 0 ? size : WHOLE_FILE, m->mode == TK_SNAP_LINK, err);
         if (rc == TK_NOT_FOUND && i > 0) continue;     /* derived: rebuilt on restore */
         if (rc != TK_OK) return rc;
-        if (i > 0 && (rc = file_sum(dst, &size, &crc, err)) != TK_OK) return rc;
+        if (i > 0 && !known_sum(cs, i, dst, &size, &crc) &&
+            (rc = file_sum(dst, &size, &crc, err)) != TK_OK)
+            return rc;
         if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
         if (i == 0) advance(pg, size);             /* progress counts .log bytes */
     }
