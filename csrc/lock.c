@@ -87,3 +87,13 @@ tk_code tk_dirlock_wait(const char *dir, const char *name, int *fd_out, tk_err *
 void tk_dirlock_release(int fd) {
     if (fd >= 0) close(fd);         /* closing the description drops the lock */
 }
+
+tk_code tk_lockfd_wait(int fd, const char *dir, tk_err *err) {
+    while (flock(fd, LOCK_EX) < 0)
+        if (errno != EINTR) return tk_fail_errno(err, errno, "lock %s/.lock", dir);
+    return TK_OK;
+}
+
+void tk_lockfd_unlock(int fd) {
+    if (fd >= 0) (void)flock(fd, LOCK_UN);
+}

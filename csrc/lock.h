@@ -15,4 +15,9 @@ tk_code tk_dirlock_wait(const char *dir, const char *name, int *fd_out, tk_err *
 
 void tk_dirlock_release(int fd);
 
+/* For a lock file kept open between uses (shared writers): take the lock
+ * again, waiting, or let it go without closing the file. */
+tk_code tk_lockfd_wait(int fd, const char *dir, tk_err *err);
+void tk_lockfd_unlock(int fd);
+
 #endif

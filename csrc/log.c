@@ -471,17 +471,16 @@ static tk_code catch_up(tk_log *log, tk_err *err) {
 static tk_code shared_enter(tk_log *log, tk_err *err) {
     tk_code rc;
     if (!log->o.shared) return TK_OK;
-    if ((rc = tk_dirlock_wait(log->dir, ".lock", &log->lock_fd, err)) != TK_OK) return rc;
+    if ((rc = tk_lockfd_wait(log->lock_fd, log->dir, err)) != TK_OK) return rc;
     if (tk_restore_pending(log->dir)) rc = tk_restore_apply(log->dir, err);
     if (rc == TK_OK) rc = catch_up(log, err);
     if (rc != TK_OK) shared_leave(log);
     return rc;
 }
 
+/* The lock file stays open between appends; only the lock is dropped. */
 static void shared_leave(tk_log *log) {
-    if (!log->o.shared) return;
-    tk_dirlock_release(log->lock_fd);
-    log->lock_fd = -1;
+    if (log->o.shared) tk_lockfd_unlock(log->lock_fd);
 }
 
 void tk_log_close(tk_log *log) {
