@@ -161,6 +161,8 @@ static int parse_base(const char *name, const char *ext, int64_t *base) {
         if (v > (INT64_MAX - (name[i] - '0')) / 10) return 0;
         v = v * 10 + (name[i] - '0');
     }
+    /* Offsets inside a segment are base + uint32: keep that from overflowing. */
+    if (v > INT64_MAX - ((int64_t)1 << 33)) return 0;
     *base = v;
     return 1;
 }
@@ -1017,6 +1019,12 @@ tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset, tk_err 
             if (s->next == s->base || s->max_ts == TK_TS_NONE || s->max_ts < ts) continue;
             rc = tk_seg_find_time(log->dir, s, &c, ts, s->size, offset, err);
             if (rc == TK_STALE) stale_at = s->base;
+            /* A segment whose recorded largest timestamp promised more than
+             * its records hold: look on in the next ones. */
+            if (rc == TK_OK && *offset == s->next && i + 1 < log->nsegs) {
+                *offset = hwm_locked(log);
+                continue;
+            }
             break;
         }
         pthread_rwlock_unlock(&log->rw);

@@ -195,31 +195,58 @@ static tk_code read_failed(tk_err *err, const char *dir, const tk_segment *s, in
     return tk_fail_errno(err, e, "read %s", path);
 }
 
+/* After damage at *pos, finds the next intact record: a sound header, an
+ * offset in [*expect, limit) and a matching CRC.  Intact data after a
+ * damaged record means damage inside the log, not a torn tail, and must
+ * not be cut off or left unindexed.  Garbage passes all three checks only
+ * by a 2^-32 accident on top of a plausible header. */
+static int resync(tk_segment *s, tk_cursor *c, int fd, uint64_t *pos, int64_t *expect,
+                  uint64_t end, int64_t limit) {
+    for (uint64_t q = *pos + 1; q + TK_REC_HEADER <= end; q++) {
+        tk_rec_hdr h;
+        const unsigned char *p = cursor_get(c, s, fd, q, TK_REC_HEADER, end);
+        if (!p) return 0;
+        if (!tk_rec_decode_header(p, &h) || h.offset < *expect || h.offset >= limit) continue;
+        if (q + tk_rec_total(&h) > end) continue;
+        if (!(p = cursor_get(c, s, fd, q, (size_t)tk_rec_total(&h), end))) return 0;
+        if (!tk_rec_crc_ok(p, &h)) continue;
+        *pos = q;
+        *expect = h.offset;
+        return 1;
+    }
+    return 0;
+}
+
 tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
                     int64_t *expect, tk_idxstate *st, uint32_t interval,
                     uint64_t end, int check_crc, tk_err *err) {
+    int64_t limit = check_crc ? INT64_MAX : s->next;
     int fd;
     tk_code rc = tk_seg_fd(dir, s, &fd, err);
     if (rc != TK_OK) return rc;
-    while (*pos < end) {
+    while (*pos < end && *expect < INT64_MAX) {
         tk_rec_hdr h;
         const unsigned char *p = cursor_get(c, s, fd, *pos, TK_REC_HEADER, end);
-        uint64_t total;
-        if (!p) {
-            if (errno) return read_failed(err, dir, s, errno);
-            break;                                      /* torn header */
-        }
-        if (!tk_rec_decode_header(p, &h) || h.offset != *expect) break;
-        total = tk_rec_total(&h);
-        if (check_crc) {
-            p = cursor_get(c, s, fd, *pos, (size_t)total, end);
-            if (!p) {
-                if (errno) return read_failed(err, dir, s, errno);
-                break;                                  /* torn payload */
+        uint64_t total = 0;
+        int ok;
+        if (!p && errno) return read_failed(err, dir, s, errno);
+        ok = p && tk_rec_decode_header(p, &h) && h.offset == *expect;
+        if (ok) {
+            total = tk_rec_total(&h);
+            if (*pos + total > end) ok = 0;                 /* torn payload */
+            else if (check_crc) {
+                p = cursor_get(c, s, fd, *pos, (size_t)total, end);
+                if (!p && errno) return read_failed(err, dir, s, errno);
+                ok = p && tk_rec_crc_ok(p, &h);
             }
-            if (!tk_rec_crc_ok(p, &h)) break;
-        } else if (*pos + total > end) {
-            break;
+        }
+        if (!ok) {
+            /* A torn or garbage tail ends the segment; damage with intact
+             * records after it is stepped over, and the next intact record
+             * gets an index entry so that it stays reachable. */
+            if (!resync(s, c, fd, pos, expect, end, limit)) break;
+            st->since = interval;
+            continue;
         }
         if (tk_idxstate_step(st, h.timestamp, total, interval) &&
             tk_index_push(&s->ix, (uint32_t)(*expect - s->base), (uint32_t)*pos,
@@ -262,25 +289,46 @@ tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
 /* Reading                                                              */
 /* ------------------------------------------------------------------ */
 
-tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
-                      uint64_t end, uint64_t *pos_out, tk_err *err) {
-    long k = tk_index_floor_rel(&s->ix, (uint32_t)(offset - s->base));
+/* Walks record headers from index entry k (the segment start for k < 0)
+ * to offset.  On a header that does not check out, *bad is its position. */
+static tk_code walk(const char *dir, tk_segment *s, tk_cursor *c, int fd, long k,
+                    int64_t offset, uint64_t end, uint64_t *pos_out, uint64_t *bad,
+                    tk_err *err) {
     uint64_t pos = k >= 0 ? s->ix.e[k].pos : 0;
     int64_t at = k >= 0 ? s->base + s->ix.e[k].rel : s->base;
-    int fd;
-    tk_code rc = tk_seg_fd(dir, s, &fd, err);
-    if (rc != TK_OK) return rc;
     for (;;) {
         tk_rec_hdr h;
         const unsigned char *p = cursor_get(c, s, fd, pos, TK_REC_HEADER, end);
         if (!p && errno) return read_failed(err, dir, s, errno);
         if (!p || !tk_rec_decode_header(p, &h) || h.offset != at) {
-            if (k >= 0 && pos == s->ix.e[k].pos) return TK_STALE;
-            return corrupt_at(err, dir, s, pos, "damaged record header");
+            *bad = pos;
+            return TK_CORRUPT;
         }
         if (at == offset) { *pos_out = pos; return TK_OK; }
         pos += tk_rec_total(&h);
         at++;
+    }
+}
+
+/* Index entries are CRC-checked, so when the walk from the nearest one
+ * fails, the record there is more likely damaged than the entry wrong.
+ * Walking again from earlier entries tells them apart: failing at the same
+ * place means damaged data (CORRUPT, nothing to repair); reaching the
+ * offset means an entry lied (TK_STALE: rebuild the index and retry). */
+tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
+                      uint64_t end, uint64_t *pos_out, tk_err *err) {
+    long k = tk_index_floor_rel(&s->ix, (uint32_t)(offset - s->base));
+    uint64_t bad = 0, first_bad = 0;
+    int fd;
+    tk_code rc = tk_seg_fd(dir, s, &fd, err);
+    if (rc != TK_OK) return rc;
+    for (long kk = k;; kk--) {
+        rc = walk(dir, s, c, fd, kk, offset, end, pos_out, &bad, err);
+        if (rc == TK_OK) return kk == k ? TK_OK : TK_STALE;
+        if (rc != TK_CORRUPT) return rc;
+        if (kk == k) first_bad = bad;
+        if (kk < 0 || (kk < k && bad == first_bad))
+            return corrupt_at(err, dir, s, first_bad, "damaged record header");
     }
 }
 
@@ -314,10 +362,13 @@ tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t t
         tk_rec_hdr h;
         const unsigned char *p;
         tk_code rc = tk_seg_read_at(dir, s, c, pos, at, end, &h, &p, err);
-        if (rc != TK_OK) {
-            if (rc == TK_CORRUPT && k >= 0 && pos == s->ix.e[k].pos) return TK_STALE;
-            return rc;
+        if (rc == TK_CORRUPT && k >= 0 && pos == s->ix.e[k].pos) {
+            /* Damaged record, or an entry that lies?  locate tells. */
+            uint64_t where;
+            tk_code lrc = tk_seg_locate(dir, s, c, at, end, &where, NULL);
+            if (lrc == TK_STALE || (lrc == TK_OK && where != pos)) return TK_STALE;
         }
+        if (rc != TK_OK) return rc;
         /* The entry's own record cannot be newer than the entry claims. */
         if (k >= 0 && pos == s->ix.e[k].pos && h.timestamp > s->ix.e[k].max_ts) return TK_STALE;
         if (h.timestamp >= ts) { *offset = at; return TK_OK; }
