@@ -162,7 +162,9 @@ os.exit(0)
 ]]
 
 -- Runs the child under the crash-point build; returns its output and
--- its exit status as sh reports it (137 for SIGKILL).
+-- its exit status as sh reports it (137 for SIGKILL).  The crash-point
+-- build is made for Lua 5.4: the child is lua5.4 also when the specs run
+-- under LuaJIT (util.lua54_bin).
 local function run_child(dir, step, args)
     local script = dir .. "/fault-child.lua"
     util.write_file(script, CHILD)
@@ -173,7 +175,7 @@ local function run_child(dir, step, args)
         "env", "TAKHIN_FAULT=" .. util.q(step),
         "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
         "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-        util.q(util.lua_bin()), util.q(script),
+        util.q(util.lua54_bin()), util.q(script),
     }
     for _, a in ipairs(args) do parts[#parts + 1] = util.q(a) end
     -- The outer braces' stderr only gets sh's own "Killed" notice.

@@ -229,7 +229,7 @@ describe("hostile input", function()
             for kind, methods in pairs({ Log = takhin.core.Log, SnapshotManager = takhin.core.SnapshotManager }) do
                 local other = kind == "Log" and sm or log
                 for name, f in pairs(methods) do
-                    for _, self in ipairs({ other, table.unpack(strangers) }) do
+                    for _, self in ipairs({ other, util.unpack(strangers) }) do
                         raises(("%s.%s on %s"):format(kind, name, tostring(self)), function() return f(self, 0) end)
                     end
                     raises(("%s.%s on nil"):format(kind, name), function() return f(nil, 0) end)
@@ -257,7 +257,7 @@ describe("hostile input", function()
                 latest = {}, delete = { snap.id }, verify = { snap.id }, cleanup = {}, size = {}, dir = {},
             }
             for name, args in pairs(calls) do
-                local err = raises("closed manager:" .. name, function() return sm2[name](sm2, table.unpack(args)) end)
+                local err = raises("closed manager:" .. name, function() return sm2[name](sm2, util.unpack(args)) end)
                 assert.truthy(err:find("closed", 1, true), err)
             end
             assert.is_false(util.exists(tmp .. "/t"))
@@ -269,16 +269,19 @@ describe("hostile input", function()
 
     ---------------------------------------------------------------------
     describe("offsets and timestamps at the edges", function()
-        local EDGES = { -1, math.mininteger, math.mininteger + 1, math.maxinteger, math.maxinteger - 1, N + 1 }
+        -- The integers: math.mininteger..math.maxinteger on Lua 5.4;
+        -- -2^53..2^53 on LuaJIT, whose numbers are doubles.
+        local MIN, MAX = util.mininteger, util.maxinteger
+        local EDGES = { -1, MIN, MIN + 1, MAX, MAX - 1, N + 1 }
 
         it("read returns OUT_OF_RANGE naming the offset", function()
             for _, o in ipairs(EDGES) do
                 local msg = failed_with("OUT_OF_RANGE", log:read(o))
-                assert.truthy(msg:find(tostring(o), 1, true), msg)
+                assert.truthy(msg:find(util.int_str(o), 1, true), msg)
             end
             failed_with("OUT_OF_RANGE", log:read(N))
             -- A float with an exact integer value is that integer.
-            failed_with("OUT_OF_RANGE", log:read(-2.0 ^ 63))
+            failed_with("OUT_OF_RANGE", log:read(MIN + 0.0))                 -- -2.0^63 on Lua 5.4
             assert.are.equal(value(3), log:read(3.0).value)
             assert_unchanged()
         end)
@@ -300,24 +303,24 @@ describe("hostile input", function()
                 return n
             end
             assert.are.equal(0, count(N))
-            assert.are.equal(N, count(0, math.maxinteger))
-            assert.are.equal(N - 3, count(3, math.maxinteger))
+            assert.are.equal(N, count(0, MAX))
+            assert.are.equal(N - 3, count(3, MAX))
             assert.are.equal(0, count(0, -1))
-            assert.are.equal(0, count(0, math.mininteger))
+            assert.are.equal(0, count(0, MIN))
             assert.are.equal(0, count(5, 2))
             assert_unchanged()
         end)
 
         it("offset_for_time answers for any integer timestamp", function()
-            assert.are.equal(0, log:offset_for_time(math.mininteger))
+            assert.are.equal(0, log:offset_for_time(MIN))
             assert.are.equal(0, log:offset_for_time(-1))
-            assert.are.equal(N, log:offset_for_time(math.maxinteger))
-            assert.are.equal(N, log:offset_for_time(math.maxinteger - 1))
+            assert.are.equal(N, log:offset_for_time(MAX))
+            assert.are.equal(N, log:offset_for_time(MAX - 1))
             assert.are.equal(4, log:offset_for_time(1004))
         end)
 
         it("append refuses negative timestamps with INVALID and writes nothing", function()
-            for _, ts in ipairs({ -1, math.mininteger }) do
+            for _, ts in ipairs({ -1, MIN }) do
                 failed_with("INVALID", log:append("k", "v", ts))
                 failed_with("INVALID", log:append_batch({ { value = "a" }, { value = "b", timestamp = ts } }))
             end
@@ -329,7 +332,7 @@ describe("hostile input", function()
             local unnamed = {}
             for _, o in ipairs(EDGES) do
                 local msg = failed_with("OUT_OF_RANGE", sm:restore(snap.id, target, { upto_offset = o }))
-                if not msg:find(tostring(o), 1, true) then unnamed[#unnamed + 1] = o .. ": " .. msg end
+                if not msg:find(util.int_str(o), 1, true) then unnamed[#unnamed + 1] = util.int_str(o) .. ": " .. msg end
                 assert.is_false(util.exists(target))
             end
             assert.are.equal(before, tree(tmp))
@@ -337,12 +340,12 @@ describe("hostile input", function()
         end)
 
         it("restore takes any integer upto_timestamp", function()
-            local cases = { { math.mininteger, 0 }, { -1, 0 }, { 1004, 5 }, { math.maxinteger - 1, N }, { math.maxinteger, N } }
+            local cases = { { MIN, 0 }, { -1, 0 }, { 1004, 5 }, { MAX - 1, N }, { MAX, N } }
             for i, c in ipairs(cases) do
                 local target = tmp .. "/target" .. i
                 assert.is_true(sm:restore(snap.id, target, { upto_timestamp = c[1] }))
                 local r = assert(takhin.open_log({ dir = target, readonly = true }))
-                assert.are.equal(c[2], r:high_water_mark(), "upto_timestamp " .. c[1])
+                assert.are.equal(c[2], r:high_water_mark(), "upto_timestamp " .. util.int_str(c[1]))
                 r:close()
             end
         end)
@@ -384,7 +387,7 @@ describe("hostile input", function()
 
         it("a min_interval too large to count in milliseconds is INVALID, not an error about an internal option", function()
             local wrong = {}
-            for _, big in ipairs({ 1e300, 2.0 ^ 63, "99999999999999999999d", math.maxinteger }) do
+            for _, big in ipairs({ 1e300, 2.0 ^ 63, "99999999999999999999d", MAX }) do
                 local ok, v, msg, code = pcall(sm.create, sm, log, { min_interval = big })
                 local what = describe_value(big) .. ": "
                 if not ok then
@@ -406,7 +409,7 @@ describe("hostile input", function()
         -- an integer must not wrap around to a small or negative age.
         it("cleanup with an enormous retention_time or keep_within deletes nothing, or refuses it as INVALID", function()
             local second = assert(sm:create(log))
-            local huge = { math.maxinteger, math.maxinteger // 100, 2 ^ 62, 1e300 }
+            local huge = { util.maxinteger, util.idiv(util.maxinteger, 100), 2 ^ 62, 1e300 }
             local wrong = {}
             for _, field in ipairs({ "retention_time", "keep_within" }) do
                 for _, v in ipairs(huge) do
@@ -420,7 +423,7 @@ describe("hostile input", function()
                 end
             end
             -- Without dry_run, too.
-            local n, msg = sm:cleanup({ retention_time = math.maxinteger })
+            local n, msg = sm:cleanup({ retention_time = util.maxinteger })
             if n ~= nil and n > 0 then wrong[#wrong + 1] = "retention_time = math.maxinteger deleted " .. n end
             assert.is_true(n ~= nil or msg ~= nil)
             local ids = {}

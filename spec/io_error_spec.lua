@@ -19,26 +19,36 @@ if BUILD == nil or BUILD == "" then BUILD = "build" end
 -- as `R[name] = { n = ..., [1] = ..., ... }` to the report (arg[1]); values
 -- other than strings, numbers and booleans are written as "<type>".
 -- try(name, f, ...) notes f's results, or nil, "raised: ...", "RAISED".
+-- The children run on Lua 5.4 and on LuaJIT: there %q quotes numbers,
+-- booleans and nil as strings, table.pack and table.unpack are missing,
+-- and os.execute returns a number.
 local PRELUDE = [[
 local takhin = require("takhin")
 local report = assert(io.open(arg[1], "w"))
+local pack = table.pack or function(...) return { n = select("#", ...), ... } end
+local unpack = table.unpack or unpack
+local function literal(v)
+    if math.type or type(v) == "string" then return ("%q"):format(v) end
+    if type(v) == "number" then return ("%.17g"):format(v) end
+    return tostring(v)
+end
 local function note(name, ...)
     local parts = { ("n = %d"):format(select("#", ...)) }
     for i = 1, select("#", ...) do
         local v = select(i, ...)
         local t = type(v)
         if t ~= "nil" and t ~= "string" and t ~= "number" and t ~= "boolean" then v = "<" .. t .. ">" end
-        parts[#parts + 1] = ("[%d] = %q"):format(i, v)
+        parts[#parts + 1] = ("[%d] = %s"):format(i, literal(v))
     end
     report:write(("R[%q] = { %s }\n"):format(name, table.concat(parts, ", ")))
     report:flush()
 end
 local function try(name, f, ...)
-    local r = table.pack(pcall(f, ...))
-    if r[1] then note(name, table.unpack(r, 2, r.n))
+    local r = pack(pcall(f, ...))
+    if r[1] then note(name, unpack(r, 2, r.n))
     else note(name, nil, "raised: " .. tostring(r[2]), "RAISED") end
 end
-local function sh(cmd) assert(os.execute(cmd), cmd) end
+local function sh(cmd) local r = os.execute(cmd); assert(r == true or r == 0, cmd) end
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 ]]
 
@@ -92,7 +102,7 @@ describe("I/O errors seen by an unprivileged user", function()
     local function as_nobody(source, args)
         seq = seq + 1
         local report = ("%s/report%d.lua"):format(tmp, seq)
-        local out, ok = util.run_lua_as(NOBODY, tmp, PRELUDE .. source, { report, table.unpack(args or {}) })
+        local out, ok = util.run_lua_as(NOBODY, tmp, PRELUDE .. source, { report, util.unpack(args or {}) })
         assert.is_true(ok, "the child did not run to its end (crash or raise):\n" .. out)
         local R = {}
         assert(load(util.read_file(report), "=report", "t", { R = R }))()

@@ -415,7 +415,7 @@ describe("sm:cleanup with a policy", function()
             end)
             assert.are.equal(1, n, path)
             util.write_file(path, text)
-            assert.are.equal(ts, math.tointeger(cjson.decode(text).timestamp))
+            assert.are.equal(ts, util.tointeger(cjson.decode(text).timestamp))
         end
         assert(os.remove(snap_dir .. "/snapshots.json"))
     end
@@ -467,7 +467,7 @@ describe("sm:cleanup with a policy", function()
                     "2026-11-20 12:00", "2026-10-30 12:00" }
 
     it("deletes what no keep rule keeps, in one call, and returns the plan", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         local n, plan = sm:cleanup{ keep_last = 1, keep_daily = 3 }
         assert.are.equal(3, n)
         assert.are.same(pick(ids, 1, 3, 5), listed())
@@ -479,7 +479,7 @@ describe("sm:cleanup with a policy", function()
     end)
 
     it("takes a policy made by policy.new", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         local pol = assert(policy.new{ preset = "production", keep_monthly = 2 })
         -- production: 10 snapshots within 7 days; monthly adds October's.
         local n = sm:cleanup(pol)
@@ -490,7 +490,7 @@ describe("sm:cleanup with a policy", function()
     end)
 
     it("with dry_run deletes nothing and returns 0 and the plan", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         local n, plan = sm:cleanup{ keep_last = 2, dry_run = true }
         assert.are.equal(0, n)
         assert.are.same(ids, listed())
@@ -503,7 +503,7 @@ describe("sm:cleanup with a policy", function()
     end)
 
     it("still takes the seed's rules: max_snapshots and retention_time from the newest", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         assert.are.equal(3, (sm:cleanup{ max_snapshots = 3 }))
         assert.are.same(pick(ids, 1, 2, 3), listed())
         assert.are.equal(1, (sm:cleanup{ retention_time = "12h" }))
@@ -511,19 +511,19 @@ describe("sm:cleanup with a policy", function()
     end)
 
     it("with no rules applies the seed's defaults", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         assert.are.equal(3, (sm:cleanup()))
         assert.are.same(pick(ids, 1, 2, 3), listed())
     end)
 
     it("with an empty table keeps everything", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         assert.are.equal(0, (sm:cleanup{}))
         assert.are.same(ids, listed())
     end)
 
     it("returns INVALID for bad values and deletes nothing", function()
-        local ids = taken_at(table.unpack(TIMES))
+        local ids = taken_at(util.unpack(TIMES))
         for _, rules in ipairs({ { max_snapshots = 0 }, { max_snapshots = -1 }, { max_snapshots = 2.5 },
                                  { retention_time = "5x" }, { keep_daily = -1 }, { keep_within = "h" },
                                  { preset = "nope" }, { dry_run = 1 } }) do
@@ -536,7 +536,7 @@ describe("sm:cleanup with a policy", function()
     end)
 
     it("raises on an unknown rule name", function()
-        taken_at(table.unpack(TIMES))
+        taken_at(util.unpack(TIMES))
         local ok, err = pcall(sm.cleanup, sm, { keep_dialy = 3 })
         assert.is_false(ok)
         assert.truthy(tostring(err):find("cleanup: unknown option 'keep_dialy'", 1, true), tostring(err))

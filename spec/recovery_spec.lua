@@ -101,7 +101,7 @@ describe("a log being opened", function()
             zeros = ("\0"):rep(100),
             random = table.concat(rnd),
             ["a huge length"] = "\255\255\255\127" .. ("\1"):rep(40),
-            ["a plausible header with a bad CRC"] = string.pack("<I4I4BBi8i8I4I4", 30 + 3, 0xdeadbeef, 1, 0, 3, 0, 0, 3) .. "abc",
+            ["a plausible header with a bad CRC"] = util.pack("<I4I4BBi8i8I4I4", 30 + 3, 0xdeadbeef, 1, 0, 3, 0, 0, 3) .. "abc",
             ["one byte"] = "\1",
         }
     end
@@ -207,9 +207,9 @@ describe("a log being opened", function()
         return is_time(path) and util.file_size(path) % TIME_ENTRY == SEAL % TIME_ENTRY
     end
     local function entry_count(path)
-        return (util.file_size(path) - (sealed(path) and SEAL or 0)) // entry_size(path)
+        return math.floor((util.file_size(path) - (sealed(path) and SEAL or 0)) / entry_size(path))
     end
-    local function with_crc(body) return body .. string.pack("<I4", takhin.crc32c(body)) end
+    local function with_crc(body) return body .. util.pack("<I4", takhin.crc32c(body)) end
     local function base_of(name) return tonumber(name:match("^(%d+)%.")) end
 
     local damage = {
@@ -222,7 +222,7 @@ describe("a log being opened", function()
             local x, t = seed, {}
             for i = 1, math.max(size, 48) do
                 x = (x * 1103515245 + 12345) % 2147483648
-                t[i] = string.char((x >> 16) % 256)
+                t[i] = string.char(math.floor(x / 65536) % 256)    -- (x >> 16) % 256
             end
             util.write_file(path, table.concat(t))
         end,
@@ -232,13 +232,13 @@ describe("a log being opened", function()
         ["with their middle entry zeroed"] = function(path)
             local entry, n = entry_size(path), entry_count(path)
             if n < 1 then return false end
-            util.write_at(path, (n // 2) * entry, ("\0"):rep(entry))
+            util.write_at(path, math.floor(n / 2) * entry, ("\0"):rep(entry))
         end,
         ["with a byte of their middle entry flipped (bad CRC)"] = function(path)
             local entry, n = entry_size(path), entry_count(path)
             if n < 1 then return false end
             -- The position's low byte, or the max_timestamp's low byte.
-            util.flip_byte(path, (n // 2) * entry + (is_time(path) and 0 or 4))
+            util.flip_byte(path, math.floor(n / 2) * entry + (is_time(path) and 0 or 4))
         end,
         ["with a byte of the seal trailer flipped"] = function(path)
             if not sealed(path) then return false end
@@ -277,11 +277,11 @@ describe("a log being opened", function()
             -- Point a middle entry at the record before its own: the
             -- position still grows, but the record there has another offset.
             for k = 1, count - 1 do
-                local rel, pos = string.unpack("<I4I4", util.read_at(path, k * OFF_ENTRY, 8))
-                local prel, ppos = string.unpack("<I4I4", util.read_at(path, (k - 1) * OFF_ENTRY, 8))
+                local rel, pos = util.unpack_le("<I4I4", util.read_at(path, k * OFF_ENTRY, 8))
+                local prel, ppos = util.unpack_le("<I4I4", util.read_at(path, (k - 1) * OFF_ENTRY, 8))
                 local earlier = pos - size(base + rel - 1)
                 if rel - 1 > prel and earlier > ppos then
-                    util.write_at(path, k * OFF_ENTRY, with_crc(string.pack("<I4I4", rel, earlier)))
+                    util.write_at(path, k * OFF_ENTRY, with_crc(util.pack("<I4I4", rel, earlier)))
                     hurt = hurt + 1
                     break
                 end
@@ -302,10 +302,10 @@ describe("a log being opened", function()
             -- by more than one, and claim one less: still non-decreasing,
             -- but the entry's record is newer than the entry says.
             for k = 1, count - 1 do
-                local ts, rel = string.unpack("<i8I4", util.read_at(path, k * TIME_ENTRY, 12))
-                local pts = string.unpack("<i8I4", util.read_at(path, (k - 1) * TIME_ENTRY, 12))
+                local ts, rel = util.unpack_le("<i8I4", util.read_at(path, k * TIME_ENTRY, 12))
+                local pts = util.unpack_le("<i8I4", util.read_at(path, (k - 1) * TIME_ENTRY, 12))
                 if want.reads[base + rel].timestamp == ts and ts - 1 > pts then
-                    util.write_at(path, k * TIME_ENTRY, with_crc(string.pack("<i8I4", ts - 1, rel)))
+                    util.write_at(path, k * TIME_ENTRY, with_crc(util.pack("<i8I4", ts - 1, rel)))
                     hurt = hurt + 1
                     break
                 end

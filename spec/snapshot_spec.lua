@@ -134,7 +134,7 @@ local function set_timestamps(snap_dir, stamps)
         end)
         assert.are.equal(1, n, path)
         util.write_file(path, new)
-        assert.are.equal(ts, math.tointeger(cjson.decode(new).timestamp))
+        assert.are.equal(ts, util.tointeger(cjson.decode(new).timestamp))
     end
     assert(os.remove(snap_dir .. "/snapshots.json"))
 end
@@ -345,7 +345,7 @@ describe("a snapshot manager", function()
             for _, s in ipairs(sm:list()) do
                 local files = 0
                 for _, f in ipairs(manifest(s).files) do
-                    local size = math.tointeger(f.size)
+                    local size = util.tointeger(f.size)
                     assert.are.equal(size, util.file_size(s.path .. "/" .. f.name), f.name)
                     files = files + size
                 end
@@ -411,7 +411,7 @@ describe("a snapshot manager", function()
                 if id then present[#present + 1] = id end
             end
             table.sort(present)
-            local sorted = { table.unpack(want) }
+            local sorted = { util.unpack(want) }
             table.sort(sorted)
             assert.are.same(sorted, present)
         end
@@ -813,7 +813,7 @@ describe("a snapshot manager", function()
                     local path = s.path .. "/" .. name
                     local size = util.file_size(path)
                     assert.is_true(size > 0, kind .. " " .. name .. " is empty")
-                    local pos = size // 2
+                    local pos = math.floor(size / 2)
                     util.flip_byte(path, pos)
 
                     local msg = failed_with("CORRUPT", sm:verify(s.id))
@@ -843,7 +843,7 @@ describe("a snapshot manager", function()
 
         local damages = {
             { "deleted", function(path) assert(os.remove(path)) end },
-            { "truncated", function(path) util.truncate(path, util.file_size(path) // 2) end },
+            { "truncated", function(path) util.truncate(path, math.floor(util.file_size(path) / 2)) end },
             { "overwritten with random bytes", function(path)
                 local size = util.file_size(path)
                 math.randomseed(1234)

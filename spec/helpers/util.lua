@@ -1,5 +1,6 @@
 -- Shared helpers for the busted specs: temporary directories, whole-file
--- I/O, byte-level damage, and lua5.4 child processes.
+-- I/O, byte-level damage, Lua child processes, and what differs between
+-- Lua 5.4 and LuaJIT.
 --
 --     local util = require("helpers.util")
 --     local dir = util.tmpdir()
@@ -10,8 +11,138 @@
 -- LUA_PATH and LUA_CPATH set explicitly, so they load the same takhin the
 -- spec does.  Waiting is always bounded polling on a condition; nothing
 -- asserts on elapsed time.
+--
+-- This file, and every spec, runs on Lua 5.4 and on LuaJIT 2.1
+-- (scripts/run-tests.sh runs the suite under both): no `//`, bit
+-- operators, string.pack, <close> or utf8, and no math.type,
+-- math.tointeger, math.maxinteger or table.unpack without a fallback.  The
+-- helpers under "Lua 5.4 and LuaJIT" stand in for them in the specs.
 
 local M = {}
+
+-------------------------------------------------------------------------
+-- Lua 5.4 and LuaJIT
+-------------------------------------------------------------------------
+
+-- True when running under LuaJIT (numbers are doubles: integers are exact
+-- up to 2^53, and the takhin binding refuses offsets and timestamps
+-- beyond).  A test that is about Lua 5.4 itself says so:
+--     if util.is_luajit then return pending("Lua 5.4 only: <why>") end
+M.is_luajit = type(rawget(_G, "jit")) == "table"
+
+-- table.unpack (LuaJIT has only the global unpack).
+M.unpack = table.unpack or rawget(_G, "unpack")
+
+-- Largest and smallest integer the takhin binding takes and gives:
+-- math.maxinteger / math.mininteger on Lua 5.4, +-2^53 on LuaJIT.
+M.maxinteger = math.maxinteger or 2 ^ 53
+M.mininteger = math.mininteger or -2 ^ 53
+
+-- math.type: "integer", "float" or nil.  On LuaJIT a number is "integer"
+-- when it has an integer value the binding takes (|x| <= 2^53).
+function M.math_type(x)
+    if math.type then return math.type(x) end
+    if type(x) ~= "number" then return nil end
+    if x == math.floor(x) and x >= -2 ^ 53 and x <= 2 ^ 53 then return "integer" end
+    return "float"
+end
+
+-- math.tointeger (for numbers).
+function M.tointeger(x)
+    if math.tointeger then return math.tointeger(x) end
+    if M.math_type(x) == "integer" then return x end
+    return nil
+end
+
+-- 2^n as an integer (1 << n on Lua 5.4), n < 63.
+function M.pow2(n)
+    return math.floor(2 ^ n)
+end
+
+-- Floor division: `a // b` of Lua 5.4 (integers stay integers there).
+local idiv
+if math.type then
+    idiv = load("return function(a, b) return a // b end")()
+else
+    idiv = function(a, b) return math.floor(a / b) end
+end
+M.idiv = idiv
+
+-- Little-endian string.pack / string.unpack for the integer formats the
+-- specs use: "<" (optional), "B", "b", "H", "h", "I[n]", "i[n]" (default
+-- 4 bytes), "J", "j" (8 bytes), and spaces.  Exact for every integer on
+-- Lua 5.4; on LuaJIT for |n| <= 2^53.
+local function int_formats(fmt)
+    local items, i = {}, 1
+    while i <= #fmt do
+        local c = fmt:sub(i, i)
+        i = i + 1
+        if c == "<" or c == " " then
+            -- little-endian is all there is here
+        elseif c == "B" or c == "b" or c == "H" or c == "h" or c == "J" or c == "j" then
+            local size = (c == "B" or c == "b") and 1 or ((c == "H" or c == "h") and 2 or 8)
+            items[#items + 1] = { size = size, signed = c == c:lower() }
+        elseif c == "I" or c == "i" then
+            local digits = fmt:match("^%d+", i)
+            local size = tonumber(digits) or 4
+            if digits then i = i + #digits end
+            assert(size >= 1 and size <= 8, "util.pack: integral size out of limits in " .. fmt)
+            items[#items + 1] = { size = size, signed = c == "i" }
+        else
+            error("util.pack: unsupported format option '" .. c .. "' in " .. fmt, 3)
+        end
+    end
+    return items
+end
+
+function M.pack(fmt, ...)
+    local out = {}
+    for k, item in ipairs(int_formats(fmt)) do
+        local n = select(k, ...)
+        assert(M.math_type(n) == "integer", "util.pack: argument " .. k .. " is not an integer")
+        if item.size < 8 then
+            local lim = 256 ^ item.size
+            if item.signed then
+                assert(n >= -lim / 2 and n < lim / 2, "util.pack: integer overflow")
+            else
+                assert(n >= 0 and n < lim, "util.pack: unsigned overflow")
+            end
+        end
+        for _ = 1, item.size do
+            local b = n % 256
+            out[#out + 1] = string.char(b)
+            n = idiv(n - b, 256)
+        end
+    end
+    return table.concat(out)
+end
+
+-- Returns the values and the position after them, as string.unpack does.
+function M.unpack_le(fmt, s, pos)
+    pos = pos or 1
+    local vals = {}
+    for _, item in ipairs(int_formats(fmt)) do
+        assert(pos + item.size - 1 <= #s, "util.unpack: data string too short")
+        local neg = item.signed and s:byte(pos + item.size - 1) >= 128
+        local v = 0
+        for i = item.size, 1, -1 do
+            local b = s:byte(pos + i - 1)
+            if neg then b = 255 - b end
+            v = v * 256 + b
+        end
+        if neg then v = -v - 1 end
+        vals[#vals + 1] = v
+        pos = pos + item.size
+    end
+    vals[#vals + 1] = pos
+    return M.unpack(vals, 1, #vals)
+end
+
+-- The decimal digits of an integer (tostring on LuaJIT writes numbers of
+-- 15 digits and more as 1.2345678901234e+14).
+function M.int_str(n)
+    return string.format("%d", n)
+end
 
 -------------------------------------------------------------------------
 -- Shell
@@ -22,9 +153,19 @@ function M.q(s)
     return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+-- os.execute as Lua 5.4 has it: true or nil, "exit" or "signal", and the
+-- code (Lua 5.1 and LuaJIT return the status that system() gave).
+function M.execute(cmd)
+    local a, how, code = os.execute(cmd)
+    if type(a) ~= "number" then return a, how, code end
+    if a == 0 then return true, "exit", 0 end
+    if a % 256 == 0 then return nil, "exit", idiv(a, 256) end
+    return nil, "signal", a % 128
+end
+
 -- Run a shell command; true when it exits 0.
 function M.sh(cmd)
-    local ok = os.execute(cmd)
+    local ok = M.execute(cmd)
     return ok == true
 end
 
@@ -153,7 +294,7 @@ function M.flip_byte(path, pos)
 end
 
 function M.truncate(path, size)
-    assert(M.sh("truncate -s " .. math.tointeger(size) .. " " .. M.q(path)),
+    assert(M.sh("truncate -s " .. M.int_str(assert(M.tointeger(size))) .. " " .. M.q(path)),
            "truncate " .. path)
 end
 
@@ -231,6 +372,27 @@ function M.lua_bin()
     return lua
 end
 
+local function getenv(name, default)
+    local v = os.getenv(name)
+    if v == nil or v == "" then v = default end
+    return v
+end
+
+-- For the programs that are Lua 5.4 programs whatever Lua runs the specs
+-- (bin/takhin, a LuaRocks tree for 5.4, the crash-point build): the lua5.4
+-- interpreter and the build of takhin made for it.  Under Lua 5.4 these
+-- are lua_bin() and the build the specs test; under LuaJIT,
+-- scripts/run-tests.sh names them in TAKHIN_LUA54 and TAKHIN_LUA54_BUILD.
+function M.lua54_bin()
+    if not M.is_luajit then return M.lua_bin() end
+    return getenv("TAKHIN_LUA54", "lua5.4")
+end
+
+function M.lua54_build()
+    if not M.is_luajit then return getenv("TAKHIN_BUILD", "build") end
+    return getenv("TAKHIN_LUA54_BUILD", "build")
+end
+
 local function lua_path()
     local p = os.getenv("LUA_PATH")
     if p == nil or p == "" then p = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
@@ -245,6 +407,33 @@ local function lua_cpath()
         p = build .. "/?.so;;"
     end
     return p
+end
+
+-- LUA_CPATH for lua54_bin().
+function M.lua54_cpath()
+    if not M.is_luajit then return lua_cpath() end
+    return M.lua54_build() .. "/?.so;;"
+end
+
+-- Run a shell command to its end; returns its standard output and true
+-- when it exited 0.  Lua 5.1 and LuaJIT give no status when a pipe is
+-- closed: there the shell appends it, and it is cut off again.
+local POPEN_STATUS = _VERSION ~= "Lua 5.1"
+local EXIT_MARK = "@@takhin_spec_exit="
+
+local function read_command(cmd)
+    if POPEN_STATUS then
+        local p = assert(io.popen(cmd, "r"))
+        local out = p:read("a")
+        local ok = p:close()
+        return out, ok == true
+    end
+    local p = assert(io.popen("{ " .. cmd .. "\n}; printf '\\n" .. EXIT_MARK .. "%d\\n' $?", "r"))
+    local out = p:read("a")
+    p:close()
+    local body, code = out:match("^(.*)\n" .. EXIT_MARK .. "(%d+)\n$")
+    assert(body, "no exit status from: " .. cmd .. "\n" .. out)
+    return body, code == "0"
 end
 
 -- The command line that runs script with args under the spec's Lua and
@@ -275,10 +464,7 @@ end
 -- it exited 0.
 function M.run_lua(dir, source, args)
     local script = M.write_script(dir, source)
-    local p = assert(io.popen(lua_command(script, args) .. " </dev/null 2>&1", "r"))
-    local out = p:read("a")
-    local ok = p:close()
-    return out, ok == true
+    return read_command(lua_command(script, args) .. " </dev/null 2>&1")
 end
 
 -- Start a Lua script in the background.  Returns its pid and the path of
@@ -305,7 +491,7 @@ function M.alive(pid)
 end
 
 function M.kill9(pid)
-    M.sh("kill -9 " .. math.tointeger(pid) .. " 2>/dev/null")
+    M.sh("kill -9 " .. M.int_str(assert(M.tointeger(pid))) .. " 2>/dev/null")
 end
 
 -- Wait (bounded) for pid to stop running; true when it did.
@@ -338,10 +524,7 @@ end
 -- run_lua, with the interpreter started under prefix (nobody_prefix()).
 function M.run_lua_as(prefix, dir, source, args)
     local script = M.write_script(dir, source)
-    local p = assert(io.popen(prefix .. " " .. lua_command(script, args) .. " </dev/null 2>&1", "r"))
-    local out = p:read("a")
-    local ok = p:close()
-    return out, ok == true
+    return read_command(prefix .. " " .. lua_command(script, args) .. " </dev/null 2>&1")
 end
 
 return M

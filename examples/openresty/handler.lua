@@ -1,0 +1,406 @@
+--- takhin behind nginx's Lua module (OpenResty style): a small HTTP front
+-- end for one log, written to by every worker process at once.
+--
+-- examples/openresty/nginx.conf wires it up; examples/openresty/README.md
+-- explains how to run it.  Endpoints (every answer is one line of JSON):
+--
+--   POST /append?key=K         body = value     -> {"offset":N,"worker":W}
+--   GET  /read?offset=N                         -> {"offset":N,"timestamp":T,"key":K,"value":V}
+--   POST /snapshot                              -> {"id":...,"high_water_mark":N,...}
+--   GET  /snapshots                             -> {"snapshots":[...]}  (newest first)
+--   POST /restore?id=ID&target=NAME             -> {"id":...,"target":DIR,"high_water_mark":N}
+--   GET  /info                                  -> {"worker":W,"pid":P,"high_water_mark":N,...}
+--
+-- Errors: HTTP 4xx/5xx with {"error":"message","code":"CODE"}, CODE being
+-- takhin's code (NOT_FOUND, OUT_OF_RANGE, INVALID, ...) or one of
+-- METHOD_NOT_ALLOWED, UNAVAILABLE, INTERNAL.
+--
+-- Every worker opens the log with `shared = true` in init_worker_by_lua
+-- (after the fork: a handle must never cross a fork).  A shared writer
+-- takes the directory lock only while it appends and first catches up
+-- with what the other workers appended, so offsets stay unique and
+-- contiguous across workers.  Worker `scheduler_worker` (default 0) also
+-- runs takhin.scheduler from ngx.timer.every; its snapshots are labelled
+-- "scheduler worker=<id> pid=<pid>", those made through POST /snapshot
+-- "api worker=<id> pid=<pid>".
+--
+-- Integers (offsets, timestamps, sizes) are written with string.format("%d"),
+-- never through a float formatter: under LuaJIT they are doubles, exact up
+-- to 2^53, and %d prints them exactly.  Keys and values that are not valid
+-- UTF-8 are returned base64-encoded as "key_base64" / "value_base64".
+--
+-- All takhin calls block the worker while they run (appends wait for the
+-- directory lock; a snapshot copies the active segment).  That is fine for
+-- small records on a local disk; keep snapshots off the request path
+-- (the scheduler) when the active segment is large.
+
+local takhin = require("takhin")
+
+local M = {}
+
+local state = {
+    log = nil,          -- this worker's shared writer handle
+    sm = nil,           -- this worker's snapshot manager
+    err = nil,          -- why init_worker failed, if it did
+    err_code = nil,
+    worker = -1,
+    pid = 0,
+    restore_dir = nil,
+}
+
+-------------------------------------------------------------------------
+-- JSON output (hand-written: exact integers, binary-safe strings)
+-------------------------------------------------------------------------
+
+local fmt = string.format
+
+local ESCAPES = {
+    ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+    ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
+}
+
+local function json_string(s)
+    return '"' .. s:gsub('[%c"\\]', function(c)
+        return ESCAPES[c] or fmt("\\u%04x", c:byte())
+    end) .. '"'
+end
+
+local function int(n)
+    return fmt("%d", n)
+end
+
+-- Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF).
+local function valid_utf8(s)
+    if not s:find("[\128-\255]") then return true end
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        if c < 0x80 then
+            i = i + 1
+        else
+            local len
+            if c >= 0xC2 and c <= 0xDF then len = 2
+            elseif c >= 0xE0 and c <= 0xEF then len = 3
+            elseif c >= 0xF0 and c <= 0xF4 then len = 4
+            else return false end
+            if i + len - 1 > n then return false end
+            for j = i + 1, i + len - 1 do
+                local b = s:byte(j)
+                if b < 0x80 or b > 0xBF then return false end
+            end
+            local c2 = s:byte(i + 1)
+            if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F)
+                or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then
+                return false
+            end
+            i = i + len
+        end
+    end
+    return true
+end
+
+-- `"name":"text"`, or `"name_base64":"..."` for bytes that are not UTF-8,
+-- or `"name":null` for nil.
+local function bytes_field(name, s)
+    if s == nil then return '"' .. name .. '":null' end
+    if valid_utf8(s) then return '"' .. name .. '":' .. json_string(s) end
+    return '"' .. name .. '_base64":' .. json_string(ngx.encode_base64(s))
+end
+
+local function snapshot_json(s)
+    local parts = {
+        '"id":' .. json_string(s.id),
+        '"timestamp":' .. int(s.timestamp),
+        '"base_offset":' .. int(s.base_offset),
+        '"high_water_mark":' .. int(s.high_water_mark),
+        '"num_segments":' .. int(s.num_segments),
+        '"total_size":' .. int(s.total_size),
+        '"mode":' .. json_string(s.mode or "link"),
+    }
+    if s.label ~= nil then parts[#parts + 1] = '"label":' .. json_string(s.label) end
+    return "{" .. table.concat(parts, ",") .. "}"
+end
+
+-------------------------------------------------------------------------
+-- Responses
+-------------------------------------------------------------------------
+
+local STATUS = {
+    INVALID = 400, NOT_FOUND = 404, OUT_OF_RANGE = 404, METHOD_NOT_ALLOWED = 405,
+    EXISTS = 409, NOT_EMPTY = 409, TOO_SOON = 429, READONLY = 403,
+    LOCKED = 503, UNAVAILABLE = 503, NOSPC = 507,
+    CORRUPT = 500, IO = 500, NOMEM = 500, INTERNAL = 500,
+}
+
+local function send(status, body)
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(body, "\n")
+    return ngx.exit(status)
+end
+
+local function fail(code, msg)
+    code = code or "INTERNAL"
+    local status = STATUS[code] or 500
+    if status >= 500 then
+        -- the server's fault, or the disk's: worth a line in the error log
+        ngx.log(ngx.ERR, "takhin: ", code, ": ", tostring(msg))
+    end
+    return send(status, '{"error":' .. json_string(tostring(msg)) .. ',"code":'
+                        .. json_string(code) .. '}')
+end
+
+-- Calls log/sm method `name`; returns its results, or nil, msg, code both
+-- when it returned a failure and when it raised (code INTERNAL).
+local function call(obj, name, ...)
+    local ok, a, b, c = pcall(obj[name], obj, ...)
+    if not ok then return nil, tostring(a), "INTERNAL" end
+    return a, b, c
+end
+
+local function method(expected)
+    local m = ngx.req.get_method()
+    if m == expected then return true end
+    ngx.header["Allow"] = expected
+    fail("METHOD_NOT_ALLOWED", fmt("%s %s: use %s", m, ngx.var.uri, expected))
+    return false
+end
+
+local function ready()
+    if state.log then return true end
+    fail(state.err_code or "UNAVAILABLE", "takhin is not open in this worker: "
+         .. tostring(state.err or "init_worker did not run"))
+    return false
+end
+
+-- A single query argument: nil when absent, "" for `?name` without a
+-- value; a repeated argument is an error (returns false).
+local function arg(args, name)
+    local v = args[name]
+    if v == true then return "" end
+    if type(v) == "table" then
+        fail("INVALID", fmt("query argument '%s' given %d times", name, #v))
+        return false
+    end
+    return v
+end
+
+local function offset_arg(args, name)
+    local v = arg(args, name)
+    if v == false then return nil end
+    if v == nil then
+        fail("INVALID", fmt("query argument '%s' is required", name))
+        return nil
+    end
+    if not v:match("^%d+$") or #v > 16 or tonumber(v) > 2 ^ 53 then
+        fail("INVALID", fmt("%s must be an integer in 0..2^53, not '%s'", name, v))
+        return nil
+    end
+    return tonumber(v)
+end
+
+local function read_body()
+    ngx.req.read_body()
+    local data = ngx.req.get_body_data()
+    if data then return data end
+    local path = ngx.req.get_body_file()     -- larger than client_body_buffer_size
+    if not path then return "" end           -- no body: an empty value
+    local f, err = io.open(path, "rb")
+    if not f then return nil, err end
+    data = f:read("*a")
+    f:close()
+    return data
+end
+
+-------------------------------------------------------------------------
+-- Endpoints
+-------------------------------------------------------------------------
+
+-- POST /append?key=K, body = value.  No `key` argument: the record has no
+-- key (absent and empty are different: `?key=` is an empty key).
+function M.append()
+    if not method("POST") or not ready() then return end
+    local args = ngx.req.get_uri_args()
+    local key = arg(args, "key")
+    if key == false then return end
+    local value, rerr = read_body()
+    if not value then return fail("IO", "reading the request body: " .. tostring(rerr)) end
+    local off, msg, code = call(state.log, "append", key, value)
+    if not off then return fail(code, msg) end
+    return send(200, '{"offset":' .. int(off) .. ',"worker":' .. int(state.worker) .. '}')
+end
+
+-- GET /read?offset=N
+function M.read()
+    if not method("GET") or not ready() then return end
+    local off = offset_arg(ngx.req.get_uri_args(), "offset")
+    if not off then return end
+    local rec, msg, code = call(state.log, "read", off)
+    if not rec then return fail(code, msg) end
+    return send(200, "{" .. table.concat({
+        '"offset":' .. int(rec.offset),
+        '"timestamp":' .. int(rec.timestamp),
+        bytes_field("key", rec.key),
+        bytes_field("value", rec.value),
+    }, ",") .. "}")
+end
+
+-- POST /snapshot: a point-in-time snapshot of the log as it is now.
+function M.snapshot()
+    if not method("POST") or not ready() then return end
+    local label = fmt("api worker=%d pid=%d", state.worker, state.pid)
+    local snap, msg, code = call(state.sm, "create", state.log, { label = label })
+    if not snap then return fail(code, msg) end
+    return send(200, snapshot_json(snap))
+end
+
+-- GET /snapshots: every snapshot, newest first.
+function M.snapshots()
+    if not method("GET") or not ready() then return end
+    local list, msg, code = call(state.sm, "list")
+    if not list then return fail(code, msg) end
+    local items = {}
+    for i, s in ipairs(list) do items[i] = snapshot_json(s) end
+    return send(200, '{"snapshots":[' .. table.concat(items, ",") .. "]}")
+end
+
+-- POST /restore?id=ID&target=NAME: restores snapshot ID into
+-- <restore_dir>/NAME, which must not exist yet (or be empty).  NAME is a
+-- plain name, never a path: clients do not choose where the server writes.
+function M.restore()
+    if not method("POST") or not ready() then return end
+    local args = ngx.req.get_uri_args()
+    local id, target = arg(args, "id"), arg(args, "target")
+    if id == false or target == false then return end
+    if not id or id == "" then return fail("INVALID", "query argument 'id' is required") end
+    if not target or not target:match("^[%w_][%w_.%-]*$") or #target > 63 then
+        return fail("INVALID", fmt("target must be a name of letters, digits, '-', '_', '.' "
+                                   .. "(at most 63 bytes), not '%s'", tostring(target)))
+    end
+    if not state.restore_dir then
+        return fail("UNAVAILABLE", "restores are disabled (no restore_dir configured)")
+    end
+    local snap, msg, code = call(state.sm, "get", id)
+    if not snap then return fail(code, msg) end
+    local dir = state.restore_dir .. "/" .. target
+    local ok
+    ok, msg, code = call(state.sm, "restore", id, dir)
+    if not ok then return fail(code, msg) end
+    return send(200, "{" .. table.concat({
+        '"id":' .. json_string(snap.id),
+        '"target":' .. json_string(dir),
+        '"base_offset":' .. int(snap.base_offset),
+        '"high_water_mark":' .. int(snap.high_water_mark),
+    }, ",") .. "}")
+end
+
+-- GET /info: which worker answered, and the log as it sees it.
+function M.info()
+    if not method("GET") or not ready() then return end
+    local hwm, msg, code = call(state.log, "high_water_mark")
+    if not hwm then return fail(code, msg) end
+    return send(200, "{" .. table.concat({
+        '"worker":' .. int(state.worker),
+        '"pid":' .. int(state.pid),
+        '"dir":' .. json_string(state.log:dir()),
+        '"base_offset":' .. int(state.log:base_offset()),
+        '"high_water_mark":' .. int(hwm),
+        '"num_segments":' .. int(state.log:num_segments()),
+    }, ",") .. "}")
+end
+
+-- Anything else.
+function M.not_found()
+    return fail("NOT_FOUND", fmt("no endpoint %s %s", ngx.req.get_method(), ngx.var.uri))
+end
+
+-------------------------------------------------------------------------
+-- Worker life cycle
+-------------------------------------------------------------------------
+
+local CONFIG_KEYS = {
+    data_dir = true, restore_dir = true, max_segment_size = true, sync = true,
+    snapshot_interval = true, snapshot_min_interval = true, snapshot_keep = true,
+    scheduler_worker = true,
+}
+
+local function init_failed(msg, code)
+    state.err, state.err_code = msg, code or "UNAVAILABLE"
+    ngx.log(ngx.ERR, "takhin: worker ", state.worker, ": ", msg)
+    if state.sm then state.sm:close(); state.sm = nil end
+    if state.log then state.log:close(); state.log = nil end
+end
+
+--- handler.init_worker(cfg), from init_worker_by_lua*.
+--   data_dir               the log directory (created if missing)
+--   restore_dir            where POST /restore may create logs (optional)
+--   max_segment_size       bytes (optional; takhin's default otherwise)
+--   sync                   "none" (default) or "always"
+--   snapshot_interval      how often the scheduler ticks, e.g. "1m"; "off" (or
+--                          false): no scheduled snapshots
+--   snapshot_min_interval  least time between snapshots (optional; none: one per tick)
+--   snapshot_keep          keep_last for cleanup after each scheduled snapshot;
+--                          0 keeps everything
+--   scheduler_worker       the worker id that runs the scheduler (default 0)
+function M.init_worker(cfg)
+    state.worker = ngx.worker.id() or 0
+    state.pid = ngx.worker.pid()
+    for k in pairs(cfg) do
+        if not CONFIG_KEYS[k] then return init_failed("unknown config key '" .. tostring(k) .. "'", "INVALID") end
+    end
+    state.restore_dir = cfg.restore_dir
+
+    local log, msg, code = takhin.open_log{
+        dir = cfg.data_dir, shared = true,
+        max_segment_size = cfg.max_segment_size, sync = cfg.sync,
+    }
+    if not log then return init_failed("open_log: " .. tostring(msg), code) end
+    state.log = log
+    local sm
+    sm, msg, code = takhin.snapshot_manager(cfg.data_dir)
+    if not sm then return init_failed("snapshot_manager: " .. tostring(msg), code) end
+    state.sm = sm
+
+    local every = cfg.snapshot_interval
+    if every and every ~= "" and every ~= "off" then
+        local sched
+        sched, msg = takhin.scheduler.new{
+            targets = { {
+                name = "log", log = log, manager = sm,
+                label = fmt("scheduler worker=%d pid=%d", state.worker, state.pid),
+            } },
+            policy = { min_interval = cfg.snapshot_min_interval, keep_last = cfg.snapshot_keep or 0 },
+        }
+        -- A scheduler that cannot start is logged; appends and reads go on.
+        if not sched then
+            ngx.log(ngx.ERR, "takhin: worker ", state.worker, ": no scheduler: ", msg)
+            return
+        end
+        local ok, serr = takhin.scheduler.openresty(sched, {
+            interval = every,
+            worker = cfg.scheduler_worker or 0,
+            on_report = function(report)
+                for _, e in ipairs(report) do
+                    if e.action == "snapshot" and not e.error then
+                        ngx.log(ngx.INFO, "takhin scheduler: worker ", state.worker,
+                                " took snapshot ", e.id)
+                    end
+                end
+            end,
+        })
+        if not ok then
+            ngx.log(ngx.ERR, "takhin: worker ", state.worker, ": no scheduler: ", serr)
+            return
+        end
+    end
+    ngx.log(ngx.INFO, "takhin: worker ", state.worker, " pid ", state.pid, " opened ",
+            tostring(log))
+end
+
+--- handler.exit_worker(), from exit_worker_by_lua*: releases the handles.
+function M.exit_worker()
+    if state.sm then state.sm:close(); state.sm = nil end
+    if state.log then state.log:close(); state.log = nil end
+end
+
+return M

@@ -1,0 +1,661 @@
+-- takhin inside nginx's Lua module (SPEC §6, examples/openresty/): a real
+-- nginx with several workers, all appending to one log in shared mode,
+-- worker 0 taking scheduled snapshots, more snapshots and a restore made
+-- through HTTP while 8 curl clients send >= 10,000 appends over keep-alive
+-- connections.  Afterwards, in this process (the module built for the Lua
+-- that runs the spec, lua5.4 or LuaJIT, reading the same files): every
+-- acknowledged append is in the log, offsets are exactly 0..N-1, every
+-- snapshot verifies and is a prefix of the log, the scheduler's snapshots
+-- all come from one worker, and the error log is clean.
+--
+-- Pending when nginx, its Lua module (with NDK) or lua-resty-core is not
+-- installed, or curl is missing (scripts/deps.sh installs them).  Builds
+-- build/luajit/takhin/core.so, which nginx loads, with `make luajit` (a
+-- no-op when up to date).  nginx is always stopped through its own pid
+-- (SIGQUIT, bounded wait) in after_each; a watchdog shell stops it the same
+-- way should this process be killed before after_each runs.
+
+local takhin = require("takhin")
+local util = require("helpers.util")
+local cjson = require("cjson")
+
+local q = util.q
+
+-- 8 * 1300 = 10,400 appends into 2 workers; TAKHIN_OPENRESTY_CLIENTS,
+-- TAKHIN_OPENRESTY_PER_CLIENT and TAKHIN_OPENRESTY_WORKERS make a longer
+-- run by hand.
+local WORKERS = tonumber(os.getenv("TAKHIN_OPENRESTY_WORKERS") or "") or 2
+local CLIENTS = tonumber(os.getenv("TAKHIN_OPENRESTY_CLIENTS") or "") or 8
+local PER_CLIENT = tonumber(os.getenv("TAKHIN_OPENRESTY_PER_CLIENT") or "") or 1300
+local API_SNAPSHOTS = 4
+local SEGMENT_SIZE = 128 * 1024          -- small: the workers roll segments under load
+-- cleanup's keep_last: far more than a run takes (about 1 a second), so
+-- nothing is deleted, yet bounded should an nginx ever outlive its spec.
+local SNAPSHOT_KEEP = 200
+-- Children must not inherit a sanitizer preload (make test-asan).
+local ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS -u UBSAN_OPTIONS "
+
+-------------------------------------------------------------------------
+-- What is installed
+-------------------------------------------------------------------------
+
+local function root_dir()
+    local src = debug.getinfo(1, "S").source:gsub("^@", "")
+    local dir = src:match("^(.*)/spec/[^/]*$") or "."
+    return (util.capture("cd " .. q(dir) .. " && pwd"):gsub("%s+$", ""))
+end
+
+local function which(name)
+    local out = util.capture("PATH=\"$PATH:/usr/sbin:/sbin:/usr/local/sbin\" command -v "
+                             .. q(name) .. " 2>/dev/null")
+    out = out:gsub("%s+$", "")
+    return out ~= "" and out or nil
+end
+
+local function first_file(dirs, name)
+    for _, d in ipairs(dirs) do
+        local p = d .. "/" .. name
+        if util.sh("test -f " .. q(p)) then return p, d end
+    end
+end
+
+local MODULE_DIRS = { "/usr/lib/nginx/modules", "/usr/share/nginx/modules",
+                      "/usr/local/nginx/modules", "/etc/nginx/modules" }
+local RESTY_DIRS = { "/usr/share/lua/5.1", "/usr/local/share/lua/5.1",
+                     "/usr/local/openresty/lualib", "/usr/local/lib/lua" }
+
+-- Everything the test needs from the system, or nil and what is missing.
+local function environment()
+    local env, missing = {}, {}
+    env.nginx = which("nginx")
+    if not env.nginx then missing[#missing + 1] = "nginx" end
+    env.ndk = first_file(MODULE_DIRS, "ndk_http_module.so")
+    env.lua_module = first_file(MODULE_DIRS, "ngx_http_lua_module.so")
+    if not env.ndk or not env.lua_module then
+        missing[#missing + 1] = "the nginx Lua module (libnginx-mod-http-lua)"
+    end
+    local _, resty = first_file(RESTY_DIRS, "resty/core.lua")
+    env.resty_core = resty
+    if not resty then missing[#missing + 1] = "lua-resty-core" end
+    env.curl = which("curl")
+    if not env.curl then missing[#missing + 1] = "curl" end
+    if #missing > 0 then
+        return nil, table.concat(missing, ", ") .. " not installed (apt-get install nginx "
+            .. "libnginx-mod-http-lua lua-resty-core curl, or `make deps`)"
+    end
+    return env
+end
+
+-------------------------------------------------------------------------
+-- Processes, ports, HTTP
+-------------------------------------------------------------------------
+
+local function read_pid(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local pid = tonumber((f:read("a") or ""):match("%d+"))
+    f:close()
+    return pid
+end
+
+-- Pids whose parent is `ppid` (nginx's workers), from /proc.
+local function children_of(ppid)
+    local pids = {}
+    for name in util.capture("ls /proc"):gmatch("%d+") do
+        local f = io.open("/proc/" .. name .. "/stat", "r")
+        if f then
+            local stat = f:read("a") or ""
+            f:close()
+            local parent = stat:match("^%d+ %b() %a (%d+)")
+            if tonumber(parent) == ppid then pids[#pids + 1] = tonumber(name) end
+        end
+    end
+    return pids
+end
+
+-- TCP ports in use on this machine (any state), from /proc/net/tcp{,6}.
+local function used_ports()
+    local used = {}
+    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
+        local h = io.open(f, "r")
+        if h then
+            for hex in h:read("a"):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do
+                used[tonumber(hex, 16)] = true
+            end
+            h:close()
+        end
+    end
+    return used
+end
+
+-- A port below the ephemeral range (so curl's own ports never take it),
+-- drawn from this process's pid and the clock (not math.random: the
+-- suite's random state is left alone), skipping the ones in use.
+local port_draws = 0
+local function free_port()
+    local used = used_ports()
+    local seed = util.getpid() * 7919 + os.time()
+    for _ = 1, 12000 do
+        port_draws = port_draws + 1
+        local port = 20000 + (seed + port_draws * 4099) % 12000
+        if not used[port] then return port end
+    end
+    error("no free TCP port found between 20000 and 32000")
+end
+
+-- curl one request; returns status (number, 0 when no answer) and body.
+local function http(port, method, path, body_file)
+    local cmd = ENV .. "curl -s -m 30 -o - -w '\\n@@ %{http_code}' -X " .. method
+    if body_file then cmd = cmd .. " --data-binary @" .. q(body_file) end
+    local out = util.capture(cmd .. " " .. q("http://127.0.0.1:" .. port .. path) .. " 2>/dev/null")
+    local body, code = out:match("^(.-)\n@@ (%d%d%d)$")
+    if not body then return 0, out end
+    return tonumber(code), (body:gsub("\n$", ""))
+end
+
+local function json_int(body, name)
+    return tonumber(body:match('"' .. name .. '":(%-?%d+)[,}]'))
+end
+
+-------------------------------------------------------------------------
+-- The load: what client c sends as its i-th append
+-------------------------------------------------------------------------
+
+local SPECIAL = 'quote " back\\slash tab\t newline\n caf\u{e9} \u{20ac} {"json":[1]}'
+
+local function request_for(c, i)
+    local name = ("c%d-%d"):format(c, i)
+    local key
+    if i % 50 == 0 then key = nil                -- absent key
+    elseif i % 50 == 25 then key = ""            -- empty key
+    else key = ("k%d-%d"):format(c, i) end
+    local value
+    if i % 97 == 0 then
+        value = ""
+    elseif i % 7 == 0 then
+        value = name .. ":" .. SPECIAL
+    elseif i % 400 == 0 then
+        value = name .. ":" .. string.rep("L", 8000)
+    else
+        value = name .. ":" .. string.rep(string.char(97 + (c + i) % 26), (c * 31 + i * 7) % 300)
+    end
+    local path = "/append?n=" .. name
+    if key then path = path .. "&key=" .. key end
+    return { name = name, key = key, value = value, path = path }
+end
+
+-- A value inside double quotes in a curl config file.
+local function curl_quote(s)
+    return '"' .. s:gsub('[\\"\t\n\r]', {
+        ["\\"] = "\\\\", ['"'] = '\\"', ["\t"] = "\\t", ["\n"] = "\\n", ["\r"] = "\\r",
+    }) .. '"'
+end
+
+-- Writes a curl config that sends `reqs` one after another on one
+-- keep-alive connection, each answer followed by "\n@@ CODE URL\n".
+local function write_curl_config(path, port, reqs)
+    local out = {}
+    for k, r in ipairs(reqs) do
+        if k > 1 then out[#out + 1] = "next" end
+        out[#out + 1] = "url = " .. curl_quote("http://127.0.0.1:" .. port .. r.path)
+        out[#out + 1] = "data-binary = " .. curl_quote(r.value)
+        out[#out + 1] = 'header = "Expect:"'
+        out[#out + 1] = 'write-out = "\\n@@ %{http_code} %{url_effective}\\n"'
+    end
+    util.write_file(path, table.concat(out, "\n") .. "\n")
+end
+
+-- Starts curl in the background; returns the paths of its output, its
+-- exit status file and its pid file.
+local function spawn_curl(dir, name, config)
+    local out, rc, pidf = dir .. "/" .. name .. ".out", dir .. "/" .. name .. ".rc",
+                          dir .. "/" .. name .. ".pid"
+    local script = ENV .. "curl -s -S -m 120 -K " .. q(config) .. " >" .. q(out)
+        .. " 2>" .. q(out .. ".err") .. " & echo $! >" .. q(pidf) .. "; wait $!; echo $? >" .. q(rc)
+    util.sh("sh -c " .. q(script) .. " </dev/null >/dev/null 2>&1 &")
+    return { out = out, rc = rc, pidfile = pidf, name = name }
+end
+
+-- Pairs each request with curl's answer: { status =, body =, url = }.
+local function parse_answers(path)
+    local answers = {}
+    for body, code, url in util.read_file(path):gmatch("(.-)\n@@ (%d%d%d) (%S*)\n") do
+        answers[#answers + 1] = { status = tonumber(code), body = body:gsub("\n$", ""), url = url }
+    end
+    return answers
+end
+
+-------------------------------------------------------------------------
+-- nginx
+-------------------------------------------------------------------------
+
+local function render(template, vars)
+    local out = template:gsub("{{([%u_]+)}}", function(name)
+        local v = vars[name]
+        assert(v ~= nil, "nginx.conf template: no value for {{" .. name .. "}}")
+        return tostring(v)
+    end)
+    return out
+end
+
+local function error_lines(path)
+    local bad = {}
+    local f = io.open(path, "rb")
+    if not f then return bad end
+    for line in f:read("a"):gmatch("[^\n]+") do
+        if line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
+            or line:find("%[emerg%]") then
+            bad[#bad + 1] = line
+        end
+    end
+    f:close()
+    return bad
+end
+
+local function tail(path, n)
+    return util.capture("tail -n " .. (n or 30) .. " " .. q(path) .. " 2>/dev/null")
+end
+
+-------------------------------------------------------------------------
+
+describe("takhin in nginx (OpenResty style)", function()
+    local env, why = environment()
+    local root = root_dir()
+    local tmp, server          -- server = { master =, workers =, prefix = }
+    local curls = {}
+
+    -- Stops nginx through its own pid: QUIT (graceful), bounded wait, then
+    -- TERM and KILL for a master that hangs.  Returns true when it and its
+    -- workers are gone.
+    local function stop_nginx()
+        if not server or not server.master then return true end
+        local master = server.master
+        local all_gone = function()
+            if util.alive(master) then return false end
+            for _, w in ipairs(server.workers or {}) do
+                if util.alive(w) then return false end
+            end
+            return true
+        end
+        local clean = true
+        util.sh("kill -QUIT " .. string.format("%d", master) .. " 2>/dev/null")
+        if not util.wait_until(all_gone, 1500, 0.01) then
+            clean = false
+            util.sh("kill -TERM " .. string.format("%d", master) .. " 2>/dev/null")
+            if not util.wait_until(all_gone, 500, 0.01) then
+                util.sh("kill -KILL " .. string.format("%d", master) .. " 2>/dev/null")
+                for _, w in ipairs(server.workers or {}) do util.kill9(w) end
+                util.wait_until(all_gone, 500, 0.01)
+            end
+        end
+        server.master = nil
+        return clean
+    end
+
+    local function stop_curls()
+        for _, c in ipairs(curls) do
+            local pid = read_pid(c.pidfile)
+            if pid and not util.exists(c.rc) and util.alive(pid) then util.kill9(pid) end
+        end
+        curls = {}
+    end
+
+    before_each(function()
+        tmp = util.tmpdir()
+        server = nil
+        curls = {}
+    end)
+
+    after_each(function()
+        stop_curls()
+        stop_nginx()
+        collectgarbage(); collectgarbage()
+        util.rmtree(tmp)
+    end)
+
+    -- Renders the template, starts nginx on a free port and waits until it
+    -- answers.  Returns the server table.
+    local function start_nginx(opts)
+        local prefix = tmp .. "/nginx"
+        util.sh("mkdir -p " .. q(prefix))
+        local user = util.capture("id -un"):gsub("%s+$", "")
+        local group = util.capture("id -gn"):gsub("%s+$", "")
+        local template = util.read_file(root .. "/examples/openresty/nginx.conf")
+        local last_err
+        for _ = 1, 5 do
+            local port = free_port()
+            local conf = prefix .. "/nginx.conf"
+            util.write_file(conf, render(template, {
+                NDK_MODULE = env.ndk, LUA_MODULE = env.lua_module,
+                USER = user, GROUP = group, WORKERS = opts.workers,
+                PREFIX = prefix, PORT = port,
+                TAKHIN_LUA = root .. "/lua", TAKHIN_CPATH = root .. "/build/luajit",
+                RESTY_CORE = env.resty_core, HANDLER_DIR = root .. "/examples/openresty",
+                DATA_DIR = opts.data_dir, RESTORE_DIR = opts.restore_dir,
+                MAX_SEGMENT_SIZE = opts.max_segment_size,
+                SNAPSHOT_INTERVAL = opts.snapshot_interval, SNAPSHOT_KEEP = SNAPSHOT_KEEP,
+            }))
+            local out = util.capture(ENV .. q(env.nginx) .. " -p " .. q(prefix) .. " -c " .. q(conf)
+                                     .. " -e " .. q(prefix .. "/error.log") .. " 2>&1; echo \"rc=$?\"")
+            local rc = tonumber(out:match("rc=(%d+)%s*$"))
+            if rc == 0 then
+                local master = util.wait_until(function() return read_pid(prefix .. "/nginx.pid") end, 500)
+                assert(master, "nginx started but wrote no pid file:\n" .. out .. tail(prefix .. "/error.log"))
+                server = { master = master, prefix = prefix, port = port, error_log = prefix .. "/error.log" }
+                -- A watchdog: should this process die without its after_each
+                -- (SIGKILL, a timeout), it stops nginx, by nginx's own pid,
+                -- within a second.  It exits as soon as nginx is gone.
+                local m, me = string.format("%d", master), string.format("%d", util.getpid())
+                util.sh("sh -c " .. q("while kill -0 " .. me .. " && kill -0 " .. m .. "; do sleep 1; done; "
+                    .. "grep -qF " .. q(prefix) .. " /proc/" .. m .. "/cmdline && kill -QUIT " .. m)
+                    .. " </dev/null >/dev/null 2>&1 &")
+                -- every worker up (their pids, to check they are gone at the end)
+                util.wait_until(function()
+                    return #children_of(master) >= opts.workers
+                end, 500)
+                server.workers = children_of(master)
+                assert(#server.workers >= opts.workers, "nginx has " .. #server.workers
+                       .. " workers, expected " .. opts.workers .. "\n" .. tail(server.error_log))
+                local ok = util.wait_until(function()
+                    return http(port, "GET", "/info") == 200
+                end, 500, 0.02)
+                local status, body = http(port, "GET", "/info")
+                assert(ok, "nginx does not answer on port " .. port .. ": " .. status .. " "
+                       .. body .. "\n" .. tail(server.error_log))
+                -- it is our nginx answering (not another server on that port)
+                local pid = json_int(body, "pid")
+                local ours = false
+                for _, w in ipairs(server.workers) do ours = ours or w == pid end
+                assert(ours, "port " .. port .. " answered by pid " .. tostring(pid)
+                       .. ", not one of our workers")
+                return server
+            end
+            last_err = out
+            if not out:find("Address already in use", 1, true) then break end
+        end
+        error("nginx did not start:\n" .. tostring(last_err) .. tail(prefix .. "/error.log"))
+    end
+
+    it("serves >= 10,000 concurrent appends from several workers into one log, with snapshots",
+       function()
+        if not env then
+            pending("skipped: " .. why)
+            return
+        end
+        -- The LuaJIT build of the module (incremental: nothing to do when up to date).
+        local build_out = util.capture(ENV .. "make -s -C " .. q(root) .. " luajit 2>&1; echo \"rc=$?\"")
+        assert(build_out:match("rc=0%s*$"), "make luajit failed:\n" .. build_out)
+        assert(util.exists(root .. "/build/luajit/takhin/core.so"), "make luajit made no core.so")
+
+        local data_dir, restore_dir = tmp .. "/data", tmp .. "/restored"
+        start_nginx({ workers = WORKERS, data_dir = data_dir, restore_dir = restore_dir,
+                      max_segment_size = SEGMENT_SIZE, snapshot_interval = "1s" })
+        local port = server.port
+
+        -- The load: 8 curl processes, each with all its requests in one config.
+        local sent = {}          -- client -> array of requests
+        for c = 1, CLIENTS do
+            local reqs = {}
+            for i = 1, PER_CLIENT do reqs[i] = request_for(c, i) end
+            sent[c] = reqs
+            local cfg = tmp .. "/client" .. c .. ".curl"
+            write_curl_config(cfg, port, reqs)
+        end
+        for c = 1, CLIENTS do
+            curls[c] = spawn_curl(tmp, "client" .. c, tmp .. "/client" .. c .. ".curl")
+        end
+
+        -- Meanwhile, snapshots through the server.
+        local api_snaps = {}
+        local function all_done()
+            for _, cl in ipairs(curls) do
+                if not util.exists(cl.rc) then return false end
+            end
+            return true
+        end
+        local function take_snapshot()
+            local status, body = http(port, "POST", "/snapshot")
+            assert.are.equal(200, status, "POST /snapshot: " .. body)
+            api_snaps[#api_snaps + 1] = {
+                id = body:match('"id":"([^"]+)"'),
+                hwm = json_int(body, "high_water_mark"),
+                label = body:match('"label":"([^"]*)"'),
+                during_load = not all_done(),
+            }
+        end
+        -- One when the log holds about 10%, 30%, 50%, 70% of the load.
+        local total = CLIENTS * PER_CLIENT
+        for _ = 1, 6000 do                   -- bounded: >= 6000 * 20 ms = 2 minutes
+            if all_done() then break end
+            if #api_snaps < API_SNAPSHOTS then
+                local st, info = http(port, "GET", "/info")
+                assert.are.equal(200, st, "GET /info: " .. info)
+                if json_int(info, "high_water_mark") >= total * (0.1 + 0.2 * #api_snaps) then
+                    take_snapshot()
+                end
+            end
+            util.nap(0.02)
+        end
+        assert.is_true(all_done(), "the curl clients did not finish")
+        while #api_snaps < API_SNAPSHOTS do take_snapshot() end
+        for _, cl in ipairs(curls) do
+            local rc = util.read_file(cl.rc):gsub("%s+$", "")
+            assert.are.equal("0", rc, cl.name .. ": curl exited " .. rc .. ": "
+                             .. util.read_file(cl.out .. ".err"))
+        end
+
+        -- Every request answered 200 with an offset.
+        local acks = {}          -- array of { offset =, worker =, req = }
+        local workers_seen = {}
+        local function collect(reqs, out_path, who)
+            local answers = parse_answers(out_path)
+            assert.are.equal(#reqs, #answers, who .. ": answers")
+            for k, a in ipairs(answers) do
+                local r = reqs[k]
+                assert.are.equal("http://127.0.0.1:" .. port .. r.path, a.url, who .. " #" .. k)
+                assert.are.equal(200, a.status, who .. " " .. r.path .. ": " .. a.body)
+                local off, w = json_int(a.body, "offset"), json_int(a.body, "worker")
+                assert(off and w, who .. ": bad answer " .. a.body)
+                acks[#acks + 1] = { offset = off, worker = w, req = r }
+                workers_seen[w] = (workers_seen[w] or 0) + 1
+            end
+        end
+        for c = 1, CLIENTS do collect(sent[c], curls[c].out, "client " .. c) end
+
+        -- Both workers must have appended.  reuseport spreads connections at
+        -- random, so a few more (one connection each) settle a rare tie.
+        local n_workers_seen = function()
+            local n = 0
+            for _ in pairs(workers_seen) do n = n + 1 end
+            return n
+        end
+        local extra = 0
+        while n_workers_seen() < 2 and extra < 64 do
+            extra = extra + 1
+            local r = request_for(CLIENTS + 1, extra)
+            local cfg = tmp .. "/extra" .. extra .. ".curl"
+            write_curl_config(cfg, port, { r })
+            local cl = spawn_curl(tmp, "extra" .. extra, cfg)
+            curls[#curls + 1] = cl
+            assert(util.wait_until(function() return util.exists(cl.rc) end, 3000), "extra curl hangs")
+            collect({ r }, cl.out, "extra " .. extra)
+        end
+        assert.is_true(n_workers_seen() >= 2, "only one worker appended")
+
+        -- A binary value (NUL, 0xFF) through the server.
+        local bin = "bin\0\255\254value\0"
+        util.write_file(tmp .. "/bin.value", bin)
+        do
+            local status, body = http(port, "POST", "/append?key=bin", tmp .. "/bin.value")
+            assert.are.equal(200, status, body)
+            acks[#acks + 1] = { offset = json_int(body, "offset"), worker = json_int(body, "worker"),
+                                req = { name = "binary", key = "bin", value = bin } }
+        end
+        local N = #acks
+        assert.is_true(N > CLIENTS * PER_CLIENT, "only " .. N .. " appends acknowledged")
+
+        -- Reads through the server: a sample, the binary one, and errors.
+        local sample = { 1, N, #acks - 1 }
+        for j = 1, 40 do sample[#sample + 1] = 1 + (j * 2579) % N end
+        for _, k in ipairs(sample) do
+            local a = acks[k]
+            local status, body = http(port, "GET", "/read?offset=" .. a.offset)
+            assert.are.equal(200, status, body)
+            local t = cjson.decode(body)
+            assert.are.equal(a.offset, json_int(body, "offset"))
+            assert.is_truthy(json_int(body, "timestamp"), body)
+            if a.req.key == nil then
+                assert.are.equal(cjson.null, t.key, body)
+            else
+                assert.are.equal(a.req.key, t.key, body)
+            end
+            if t.value_base64 then
+                assert.are.equal("binary", a.req.name, body)
+                local raw = util.capture("printf %s " .. q(t.value_base64) .. " | base64 -d")
+                assert.are.equal(bin, raw)
+            else
+                assert.are.equal(a.req.value, t.value, body)
+            end
+        end
+        local status, body = http(port, "GET", "/read?offset=" .. N)
+        assert.are.equal(404, status, body)
+        assert.are.equal("OUT_OF_RANGE", cjson.decode(body).code)
+        status, body = http(port, "GET", "/read?offset=-1")
+        assert.are.equal(400, status, body)
+        assert.are.equal("INVALID", cjson.decode(body).code)
+        status, body = http(port, "GET", "/append?key=x")
+        assert.are.equal(405, status, body)
+        status, body = http(port, "POST", "/restore?id=..%2Fx&target=r0")
+        assert.are.equal(400, status, body)
+        assert.are.equal("INVALID", cjson.decode(body).code)
+
+        -- A restore through the server, of a snapshot taken during the load
+        -- when there is one.
+        local rsnap = api_snaps[1]
+        for _, s in ipairs(api_snaps) do if s.during_load and s.hwm > 0 then rsnap = s; break end end
+        status, body = http(port, "POST", "/restore?id=" .. rsnap.id .. "&target=r1")
+        assert.are.equal(200, status, body)
+        assert.are.equal(rsnap.hwm, json_int(body, "high_water_mark"), body)
+        assert.are.equal(restore_dir .. "/r1", cjson.decode(body).target)
+
+        -- The scheduler goes on: wait (bounded) for one of its snapshots to
+        -- hold every append.
+        local function sched_snaps()
+            status, body = http(port, "GET", "/snapshots")
+            assert.are.equal(200, status, body)
+            local list = {}
+            for _, s in ipairs(cjson.decode(body).snapshots) do
+                if s.label and s.label:find("^scheduler ") then list[#list + 1] = s end
+            end
+            return list, body
+        end
+        local full = util.wait_until(function()
+            for _, s in ipairs((sched_snaps())) do
+                if s.high_water_mark == N then return true end
+            end
+            return false
+        end, 100, 0.1)
+        assert.is_true(full, "no scheduled snapshot holds all " .. N .. " records")
+        local _, listing = sched_snaps()
+
+        -- Stop nginx through its pid, before looking at the files.
+        local workers = server.workers
+        assert.is_true(stop_nginx(), "nginx did not stop on SIGQUIT")
+        for _, w in ipairs(workers) do assert.is_false(util.alive(w), "worker " .. w .. " still runs") end
+
+        -- Offsets: unique and exactly 0..N-1.
+        local by_offset = {}
+        for _, a in ipairs(acks) do
+            if a.offset < 0 or a.offset >= N then
+                error("offset " .. a.offset .. " outside 0.." .. (N - 1) .. " (" .. a.req.name .. ")")
+            end
+            if by_offset[a.offset] then
+                error("offset " .. a.offset .. " acknowledged twice: "
+                      .. by_offset[a.offset].req.name .. " and " .. a.req.name)
+            end
+            by_offset[a.offset] = a
+        end
+
+        -- The log, read-only in this process (the lua5.4 build).
+        local log = assert(takhin.open_log({ dir = data_dir, readonly = true }))
+        assert.are.equal(0, log:base_offset())
+        assert.are.equal(N, log:high_water_mark())
+        assert.is_true(log:num_segments() > 1, "expected several segments")
+        local records, n_records = {}, 0
+        for rec in log:records(0, N) do
+            n_records = n_records + 1
+            local a = by_offset[rec.offset]
+            assert(a.req.value == rec.value, "value at " .. rec.offset .. " is not " .. a.req.name .. "'s")
+            assert(a.req.key == rec.key, "key at " .. rec.offset .. " is not " .. a.req.name .. "'s")
+            records[rec.offset] = rec
+        end
+        assert.are.equal(N, n_records)
+
+        -- Snapshots: each verifies and holds a prefix of the log.
+        local sm = assert(takhin.snapshot_manager(data_dir))
+        local list = sm:list()
+        local labels, sched_by, n_sched, n_api = {}, {}, 0, 0
+        local check_dir = tmp .. "/check"
+        for k, s in ipairs(list) do
+            assert(sm:verify(s.id))
+            assert.are.equal(0, s.base_offset)
+            assert.is_true(s.high_water_mark <= N)
+            local target = check_dir .. k
+            assert(sm:restore(s.id, target))
+            local r = assert(takhin.open_log({ dir = target, readonly = true }))
+            assert.are.equal(s.high_water_mark, r:high_water_mark(), s.id)
+            for rec in r:records() do
+                local want = records[rec.offset]
+                assert(rec.value == want.value and rec.key == want.key
+                       and rec.timestamp == want.timestamp,
+                       "snapshot " .. s.id .. " differs from the log at offset " .. rec.offset)
+            end
+            r:close()
+            util.sh("rm -rf " .. q(target))
+            labels[s.id] = s.label
+            local who = s.label and s.label:match("^scheduler (worker=%d+ pid=%d+)$")
+            if who then
+                n_sched = n_sched + 1
+                sched_by[who] = true
+            else
+                assert.truthy(s.label and s.label:match("^api worker=%d+ pid=%d+$"), tostring(s.label))
+                n_api = n_api + 1
+            end
+        end
+        for _, s in ipairs(api_snaps) do
+            assert.are.equal(s.label, labels[s.id], "API snapshot " .. tostring(s.id) .. " listed")
+        end
+        assert.are.equal(#api_snaps, n_api)
+        assert.is_true(n_sched >= 2, "scheduler snapshots: " .. n_sched .. "\n" .. listing)
+        local schedulers = {}
+        for who in pairs(sched_by) do schedulers[#schedulers + 1] = who end
+        assert.are.equal(1, #schedulers, "scheduler snapshots by " .. table.concat(schedulers, ", "))
+        assert.truthy(schedulers[1]:match("^worker=0 "), schedulers[1])
+        sm:close()
+
+        -- The restore made through the server.
+        local r = assert(takhin.open_log({ dir = restore_dir .. "/r1", readonly = true }))
+        assert.are.equal(rsnap.hwm, r:high_water_mark())
+        for rec in r:records() do
+            assert(rec.value == records[rec.offset].value, "restored r1 differs at " .. rec.offset)
+        end
+        r:close()
+        log:close()
+
+        -- A clean error log.
+        local bad = error_lines(server.error_log)
+        assert.are.equal(0, #bad, "error log:\n" .. table.concat(bad, "\n"))
+
+        local wl = {}
+        for w, n in pairs(workers_seen) do wl[#wl + 1] = ("worker %d: %d"):format(w, n) end
+        table.sort(wl)
+        local cuts = {}
+        for _, s in ipairs(api_snaps) do
+            cuts[#cuts + 1] = ("%d%s"):format(s.hwm, s.during_load and "" or " (after)")
+        end
+        print(("\n# openresty: %d appends acknowledged (%s), %d snapshots (%d scheduled by %s, "
+               .. "%d through POST /snapshot at %s), %d segments")
+              :format(N, table.concat(wl, ", "), #list, n_sched, schedulers[1], n_api,
+                      table.concat(cuts, ", "), #util.ls_suffix(data_dir, ".log")))
+    end)
+end)
