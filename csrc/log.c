@@ -318,6 +318,28 @@ out:
     return rc;
 }
 
+/* Loads the listed segments whose base is >= from: sealed ones as they
+ * are, the last one with recovery. */
+static tk_code load_listed(tk_log *log, const int64_t *bases, size_t n, int64_t from,
+                           tk_err *err) {
+    tk_code rc = TK_OK;
+    for (size_t i = 0; i < n && rc == TK_OK; i++) {
+        tk_segment *s;
+        if (bases[i] < from) continue;
+        if (!(s = tk_seg_new(bases[i])) || push_segment(log, s) < 0) {
+            tk_seg_free(s);
+            return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
+        }
+        if (i + 1 < n) {
+            s->next = bases[i + 1];
+            rc = load_sealed(log, s, err);
+        } else {
+            rc = load_active(log, s, err);
+        }
+    }
+    return rc;
+}
+
 static tk_code load_segments(tk_log *log, tk_err *err) {
     int64_t *bases = NULL;
     size_t n = 0;
@@ -335,21 +357,7 @@ static tk_code load_segments(tk_log *log, tk_err *err) {
         }
         return TK_OK;
     }
-    for (size_t i = 0; i < n; i++) {
-        tk_segment *s = tk_seg_new(bases[i]);
-        if (!s || push_segment(log, s) < 0) {
-            tk_seg_free(s);
-            rc = tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
-            break;
-        }
-        if (i + 1 < n) {
-            s->next = bases[i + 1];
-            rc = load_sealed(log, s, err);
-        } else {
-            rc = load_active(log, s, err);
-        }
-        if (rc != TK_OK) break;
-    }
+    rc = load_listed(log, bases, n, INT64_MIN, err);
     free(bases);
     return rc;
 }
@@ -422,21 +430,7 @@ static tk_code reload_from(tk_log *log, size_t k, tk_err *err) {
     log->gen++;
     if (k == 0) return load_segments(log, err);
     if ((rc = list_bases(log, &bases, &n, err)) != TK_OK) return rc;
-    for (size_t i = 0; i < n && rc == TK_OK; i++) {
-        tk_segment *s;
-        if (bases[i] < from) continue;
-        if (!(s = tk_seg_new(bases[i])) || push_segment(log, s) < 0) {
-            tk_seg_free(s);
-            rc = tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
-            break;
-        }
-        if (i + 1 < n) {
-            s->next = bases[i + 1];
-            rc = load_sealed(log, s, err);
-        } else {
-            rc = load_active(log, s, err);
-        }
-    }
+    rc = load_listed(log, bases, n, from, err);
     free(bases);
     if (rc == TK_OK && log->nsegs == 0) rc = load_segments(log, err);
     return rc;
