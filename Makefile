@@ -83,7 +83,7 @@ fault: deps
 FAULT_BUILD ?= $(BUILD)-fault
 
 test: deps
-	@$(MAKE) --no-print-directory all fault
+	@$(MAKE) --no-print-directory all fault fuzz-short-wrapper
 	@$(MAKE) --no-print-directory luajit
 	@LUAJIT_BUILD=build/luajit TAKHIN_FAULT_BUILD=$(FAULT_BUILD) sh scripts/run-tests.sh $(BUILD) $(LUA)
 

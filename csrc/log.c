@@ -243,7 +243,7 @@ static tk_code load_sealed(tk_log *log, tk_segment *s, tk_err *err) {
     s->size = size;
     if ((rc = tk_seg_load_index(log->dir, s, size, 1, &whole, err)) != TK_OK) return rc;
     if (whole) return TK_OK;
-    if ((rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, size, err)) != TK_OK)
+    if ((rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, size, 0, err)) != TK_OK)
         return rc;
     if (log->o.readonly) return TK_OK;
     return tk_seg_write_index(log->dir, s, 1, durable(log), err);
@@ -745,7 +745,7 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
     if (offset < s->next) {
         rc = tk_seg_locate(log->dir, s, &c, offset, s->size, &pos, err);
         if (rc == TK_STALE) {
-            rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, s->size, err);
+            rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, s->size, 1, err);
             if (rc == TK_OK) rc = tk_seg_locate(log->dir, s, &c, offset, s->size, &pos, err);
             if (rc == TK_STALE) rc = tk_fail(err, TK_CORRUPT, "truncate %s: index of segment %020"
                                              PRId64 " is unusable", log->dir, s->base);
@@ -919,7 +919,7 @@ static tk_code repair_index(tk_log *log, int64_t offset, tk_err *err) {
         size_t k = find_segment(log, offset);
         tk_segment *s = log->segs[k];
         int sealed = k + 1 < log->nsegs;
-        rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, s->size, err);
+        rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, s->size, !sealed, err);
         if (rc == TK_OK && !log->o.readonly)
             rc = tk_seg_write_index(log->dir, s, sealed, durable(log), err);
         log->gen++;
@@ -1085,7 +1085,8 @@ tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err) {
             *done = 1;
             return TK_OK;
         }
-        if (!it->positioned || it->gen != log->gen) rc = iter_position(it, err);
+        int fresh = !it->positioned || it->gen != log->gen;
+        if (fresh) rc = iter_position(it, err);
         if (rc == TK_OK) {
             s = log->segs[it->si];
             while (it->next >= s->next && it->si + 1 < log->nsegs) {
@@ -1093,6 +1094,18 @@ tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err) {
                 it->pos = 0;
             }
             rc = tk_seg_read_at(log->dir, s, &it->c, it->pos, it->next, s->size, &h, &p, err);
+            /* Damage right before this record leaves the running position
+             * on it, not on the record: the index knows where it is. */
+            if (rc == TK_CORRUPT && !fresh) {
+                uint64_t at;
+                tk_err scratch;
+                if (tk_seg_locate(log->dir, s, &it->c, it->next, s->size, &at, &scratch) == TK_OK &&
+                    at != it->pos) {
+                    it->pos = at;
+                    rc = tk_seg_read_at(log->dir, s, &it->c, it->pos, it->next, s->size, &h, &p,
+                                        err);
+                }
+            }
         }
         if (rc == TK_OK) {
             fill_record(rec, &h, p);

@@ -220,11 +220,13 @@ static int resync(tk_segment *s, tk_cursor *c, int fd, uint64_t *pos, int64_t *e
 tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
                     int64_t *expect, tk_idxstate *st, uint32_t interval,
                     uint64_t end, int check_crc, tk_err *err) {
-    int64_t limit = check_crc ? INT64_MAX : s->next;
+    /* Relative offsets are uint32: a segment never holds more records. */
+    int64_t limit = s->base + (int64_t)UINT32_MAX;
+    if (!check_crc && s->next < limit) limit = s->next;
     int fd;
     tk_code rc = tk_seg_fd(dir, s, &fd, err);
     if (rc != TK_OK) return rc;
-    while (*pos < end && *expect < INT64_MAX) {
+    while (*pos < end && *expect < limit) {
         tk_rec_hdr h;
         const unsigned char *p = cursor_get(c, s, fd, *pos, TK_REC_HEADER, end);
         uint64_t total = 0;
@@ -269,14 +271,14 @@ tk_code tk_seg_ensure_crc(const char *dir, tk_segment *s, tk_err *err) {
 }
 
 tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
-                       uint64_t end, tk_err *err) {
+                       uint64_t end, int check_crc, tk_err *err) {
     tk_cursor c = { .chunk = 1 << 16 };
     tk_idxstate st = { 0, TK_TS_NONE };
     uint64_t pos = 0;
     int64_t expect = s->base;
     tk_code rc;
     tk_index_truncate(&s->ix, 0);
-    rc = tk_seg_scan(dir, s, &c, &pos, &expect, &st, interval, end, 0, err);
+    rc = tk_seg_scan(dir, s, &c, &pos, &expect, &st, interval, end, check_crc, err);
     tk_cursor_free(&c);
     if (rc != TK_OK) return rc;
     s->max_ts = st.max_ts;

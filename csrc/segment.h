@@ -73,9 +73,11 @@ tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
  * holds the log exclusively (or is the only user of s). */
 tk_code tk_seg_ensure_crc(const char *dir, tk_segment *s, tk_err *err);
 
-/* Rebuilds the in-memory index from the whole .log (up to end). */
+/* Rebuilds the in-memory index from the whole .log (up to end).  check_crc
+ * as for tk_seg_scan: the active segment is rebuilt the way recovery reads
+ * it (CRCs checked), a sealed one by sound headers. */
 tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
-                       uint64_t end, tk_err *err);
+                       uint64_t end, int check_crc, tk_err *err);
 
 /* Byte position of `offset` (TK_STALE when an index entry is wrong). */
 tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,

@@ -15,7 +15,7 @@
  *           bits 1-2 index files of the active segment: 0 absent,
  *                    1 raw input bytes, 2 raw input bytes whose entry (and
  *                    trailer) CRCs the harness fixes, 3 derived: what a
- *                    writer would have written for the valid records
+ *                    writer would have written for the accepted records
  *           bits 3-4 the same for the sealed segment
  *           bit 5    fix record CRCs: walk each .log by its length fields
  *                    and store the right CRC32C (see [2])
@@ -24,7 +24,9 @@
  *   [1]     low nibble: index_interval_bytes to open with; high nibble: the
  *           interval of derived index files (table `intervals`)
  *   [2]     record i keeps its CRC when bit (i % 8) is set (with bit 5)
- *   [3..10] N, u64 little-endian, masked to 63 bits (0 reads as 1)
+ *   [3..10] N, u64 little-endian, masked to 63 bits (0 reads as 1); N above
+ *           INT64_MAX - 2^33 names no segment: its files are written but
+ *           must be ignored (and left alone), and segment 0 is active
  *   then chunks, each u16 length + bytes: .log, .index, .timeindex of
  *   segment 0, then of segment N.  Index chunks are used by modes 1 and 2;
  *   in mode 3 the .index chunk is a list of damage, 3 bytes each (u16
@@ -39,13 +41,22 @@
  *   - the writer never modifies a sealed .log, leaves the active .log a
  *     prefix of what was written, and its size is the size it reports;
  *   - the first read-only handle and the first writer agree on everything;
- *   - when the index files are absent or derived (modes 0 and 3), results
- *     are exact (docs/FORMAT.md, "Recovery"): the active segment ends after
- *     the last record of its valid prefix and the .log is cut there; every
- *     record of that prefix reads back; in the sealed segment a record reads
- *     back iff its header chain reaches it and its CRC matches, otherwise
- *     CORRUPT; offset_for_time is the first offset with timestamp >= t; and
- *     all four handles agree;
+ *   - when the index files are absent or derived (modes 0 and 3) and the
+ *     .log was not damaged afterwards, results are exact (docs/FORMAT.md,
+ *     "Recovery"; ref_scan is the model): a scan takes records one by one;
+ *     at an incomplete or invalid one (unsound header, unexpected offset,
+ *     past the end, or -- in the active segment's CRC-checking scan -- a CRC
+ *     mismatch) it searches byte by byte for the next intact record (sound
+ *     header, offset >= expected and < limit, complete, CRC matching) and
+ *     goes on there, else stops.  The active segment ends after the last
+ *     accepted record, the .log is cut exactly there, and its high water
+ *     mark is one past that record's offset; accepted records read back;
+ *     offsets in holes read CORRUPT (unless the header walk of a read
+ *     reaches an intact record there: model_read); in the sealed segment
+ *     (scanned like the index rebuild: no CRC checks, limit N) an accepted
+ *     record reads back iff its CRC matches, anything else is CORRUPT;
+ *     offset_for_time is the first offset with timestamp >= t when there is
+ *     no hole; and all four handles agree;
  *   - with honest index files (modes 0 and 3, damaged or not) reads are
  *     stable: a second pass over the offsets gives what the first gave, and
  *     the writer's reopen (and a reader opened beside the first writer)
@@ -57,8 +68,10 @@
  * design, so only the first three checks and the last apply there.
  *
  * Known engine findings (fuzz/README.md) are stepped around unless the
- * environment sets FUZZ_NO_KNOWN: 1 (timestamps INT64_MIN), 2 (offsets
- * near INT64_MAX: N is clamped), 4 (damaged header under an index entry).
+ * environment sets FUZZ_NO_KNOWN: 1 (timestamps INT64_MIN), 5 (an
+ * iterator does not step over garbage before a resynced record), 6 (a
+ * resync to an offset >= base + 2^32: the input is skipped).  Findings 2,
+ * 3 and 4 are fixed and checked.  FUZZ_DEBUG prints the model's records.
  */
 #include "common.c"
 
@@ -76,9 +89,10 @@ static const uint32_t intervals[16] = { 1, 2, 7, 34, 64, 100, 256, 4096,
 typedef struct refrec {
     uint64_t pos;
     uint64_t total;
-    int crc_ok;
+    int64_t off;
     int64_t ts;
-    int entry;              /* derive_index gave it an index entry */
+    int crc_ok;
+    int forced;             /* found by a resync: the scan gives it an index entry */
 } refrec;
 
 typedef struct seg {
@@ -86,12 +100,14 @@ typedef struct seg {
     int sealed, mode;
     int damaged;            /* mode 3: the .log was damaged after deriving */
     fz_buf log, idx, tim, dmg;
-    /* the reference scan of log */
+    /* the reference scan of log (ref_scan): the accepted records, in order,
+     * with strictly increasing offsets */
     refrec *r;
     size_t rcap;
-    size_t chain;           /* records with a sound header and the expected offset */
-    size_t valid;           /* leading records of the chain whose CRC matches */
-    uint64_t valid_end;     /* byte after the last of those */
+    size_t nrec;
+    size_t resyncs;         /* records found by a resync */
+    int64_t next_off;       /* the expected offset when the scan stopped */
+    uint64_t end;           /* where it stopped: byte after the last accepted record */
 } seg;
 
 typedef struct result {
@@ -119,7 +135,8 @@ static struct {
     size_t ntimes;
     int strict_active, strict_sealed, strict_time;
     int honest;             /* no index file of the run lies (modes 0 and 3) */
-    int known_repair;       /* finding 4 */
+    int ignored;            /* N is too large to name a segment: the log has segment 0 only */
+    int known_rebuild;      /* finding 7 */
     int known_ts_none;      /* a segment whose records all have timestamp INT64_MIN */
     int shared;             /* w2, w3, w4 are shared-mode writers */
     fz_buf frame;
@@ -146,35 +163,83 @@ static void fix_records(seg *s, int fix_off, int fix_crc, unsigned keep_mask) {
     }
 }
 
-/* The valid records by docs/FORMAT.md, independently of the engine. */
-static void ref_scan(seg *s) {
-    const unsigned char *b = s->log.p;
+/* The record at byte q of s->log if it is intact enough: a sound header
+ * (magic, attributes, lengths that agree, at most 1 GiB, offset >= 0), an
+ * offset in [lo, hi), complete within the .log and, when `crc`, a matching
+ * CRC.  Independent of the engine (record.h describes the format). */
+static int rec_at(const seg *s, uint64_t q, int64_t lo, int64_t hi, int crc, refrec *out) {
     size_t len = s->log.len;
+    const unsigned char *p = s->log.p + q;
+    uint32_t length, klen, vlen;
+    int64_t off;
+    int ok;
+    if (q > len || len - q < TK_REC_HEADER) return 0;
+    length = fz_ld32(p);
+    klen = fz_ld32(p + 26);
+    vlen = fz_ld32(p + 30);
+    off = (int64_t)fz_ld64(p + 10);
+    if (p[8] != 1 || (p[9] & ~1u) || length < 30 || length > (1u << 30)) return 0;
+    if (30ull + klen + vlen != length || (!(p[9] & 1) && klen)) return 0;
+    if (off < 0 || off < lo || off >= hi) return 0;
+    if ((uint64_t)length + 4 > len - q) return 0;
+    ok = tk_crc32c(0, p + 8, length - 4) == fz_ld32(p + 4);
+    if (crc && !ok) return 0;
+    *out = (refrec){ q, 4 + (uint64_t)length, off, (int64_t)fz_ld64(p + 18), ok, 0 };
+    return 1;
+}
+
+/* The records a scan accepts, by docs/FORMAT.md ("Recovery"), independently
+ * of the engine.  Record by record from byte 0 and offset base: a record
+ * with a sound header and the expected offset, complete, and (check_crc) with
+ * a matching CRC is accepted.  Otherwise the scan looks byte by byte from the
+ * next byte on for an intact record: sound header, offset in [expected,
+ * limit), complete, CRC matching.  Found: the scan goes on there (a hole, or
+ * garbage stepped over); not found: it stops (a torn or garbage tail).
+ * The active segment's recovery checks CRCs with limit INT64_MAX; a sealed
+ * segment's index rebuild walks headers only, with limit = its next offset. */
+static void ref_scan(seg *s, int check_crc, int64_t limit) {
     uint64_t pos = 0;
     int64_t expect = s->base;
-    int all_ok = 1;
-    s->chain = s->valid = 0;
-    s->valid_end = 0;
-    while (len - pos >= TK_REC_HEADER) {
-        const unsigned char *p = b + pos;
-        uint32_t length = fz_ld32(p), klen = fz_ld32(p + 26), vlen = fz_ld32(p + 30);
-        int64_t off = (int64_t)fz_ld64(p + 10);
-        int ok;
-        if (p[8] != 1 || (p[9] & ~1u) || length < 30 || length > (1u << 30)) break;
-        if (30ull + klen + vlen != length || (!(p[9] & 1) && klen)) break;
-        if (off != expect || (uint64_t)length + 4 > len - pos) break;
-        ok = tk_crc32c(0, p + 8, length - 4) == fz_ld32(p + 4);
-        if (s->chain == s->rcap) {
+    s->nrec = s->resyncs = 0;
+    /* Relative offsets are uint32: no segment holds a record beyond that. */
+    if (s->base <= INT64_MAX - (int64_t)UINT32_MAX && limit > s->base + (int64_t)UINT32_MAX)
+        limit = s->base + (int64_t)UINT32_MAX;
+    while (pos < s->log.len && expect < limit) {
+        refrec rr;
+        if (!rec_at(s, pos, expect, expect + 1, check_crc, &rr)) {
+            uint64_t q = pos + 1;
+            while (q + TK_REC_HEADER <= s->log.len && !rec_at(s, q, expect, limit, 1, &rr)) q++;
+            if (q + TK_REC_HEADER > s->log.len) break;
+            rr.forced = 1;
+            s->resyncs++;
+        }
+        if (s->nrec == s->rcap) {
             s->rcap = s->rcap ? 2 * s->rcap : 64;
             s->r = realloc(s->r, s->rcap * sizeof *s->r);
             FZ_CHECK(s->r != NULL, "out of memory");
         }
-        s->r[s->chain++] = (refrec){ pos, 4 + (uint64_t)length, ok, (int64_t)fz_ld64(p + 18), 0 };
-        if (all_ok && ok) { s->valid++; s->valid_end = pos + 4 + length; } else all_ok = 0;
-        pos += 4 + (uint64_t)length;
-        if (expect == INT64_MAX) break;
-        expect++;
+        s->r[s->nrec++] = rr;
+        pos = rr.pos + rr.total;
+        expect = rr.off + 1;
     }
+    s->end = pos;
+    s->next_off = expect;
+}
+
+/* The accepted record with offset o, or NULL. */
+static const refrec *find_rec(const seg *s, int64_t o) {
+    size_t lo = 0, hi = s->nrec;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->r[mid].off < o) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < s->nrec && s->r[lo].off == o ? &s->r[lo] : NULL;
+}
+
+static void scan_seg(seg *s) {
+    if (s->sealed) ref_scan(s, 0, g.n);
+    else ref_scan(s, 1, INT64_MAX);
 }
 
 static void put_entry(fz_buf *idx, fz_buf *tim, uint32_t rel, uint32_t pos, int64_t max_ts) {
@@ -189,22 +254,21 @@ static void put_entry(fz_buf *idx, fz_buf *tim, uint32_t rel, uint32_t pos, int6
     fz_buf_put(tim, e, 16);
 }
 
-/* What a writer would have left: an entry each time `interval` bytes of
- * records were appended since the last one (none for the first record),
- * and for a sealed segment the trailer written when it rolled at `next`. */
+/* What a writer would have left: over the accepted records (below `next`
+ * in a sealed segment), an entry each time `interval` bytes of records were
+ * accepted since the last one (none for the first record) and one for each
+ * record a resync found; for a sealed segment also the trailer written when
+ * it rolled at `next`. */
 static void derive_index(seg *s, int64_t next, uint32_t interval) {
     uint64_t since = 0;
     int64_t mx = INT64_MIN;
-    size_t n = s->valid;
     s->idx.len = s->tim.len = 0;
-    if (s->sealed && (uint64_t)(next - s->base) < n) n = (size_t)(next - s->base);
-    for (size_t i = 0; i < n; i++) {
-        int due = since >= interval;
+    for (size_t i = 0; i < s->nrec && s->r[i].off < next; i++) {
+        int due = since >= interval || s->r[i].forced;
         if (s->r[i].ts > mx) mx = s->r[i].ts;
         if (due) {
             since = 0;
-            s->r[i].entry = 1;
-            put_entry(&s->idx, &s->tim, (uint32_t)i, (uint32_t)s->r[i].pos, mx);
+            put_entry(&s->idx, &s->tim, (uint32_t)(s->r[i].off - s->base), (uint32_t)s->r[i].pos, mx);
         }
         since += s->r[i].total;
     }
@@ -278,11 +342,22 @@ static void make_probes(void) {
     g.nprobes = 0;
     for (size_t i = 0; i < sizeof edges / sizeof *edges; i++) add_probe(edges[i]);
     if (g.two) {
-        uint64_t c = g.s[0].chain + 3 < SPAN ? g.s[0].chain + 3 : SPAN;
+        uint64_t c = g.s[0].nrec + 3 < SPAN ? g.s[0].nrec + 3 : SPAN;
         add_range(1, c, g.n);
         add_range(g.n - 2 > 0 ? g.n - 2 : 0, 3, INT64_MAX);
     }
-    add_range(a->base, a->chain + 3 < SPAN ? a->chain + 3 : SPAN, INT64_MAX);
+    add_range(a->base, a->nrec + 3 < SPAN ? a->nrec + 3 : SPAN, INT64_MAX);
+    /* both edges of each hole or resync point, and the active end */
+    for (int k = 0; k < (g.two ? 2 : 1); k++) {
+        const seg *s = &g.s[k];
+        for (size_t i = 0, m = 0; i < s->nrec && m < 48; i++) {
+            if (!s->r[i].forced) continue;
+            m++;
+            if (i > 0) add_range(s->r[i - 1].off + 1, 2, INT64_MAX);
+            add_range(s->r[i].off > 1 ? s->r[i].off - 1 : 0, 3, INT64_MAX);
+        }
+    }
+    add_range(a->next_off > 1 ? a->next_off - 1 : 0, 3, INT64_MAX);
     g.ntimes = 0;
     add_time(INT64_MIN);
     add_time(INT64_MAX);
@@ -290,7 +365,7 @@ static void make_probes(void) {
     for (int k = 0; k < 2; k++) {
         const seg *s = &g.s[k];
         if (k == 1 && !g.two) break;
-        for (size_t i = 0; i < s->chain && g.ntimes + 2 <= MAX_TIMES; i++) {
+        for (size_t i = 0; i < s->nrec && g.ntimes + 2 <= MAX_TIMES; i++) {
             add_time(s->r[i].ts);
             if (s->r[i].ts < INT64_MAX) add_time(s->r[i].ts + 1);
         }
@@ -324,6 +399,22 @@ static uint32_t check_record(const char *who, int64_t o, const tk_record *rec, u
              fz_ld32(g.frame.p + 4), (long long)s->base);
     *flen = (uint32_t)size;
     return tk_crc32c(0, g.frame.p, (size_t)size);
+}
+
+/* The next offset after o that the model accepts in o's segment, else
+ * that segment's end (INT64_MAX for the active one). */
+static int64_t skip_to(int64_t o) {
+    const seg *s = seg_of(o);
+    const refrec *r = NULL;
+    size_t lo = 0, hi = s->nrec;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->r[mid].off <= o) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < s->nrec) r = &s->r[lo];
+    if (s->sealed) return r && r->off < g.n ? r->off : g.n;
+    return r ? r->off : INT64_MAX;
 }
 
 static void run_handle(const char *who, tk_log *log, result *r, int writer) {
@@ -384,8 +475,9 @@ static void run_handle(const char *who, tk_log *log, result *r, int writer) {
             r->nit++;
             if (rc != TK_OK) {
                 FZ_CHECK(rc == TK_CORRUPT, "%s: iterating at %lld: %s", who, (long long)cur, e.msg);
-                /* a sealed segment may lack many offsets: skip to the next one */
-                cur = g.two && cur < g.n && ++errs > 4 ? g.n : cur + 1;
+                /* a segment may lack many offsets: skip to the next record the
+                 * model has (the end of the sealed segment, or of the log) */
+                cur = ++errs > 4 ? skip_to(cur) : cur + 1;
                 break;
             }
             uint32_t flen;
@@ -425,57 +517,91 @@ static void run_handle(const char *who, tk_log *log, result *r, int writer) {
 /* The exact model (index files absent or derived)                      */
 /* ------------------------------------------------------------------ */
 
-/* The expected read of o: TK_OK with the record's reference index, or an error. */
-static tk_code model_read(int64_t o, int64_t hwm, const seg **sp, size_t *idx) {
+/* The expected read of o: TK_OK with the record, or an error.  Beyond the
+ * high water mark: OUT_OF_RANGE; an accepted record: OK when its CRC
+ * matches (always in the active segment), else CORRUPT; an offset in a hole
+ * (or, in a sealed segment, past the records): CORRUPT. */
+static tk_code model_read(int64_t o, int64_t hwm, const seg **sp, const refrec **rp) {
+    static refrec walked;
     const seg *s = seg_of(o);
+    const refrec *r;
+    size_t lo = 0, hi;
+    uint64_t pos = 0;
+    int64_t at;
     if (o < 0 || o >= hwm) return TK_OUT_OF_RANGE;
     *sp = s;
-    *idx = (size_t)(o - s->base);
-    if (!s->sealed) return (uint64_t)(o - s->base) < s->valid ? TK_OK : TK_OUT_OF_RANGE;
-    return (uint64_t)o < s->chain && s->r[o].crc_ok ? TK_OK : TK_CORRUPT;
+    *rp = r = find_rec(s, o);
+    if (r) return r->crc_ok ? TK_OK : TK_CORRUPT;
+    /* In a hole, reads walk record headers on from the last accepted record
+     * before it: when their chain (sound headers, consecutive offsets; CRCs
+     * are not checked on the way) reaches o and the record there is intact,
+     * it is read.  That happens when a record the scan rejected for its CRC
+     * is followed by intact records that a resync did not pick (it picked an
+     * earlier intact record with a larger offset). */
+    for (hi = s->nrec; lo < hi;) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->r[mid].off < o) lo = mid + 1;
+        else hi = mid;
+    }
+    at = s->base;
+    if (lo > 0) {
+        pos = s->r[lo - 1].pos + s->r[lo - 1].total;
+        at = s->r[lo - 1].off + 1;
+    }
+    for (;;) {
+        /* (a sound header past the end stops the walk there, too) */
+        if (!rec_at(s, pos, at, at + 1, 0, &walked)) return TK_CORRUPT;
+        if (at == o) {
+            *rp = &walked;
+            return walked.crc_ok ? TK_OK : TK_CORRUPT;
+        }
+        pos += walked.total;
+        at++;
+    }
 }
 
 static void check_model(const char *who, const result *r) {
     const seg *a = active_seg();
     if (g.strict_active)
-        FZ_CHECK(r->hwm == a->base + (int64_t)a->valid,
-                 "%s: high water mark %lld, expected %lld (segment %lld: %zu valid records)",
-                 who, (long long)r->hwm, (long long)(a->base + (int64_t)a->valid),
-                 (long long)a->base, a->valid);
+        FZ_CHECK(r->hwm == a->next_off,
+                 "%s: high water mark %lld, expected %lld (segment %lld: %zu records, %zu "
+                 "after a resync)", who, (long long)r->hwm, (long long)a->next_off,
+                 (long long)a->base, a->nrec, a->resyncs);
     for (size_t i = 0; i < g.nprobes; i++) {
         int64_t o = g.probes[i];
         const seg *s = seg_of(o);
         const seg *ms = NULL;
-        size_t k = 0;
+        const refrec *mr = NULL;
         tk_code want;
         if (o >= 0 && (s->sealed ? !g.strict_sealed : !g.strict_active)) continue;
-        want = model_read(o, r->hwm, &ms, &k);
+        want = model_read(o, r->hwm, &ms, &mr);
         FZ_CHECK(r->rc[i] == want, "%s: read(%lld) gave %s, expected %s", who, (long long)o,
                  tk_code_name(r->rc[i]), tk_code_name(want));
         if (want == TK_OK)
-            FZ_CHECK(r->flen[i] == ms->r[k].total &&
-                     r->fcrc[i] == tk_crc32c(0, ms->log.p + ms->r[k].pos, ms->r[k].total),
+            FZ_CHECK(r->flen[i] == mr->total &&
+                     r->fcrc[i] == tk_crc32c(0, ms->log.p + mr->pos, mr->total),
                      "%s: read(%lld) is not the record at byte %llu of %020lld.log", who,
-                     (long long)o, (unsigned long long)ms->r[k].pos, (long long)ms->base);
+                     (long long)o, (unsigned long long)mr->pos, (long long)ms->base);
     }
     for (size_t i = 0; i < r->nit; i++) {
         int64_t o = r->ioff[i];
         const seg *s = seg_of(o), *ms = NULL;
-        size_t k = 0;
+        const refrec *mr = NULL;
         tk_code want;
         if (s->sealed ? !g.strict_sealed : !g.strict_active) continue;
-        want = model_read(o, r->hwm, &ms, &k);
+        want = model_read(o, r->hwm, &ms, &mr);
         FZ_CHECK(r->irc[i] == want, "%s: iterator at %lld gave %s, expected %s", who,
                  (long long)o, tk_code_name(r->irc[i]), tk_code_name(want));
         if (want == TK_OK)
-            FZ_CHECK(r->icrc[i] == tk_crc32c(0, ms->log.p + ms->r[k].pos, ms->r[k].total),
+            FZ_CHECK(r->icrc[i] == tk_crc32c(0, ms->log.p + mr->pos, mr->total),
                      "%s: iterator at %lld: not the record at byte %llu", who, (long long)o,
-                     (unsigned long long)ms->r[k].pos);
+                     (unsigned long long)mr->pos);
     }
     if (!g.strict_time) return;
     for (size_t i = 0; i < g.ntimes; i++) {
         int64_t t = g.times[i], want = r->hwm;
         if (t == INT64_MIN && g.known_ts_none) continue;     /* finding 1, README */
+        /* strict_time: the records are exactly 0 .. hwm-1, no holes */
         for (int64_t o = 0; o < r->hwm; o++) {
             const seg *s = seg_of(o);
             if (s->r[o - s->base].ts >= t) { want = o; break; }
@@ -533,8 +659,15 @@ static void check_files(const char *who) {
                      "%s: active %s is not a prefix of what was written (%zu -> %zu bytes)",
                      who, path, s->log.len, b.len);
         if (!s->sealed && g.strict_active)
-            FZ_CHECK(b.len == s->valid_end, "%s: active %s cut at %zu, expected %llu", who,
-                     path, b.len, (unsigned long long)s->valid_end);
+            FZ_CHECK(b.len == s->end, "%s: active %s cut at %zu, expected %llu", who,
+                     path, b.len, (unsigned long long)s->end);
+    }
+    if (g.ignored) {        /* not a segment: nobody touches it */
+        const seg *s = &g.s[1];
+        fz_seg_name(path, sizeof path, g.dir, s->base, ".log");
+        FZ_CHECK(fz_read_file(path, &b) == 0 && b.len == s->log.len &&
+                 (b.len == 0 || memcmp(b.p, s->log.p, b.len) == 0),
+                 "%s: %s (not a segment) was modified or removed", who, path);
     }
     fz_buf_free(&b);
 }
@@ -591,66 +724,84 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     if (!g.dir[0]) snprintf(g.dir, sizeof g.dir, "%s/log", fz_scratch("fuzz_segment"));
     g.two = flags & 1;
-    g.known_repair = 0;
     g.shared = (flags & 0x80) != 0;
     g.n = n ? (int64_t)n : 1;
-    /* finding 2 (README): offsets within 2^32 of INT64_MAX overflow */
-    if (g.n > INT64_MAX - ((int64_t)1 << 33) && !getenv("FUZZ_NO_KNOWN"))
-        g.n = INT64_MAX - ((int64_t)1 << 33);
+    /* A base above INT64_MAX - 2^33 names no segment (offsets in a segment
+     * are base + u32): the engine ignores that .log, and segment 0 is the
+     * active one. */
+    g.ignored = g.two && g.n > INT64_MAX - ((int64_t)1 << 33);
+    if (g.ignored) g.two = 0;
     for (int k = 0; k < 2; k++) {
         seg *s = &g.s[k];
+        int own_bits = g.two || g.ignored ? (k == 0 ? 3 : 1) : 1;
         s->base = k == 0 ? 0 : g.n;
         s->sealed = g.two && k == 0;
-        s->mode = (flags >> (s->sealed ? 3 : 1)) & 3;
+        s->mode = (flags >> own_bits) & 3;
         take_chunk(&in, &s->log);
         take_chunk(&in, &s->idx);
         take_chunk(&in, &s->tim);
         if (k == 1 && !g.two) break;
         fix_records(s, flags & 0x40, flags & 0x20, keep);
-        ref_scan(s);
+        scan_seg(s);
         if (s->mode == 2) fix_index_crcs(s);
         s->damaged = 0;
         if (s->mode == 3) {
             s->dmg.len = 0;
             fz_buf_put(&s->dmg, s->idx.p, s->idx.len);
             derive_index(s, s->sealed ? g.n : INT64_MAX, derive_iv);
-            int hdr_hit = 0, entry_hit = 0;
             for (size_t d = 0; d + 3 <= s->dmg.len && s->log.len > 0; d += 3) {
                 size_t at = fz_ld16(s->dmg.p + d) % s->log.len;
                 if (!s->dmg.p[d + 2]) continue;
                 s->log.p[at] ^= s->dmg.p[d + 2];
                 s->damaged = 1;
-                for (size_t i = 0; i < s->chain; i++) {
-                    hdr_hit |= at >= s->r[i].pos && at < s->r[i].pos + TK_REC_HEADER;
-                    entry_hit |= s->r[i].entry && at >= s->r[i].pos && at < s->r[i].pos + s->r[i].total;
-                }
             }
-            /* finding 4 (README): a damaged header, and damage in a record the
-             * index names (so that a read rebuilds the index) */
-            g.known_repair |= hdr_hit && entry_hit && !getenv("FUZZ_NO_KNOWN");
-            if (s->damaged) ref_scan(s);
+            if (s->damaged) scan_seg(s);
         }
     }
-    g.strict_active = (active_seg()->mode == 0 || active_seg()->mode == 3) && !active_seg()->damaged;
+    g.known_rebuild = 0;      /* finding 7 is fixed: the guard is gone */
+    g.strict_active = (active_seg()->mode == 0 || active_seg()->mode == 3) && !active_seg()->damaged &&
+                      !g.known_rebuild;
     g.strict_sealed = g.two && (g.s[0].mode == 0 || g.s[0].mode == 3) && !g.s[0].damaged;
     g.honest = (active_seg()->mode == 0 || active_seg()->mode == 3) &&
-               (!g.two || g.s[0].mode == 0 || g.s[0].mode == 3) && !g.known_repair;
-    g.strict_time = g.strict_active &&
-                    (!g.two || (g.strict_sealed && g.s[0].chain == (uint64_t)g.n &&
-                                g.s[0].valid == (uint64_t)g.n));
+               (!g.two || g.s[0].mode == 0 || g.s[0].mode == 3) && !g.known_rebuild;
+    /* offset_for_time is exact when the records are exactly 0 .. hwm-1:
+     * no resync in either segment, every sealed record below N intact */
+    g.strict_time = g.strict_active && active_seg()->resyncs == 0;
+    if (g.two && g.strict_time) {
+        const seg *s = &g.s[0];
+        g.strict_time = g.strict_sealed && s->resyncs == 0 && s->nrec >= (uint64_t)g.n;
+        for (int64_t i = 0; g.strict_time && i < g.n; i++) g.strict_time = s->r[i].crc_ok;
+    }
 
+    /* finding 1 (README): a segment whose records all have timestamp
+     * INT64_MIN (all accepted ones, or all below N) */
     g.known_ts_none = 0;
     if (!getenv("FUZZ_NO_KNOWN"))
         for (int k = 0; k < (g.two ? 2 : 1); k++) {
             const seg *s = &g.s[k];
-            size_t i = 0;
-            while (i < s->chain && s->r[i].ts == INT64_MIN) i++;
-            g.known_ts_none |= i > 0 && (i >= s->valid || i == s->chain);
+            size_t i = 0, below = 0;
+            while (below < s->nrec && (!s->sealed || s->r[below].off < g.n)) below++;
+            while (i < s->nrec && s->r[i].ts == INT64_MIN) i++;
+            g.known_ts_none |= i > 0 && (i >= below || i == s->nrec);
+        }
+
+    if (getenv("FUZZ_DEBUG"))         /* the model's view, to explain a failure */
+        for (int k = 0; k < (g.two ? 2 : 1); k++) {
+            const seg *s = &g.s[k];
+            fprintf(stderr, "segment %lld (%s, mode %d%s): %zu-byte .log, %zu records, "
+                    "next %lld, scan ends at byte %llu\n", (long long)s->base,
+                    s->sealed ? "sealed" : "active", s->mode, s->damaged ? ", damaged" : "",
+                    s->log.len, s->nrec, (long long)s->next_off, (unsigned long long)s->end);
+            for (size_t i = 0; i < s->nrec; i++)
+                fprintf(stderr, "  offset %lld at byte %llu, %llu bytes, ts %lld%s%s\n",
+                        (long long)s->r[i].off, (unsigned long long)s->r[i].pos,
+                        (unsigned long long)s->r[i].total, (long long)s->r[i].ts,
+                        s->r[i].crc_ok ? "" : ", CRC mismatch", s->r[i].forced ? ", resync" : "");
         }
 
     fz_clean_dir(g.dir);
     write_seg(&g.s[0]);
-    if (g.two) write_seg(&g.s[1]);
+    if (g.two || g.ignored) write_seg(&g.s[1]);
     make_probes();
 
     /* 1. a reader first: it must not change anything */
