@@ -643,7 +643,9 @@ function ops.restore_inplace()
     local s = pick_snapshot(sm)
     if not s then return ops.snapshot() end
     local model = snaps[s.id]
-    if child_alive() and math.random(3) == 1 then
+    -- only a writer that has opened the log holds its lock (a child still
+    -- starting up does not: the restore would rightly go ahead)
+    if child_alive() and child.started and math.random(3) == 1 then
         -- a writer holds the log: refused, nothing changes
         local ok, msg, code = sm:restore(s.id, LOG, { replace = true })
         if ok or code ~= "LOCKED" then
