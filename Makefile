@@ -154,7 +154,7 @@ install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a
 	$(INSTALL) -m 644 $(BUILD)/libtakhin.a $(DESTDIR)$(PREFIX)/lib/libtakhin.a
 
 clean:
-	rm -rf build build-fault build-asan build-asan-fault build-tsan
+	rm -rf build build-fault build-asan build-asan-fault build-tsan build-fuzz
 
 # ---------------------------------------------------------------- fuzzing
 
