@@ -293,23 +293,30 @@ tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
 
 /* Walks record headers from index entry k (the segment start for k < 0)
  * to offset.  On a header that does not check out, *bad is its position. */
-static tk_code walk(const char *dir, tk_segment *s, tk_cursor *c, int fd, long k,
-                    int64_t offset, uint64_t end, uint64_t *pos_out, uint64_t *bad,
-                    tk_err *err) {
-    uint64_t pos = k >= 0 ? s->ix.e[k].pos : 0;
-    int64_t at = k >= 0 ? s->base + s->ix.e[k].rel : s->base;
+static tk_code walk_from(const char *dir, tk_segment *s, tk_cursor *c, int fd, uint64_t pos,
+                         int64_t at, int64_t offset, uint64_t end, uint64_t *pos_out,
+                         uint64_t *bad, int64_t *bad_at, tk_err *err) {
     for (;;) {
         tk_rec_hdr h;
         const unsigned char *p = cursor_get(c, s, fd, pos, TK_REC_HEADER, end);
         if (!p && errno) return read_failed(err, dir, s, errno);
         if (!p || !tk_rec_decode_header(p, &h) || h.offset != at) {
             *bad = pos;
+            *bad_at = at;
             return TK_CORRUPT;
         }
         if (at == offset) { *pos_out = pos; return TK_OK; }
         pos += tk_rec_total(&h);
         at++;
     }
+}
+
+static tk_code walk(const char *dir, tk_segment *s, tk_cursor *c, int fd, long k,
+                    int64_t offset, uint64_t end, uint64_t *pos_out, uint64_t *bad,
+                    int64_t *bad_at, tk_err *err) {
+    return walk_from(dir, s, c, fd, k >= 0 ? s->ix.e[k].pos : 0,
+                     k >= 0 ? s->base + s->ix.e[k].rel : s->base, offset, end, pos_out, bad,
+                     bad_at, err);
 }
 
 /* Index entries are CRC-checked, so when the walk from the nearest one
@@ -320,18 +327,29 @@ static tk_code walk(const char *dir, tk_segment *s, tk_cursor *c, int fd, long k
 tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
                       uint64_t end, uint64_t *pos_out, tk_err *err) {
     long k = tk_index_floor_rel(&s->ix, (uint32_t)(offset - s->base));
-    uint64_t bad = 0, first_bad = 0;
+    uint64_t bad = 0, first_bad = 0, q;
+    int64_t bad_at = 0, first_at = 0;
     int fd;
     tk_code rc = tk_seg_fd(dir, s, &fd, err);
     if (rc != TK_OK) return rc;
     for (long kk = k;; kk--) {
-        rc = walk(dir, s, c, fd, kk, offset, end, pos_out, &bad, err);
+        rc = walk(dir, s, c, fd, kk, offset, end, pos_out, &bad, &bad_at, err);
         if (rc == TK_OK) return kk == k ? TK_OK : TK_STALE;
         if (rc != TK_CORRUPT) return rc;
-        if (kk == k) first_bad = bad;
-        if (kk < 0 || (kk < k && bad == first_bad))
-            return corrupt_at(err, dir, s, first_bad, "damaged record header");
+        if (kk == k) { first_bad = bad; first_at = bad_at; }
+        if (kk < 0 || (kk < k && bad == first_bad)) break;
     }
+    /* Damage on the way.  The record may still be intact behind it, as a
+     * rebuild stepping over the damage would find it: then the index only
+     * lacks an entry there (TK_STALE: rebuild and retry). */
+    q = first_bad;
+    bad_at = first_at;
+    while (bad_at < offset && resync(s, c, fd, &q, &bad_at, end, offset + 1)) {
+        rc = walk_from(dir, s, c, fd, q, bad_at, offset, end, pos_out, &q, &bad_at, err);
+        if (rc == TK_OK) return TK_STALE;
+        if (rc != TK_CORRUPT) return rc;
+    }
+    return corrupt_at(err, dir, s, first_bad, "damaged record header");
 }
 
 tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_cursor *c, uint64_t pos,
