@@ -53,30 +53,7 @@ if not ({ OFF = 1, NORMAL = 1, FULL = 1, EXTRA = 1 })[SQLITE_SYNC] then
 end
 
 -- ------------------------------------------------------------------ clock
--- os.clock is CPU time; a benchmark of I/O needs wall time.  lua-system and
--- lua-socket come with busted (a dependency of `make test`); `date` is the
--- last resort (one fork per timed section, outside the measured interval
--- only by the fork's own latency, ~1 ms).
-local now, CLOCK
-do
-    local ok, sys = pcall(require, "system")
-    if ok and type(sys) == "table" and sys.monotime then
-        now, CLOCK = sys.monotime, "system.monotime (lua-system, CLOCK_MONOTONIC)"
-    else
-        local ok2, socket = pcall(require, "socket")
-        if ok2 and type(socket) == "table" and socket.gettime then
-            now, CLOCK = socket.gettime, "socket.gettime (lua-socket, gettimeofday)"
-        else
-            now = function()
-                local p = io.popen("date +%s%N")
-                local s = p:read("l")
-                p:close()
-                return tonumber(s) / 1e9
-            end
-            CLOCK = "date +%s%N (one fork per timed section)"
-        end
-    end
-end
+local now, CLOCK = dofile((arg[0]:match("^(.*)/") or ".") .. "/clock.lua")
 
 -- ------------------------------------------------------------------ modules
 local takhin, takhin_err

@@ -59,27 +59,7 @@ local GIB     = 1024 * 1024 * 1024
 assert(FRAMED <= 16 * 1024 * 1024, "BENCH_SNAP_VALUE: a record must fit max_record_size (16 MiB)")
 
 -- ------------------------------------------------------------------ clock
--- Wall time, as in bench/log_bench.lua: lua-system, else lua-socket, else date.
-local now, CLOCK
-do
-    local ok, sys = pcall(require, "system")
-    if ok and type(sys) == "table" and sys.monotime then
-        now, CLOCK = sys.monotime, "system.monotime (lua-system, CLOCK_MONOTONIC)"
-    else
-        local ok2, socket = pcall(require, "socket")
-        if ok2 and type(socket) == "table" and socket.gettime then
-            now, CLOCK = socket.gettime, "socket.gettime (lua-socket, gettimeofday)"
-        else
-            now = function()
-                local p = io.popen("date +%s%N")
-                local s = p:read("l")
-                p:close()
-                return tonumber(s) / 1e9
-            end
-            CLOCK = "date +%s%N (one fork per timed section)"
-        end
-    end
-end
+local now, CLOCK = dofile((arg[0]:match("^(.*)/") or ".") .. "/clock.lua")
 
 -- ------------------------------------------------------------------ module
 local ok_tk, takhin = pcall(require, "takhin")
