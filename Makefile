@@ -135,8 +135,9 @@ demo: deps
 # ---------------------------------------------------------------- install
 
 # make install [PREFIX=/usr/local] [DESTDIR=/staging/root]: the C module in
-# lib/lua/5.4/takhin/core.so, the Lua modules in share/lua/5.4/takhin/, the
-# command in bin/, the C header and static library in include/ and lib/.
+# lib/lua/5.4/takhin/core.so, the Lua modules in share/lua/5.4/takhin/ (the
+# command's own in takhin/cli/), the command in bin/, the C header and static
+# library in include/ and lib/.
 PREFIX      ?= /usr/local
 LUA_VERSION ?= 5.4
 INSTALL     ?= install
@@ -145,10 +146,11 @@ INST_LMOD    = $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VERSION)/takhin
 
 .PHONY: install
 install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a
-	$(INSTALL) -d $(INST_CMOD) $(INST_LMOD) $(DESTDIR)$(PREFIX)/bin \
+	$(INSTALL) -d $(INST_CMOD) $(INST_LMOD) $(INST_LMOD)/cli $(DESTDIR)$(PREFIX)/bin \
 	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib
 	$(INSTALL) -m 755 $(BUILD)/takhin/core.so $(INST_CMOD)/core.so
 	$(INSTALL) -m 644 lua/takhin/*.lua $(INST_LMOD)/
+	$(INSTALL) -m 644 lua/takhin/cli/*.lua $(INST_LMOD)/cli/
 	$(INSTALL) -m 755 bin/takhin $(DESTDIR)$(PREFIX)/bin/takhin
 	$(INSTALL) -m 644 csrc/takhin.h $(DESTDIR)$(PREFIX)/include/takhin.h
 	$(INSTALL) -m 644 $(BUILD)/libtakhin.a $(DESTDIR)$(PREFIX)/lib/libtakhin.a

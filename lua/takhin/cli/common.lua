@@ -1,0 +1,60 @@
+--- takhin.cli.common: what every command module of the `takhin` command
+-- uses -- its two ways to fail and the opening of logs and snapshot
+-- managers that are closed when the command ends.
+--
+-- A command runs with a context c = { out =, err =, stdin =, isatty =,
+-- json =, defer = {...} } (takhin.cli builds it); functions in c.defer run
+-- when the command ends, however it ends.
+local M = {}
+
+-------------------------------------------------------------------------
+-- Failures
+-------------------------------------------------------------------------
+
+-- Both are raised as tables and caught by takhin.cli.main: a usage error
+-- exits 2, a failed operation 1.
+
+--- Raise a usage error (exit status 2).
+function M.usage_error(msg)
+    error({ usage = true, msg = msg }, 0)
+end
+
+--- Raise a failed operation (exit status 1): "takhin CMD: msg (code)" on
+-- stderr.
+function M.fail(msg, code)
+    error({ fail = true, msg = msg, code = code }, 0)
+end
+
+--- Turn the library's `nil, msg, code` into a failure; pass anything else.
+function M.check(v, msg, code, ...)
+    if v == nil then M.fail(msg, code) end
+    return v, msg, code, ...
+end
+
+-------------------------------------------------------------------------
+-- The library, logs and managers
+-------------------------------------------------------------------------
+
+--- The takhin module (a failure, not a traceback, when it cannot load).
+function M.lib()
+    local ok, t = pcall(require, "takhin")
+    if not ok then M.fail("cannot load the takhin module: " .. tostring(t), "IO") end
+    return t
+end
+
+--- The log in dir (read-only or a writer), closed when the command ends.
+function M.open_log(c, dir, readonly)
+    local log = M.check(M.lib().open_log{ dir = dir, readonly = readonly })
+    c.defer[#c.defer + 1] = function() log:close() end
+    return log
+end
+
+--- The snapshot manager of the log in dir (o.snapshot_dir, o.copy from the
+-- command line), closed when the command ends.
+function M.open_manager(c, dir, o)
+    local sm = M.check(M.lib().snapshot_manager(dir, { dir = o.snapshot_dir, mode = o.copy and "copy" or nil }))
+    c.defer[#c.defer + 1] = function() sm:close() end
+    return sm
+end
+
+return M

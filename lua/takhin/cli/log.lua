@@ -1,0 +1,267 @@
+--- takhin.cli.log: the log commands of `takhin` -- info, dump, append,
+-- verify.  Each is a command definition (takhin.cli.args says what one
+-- holds); takhin.cli registers them.
+local common = require("takhin.cli.common")
+local output = require("takhin.cli.output")
+
+local M = {}
+
+local check, fail = common.check, common.fail
+local array, ordered, NULL = output.array, output.ordered, output.NULL
+local plural = output.plural
+
+-------------------------------------------------------------------------
+-- info
+-------------------------------------------------------------------------
+
+local INFO_ORDER = { "dir", "base_offset", "high_water_mark", "records", "num_segments", "size",
+    "first_timestamp", "last_timestamp", "segments" }
+local SEGMENT_ORDER = { "base_offset", "next_offset", "records", "size", "active" }
+
+local function log_info(dir, log)
+    local base, hwm = log:base_offset(), log:high_water_mark()
+    local first = hwm > base and log:read(base) or nil
+    local last = hwm > base and log:read(hwm - 1) or nil
+    local segs = log:segments()
+    local info = ordered({
+        dir = dir, base_offset = base, high_water_mark = hwm, records = hwm - base,
+        num_segments = #segs, size = log:size(), segments = array(),
+        first_timestamp = first and first.timestamp or NULL,
+        last_timestamp = last and last.timestamp or NULL,
+    }, INFO_ORDER)
+    for i, s in ipairs(segs) do
+        info.segments[i] = ordered({ base_offset = s.base_offset, next_offset = s.next_offset,
+            records = s.next_offset - s.base_offset, size = s.size, active = s.active }, SEGMENT_ORDER)
+    end
+    return info
+end
+
+local function print_info(c, info)
+    local function ts(ms)
+        return ms ~= NULL and ("%s (%d)"):format(output.iso(ms) or "?", ms) or nil
+    end
+    output.print_fields(c, {
+        { "log", info.dir },
+        { "segments", info.num_segments },
+        { "base offset", ("%d"):format(info.base_offset) },
+        { "high water mark", ("%d"):format(info.high_water_mark) },
+        { "records", ("%d"):format(info.records) },
+        { "size", ("%s (%d bytes)"):format(output.human_size(info.size), info.size) },
+        { "first timestamp", ts(info.first_timestamp) },
+        { "last timestamp", ts(info.last_timestamp) },
+    })
+    c.out:write("\n")
+    local rows = {}
+    for i, s in ipairs(info.segments) do
+        rows[i] = { ("%d"):format(s.base_offset), ("%d"):format(s.next_offset),
+            ("%d"):format(s.records), ("%d"):format(s.size), s.active and "active" or "" }
+    end
+    output.print_table(c, { "BASE OFFSET", "NEXT OFFSET", "RECORDS", "BYTES", "" }, rows,
+        { true, true, true, true })
+end
+
+M.info = {
+    name = "info", args = { "DIR" },
+    summary = "segments, base offset, high water mark, size",
+    help = "Describe the log in DIR: its segments, base offset, high water mark,\n" ..
+        "record count, size and the timestamps of its first and last records.\n" ..
+        "The log is opened read-only: a running writer is not disturbed.",
+    run = function(c, _, a)
+        local info = log_info(a.DIR, common.open_log(c, a.DIR, true))
+        if c.json then return output.emit_json(c, info) end
+        print_info(c, info)
+    end,
+}
+
+-------------------------------------------------------------------------
+-- dump
+-------------------------------------------------------------------------
+
+local DUMP_ORDER = { "offset", "timestamp", "key", "value", "key_encoding", "value_encoding" }
+
+local function record_json(r)
+    local j = ordered({ offset = r.offset, timestamp = r.timestamp }, DUMP_ORDER)
+    for _, f in ipairs({ "key", "value" }) do
+        local v = r[f]
+        if v == nil then j[f] = NULL
+        elseif output.valid_utf8(v) then j[f] = v
+        else j[f], j[f .. "_encoding"] = output.base64(v), "base64" end
+    end
+    return j
+end
+
+local function record_text(r)
+    return ("offset: %d timestamp: %d keySize: %d valueSize: %d key: %s value: %s\n"):format(
+        r.offset, r.timestamp, r.key and #r.key or -1, #r.value,
+        r.key and output.escape(r.key) or "null", output.escape(r.value))
+end
+
+-- The first offset to print: --from, which may be the high water mark
+-- (nothing to print) but not past it, nor below the base offset.
+local function dump_start(dir, from, base, hwm)
+    if from == nil then return base end
+    if from < base or from > hwm then
+        fail(("%s: --from %d is outside [%d, %d]"):format(dir, from, base, hwm), "OUT_OF_RANGE")
+    end
+    return from
+end
+
+M.dump = {
+    name = "dump", args = { "DIR" },
+    summary = "print records: offset, timestamp, key, value",
+    options = {
+        { "--from", "N", "count", "first offset to print (default: the base offset)" },
+        { "--count", "N", "count", "print at most N records (default: all)" },
+    },
+    help = "Print the records of the log in DIR, one line each, as Kafka's dump-log\n" ..
+        "tool does:\n\n" ..
+        "  offset: 7 timestamp: 1700000000000 keySize: 3 valueSize: 5 key: k-7 value: hello\n\n" ..
+        "keySize is -1 when the record has no key (key: null).  Control bytes,\n" ..
+        "DEL and backslashes are escaped (\\n, \\t, \\x00, \\\\), and so is every byte\n" ..
+        ">= 0x80 when the text is not valid UTF-8.  With --json: an array of\n" ..
+        "{offset, timestamp, key, value}; a key or value that is not valid UTF-8\n" ..
+        "is base64 with key_encoding/value_encoding = \"base64\".  A damaged record\n" ..
+        "is reported on stderr, the others are printed, and the exit status is 1.",
+    run = function(c, o, a)
+        local log = common.open_log(c, a.DIR, true)
+        local base, hwm = log:base_offset(), log:high_water_mark()
+        local from = dump_start(a.DIR, o.from, base, hwm)
+        local to = o.count and math.min(hwm, from + o.count) or hwm
+        local bad, n = 0, 0
+        if c.json then c.out:write("[") end
+        for off = from, to - 1 do
+            local r, msg, code = log:read(off)
+            if not r then
+                bad = bad + 1
+                c.err:write(("takhin dump: %s (%s)\n"):format(msg, code))
+            elseif c.json then
+                c.out:write(n > 0 and ",\n  " or "\n  ", output.json(record_json(r), true))
+                n = n + 1
+            else
+                c.out:write(record_text(r))
+            end
+        end
+        if c.json then c.out:write(n > 0 and "\n]\n" or "]\n") end
+        if bad > 0 then
+            fail(("%s: %s could not be read"):format(a.DIR, plural(bad, "record")), "CORRUPT")
+        end
+    end,
+}
+
+-------------------------------------------------------------------------
+-- append
+-------------------------------------------------------------------------
+
+local function append_records(log, recs)
+    if #recs == 0 then return nil end
+    local first, last = check(log:append_batch(recs))
+    return first, last
+end
+
+M.append = {
+    name = "append", args = { "DIR" }, rest = "VALUE...",
+    summary = "append values (arguments, else lines of stdin)",
+    options = {
+        { "--key", "K", "string", "the key of every record (default: no key)" },
+        { "--timestamp", "MS", "int", "timestamp in ms since the epoch (default: now)" },
+        { "--sync", nil, nil, "fsync before returning (survives power loss)" },
+    },
+    help = "Append one record per VALUE to the log in DIR (created if missing).\n" ..
+        "Without VALUEs, every line of stdin (without its newline) is a record.\n" ..
+        "Use -- before values that start with a dash.  Prints the offsets given.",
+    run = function(c, o, a, values)
+        local log = common.open_log(c, a.DIR, false)
+        local first, last, count = nil, nil, 0
+        local function flush(recs)
+            local f, l = append_records(log, recs)
+            if f then
+                first = first or f
+                last = l
+                count = count + #recs
+            end
+        end
+        local function rec(v) return { key = o.key, value = v, timestamp = o.timestamp } end
+        if #values > 0 then
+            local recs = {}
+            for i, v in ipairs(values) do recs[i] = rec(v) end
+            flush(recs)
+        else
+            local recs = {}
+            for line in c.stdin:lines() do
+                recs[#recs + 1] = rec(line)
+                if #recs == 1000 then flush(recs); recs = {} end
+            end
+            flush(recs)
+        end
+        if o.sync then check(log:sync()) end
+        if c.json then
+            return output.emit_json(c, ordered({ dir = a.DIR, count = count, first = first or NULL,
+                last = last or NULL }, { "dir", "count", "first", "last" }))
+        end
+        if count == 0 then
+            c.out:write(("appended nothing to %s\n"):format(a.DIR))
+        elseif count == 1 then
+            c.out:write(("appended 1 record to %s at offset %d\n"):format(a.DIR, first))
+        else
+            c.out:write(("appended %d records to %s at offsets %d..%d\n"):format(count, a.DIR, first, last))
+        end
+    end,
+}
+
+-------------------------------------------------------------------------
+-- verify
+-------------------------------------------------------------------------
+
+local VERIFY_ORDER = { "dir", "ok", "records", "num_segments", "base_offset", "high_water_mark", "errors" }
+
+local function verify_failure(dir, errors, total)
+    local offs = {}
+    for i = 1, math.min(#errors, 10) do offs[i] = ("%d"):format(errors[i].offset) end
+    fail(("%s: %d of %s failed the check (offset%s %s%s)"):format(dir,
+        #errors, plural(total, "record"), #errors == 1 and "" or "s",
+        table.concat(offs, ", "), #errors > 10 and ", ..." or ""), errors[1].code)
+end
+
+M.verify = {
+    name = "verify", args = { "DIR" },
+    summary = "check every record's CRC; exit 1 if any is corrupt",
+    options = {
+        { "--progress", nil, nil, "show a progress bar (default: when stderr is a terminal)" },
+        { "--no-progress", nil, nil, "never show a progress bar" },
+    },
+    help = "Read every record of the log in DIR and check its CRC32C.  The log is\n" ..
+        "opened read-only, so nothing is modified (not even a torn tail).  Every\n" ..
+        "damaged offset is listed, not just the first; the exit status is 1 if\n" ..
+        "any record could not be read.",
+    run = function(c, o, a)
+        local log = common.open_log(c, a.DIR, true)
+        local base, hwm = log:base_offset(), log:high_water_mark()
+        local total = hwm - base
+        local progress, finish = output.progress_for(c, o, "verify")
+        local errors = array()
+        for off = base, hwm - 1 do
+            local r, msg, code = log:read(off)
+            if not r then
+                errors[#errors + 1] = ordered({ offset = off, code = code, message = msg },
+                    { "offset", "code", "message" })
+            end
+            if progress then progress(off - base + 1, total) end
+        end
+        if finish then finish() end
+        local segs = log:num_segments()
+        if c.json then
+            output.emit_json(c, ordered({ dir = a.DIR, ok = #errors == 0, records = total,
+                num_segments = segs, base_offset = base, high_water_mark = hwm, errors = errors },
+                VERIFY_ORDER))
+        else
+            for _, e in ipairs(errors) do
+                c.out:write(("offset %d: %s (%s)\n"):format(e.offset, e.message, e.code))
+            end
+            c.out:write(("%s: %s in %s checked, %s\n"):format(a.DIR, plural(total, "record"),
+                plural(segs, "segment"), #errors == 0 and "all OK" or (#errors .. " bad")))
+        end
+        if #errors > 0 then verify_failure(a.DIR, errors, total) end
+    end,
+}
+
+return M
