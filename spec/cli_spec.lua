@@ -382,6 +382,14 @@ describe("the takhin command", function()
     end)
 
     describe("verify", function()
+        it("counts records, not bytes, in its progress bar", function()
+            local dir = make_log(tmp .. "/log")                 -- 20 records, 900 bytes
+            local _, err = ok_run({ "verify", dir, "--progress" })
+            assert.truthy(err:find("100%  20 / 20 records", 1, true), err)
+            assert.is_nil(err:find(" B", 1, true), err)
+            assert.is_nil(err:find("iB", 1, true), err)
+        end)
+
         it("checks every record and exits 0 on a sound log", function()
             local dir = make_log(tmp .. "/log")
             local out = ok_run({ "verify", dir })

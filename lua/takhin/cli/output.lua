@@ -6,6 +6,9 @@
 -- digits in exponent form).  Readers that decode numbers as doubles should
 -- keep that in mind for values above 2^53; snapshot ids are strings.
 --
+-- Offset ranges are printed one way everywhere: `[first, end)`, end
+-- exclusive (range()).
+--
 -- Runs on Lua 5.4 and LuaJIT (no `//`, no math.type, no <close>).
 local M = {}
 
@@ -232,9 +235,19 @@ function M.stderr_isatty()
     return r == true or r == 0
 end
 
+-- How the bar shows the amounts done and in all, by unit.
+local AMOUNTS = {
+    bytes = function(done, total)
+        return ("%s / %s"):format(M.human_size(done), M.human_size(total))
+    end,
+    records = function(done, total)
+        return ("%d / %s"):format(done, M.plural(total, "record"))
+    end,
+}
+
 -- A progress(done, total) callback and a finish() that ends the line.
 -- `done` may overshoot `total`; the bar is clamped to 100%.
-local function progress_bar(stderr, label)
+local function progress_bar(stderr, label, amounts)
     local last, drawn = -1, false
     local function update(done, total)
         if total <= 0 then return end
@@ -244,8 +257,8 @@ local function progress_bar(stderr, label)
         last, drawn = pct, true
         local width = 30
         local fill = math.floor(done * width / total)
-        stderr:write(("\r%s [%s%s] %3d%%  %s / %s\27[K"):format(label, ("#"):rep(fill),
-            ("."):rep(width - fill), pct, M.human_size(done), M.human_size(total)))
+        stderr:write(("\r%s [%s%s] %3d%%  %s\27[K"):format(label, ("#"):rep(fill),
+            ("."):rep(width - fill), pct, amounts(done, total)))
         stderr:flush()
     end
     local function finish()
@@ -255,15 +268,16 @@ local function progress_bar(stderr, label)
 end
 
 --- The progress callback and its finish() for a command, or nil when no
--- bar is wanted (o.progress, else: is stderr a terminal).
-function M.progress_for(c, o, label)
+-- bar is wanted (o.progress, else: is stderr a terminal).  unit: "bytes"
+-- (default) or "records".
+function M.progress_for(c, o, label, unit)
     local want = o.progress
     if want == nil then
         if c.tty == nil then c.tty = c.isatty() and true or false end
         want = c.tty
     end
     if not want then return nil end
-    local update, finish = progress_bar(c.err, label)
+    local update, finish = progress_bar(c.err, label, AMOUNTS[unit or "bytes"])
     c.defer[#c.defer + 1] = finish
     return update, finish
 end
