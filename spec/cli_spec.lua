@@ -190,6 +190,20 @@ describe("the takhin command", function()
             assert.truthy(ok_run({ "help", "snapshot", "cleanup" }):find("--keep-daily", 1, true))
         end)
 
+        it("says what cleanup's bucket rules keep: the N most recent buckets that have snapshots", function()
+            local out = ok_run({ "snapshot", "cleanup", "--help" })
+            assert.is_nil(out:find("of the last N", 1, true), out)
+            assert.truthy(out:find("\n  %-%-keep%-hourly N +keep the newest snapshot of each of the N most recent\n" ..
+                " +hours with a snapshot %(hours without one do not count%)\n"), out)
+            for _, unit in ipairs({ "days", "weeks", "months", "years" }) do
+                local opt = "--keep-" .. (unit == "days" and "daily" or unit:gsub("s$", "ly"))
+                assert.truthy(out:find(opt:gsub("%-", "%%-") .. " N +%.%.%. of each of the N most recent " .. unit ..
+                    " with a snapshot\n"), opt .. "\n" .. out)
+            end
+            assert.truthy(out:find("--max-snapshots N    keep the N newest snapshots (N >= 1)", 1, true), out)
+            for line in out:gmatch("[^\n]+") do assert.truthy(#line <= 80, line) end
+        end)
+
         it("prints the version", function()
             assert.are.equal("takhin " .. takhin.version .. "\n", (ok_run({ "--version" })))
         end)
@@ -216,6 +230,11 @@ describe("the takhin command", function()
                 { { "snapshot", "create", dir, "--min-interval", "soon" }, "is not a duration" },
                 { { "snapshot", "cleanup", dir, "--retention-time", "1y" }, "is not a duration" },
                 { { "snapshot", "cleanup", dir, "--keep-last", "many" }, "is not a whole number" },
+                -- values the keep rules refuse are usage errors too, not failed operations
+                { { "snapshot", "cleanup", dir, "--max-snapshots", "0" },
+                    'option --max-snapshots: "0" is not a whole number >= 1' },
+                { { "snapshot", "cleanup", dir, "--keep-daily", "-1" },
+                    'option --keep-daily: "-1" is not a whole number >= 0' },
             }
             for _, case in ipairs(cases) do
                 local out, err, status = takhin_cmd(case[1])
@@ -616,7 +635,16 @@ describe("the takhin command", function()
             assert.are.equal(ids[4], left[1].id)
             r = json_run({ "snapshot", "cleanup", "--json", dir })    -- the defaults
             assert.are.equal(0, r.deleted)
-            fails({ "snapshot", "cleanup", dir, "--max-snapshots", "0" }, { "max_snapshots", "(INVALID)" })
+            snapshot_of(dir)
+            for _, bad in ipairs({ { "--max-snapshots", "0" }, { "--keep-last", "-1" },
+                                   { "--keep-within", "-1d" } }) do
+                local args = { "snapshot", "cleanup", dir, bad[1], bad[2] }
+                local out2, err, status = takhin_cmd(args)
+                assert.are.equal(2, status, table.concat(args, " ") .. ": " .. err)
+                assert.truthy(err:find("option " .. bad[1] .. ":", 1, true), err)
+                assert.are.equal("", out2)
+                assert.are.equal(2, #sm:list(), "a refused cleanup deleted snapshots")
+            end
             sm:close()
         end)
 

@@ -13,7 +13,8 @@
 --
 -- An option is { name, METAVAR or nil (a flag), kind (KINDS below), text }.
 -- Its value is o[key]: "--max-snapshots 3" gives o.max_snapshots = 3, a
--- flag "--copy" o.copy = true and "--no-progress" o.progress = false.
+-- flag "--copy" o.copy = true and "--no-progress" o.progress = false.  A
+-- description may hold "\n": its lines are aligned under each other.
 local common = require("takhin.cli.common")
 
 local M = {}
@@ -39,6 +40,10 @@ M.KINDS = {
     count = function(s)                       -- an integer >= 0
         local n = to_integer(s)
         return n and n >= 0 and n or nil, "a whole number >= 0"
+    end,
+    positive = function(s)                    -- an integer >= 1
+        local n = to_integer(s)
+        return n and n >= 1 and n or nil, "a whole number >= 1"
     end,
     int = function(s)                         -- any integer (timestamps)
         return to_integer(s), "an integer"
@@ -143,13 +148,15 @@ end
 -- Usage text
 -------------------------------------------------------------------------
 
---- Two columns, "  left  text", the left one padded.
+--- Two columns, "  left  text", the left one padded; a text's further
+-- lines ("\n") are aligned under its first.
 function M.columns(rows)
     local w = 0
     for _, r in ipairs(rows) do w = math.max(w, #r[1]) end
     local out = {}
     for _, r in ipairs(rows) do
-        out[#out + 1] = ("  %s%s  %s"):format(r[1], (" "):rep(w - #r[1]), r[2])
+        local text = r[2]:gsub("\n", "\n" .. (" "):rep(w + 4))
+        out[#out + 1] = ("  %s%s  %s"):format(r[1], (" "):rep(w - #r[1]), text)
     end
     return table.concat(out, "\n")
 end

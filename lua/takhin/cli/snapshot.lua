@@ -184,15 +184,17 @@ M.delete = {
 -------------------------------------------------------------------------
 
 -- The keep rules, as options; o[key] is the rule's field of takhin.policy.
+-- Values the policy refuses are refused here, as usage errors.
 local CLEANUP_RULES = {
-    { "--max-snapshots", "N", "count", "keep the N newest snapshots ..." },
+    { "--max-snapshots", "N", "positive", "keep the N newest snapshots (N >= 1) ..." },
     { "--retention-time", "D", "duration", "... that are at most D older than the newest" },
     { "--keep-last", "N", "count", "keep the N newest snapshots" },
-    { "--keep-hourly", "N", "count", "keep the newest snapshot of each of the last N hours" },
-    { "--keep-daily", "N", "count", "... of each of the last N days" },
-    { "--keep-weekly", "N", "count", "... of each of the last N weeks" },
-    { "--keep-monthly", "N", "count", "... of each of the last N months" },
-    { "--keep-yearly", "N", "count", "... of each of the last N years" },
+    { "--keep-hourly", "N", "count", "keep the newest snapshot of each of the N most recent\n" ..
+        "hours with a snapshot (hours without one do not count)" },
+    { "--keep-daily", "N", "count", "... of each of the N most recent days with a snapshot" },
+    { "--keep-weekly", "N", "count", "... of each of the N most recent weeks with a snapshot" },
+    { "--keep-monthly", "N", "count", "... of each of the N most recent months with a snapshot" },
+    { "--keep-yearly", "N", "count", "... of each of the N most recent years with a snapshot" },
     { "--keep-within", "D", "duration", "keep every snapshot at most D older than the newest" },
 }
 
@@ -304,7 +306,10 @@ M.cleanup = {
         "given apply; with none, the defaults do (--max-snapshots 5\n" ..
         "--retention-time 24h).  Ages are measured from the newest snapshot,\n" ..
         "which is never deleted.  Buckets are UTC hours, days, ISO weeks, months\n" ..
-        "and years.  Durations: 90s, 30m, 6h, 7d, 2w, 1h30m.",
+        "and years, and only those that hold a snapshot count: --keep-daily 7\n" ..
+        "keeps the newest snapshot of each of the 7 most recent days on which\n" ..
+        "one was taken, however long ago.  A count of 0 turns its rule off.\n" ..
+        "Durations: 90s, 30m, 6h, 7d, 2w, 1h30m.",
     run = function(c, o, a)
         local sm = common.open_manager(c, a.DIR, o)
         local before = check(sm:list())
