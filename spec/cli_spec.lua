@@ -291,9 +291,9 @@ describe("the takhin command", function()
         it("appends arguments, or stdin lines, and dumps them like Kafka's dump-log", function()
             local dir = tmp .. "/log"
             local out = ok_run({ "append", dir, "one", "two words", "--", "--three" })
-            assert.are.equal(("appended 3 records to %s at offsets 0..2\n"):format(dir), out)
+            assert.are.equal(("appended 3 records to %s at offsets [0, 3)\n"):format(dir), out)
             out = ok_run({ "append", "--key", "k", dir }, { stdin = "four\nfive\n" })
-            assert.are.equal(("appended 2 records to %s at offsets 3..4\n"):format(dir), out)
+            assert.are.equal(("appended 2 records to %s at offsets [3, 5)\n"):format(dir), out)
             local r = json_run({ "append", dir, "--json", "--timestamp", "1700000000000", "six" })
             assert.are.same({ dir = dir, count = 1, first = 5, last = 5 }, r)
 
@@ -386,9 +386,33 @@ describe("the takhin command", function()
                 cli.json({ 2 ^ 53 - 1, 123456789012345.0, math.maxinteger, -1, 1.5 }, true))
         end)
 
-        it("fails with OUT_OF_RANGE for --from past the high water mark", function()
+        it("fails with OUT_OF_RANGE for --from past the high water mark or below the base offset", function()
             local dir = make_log(tmp .. "/log")
-            fails({ "dump", dir, "--from", "21" }, { dir, "--from 21 is outside [0, 20]", "(OUT_OF_RANGE)" })
+            fails({ "dump", dir, "--from", "21" }, { dir,
+                "--from 21 is past the high water mark 20 (the log holds offsets [0, 20))", "(OUT_OF_RANGE)" })
+            for _, ext in ipairs({ "log", "index", "timeindex" }) do      -- offsets 0-3 gone: base 4
+                os.remove(dir .. "/" .. util.segment_name(0, ext))
+            end
+            fails({ "dump", dir, "--from", "3" }, { dir,
+                "--from 3 is below the base offset 4 (the log holds offsets [4, 20))", "(OUT_OF_RANGE)" })
+            assert.truthy(ok_run({ "dump", dir, "--from", "4", "--count", "1" }):find("^offset: 4 "))
+        end)
+
+        it("prints offset ranges one way, [first, end)", function()
+            local dir = make_log(tmp .. "/log")
+            local outs = {
+                ok_run({ "append", dir, "a", "b" }),
+                ok_run({ "snapshot", "create", dir }),
+                (ok_run({ "snapshot", "list", dir })),
+            }
+            local id = json_run({ "snapshot", "list", "--json", dir })[1].id
+            outs[#outs + 1] = (ok_run({ "snapshot", "restore", dir, id, tmp .. "/r" }))
+            outs[#outs + 1] = select(2, takhin_cmd({ "dump", dir, "--from", "99" }))
+            for _, out in ipairs(outs) do
+                assert.is_nil(out:find("%d%.%.%d"), out)             -- no 0..21
+                assert.is_nil(out:find("%[%d+, %d+%]"), out)         -- no [0, 21]
+                assert.truthy(out:find("[0, 2", 1, true) or out:find("[20, 22)", 1, true), out)
+            end
         end)
 
         it("fails with LOCKED naming the writer's pid when another writer holds the log", function()

@@ -8,7 +8,7 @@ local M = {}
 
 local check, fail = common.check, common.fail
 local array, ordered, NULL = output.array, output.ordered, output.NULL
-local plural = output.plural
+local plural, range = output.plural, output.range
 
 -------------------------------------------------------------------------
 -- info
@@ -100,8 +100,12 @@ end
 -- (nothing to print) but not past it, nor below the base offset.
 local function dump_start(dir, from, base, hwm)
     if from == nil then return base end
-    if from < base or from > hwm then
-        fail(("%s: --from %d is outside [%d, %d]"):format(dir, from, base, hwm), "OUT_OF_RANGE")
+    if from > hwm then
+        fail(("%s: --from %d is past the high water mark %d (the log holds offsets %s)"):format(
+            dir, from, hwm, range(base, hwm)), "OUT_OF_RANGE")
+    elseif from < base then
+        fail(("%s: --from %d is below the base offset %d (the log holds offsets %s)"):format(
+            dir, from, base, range(base, hwm)), "OUT_OF_RANGE")
     end
     return from
 end
@@ -203,7 +207,8 @@ M.append = {
         elseif count == 1 then
             c.out:write(("appended 1 record to %s at offset %d\n"):format(a.DIR, first))
         else
-            c.out:write(("appended %d records to %s at offsets %d..%d\n"):format(count, a.DIR, first, last))
+            c.out:write(("appended %d records to %s at offsets %s\n"):format(count, a.DIR,
+                range(first, last + 1)))
         end
     end,
 }
