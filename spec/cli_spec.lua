@@ -287,6 +287,52 @@ describe("the takhin command", function()
         end)
     end)
 
+    describe("a path that holds no log", function()
+        -- a mistyped path is an error, never an empty log
+        it("is NOT_FOUND for info, dump, verify and snapshot create, which create nothing", function()
+            local missing, empty, other = tmp .. "/nope", tmp .. "/empty", tmp .. "/other"
+            assert(util.sh("mkdir " .. q(empty) .. " " .. q(other)))
+            util.write_file(other .. "/notes.txt", "not a log\n")
+            for _, cmd in ipairs({ { "info" }, { "dump" }, { "verify" }, { "snapshot", "create" } }) do
+                for _, dir in ipairs({ missing, empty, other }) do
+                    for _, json in ipairs({ false, true }) do
+                        local args = { util.unpack(cmd) }
+                        args[#args + 1] = dir
+                        if json then args[#args + 1] = "--json" end
+                        local err, out = fails(args, { dir, "(NOT_FOUND)", "takhin " .. table.concat(cmd, " ") .. ":" })
+                        assert.are.equal("", out, table.concat(args, " "))
+                        assert.is_nil(err:find("traceback", 1, true), err)
+                        if dir ~= missing then
+                            assert.truthy(err:find("no takhin log there", 1, true), err)
+                        end
+                    end
+                end
+            end
+            assert.falsy(util.exists(missing))
+            assert.are.same({}, util.ls(empty))
+            assert.are.same({ "notes.txt" }, util.ls(other))
+        end)
+
+        it("is not a log that a writer created and left empty", function()
+            local dir = tmp .. "/log"
+            assert(takhin.open_log{ dir = dir }):close()
+            local info = json_run({ "info", "--json", dir })
+            assert.are.equal(0, info.records)
+            assert.are.equal(1, info.num_segments)
+            assert.are.equal("", (ok_run({ "dump", dir })))
+            assert.are.equal(dir .. ": 0 records in 1 segment checked, all OK\n", (ok_run({ "verify", dir })))
+            assert.are.equal(0, json_run({ "snapshot", "create", "--json", dir }).high_water_mark)
+        end)
+
+        it("is still a log once its base offset moved past 0", function()
+            local dir = make_log(tmp .. "/log")
+            for _, ext in ipairs({ "log", "index", "timeindex" }) do      -- offsets 0-3 gone: base 4
+                os.remove(dir .. "/" .. util.segment_name(0, ext))
+            end
+            assert.are.equal(4, json_run({ "info", "--json", dir }).base_offset)
+        end)
+    end)
+
     describe("append and dump", function()
         it("appends arguments, or stdin lines, and dumps them like Kafka's dump-log", function()
             local dir = tmp .. "/log"

@@ -42,6 +42,29 @@ function M.lib()
     return t
 end
 
+-- True when the log handle `log`, opened on dir, has a segment file on
+-- disk.  A read-only handle on a directory without segment files shows one
+-- empty segment that has no file; a log always has its active segment's.
+local function has_segment_files(log, dir)
+    for _, s in ipairs(log:segments()) do
+        local f = io.open(("%s/%020d.log"):format(dir, s.base_offset), "rb")
+        if f then f:close(); return true end
+    end
+    return false
+end
+
+local NO_LOG = "%s: no takhin log there (no segment files)"
+
+--- The log in dir, opened read-only and closed when the command ends.  A
+-- directory that is missing or holds no segment file is NOT_FOUND: a
+-- mistyped path is not an empty log.
+function M.open_existing_log(c, dir)
+    local log = M.check(M.lib().open_log{ dir = dir, readonly = true })
+    c.defer[#c.defer + 1] = function() log:close() end
+    if not has_segment_files(log, dir) then M.fail(NO_LOG:format(dir), "NOT_FOUND") end
+    return log
+end
+
 --- The log in dir (read-only or a writer), closed when the command ends.
 function M.open_log(c, dir, readonly)
     local log = M.check(M.lib().open_log{ dir = dir, readonly = readonly })

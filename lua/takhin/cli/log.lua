@@ -65,9 +65,10 @@ M.info = {
     summary = "segments, base offset, high water mark, size",
     help = "Describe the log in DIR: its segments, base offset, high water mark,\n" ..
         "record count, size and the timestamps of its first and last records.\n" ..
-        "The log is opened read-only: a running writer is not disturbed.",
+        "The log is opened read-only: a running writer is not disturbed.  A DIR\n" ..
+        "that is missing or holds no segment files is NOT_FOUND.",
     run = function(c, _, a)
-        local info = log_info(a.DIR, common.open_log(c, a.DIR, true))
+        local info = log_info(a.DIR, common.open_existing_log(c, a.DIR))
         if c.json then return output.emit_json(c, info) end
         print_info(c, info)
     end,
@@ -127,7 +128,7 @@ M.dump = {
         "is base64 with key_encoding/value_encoding = \"base64\".  A damaged record\n" ..
         "is reported on stderr, the others are printed, and the exit status is 1.",
     run = function(c, o, a)
-        local log = common.open_log(c, a.DIR, true)
+        local log = common.open_existing_log(c, a.DIR)
         local base, hwm = log:base_offset(), log:high_water_mark()
         local from = dump_start(a.DIR, o.from, base, hwm)
         local to = o.count and math.min(hwm, from + o.count) or hwm
@@ -239,7 +240,7 @@ M.verify = {
         "damaged offset is listed, not just the first; the exit status is 1 if\n" ..
         "any record could not be read.",
     run = function(c, o, a)
-        local log = common.open_log(c, a.DIR, true)
+        local log = common.open_existing_log(c, a.DIR)
         local base, hwm = log:base_offset(), log:high_water_mark()
         local total = hwm - base
         local progress, finish = output.progress_for(c, o, "verify", "records")

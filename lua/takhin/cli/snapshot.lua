@@ -79,7 +79,7 @@ M.create = {
         "this moment, even while a writer goes on appending.  The log is opened\n" ..
         "read-only, so this works next to a running writer.",
     run = function(c, o, a)
-        local log = common.open_log(c, a.DIR, true)
+        local log = common.open_existing_log(c, a.DIR)
         local sm = common.open_manager(c, a.DIR, o)
         local progress, finish = output.progress_for(c, o, "snapshot")
         local s = check(sm:create(log, { label = o.label, min_interval = o.min_interval,
