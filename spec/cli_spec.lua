@@ -336,7 +336,7 @@ describe("the takhin command", function()
     describe("append and dump", function()
         it("appends arguments, or stdin lines, and dumps them like Kafka's dump-log", function()
             local dir = tmp .. "/log"
-            local out = ok_run({ "append", dir, "one", "two words", "--", "--three" })
+            local out = ok_run({ "append", "--create", dir, "one", "two words", "--", "--three" })
             assert.are.equal(("appended 3 records to %s at offsets [0, 3)\n"):format(dir), out)
             out = ok_run({ "append", "--key", "k", dir }, { stdin = "four\nfive\n" })
             assert.are.equal(("appended 2 records to %s at offsets [3, 5)\n"):format(dir), out)
@@ -369,9 +369,79 @@ describe("the takhin command", function()
 
         it("appends nothing from empty stdin", function()
             local dir = tmp .. "/log"
-            local r = json_run({ "append", "--json", dir }, { stdin = "" })
+            local r = json_run({ "append", "--create", "--json", dir }, { stdin = "" })
             assert.are.equal(0, r.count)
             assert.are.equal(cjson.null, r.first)
+        end)
+
+        it("refuses to start a new log without --create, naming the path", function()
+            local missing, empty = tmp .. "/nope", tmp .. "/empty"
+            assert(util.sh("mkdir " .. q(empty)))
+            for _, dir in ipairs({ missing, empty }) do
+                for _, case in ipairs({ { { "append", dir, "x" } }, { { "append", dir }, { stdin = "x\n" } },
+                                        { { "append", "--json", "--shared", dir, "x" } } }) do
+                    local err, out = fails(case[1], { "takhin append:", dir, "(NOT_FOUND)",
+                        "--create starts a new log there" }, case[2])
+                    assert.are.equal("", out)
+                end
+            end
+            assert.falsy(util.exists(missing), "append created the directory")
+            assert.are.same({}, util.ls(empty), "append created files")
+
+            assert.are.equal(("appended 1 record to %s at offset 0\n"):format(missing),
+                (ok_run({ "append", "--create", missing, "first" })))
+            assert.are.equal(("appended 1 record to %s at offset 1\n"):format(missing),
+                (ok_run({ "append", missing, "second" })))                -- a log now
+            assert.are.equal(("appended 1 record to %s at offset 2\n"):format(missing),
+                (ok_run({ "append", "--create", missing, "third" })))     -- --create: only if missing
+            assert.are.equal(1, json_run({ "append", "--create", "--json", empty }, { stdin = "a\nb\n" }).last)
+            local log = assert(takhin.open_log{ dir = missing, readonly = true })
+            assert.are.equal("third", log:read(2).value)
+            log:close()
+        end)
+
+        it("--shared appends next to shared writers that stay open (nginx workers)", function()
+            local dir = tmp .. "/log"
+            local worker = assert(takhin.open_log{ dir = dir, shared = true })
+            assert.are.equal(0, worker:append(nil, "worker 1"))
+            local r = json_run({ "append", "--shared", "--json", dir, "cli 1", "cli 2" })
+            assert.are.equal(1, r.first)
+            assert.are.equal(2, r.last)
+            assert.are.equal(3, worker:append(nil, "worker 2"))
+            assert.are.equal(("appended 1 record to %s at offset 4\n"):format(dir),
+                (ok_run({ "append", dir, "--shared" }, { stdin = "cli 3\n" })))
+            assert.are.equal(5, worker:append(nil, "worker 3"))
+            worker:close()
+            local log = assert(takhin.open_log{ dir = dir, readonly = true })
+            local values = {}
+            for rec in log:records(0) do values[#values + 1] = rec.value end
+            log:close()
+            assert.are.same({ "worker 1", "cli 1", "cli 2", "worker 2", "cli 3", "worker 3" }, values)
+        end)
+
+        it("opens the log as a shared writer with --shared, an exclusive one without", function()
+            local dir = tmp .. "/log"
+            local real, opened = takhin.open_log, {}
+            takhin.open_log = function(o)
+                opened[#opened + 1] = o
+                return real(o)
+            end
+            local ok, e = pcall(function()
+                local function main(args)
+                    local out, err = sink(), sink()
+                    local status = cli.main(args, { stdout = out, stderr = err, isatty = function() return false end })
+                    assert.are.equal(0, status, err.text())
+                    return opened[#opened]                       -- the writer
+                end
+                local w = main({ "append", "--create", "--shared", dir, "x" })
+                assert.is_true(w.shared)
+                assert.falsy(w.readonly)
+                w = main({ "append", dir, "y" })
+                assert.falsy(w.shared)
+                assert.falsy(w.readonly)
+            end)
+            takhin.open_log = real
+            assert(ok, e)
         end)
 
         it("escapes non-printable bytes and tells an absent key from an empty one", function()

@@ -159,7 +159,7 @@ describe("make install", function()
         assert.truthy(util.sh("test -x " .. q(root .. "/bin/takhin")))
         -- the installed command finds the modules under its prefix
         out = util.capture(("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 " ..
-            "%s append --json %s hello 2>&1; echo \"exit=$?\""):format(q(root .. "/bin/takhin"), q(tmp .. "/log")))
+            "%s append --create --json %s hello 2>&1; echo \"exit=$?\""):format(q(root .. "/bin/takhin"), q(tmp .. "/log")))
         assert.truthy(out:find('"first": 0,', 1, true), out)
         assert.truthy(out:find("exit=0\n", 1, true), out)
     end)

@@ -65,9 +65,25 @@ function M.open_existing_log(c, dir)
     return log
 end
 
---- The log in dir (read-only or a writer), closed when the command ends.
-function M.open_log(c, dir, readonly)
-    local log = M.check(M.lib().open_log{ dir = dir, readonly = readonly })
+--- Fail with NOT_FOUND unless dir holds a log; the messages end with
+-- `hint` (how to make one).
+function M.require_log(dir, hint)
+    local log, msg, code = M.lib().open_log{ dir = dir, readonly = true }
+    if not log then
+        if code == "NOT_FOUND" then msg = msg .. "; " .. hint end
+        M.fail(msg, code)
+    end
+    local found = has_segment_files(log, dir)
+    log:close()
+    if not found then M.fail(NO_LOG:format(dir) .. "; " .. hint, "NOT_FOUND") end
+end
+
+--- A writer on the log in dir, closed when the command ends.  opts: the
+-- open_log options besides dir.
+function M.open_writer(c, dir, opts)
+    local o = { dir = dir }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    local log = M.check(M.lib().open_log(o))
     c.defer[#c.defer + 1] = function() log:close() end
     return log
 end

@@ -170,12 +170,16 @@ M.append = {
         { "--key", "K", "string", "the key of every record (default: no key)" },
         { "--timestamp", "MS", "int", "timestamp in ms since the epoch (default: now)" },
         { "--sync", nil, nil, "fsync before returning (survives power loss)" },
+        { "--create", nil, nil, "start a new log if DIR holds none" },
+        { "--shared", nil, nil, "append in shared mode, next to other writers (nginx workers)" },
     },
-    help = "Append one record per VALUE to the log in DIR (created if missing).\n" ..
-        "Without VALUEs, every line of stdin (without its newline) is a record.\n" ..
-        "Use -- before values that start with a dash.  Prints the offsets given.",
+    help = "Append one record per VALUE to the log in DIR.  Without VALUEs, every\n" ..
+        "line of stdin (without its newline) is a record.  Use -- before values\n" ..
+        "that start with a dash.  Prints the offsets given.  A DIR that is\n" ..
+        "missing or holds no log is NOT_FOUND unless --create is given.",
     run = function(c, o, a, values)
-        local log = common.open_log(c, a.DIR, false)
+        if not o.create then common.require_log(a.DIR, "--create starts a new log there") end
+        local log = common.open_writer(c, a.DIR, { shared = o.shared or nil })
         local first, last, count = nil, nil, 0
         local function flush(recs)
             local f, l = append_records(log, recs)
