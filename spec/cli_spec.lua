@@ -341,7 +341,7 @@ describe("the takhin command", function()
             out = ok_run({ "append", "--key", "k", dir }, { stdin = "four\nfive\n" })
             assert.are.equal(("appended 2 records to %s at offsets [3, 5)\n"):format(dir), out)
             local r = json_run({ "append", dir, "--json", "--timestamp", "1700000000000", "six" })
-            assert.are.same({ dir = dir, count = 1, first = 5, last = 5 }, r)
+            assert.are.same({ dir = dir, ok = true, count = 1, first = 5, last = 5 }, r)
 
             local log = assert(takhin.open_log{ dir = dir, readonly = true })
             assert.are.equal(6, log:high_water_mark())
@@ -370,6 +370,7 @@ describe("the takhin command", function()
         it("appends nothing from empty stdin", function()
             local dir = tmp .. "/log"
             local r = json_run({ "append", "--create", "--json", dir }, { stdin = "" })
+            assert.is_true(r.ok)
             assert.are.equal(0, r.count)
             assert.are.equal(cjson.null, r.first)
         end)
@@ -537,6 +538,84 @@ describe("the takhin command", function()
             fails({ "append", dir, "x" }, { "(LOCKED)", "pid " .. util.getpid() })
             log:close()
             ok_run({ "append", dir, "x" })
+        end)
+    end)
+
+    describe("append that fails part way", function()
+        -- stdin goes in batches of 1000 lines, each all or nothing.  A line
+        -- longer than max_record_size (16 MiB by default, docs/API.md) fails
+        -- its batch; the batches before it are in the log, and a retry must
+        -- know that to skip them.
+        local BIG = ("x"):rep(16 * 1024 * 1024 + 1)
+
+        local function lines(from, to)
+            local t = {}
+            for i = from, to do t[#t + 1] = ("line-%04d\n"):format(i) end
+            return table.concat(t)
+        end
+
+        local function split(text)
+            local t = {}
+            for line in text:gmatch("[^\n]+") do t[#t + 1] = line end
+            return t
+        end
+
+        local function values(dir)
+            local log = assert(takhin.open_log{ dir = dir, readonly = true })
+            local hwm, first, last = log:high_water_mark(), log:read(20), log:read(log:high_water_mark() - 1)
+            log:close()
+            return hwm, first and first.value, last and last.value
+        end
+
+        it("reports on stderr the records it appended before the failure", function()
+            local dir = make_log(tmp .. "/log")                  -- offsets [0, 20) already
+            local out, err, status = takhin_cmd({ "append", dir },
+                { stdin = lines(1, 2500) .. BIG .. "\n" .. lines(2502, 2510) })
+            assert.are.equal(1, status, err)
+            assert.are.equal("", out)
+            local msgs = split(err)
+            assert.are.equal(2, #msgs, err)
+            assert.truthy(msgs[1]:find("^takhin append: .*max_record_size.*%(INVALID%)$"), msgs[1])
+            assert.are.equal(("takhin append: 2000 records were appended to %s before the failure, " ..
+                "at offsets [20, 2020): the first 2000 lines of stdin"):format(dir), msgs[2])
+            assert.are.same({ 2020, "line-0001", "line-2000" }, { values(dir) })
+
+            -- the rest, appended again, follows them without a gap or a duplicate
+            ok_run({ "append", dir }, { stdin = lines(2001, 2500) })
+            assert.are.same({ 2520, "line-0001", "line-2500" }, { values(dir) })
+        end)
+
+        it("reports them in --json output too, with the error", function()
+            local dir = make_log(tmp .. "/log")
+            local out, err, status = takhin_cmd({ "append", "--json", dir },
+                { stdin = lines(1, 1000) .. lines(1001, 1999) .. BIG .. "\n" })
+            assert.are.equal(1, status, err)
+            local r = cjson.decode(out)
+            assert.is_false(r.ok)
+            assert.are.equal(1000, r.count)
+            assert.are.equal(20, r.first)
+            assert.are.equal(1019, r.last)
+            assert.are.equal("INVALID", r.code)
+            assert.truthy(r.error:find("max_record_size", 1, true), r.error)
+            assert.are.equal(dir, r.dir)
+            assert.truthy(err:find("1000 records were appended to " .. dir .. " before the failure, " ..
+                "at offsets [20, 1020)", 1, true), err)
+            assert.are.same({ 1020, "line-0001", "line-1000" }, { values(dir) })
+        end)
+
+        it("says that nothing was appended when the first batch fails", function()
+            local dir = make_log(tmp .. "/log")
+            local input = lines(1, 10) .. BIG .. "\n" .. lines(12, 20)
+            local out, err, status = takhin_cmd({ "append", dir }, { stdin = input })
+            assert.are.equal(1, status, err)
+            assert.are.equal("", out)
+            local note = "\ntakhin append: nothing was appended to " .. dir .. "\n"
+            assert.are.equal(note, err:sub(-#note), err)                -- the last line
+            out, err, status = takhin_cmd({ "append", dir, "--json" }, { stdin = input })
+            assert.are.equal(1, status, err)
+            local r = cjson.decode(out)
+            assert.are.same({ false, 0, cjson.null, cjson.null, "INVALID" }, { r.ok, r.count, r.first, r.last, r.code })
+            assert.are.same({ 20, nil, "value-019" }, { values(dir) })
         end)
     end)
 

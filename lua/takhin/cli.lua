@@ -169,6 +169,7 @@ local function report(c, res)
         return 2
     elseif res.fail then
         c.err:write(("%s: %s%s\n"):format(who, res.msg, res.code and (" (" .. res.code .. ")") or ""))
+        for _, note in ipairs(res.notes or {}) do c.err:write(("%s: %s\n"):format(who, note)) end
         return 1
     end
     c.err:write(("%s: internal error: %s\n"):format(who, res.msg))

@@ -20,9 +20,9 @@ function M.usage_error(msg)
 end
 
 --- Raise a failed operation (exit status 1): "takhin CMD: msg (code)" on
--- stderr.
-function M.fail(msg, code)
-    error({ fail = true, msg = msg, code = code }, 0)
+-- stderr, then each line of `notes` (a list, optional) on a line of its own.
+function M.fail(msg, code, notes)
+    error({ fail = true, msg = msg, code = code, notes = notes }, 0)
 end
 
 --- Turn the library's `nil, msg, code` into a failure; pass anything else.

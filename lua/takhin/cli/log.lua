@@ -157,10 +157,78 @@ M.dump = {
 -- append
 -------------------------------------------------------------------------
 
-local function append_records(log, recs)
-    if #recs == 0 then return nil end
-    local first, last = check(log:append_batch(recs))
-    return first, last
+-- Lines of stdin go to the log in batches of this many records: each
+-- batch is one append_batch, all or nothing.
+local STDIN_BATCH = 1000
+
+-- Where an append stands: what is committed so far.  Batches are appended
+-- in order, so the committed records are always offsets [first, last + 1).
+local function tally(dir)
+    return { dir = dir, count = 0 }
+end
+
+local function commit(log, t, recs)
+    if #recs == 0 then return true end
+    local first, last, code = log:append_batch(recs)
+    if first == nil then return nil, last, code end
+    t.first = t.first or first
+    t.last, t.count = last, t.count + #recs
+    return true
+end
+
+-- The values, or the lines of stdin, appended as records; the tally and,
+-- on failure, the error message and code.
+local function append_all(c, log, o, values, t)
+    local function rec(v) return { key = o.key, value = v, timestamp = o.timestamp } end
+    local recs = {}
+    if #values > 0 then
+        for i, v in ipairs(values) do recs[i] = rec(v) end
+        return commit(log, t, recs)
+    end
+    while true do
+        local line, err = c.stdin:read("l")
+        if line == nil then
+            if err then return nil, "read stdin: " .. tostring(err), "IO" end
+            return commit(log, t, recs)
+        end
+        recs[#recs + 1] = rec(line)
+        if #recs == STDIN_BATCH then
+            local ok, msg, code = commit(log, t, recs)
+            if not ok then return nil, msg, code end
+            recs = {}
+        end
+    end
+end
+
+local APPEND_ORDER = { "dir", "ok", "count", "first", "last", "code", "error" }
+
+-- ok: true, or false with the error's message and code.
+local function append_json(t, ok, msg, code)
+    local j = ordered({ dir = t.dir, ok = ok, count = t.count, first = t.first or NULL,
+        last = t.last or NULL }, APPEND_ORDER)
+    if not ok then j.code, j.error = code, msg end
+    return j
+end
+
+-- What a failed append leaves in the log, for stderr: a retry must not
+-- append it again.
+local function committed_note(t, from_stdin)
+    if t.count == 0 then return ("nothing was appended to %s"):format(t.dir) end
+    return ("%s appended to %s before the failure, at offsets %s%s"):format(
+        t.count == 1 and "1 record was" or ("%d records were"):format(t.count), t.dir,
+        range(t.first, t.last + 1),
+        from_stdin and (": the first %s of stdin"):format(plural(t.count, "line")) or "")
+end
+
+local function print_appended(c, t)
+    if t.count == 0 then
+        c.out:write(("appended nothing to %s\n"):format(t.dir))
+    elseif t.count == 1 then
+        c.out:write(("appended 1 record to %s at offset %d\n"):format(t.dir, t.first))
+    else
+        c.out:write(("appended %d records to %s at offsets %s\n"):format(t.count, t.dir,
+            range(t.first, t.last + 1)))
+    end
 end
 
 M.append = {
@@ -174,47 +242,22 @@ M.append = {
         { "--shared", nil, nil, "append in shared mode, next to other writers (nginx workers)" },
     },
     help = "Append one record per VALUE to the log in DIR.  Without VALUEs, every\n" ..
-        "line of stdin (without its newline) is a record.  Use -- before values\n" ..
-        "that start with a dash.  Prints the offsets given.  A DIR that is\n" ..
-        "missing or holds no log is NOT_FOUND unless --create is given.",
+        "line of stdin (without its newline) is a record; lines are appended in\n" ..
+        ("batches of %d, each all or nothing.  Use -- before values that start\n"):format(STDIN_BATCH) ..
+        "with a dash.  Prints the offsets given.  A DIR that is missing or holds\n" ..
+        "no log is NOT_FOUND unless --create is given.  On failure the records\n" ..
+        "appended before it are reported (stderr, and --json): a retry should\n" ..
+        "skip them.",
     run = function(c, o, a, values)
         if not o.create then common.require_log(a.DIR, "--create starts a new log there") end
         local log = common.open_writer(c, a.DIR, { shared = o.shared or nil })
-        local first, last, count = nil, nil, 0
-        local function flush(recs)
-            local f, l = append_records(log, recs)
-            if f then
-                first = first or f
-                last = l
-                count = count + #recs
-            end
-        end
-        local function rec(v) return { key = o.key, value = v, timestamp = o.timestamp } end
-        if #values > 0 then
-            local recs = {}
-            for i, v in ipairs(values) do recs[i] = rec(v) end
-            flush(recs)
-        else
-            local recs = {}
-            for line in c.stdin:lines() do
-                recs[#recs + 1] = rec(line)
-                if #recs == 1000 then flush(recs); recs = {} end
-            end
-            flush(recs)
-        end
-        if o.sync then check(log:sync()) end
-        if c.json then
-            return output.emit_json(c, ordered({ dir = a.DIR, count = count, first = first or NULL,
-                last = last or NULL }, { "dir", "count", "first", "last" }))
-        end
-        if count == 0 then
-            c.out:write(("appended nothing to %s\n"):format(a.DIR))
-        elseif count == 1 then
-            c.out:write(("appended 1 record to %s at offset %d\n"):format(a.DIR, first))
-        else
-            c.out:write(("appended %d records to %s at offsets %s\n"):format(count, a.DIR,
-                range(first, last + 1)))
-        end
+        local t = tally(a.DIR)
+        local ok, msg, code = append_all(c, log, o, values, t)
+        if ok and o.sync then ok, msg, code = log:sync() end
+        ok = ok and true or false
+        if c.json then output.emit_json(c, append_json(t, ok, msg, code)) end
+        if not ok then fail(msg, code, { committed_note(t, #values == 0) }) end
+        if not c.json then print_appended(c, t) end
     end,
 }
 
