@@ -68,6 +68,10 @@ describe("takhin.policy", function()
             assert.are.same(takhin.default_snapshot_config(), policy.defaults())
         end)
 
+        it("are defined once: takhin.default_snapshot_config is policy.defaults", function()
+            assert.are.equal(policy.defaults, takhin.default_snapshot_config)
+        end)
+
         it("are a new table at each call", function()
             local d = policy.defaults()
             d.max_snapshots = 99

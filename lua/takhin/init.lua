@@ -20,10 +20,9 @@ local M = {
     core = core,
 }
 
---- The seed's DefaultSnapshotConfig.
-function M.default_snapshot_config()
-    return { max_snapshots = 5, retention_time = "24h", min_interval = "1h" }
-end
+--- The seed's DefaultSnapshotConfig: { max_snapshots = 5,
+-- retention_time = "24h", min_interval = "1h" }, a new table each call.
+M.default_snapshot_config = policy.defaults
 
 local function invalid(msg) return nil, msg, "INVALID" end
 
