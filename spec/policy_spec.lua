@@ -57,6 +57,17 @@ local function invalid(named, v, msg, code)
     return msg
 end
 
+-- f(...) raises an error whose message holds `text` and points at this
+-- file (the caller), not at takhin's own modules.
+local function raises(text, f, ...)
+    local ok, err = pcall(f, ...)
+    assert.is_false(ok, "did not raise: " .. text)
+    err = tostring(err)
+    assert.truthy(err:find(text, 1, true), "message does not hold " .. text .. ": " .. err)
+    assert.is_nil(err:find("takhin/policy.lua", 1, true), "points inside takhin: " .. err)
+    return err
+end
+
 describe("takhin.policy", function()
     it("is takhin.policy", function()
         assert.are.equal(policy, takhin.policy)
@@ -153,7 +164,14 @@ describe("takhin.policy", function()
             local plain = {}
             for k, v in pairs(p) do plain[k] = v end
             assert.are.equal(2 * HOUR, assert(policy.new(plain)).retention_time_ms)
-            invalid("retention_time_ms", policy.new{ retention_time_ms = 5 })
+            plain.retention_time = "3h"                 -- X decides, X_ms follows
+            assert.are.equal(3 * HOUR, assert(policy.new(plain)).retention_time_ms)
+        end)
+
+        it("raises on an X_ms field given without X", function()
+            raises("policy: option 'retention_time_ms' is derived from retention_time",
+                   policy.new, { retention_time_ms = 5 })
+            raises("option 'keep_within_ms'", policy.new, { keep_last = 1, keep_within_ms = 5 })
         end)
 
         it("prints as its fields", function()
@@ -195,15 +213,40 @@ describe("takhin.policy", function()
             invalid("dry_run", policy.new{ dry_run = "yes" })
         end)
 
-        it("rejects unknown fields, naming them", function()
-            invalid("max_snapshot", policy.new{ max_snapshot = 5 })
-            invalid("keep_hourlly", policy.new{ keep_hourlly = 5 })
-            invalid("label", policy.new{ label = "x" })
+        it("raises on unknown fields, naming them", function()
+            raises("policy: unknown option 'max_snapshot'", policy.new, { max_snapshot = 5 })
+            raises("policy: unknown option 'keep_hourlly'", policy.new, { keep_hourlly = 5 })
+            raises("policy: unknown option 'label'", policy.new, { label = "x", keep_last = 1 })
+            raises("policy: unknown option '1'", policy.new, { "production" })
+        end)
+
+        it("names the first unknown field in sorted order, whatever pairs does", function()
+            for _ = 1, 20 do
+                raises("unknown option 'a_typo'", policy.new, { z_typo = 1, a_typo = 1, m_typo = 1 })
+            end
+        end)
+
+        it("raises where it was called, as the C binding does", function()
+            local line
+            local ok, e = pcall(function()
+                line = debug.getinfo(1, "l").currentline; policy.new{ keep_dialy = 1 }
+            end)
+            assert.is_false(ok)
+            assert.truthy(tostring(e):find("policy_spec.lua:" .. line .. ":", 1, true), tostring(e))
+        end)
+
+        it("returns INVALID, not an error, for a bad value of any type: settings come from configuration", function()
+            invalid("max_snapshots", policy.new{ max_snapshots = "5" })
+            invalid("max_snapshots", policy.new{ max_snapshots = {} })
+            invalid("keep_daily", policy.new{ keep_daily = true })
+            invalid("retention_time", policy.new{ retention_time = {} })
+            invalid("dry_run", policy.new{ dry_run = 1 })
+            invalid("preset", policy.new{ preset = {} })
         end)
 
         it("raises when given no table", function()
-            assert.has_error(function() policy.new("production") end)
-            assert.has_error(function() policy.new() end)
+            raises("bad argument #1 to 'new' (table expected, got string)", policy.new, "production")
+            raises("bad argument #1 to 'new' (table expected, got nil)", policy.new)
         end)
     end)
 
@@ -377,14 +420,26 @@ describe("takhin.policy", function()
             assert.are.equal(2, #list)
         end)
 
-        it("returns INVALID for a bad policy", function()
+        it("returns INVALID for a bad policy value", function()
             invalid("keep_daily", policy.plan(snaps("2026-11-25 06:00"), { keep_daily = -2 }))
-            invalid("bogus", policy.plan(snaps("2026-11-25 06:00"), { bogus = 1 }))
+            invalid("max_snapshots", policy.plan(snaps("2026-11-25 06:00"), { max_snapshots = 0 }))
+            invalid("plan: retention_time", policy.plan(snaps("2026-11-25 06:00"), { retention_time = "1y" }))
         end)
 
-        it("raises on a snapshot without a timestamp", function()
-            assert.has_error(function() policy.plan({ { id = "x" } }, {}) end)
-            assert.has_error(function() policy.plan(nil, {}) end)
+        it("raises on an unknown policy field", function()
+            raises("plan: unknown option 'bogus'", policy.plan, snaps("2026-11-25 06:00"), { bogus = 1 })
+        end)
+
+        it("raises on a list that is not one, and on a snapshot without a timestamp", function()
+            raises("bad argument #1 to 'plan' (table expected, got nil)", policy.plan, nil, {})
+            raises("plan: snapshot #1 has no numeric timestamp", policy.plan, { { id = "x" } }, {})
+            raises("plan: snapshot #2 has no numeric timestamp", policy.plan,
+                   { { id = "a", timestamp = 1 }, { id = "x", timestamp = "1" } }, {})
+            raises("bad argument #1 to 'plan' (table expected, got string)", policy.plan, "x", {})
+        end)
+
+        it("raises on a policy that is not a table", function()
+            raises("bad argument #2 to 'plan' (table expected, got string)", policy.plan, {}, "production")
         end)
 
         it("names buckets by UTC, as os.date('!...') does", function()

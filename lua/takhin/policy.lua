@@ -57,6 +57,72 @@ M.presets = {}
 for name, p in pairs(PRESETS) do M.presets[name] = copy(p) end
 
 -------------------------------------------------------------------------
+-- Option tables
+--
+-- Every Lua function of takhin that takes options follows one rule, the
+-- C binding's (docs/API.md, "Conventions"):
+--
+-- * misuse raises: an unknown option name, an argument or option of the
+--   wrong type, a required one missing;
+-- * a value that is not acceptable returns nil, "<what>: ...", "INVALID".
+--   Settings -- durations and the fields of a policy -- are values through
+--   and through: they are usually read from configuration (a file, a
+--   command line, nginx.conf), so whatever they hold, of whatever type,
+--   is reported that way, naming the field and the value.
+--
+-- check_options is the one checker of option names, used by init.lua
+-- (sm:create, sm:cleanup), this module and takhin.scheduler.  It lives
+-- here because every module that takes options already loads this one.
+-------------------------------------------------------------------------
+
+local getinfo = debug and debug.getinfo
+-- The directory of takhin's Lua modules, as their chunk names spell it.
+local HOME = getinfo and getinfo(1, "S").source:match("^(@.*[/\\])[^/\\]+$")
+
+-- The level, for error(), of the first caller outside takhin's Lua
+-- modules: misuse is reported where the user called takhin (as the C
+-- binding's luaL_error does), however deep inside takhin it is found.
+local function caller_level()
+    if not HOME then return 3 end
+    local level = 3                     -- 1: here, 2: raise, 3: raise's caller
+    while true do
+        local info = getinfo(level, "S")
+        if not info then return 0 end
+        if info.source:sub(1, #HOME) ~= HOME then return level - 1 end
+        level = level + 1
+    end
+end
+
+--- Raises msg for misuse, positioned at the user's call.
+local function raise(msg)
+    error(msg, caller_level())
+end
+
+local function tostring_key(k)
+    return type(k) == "string" and k or tostring(k)
+end
+
+--- Raises "<what>: unknown option 'k'" for a key of opts that is not in
+-- the set known (the first in sorted order, so the message does not
+-- depend on pairs), and "bad argument to '<what>' (table expected, got
+-- T)" when opts is not a table.  Returns opts.
+local function check_options(opts, what, known)
+    if type(opts) ~= "table" then
+        raise(("bad argument to '%s' (table expected, got %s)"):format(what, type(opts)))
+    end
+    local unknown
+    for k in pairs(opts) do
+        if not known[k] and (unknown == nil or tostring_key(k) < unknown) then
+            unknown = tostring_key(k)
+        end
+    end
+    if unknown then raise(("%s: unknown option '%s'"):format(what, unknown)) end
+    return opts
+end
+
+M._check_options, M._raise = check_options, raise
+
+-------------------------------------------------------------------------
 -- Validation
 -------------------------------------------------------------------------
 
@@ -66,9 +132,10 @@ local DURATIONS = { "retention_time", "min_interval", "keep_within" }
 local COUNTS = { "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
                  "keep_yearly" }
 
+-- Option names: the fields, and X_ms (as a policy holds them) next to X.
 local FIELDS = { preset = true, max_snapshots = true, dry_run = true }
-for _, f in ipairs(DURATIONS) do FIELDS[f] = true end
 for _, f in ipairs(COUNTS) do FIELDS[f] = true end
+for _, f in ipairs(DURATIONS) do FIELDS[f], FIELDS[f .. "_ms"] = true, true end
 
 local function invalid(what, fmt, ...)
     return nil, what .. ": " .. fmt:format(...), "INVALID"
@@ -83,24 +150,15 @@ local function show(v)
     return tostring(v)
 end
 
--- Unknown names are INVALID (raised when `raise`, as option tables do);
--- X_ms (as found in a policy) is accepted next to X and recomputed from it.
-local function check_names(cfg, what, raise)
-    for k in pairs(cfg) do
-        if not FIELDS[k] then
-            local base = type(k) == "string" and k:match("^(.*)_ms$")
-            local derived = false
-            for _, f in ipairs(DURATIONS) do if f == base then derived = true end end
-            if not derived then
-                if raise then error(("%s: unknown option '%s'"):format(what, tostring(k)), 0) end
-                return invalid(what, "unknown field '%s'", tostring(k))
-            end
-            if cfg[base] == nil then
-                return invalid(what, "%s is derived from %s; give %s", k, base, base)
-            end
+-- Raises on unknown names.  X_ms is accepted next to X (a plain copy of a
+-- policy) and recomputed from it; alone, it is a mistake.
+local function check_names(cfg, what)
+    check_options(cfg, what, FIELDS)
+    for _, f in ipairs(DURATIONS) do
+        if cfg[f .. "_ms"] ~= nil and cfg[f] == nil then
+            raise(("%s: option '%s_ms' is derived from %s: give %s"):format(what, f, f, f))
         end
     end
-    return true
 end
 
 -- The fields of cfg over those of its preset.
@@ -116,12 +174,9 @@ local function merged(cfg, what)
     return m
 end
 
-local function validate(cfg, what, raise)
-    if getmetatable(cfg) == Policy then cfg = copy(cfg) end
-    local ok, msg, code = check_names(cfg, what, raise)
-    if not ok then return nil, msg, code end
-    local m
-    m, msg, code = merged(cfg, what)
+local function validate(cfg, what)
+    check_names(cfg, what)
+    local m, msg, code = merged(cfg, what)
     if not m then return nil, msg, code end
     local p = setmetatable({ preset = m.preset }, Policy)
     if m.max_snapshots ~= nil then
@@ -159,23 +214,24 @@ end
 -- other fields override.  Duration fields keep the text given (so
 -- sm:create(log, { min_interval = pol.min_interval }) works) and gain an
 -- X_ms twin in milliseconds.  Passing a policy again re-validates a copy.
+-- Bad values return INVALID; unknown names and a cfg that is not a table
+-- raise.
 function M.new(cfg)
     if type(cfg) ~= "table" then
-        error(("bad argument #1 to 'new' (table expected, got %s)"):format(type(cfg)), 2)
+        raise(("bad argument #1 to 'new' (table expected, got %s)"):format(type(cfg)))
     end
     return validate(cfg, "policy")
 end
 
 --- Like new, for takhin's own callers: `what` names the caller in
--- messages ("cleanup: ..."), nil stands for the seed's defaults, and with
--- `strict` an unknown field raises "<what>: unknown option 'x'" (as every
--- option table of takhin does) instead of returning INVALID.
-function M.check(cfg, what, strict)
+-- messages ("cleanup: ..."), nil stands for the seed's defaults, and argn
+-- (default 1) is cfg's place among the caller's arguments.
+function M.check(cfg, what, argn)
     if cfg == nil then cfg = M.defaults() end
     if type(cfg) ~= "table" then
-        error(("bad argument #1 to '%s' (table expected, got %s)"):format(what, type(cfg)), 3)
+        raise(("bad argument #%d to '%s' (table expected, got %s)"):format(argn or 1, what, type(cfg)))
     end
-    return validate(cfg, what, strict)
+    return validate(cfg, what)
 end
 
 --- True when p has a keep rule (a policy without one keeps everything).
@@ -289,7 +345,7 @@ local function newest_first(snapshots)
     local rows = {}
     for i, s in ipairs(snapshots) do
         if type(s) ~= "table" or type(s.timestamp) ~= "number" then
-            error(("plan: snapshot #%d has no numeric timestamp"):format(i), 3)
+            raise(("plan: snapshot #%d has no numeric timestamp"):format(i))
         end
         rows[i] = { s = s, i = i }
     end
@@ -349,12 +405,13 @@ end
 --- policy.plan(snapshots, pol) -> { keep = { {snapshot =, reasons =}, ... },
 --                                    delete = { snapshot, ... } }
 -- Both lists newest first.  pol is a policy, a table of policy fields, or
--- nil (the seed's defaults); a bad one returns nil, msg, "INVALID".
+-- nil (the seed's defaults); a bad value returns nil, msg, "INVALID", an
+-- unknown name raises.
 function M.plan(snapshots, pol)
     if type(snapshots) ~= "table" then
-        error(("bad argument #1 to 'plan' (table expected, got %s)"):format(type(snapshots)), 2)
+        raise(("bad argument #1 to 'plan' (table expected, got %s)"):format(type(snapshots)))
     end
-    local p, msg, code = M.check(pol, "plan")
+    local p, msg, code = M.check(pol, "plan", 2)
     if not p then return nil, msg, code end
     local rows = newest_first(snapshots)
     local reasons = {}
