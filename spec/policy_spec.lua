@@ -435,11 +435,165 @@ describe("takhin.policy", function()
             raises("plan: snapshot #1 has no numeric timestamp", policy.plan, { { id = "x" } }, {})
             raises("plan: snapshot #2 has no numeric timestamp", policy.plan,
                    { { id = "a", timestamp = 1 }, { id = "x", timestamp = "1" } }, {})
+            raises("plan: snapshot #1 has no numeric timestamp", policy.plan, { { id = "x", timestamp = 0 / 0 } }, {})
+            raises("plan: snapshot #2 is a string, not a table", policy.plan, { { id = "a", timestamp = 1 }, "b" }, {})
             raises("bad argument #1 to 'plan' (table expected, got string)", policy.plan, "x", {})
         end)
 
         it("raises on a policy that is not a table", function()
             raises("bad argument #2 to 'plan' (table expected, got string)", policy.plan, {}, "production")
+        end)
+
+        describe("newest by creation", function()
+            -- { id, timestamp text, seq }: made in seq order; #2 was made
+            -- before the clock stepped back two days.
+            local function made(...)
+                local list = {}
+                for i, row in ipairs({ ... }) do
+                    list[i] = { id = row[1], timestamp = utc(row[2]), seq = row[3] }
+                end
+                return list
+            end
+
+            local STEPPED = { { "s4", "2026-11-25 10:10", 4 }, { "s3", "2026-11-25 10:05", 3 },
+                              { "s2", "2026-11-27 10:00", 2 }, { "s1", "2026-11-25 10:00", 1 } }
+
+            it("orders by seq when every snapshot has one, whatever the timestamps say", function()
+                local list = made(STEPPED[3], STEPPED[1], STEPPED[4], STEPPED[2])
+                local kept, deleted = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ s4 = { "newest", "last 1" } }, kept)
+                assert.are.same({ "s3", "s2", "s1" }, deleted)
+            end)
+
+            it("orders by timestamp when a snapshot has no seq (snapshots made before seq existed)", function()
+                local list = made(util.unpack(STEPPED))
+                list[4].seq = nil
+                local kept, deleted = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ s2 = { "newest", "last 1" } }, kept)
+                assert.are.same({ "s4", "s3", "s1" }, deleted)
+            end)
+
+            it("keeps the given order for equal seqs", function()
+                local list = { { id = "b", timestamp = 1, seq = 7 }, { id = "a", timestamp = 2, seq = 7 } }
+                assert.are.equal("b", plan_of(list, { keep_last = 1 }).keep[1].snapshot.id)
+            end)
+
+            it("never deletes the snapshot just taken because an older one is dated in the future", function()
+                -- Issue 9, item 9: the default cleanup right after a snapshot.
+                local list = made({ "new", "2026-11-25 10:00", 2 }, { "stale", "2026-11-27 10:00", 1 })
+                local kept, deleted = outcome(plan_of(list))
+                assert.are.same({ "newest", "max_snapshots 5", "retention_time 24h" }, kept.new)
+                assert.are.same({ "max_snapshots 5", "retention_time 24h" }, kept.stale)
+                assert.are.same({}, deleted)
+                kept, deleted = outcome(plan_of(list, { max_snapshots = 1 }))
+                assert.are.same({ "newest", "max_snapshots 1" }, kept.new)
+                assert.are.same({ "stale" }, deleted)
+            end)
+
+            it("counts a snapshot dated after the newest as age 0, never as too old", function()
+                local list = made(util.unpack(STEPPED))
+                for _, rules in ipairs({ { keep_within = "1h" }, { retention_time = 0 }, { keep_within = 0 } }) do
+                    local kept = outcome(plan_of(list, rules))
+                    assert.is_table(kept.s2, "dated two days after the newest, deleted by " .. next(rules))
+                end
+                local kept, deleted = outcome(plan_of(list, { keep_within = "5m" }))
+                assert.are.same({ "newest", "within 5m" }, kept.s4)
+                assert.are.same({ "within 5m" }, kept.s3)
+                assert.are.same({ "within 5m" }, kept.s2)
+                assert.are.same({ "s1" }, deleted)
+            end)
+
+            it("fills buckets in creation order, a bucket counted once however its snapshots interleave", function()
+                local list = made(util.unpack(STEPPED))
+                list[2].timestamp = utc("2026-11-24 10:05")
+                local kept, deleted = outcome(plan_of(list, { keep_daily = 2 }))
+                assert.are.same({ s4 = { "newest", "daily 2026-11-25" }, s3 = { "daily 2026-11-24" } }, kept)
+                assert.are.same({ "s2", "s1" }, deleted)
+                kept, deleted = outcome(plan_of(list, { keep_daily = 5 }))
+                assert.are.same({ "daily 2026-11-27" }, kept.s2)
+                assert.are.same({ "s1" }, deleted)              -- its day has a newer snapshot, s4
+            end)
+
+            it("raises on a seq that is not a number", function()
+                raises("plan: snapshot #2 has a seq that is not a number", policy.plan,
+                       { { id = "a", timestamp = 1, seq = 1 }, { id = "b", timestamp = 2, seq = "2" } }, {})
+                raises("plan: snapshot #1 has a seq that is not a number", policy.plan,
+                       { { id = "a", timestamp = 1, seq = 0 / 0 } }, {})
+            end)
+        end)
+
+        describe("damaged snapshots", function()
+            -- A snapshot whose manifest cannot be read: listed with
+            -- damaged = true and a timestamp taken from its id.
+            local function list_with_damage()
+                return {
+                    { id = "d5", timestamp = utc("2026-11-25 12:00"), seq = 5, damaged = true },
+                    { id = "a4", timestamp = utc("2026-11-25 11:00"), seq = 4 },
+                    { id = "d3", timestamp = utc("2026-11-25 10:00"), seq = 3, damaged = true },
+                    { id = "b2", timestamp = utc("2026-11-25 09:00"), seq = 2 },
+                    { id = "c1", timestamp = utc("2026-11-25 08:00"), seq = 1 },
+                }
+            end
+
+            it("are deleted whatever the rules, even by a policy that keeps everything", function()
+                for _, rules in ipairs({ {}, { keep_last = 10 }, { keep_within = "520w" }, { max_snapshots = 100 },
+                                         { keep_hourly = 100, keep_daily = 100, keep_yearly = 100 } }) do
+                    local kept, deleted = outcome(plan_of(list_with_damage(), rules))
+                    assert.are.same({ "d5", "d3" }, deleted)
+                    assert.is_nil(kept.d5)
+                    assert.is_nil(kept.d3)
+                    assert.is_table(kept.c1)
+                end
+            end)
+
+            it("are not counted by max_snapshots or keep_* rules", function()
+                local kept, deleted = outcome(plan_of(list_with_damage(), { max_snapshots = 2 }))
+                assert.are.same({ a4 = { "newest", "max_snapshots 2" }, b2 = { "max_snapshots 2" } }, kept)
+                assert.are.same({ "c1", "d5", "d3" }, deleted)
+                kept = outcome(plan_of(list_with_damage(), { keep_last = 2 }))
+                assert.are.same({ a4 = { "newest", "last 1" }, b2 = { "last 2" } }, kept)
+                kept = outcome(plan_of(list_with_damage(), { keep_hourly = 2 }))
+                assert.are.same({ a4 = { "newest", "hourly 2026-11-25 11:00" }, b2 = { "hourly 2026-11-25 09:00" } }, kept)
+            end)
+
+            it("are never protected as the newest; ages count from the newest undamaged one", function()
+                local kept, deleted = outcome(plan_of(list_with_damage(), { retention_time = "2h" }))
+                assert.are.same({ a4 = { "newest", "retention_time 2h" }, b2 = { "retention_time 2h" } }, kept)
+                assert.are.same({ "c1", "d5", "d3" }, deleted)
+            end)
+
+            it("come last in delete, in the order given, as the tables given", function()
+                local list = list_with_damage()
+                local plan = plan_of(list, { keep_last = 1 })
+                assert.are.equal(list[4], plan.delete[1])
+                assert.are.equal(list[5], plan.delete[2])
+                assert.are.equal(list[1], plan.delete[3])
+                assert.are.equal(list[3], plan.delete[4])
+                for _, k in ipairs(plan.keep) do assert.is_not_true(k.snapshot.damaged) end
+            end)
+
+            it("are all deleted, and nothing kept, when every snapshot is damaged", function()
+                local list = { { id = "x", timestamp = 2, damaged = true }, { id = "y", timestamp = 1, damaged = true } }
+                local kept, deleted = outcome(plan_of(list))
+                assert.are.same({}, kept)
+                assert.are.same({ "x", "y" }, deleted)
+            end)
+
+            it("need no timestamp or seq, and do not stop the others from being ordered by seq", function()
+                local list = list_with_damage()
+                list[1].timestamp, list[1].seq, list[3].seq = nil, nil, nil
+                list[2].timestamp = utc("2026-11-20 00:00")   -- older than b2, but made later
+                local kept, deleted = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ a4 = { "newest", "last 1" } }, kept)
+                assert.are.same({ "b2", "c1", "d5", "d3" }, deleted)
+            end)
+
+            it("are told apart by damaged = true only", function()
+                local list = list_with_damage()
+                list[1].damaged = false
+                local kept = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ d5 = { "newest", "last 1" } }, kept)
+            end)
         end)
 
         it("names buckets by UTC, as os.date('!...') does", function()
@@ -600,6 +754,49 @@ describe("sm:cleanup with a policy", function()
         assert.is_false(ok)
         assert.truthy(tostring(err):find("cleanup: unknown option 'keep_dialy'", 1, true), tostring(err))
         assert.are.equal(#TIMES, #sm:list())
+    end)
+
+    -- sm:cleanup is Lua over sm:list() and sm:_delete_many(ids): driven
+    -- here with listings as the engine gives them once snapshots carry
+    -- seq and damaged (issue 9, items 9 and 13).
+    local function stand_in(listing)
+        local m = { deleted = {} }
+        function m.list() return listing end
+        function m._delete_many(_, ids)
+            for _, id in ipairs(ids) do m.deleted[#m.deleted + 1] = id end
+            return #ids
+        end
+        return m
+    end
+
+    it("deletes damaged snapshots and never the one just taken, whatever the timestamps", function()
+        local Snap = takhin.core.SnapshotManager
+        local now = utc("2026-11-25 12:00")
+        local m = stand_in({
+            { id = "just-taken", timestamp = now, seq = 9 },
+            { id = "broken", timestamp = now - HOUR, seq = 8, damaged = true },
+            { id = "from-the-future", timestamp = now + 3 * DAY, seq = 7 },
+            { id = "old", timestamp = now - 2 * DAY, seq = 6 },
+        })
+        local n, plan = Snap.cleanup(m)
+        assert.are.equal(2, n)
+        assert.are.same({ "old", "broken" }, m.deleted)
+        assert.are.equal("just-taken", plan.keep[1].snapshot.id)
+        assert.are.equal("from-the-future", plan.keep[2].snapshot.id)
+        m = stand_in({ { id = "only", timestamp = now, seq = 1, damaged = true } })
+        assert.are.equal(1, (Snap.cleanup(m, {})))
+        assert.are.same({ "only" }, m.deleted)
+    end)
+
+    it("passes on what sm:list() returns when it fails, deleting nothing", function()
+        local Snap = takhin.core.SnapshotManager
+        local m = stand_in(nil)
+        function m.list() return nil, "catalog /x: Permission denied", "IO" end
+        local n, msg, code = Snap.cleanup(m)
+        assert.is_nil(n)
+        assert.are.equal("IO", code)
+        assert.are.equal("catalog /x: Permission denied", msg)
+        assert.are.same({}, m.deleted)
     end)
 
     it("lets sm:create take a policy's min_interval", function()

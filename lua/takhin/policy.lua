@@ -15,10 +15,13 @@
 --   keep_weekly, keep_monthly, keep_yearly (counts) and keep_within (a
 --   duration).  Buckets are UTC hours, days, ISO weeks, months and years.
 --
--- Ages are measured from the newest snapshot's timestamp, never the wall
--- clock, so a log whose snapshots stopped keeps what it had.  A policy with
--- no rule at all keeps everything.  min_interval is not a keep rule: it is
--- read by sm:create and takhin.scheduler.
+-- "Newest" is by creation (the engine's seq), not by timestamp.  Ages are
+-- measured from the newest snapshot's timestamp, never the wall clock, so
+-- a log whose snapshots stopped keeps what it had; a snapshot dated after
+-- the newest (the clock stepped back) is as new as the newest.  A policy
+-- with no rule at all keeps everything, except damaged snapshots, which
+-- are always deleted.  min_interval is not a keep rule: it is read by
+-- sm:create and takhin.scheduler.
 --
 -- Pure Lua; runs on Lua 5.1-5.4 and LuaJIT.
 local duration = require("takhin.duration")
@@ -340,20 +343,47 @@ end
 -- Planning
 -------------------------------------------------------------------------
 
--- A copy of snapshots, newest first; equal timestamps keep their order.
-local function newest_first(snapshots)
-    local rows = {}
+-- The snapshots the rules rank, newest first, and the damaged ones (in
+-- the order given).  Newest means newest by creation: by seq when every
+-- ranked snapshot has one (the engine numbers snapshots as it makes
+-- them), else by timestamp, which a clock stepped back can make lie.
+-- Equal keys keep the order given.
+local function ranked(snapshots)
+    local rows, damaged, by_seq = {}, {}, true
     for i, s in ipairs(snapshots) do
-        if type(s) ~= "table" or type(s.timestamp) ~= "number" then
-            raise(("plan: snapshot #%d has no numeric timestamp"):format(i))
+        if type(s) ~= "table" then
+            raise(("plan: snapshot #%d is a %s, not a table"):format(i, type(s)))
         end
-        rows[i] = { s = s, i = i }
+        if s.damaged then
+            damaged[#damaged + 1] = s
+        else
+            if type(s.timestamp) ~= "number" or s.timestamp ~= s.timestamp then
+                raise(("plan: snapshot #%d has no numeric timestamp"):format(i))
+            end
+            if s.seq == nil then
+                by_seq = false
+            elseif type(s.seq) ~= "number" or s.seq ~= s.seq then
+                raise(("plan: snapshot #%d has a seq that is not a number"):format(i))
+            end
+            rows[#rows + 1] = { s = s, i = i }
+        end
     end
+    local key = by_seq and "seq" or "timestamp"
     table.sort(rows, function(a, b)
-        if a.s.timestamp ~= b.s.timestamp then return a.s.timestamp > b.s.timestamp end
+        local x, y = a.s[key], b.s[key]
+        if x ~= y then return x > y end
         return a.i < b.i
     end)
-    return rows
+    return rows, damaged
+end
+
+-- How much older than the newest snapshot s is, in ms.  A snapshot dated
+-- after the newest one (made before the clock stepped back) counts as
+-- just as new: a lying clock never makes a snapshot deletable by age.
+local function age(rows, s)
+    local a = rows[1].s.timestamp - s.timestamp
+    if a < 0 then return 0 end
+    return a
 end
 
 local function add(reasons, i, why)
@@ -364,10 +394,9 @@ end
 -- The seed rule: among the newest max_snapshots and within retention_time.
 local function seed_rule(p, rows, reasons)
     if not (p.max_snapshots or p.retention_time_ms) then return end
-    local newest = rows[1].s.timestamp
     for i, row in ipairs(rows) do
         local by_count = not p.max_snapshots or i <= p.max_snapshots
-        local by_age = not p.retention_time_ms or newest - row.s.timestamp <= p.retention_time_ms
+        local by_age = not p.retention_time_ms or age(rows, row.s) <= p.retention_time_ms
         if by_count and by_age then
             if p.max_snapshots then add(reasons, i, "max_snapshots " .. p.max_snapshots) end
             if p.retention_time_ms then add(reasons, i, "retention_time " .. display(p, "retention_time")) end
@@ -379,41 +408,43 @@ local function last_rule(p, rows, reasons)
     for i = 1, math.min(p.keep_last or 0, #rows) do add(reasons, i, "last " .. i) end
 end
 
--- The newest snapshot of each of the n most recent buckets with snapshots.
+-- The newest snapshot of each of the n most recent buckets with snapshots
+-- (most recent: holding the newest snapshots, in creation order).
 local function bucket_rule(p, rows, reasons, b)
-    local left, seen = p[b.rule] or 0, nil
+    local left, seen = p[b.rule] or 0, {}
     for i, row in ipairs(rows) do
         if left == 0 then return end
         local key = b.key(row.s.timestamp)
-        if key ~= seen then
+        if not seen[key] then
             add(reasons, i, b.label .. " " .. key)
-            seen, left = key, left - 1
+            seen[key], left = true, left - 1
         end
     end
 end
 
 local function within_rule(p, rows, reasons)
     if not p.keep_within_ms then return end
-    local newest = rows[1].s.timestamp
     for i, row in ipairs(rows) do
-        if newest - row.s.timestamp <= p.keep_within_ms then
+        if age(rows, row.s) <= p.keep_within_ms then
             add(reasons, i, "within " .. display(p, "keep_within"))
         end
     end
 end
 
 --- policy.plan(snapshots, pol) -> { keep = { {snapshot =, reasons =}, ... },
---                                    delete = { snapshot, ... } }
--- Both lists newest first.  pol is a policy, a table of policy fields, or
--- nil (the seed's defaults); a bad value returns nil, msg, "INVALID", an
--- unknown name raises.
+--                                    delete = { snapshot, ... }, policy = p }
+-- keep is newest first; delete lists what no rule keeps, newest first,
+-- then every damaged snapshot (damaged = true: it cannot be restored, so
+-- no rule counts or keeps it).  pol is a policy, a table of policy
+-- fields, or nil (the seed's defaults); a bad value returns nil, msg,
+-- "INVALID", an unknown name raises.
 function M.plan(snapshots, pol)
     if type(snapshots) ~= "table" then
         raise(("bad argument #1 to 'plan' (table expected, got %s)"):format(type(snapshots)))
     end
     local p, msg, code = M.check(pol, "plan", 2)
     if not p then return nil, msg, code end
-    local rows = newest_first(snapshots)
+    local rows, damaged = ranked(snapshots)
     local reasons = {}
     for i = 1, #rows do reasons[i] = {} end
     if #rows > 0 then
@@ -434,6 +465,7 @@ function M.plan(snapshots, pol)
             plan.delete[#plan.delete + 1] = row.s
         end
     end
+    for _, s in ipairs(damaged) do plan.delete[#plan.delete + 1] = s end
     return plan
 end
 
