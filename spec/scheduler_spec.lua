@@ -250,6 +250,51 @@ describe("takhin.scheduler", function()
             targets[3].manager = assert(takhin.snapshot_manager(tmp .. "/orders-2"))
         end)
 
+        -- A stand-in manager whose newest snapshot is `latest`; records
+        -- the snapshots it is asked to take.
+        local function manager_with(latest)
+            local m = { made = 0 }
+            function m.latest() return latest end
+            function m.create() m.made = m.made + 1; return { id = "new-" .. m.made, timestamp = T } end
+            function m.cleanup() return 0 end
+            return m
+        end
+
+        local function one_target(m, pol)
+            return assert(scheduler.new{ targets = { { name = "p", log = targets[1].log, manager = m } },
+                                         policy = pol or { min_interval = "1h" } })
+        end
+
+        it("is due at once when the newest snapshot is dated after now (the clock stepped back)", function()
+            local m = manager_with({ id = "ahead", timestamp = T + 2 * HOUR })
+            local report = one_target(m):tick(T)
+            assert.are.same({ "snapshot", "cleanup" }, actions(report, "p"))
+            assert.are.equal(1, m.made)
+            -- with a real manager, too
+            local sm = targets[1].manager
+            local s = assert(scheduler.new{ targets = { targets[1] }, policy = { min_interval = "1h" } })
+            assert.are.same({ "snapshot", "cleanup" }, actions(s:tick(T), "orders-0"))
+            assert.are.same({ "snapshot", "cleanup" }, actions(s:tick(sm:latest().timestamp - 2 * HOUR), "orders-0"))
+        end)
+
+        it("takes a newest snapshot dated at most a minute ahead as made just now: clocks disagree that much", function()
+            local m = manager_with({ id = "just-made", timestamp = T + 59 * 1000 })
+            local report = one_target(m):tick(T)
+            local e = entry(report, "p", "skip")
+            assert.are.equal("just-made", e.id)
+            assert.are.equal(HOUR + 59 * 1000, e.due_in)
+            assert.are.equal(0, m.made)
+            m = manager_with({ id = "ahead", timestamp = T + 61 * 1000 })
+            assert.are.same({ "snapshot", "cleanup" }, actions(one_target(m):tick(T), "p"))
+        end)
+
+        it("is due at once when the newest snapshot is damaged", function()
+            local m = manager_with({ id = "broken", timestamp = T - MINUTE, damaged = true })
+            assert.are.same({ "snapshot", "cleanup" }, actions(one_target(m):tick(T), "p"))
+            m = manager_with({ id = "fine", timestamp = T - MINUTE })
+            assert.are.same({ "skip" }, actions(one_target(m):tick(T), "p"))
+        end)
+
         it("raises on a time that is not a number", function()
             raises("tick: now must be a number of milliseconds, not x", function() sched():tick("x") end)
             raises("tick: now must be a number of milliseconds", function() sched():tick(0 / 0) end)

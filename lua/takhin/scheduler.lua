@@ -12,10 +12,14 @@
 --
 -- A target is due when its manager has no snapshot, or its newest one is
 -- at least the policy's min_interval older than `now` (no min_interval:
--- due at every tick; a newest snapshot dated after `now`, as after the
--- clock stepped back, is not yet due).  The decision reads the manager's
--- own list, so it survives restarts and sees snapshots other processes
--- took.  After a snapshot, cleanup by the policy runs for that target.
+-- due at every tick), or is damaged, or is dated more than a minute after
+-- `now`.  The last happens when the clock stepped back after a snapshot:
+-- waiting for the clock to catch up could leave the log without a new
+-- snapshot for as long as the step, so such a target is due at once.
+-- (Within a minute, clocks merely disagree: see CLOCK_SLACK_MS.)  The
+-- decision reads the manager's own list, so it survives restarts and sees
+-- snapshots other processes took.  After a snapshot, cleanup by the
+-- policy runs for that target.
 --
 -- Options follow takhin's rule (takhin.policy, "Option tables"): misuse
 -- -- an unknown option, a callback that is not a function, a log that is
@@ -154,13 +158,19 @@ local function call(m, method, ...)
     return pcall(m[method], m, ...)
 end
 
+-- Clocks disagree a little: the default clock counts whole seconds, an
+-- injected one may be cached (ngx.now()), the engine reads the system's.
+-- A newest snapshot dated at most this far after `now` was made just
+-- now; one dated further ahead was made before the clock stepped back.
+local CLOCK_SLACK_MS = 60 * 1000
+
 -- Milliseconds until a target whose newest snapshot is `latest` (or
 -- nil) is due; 0 when it is due now.
 local function due_in(self, latest, now)
     local min = self.policy.min_interval_ms or 0
-    if not latest or min == 0 then return 0 end
+    if not latest or latest.damaged or min == 0 then return 0 end
     local age = now - latest.timestamp
-    if age >= min then return 0 end
+    if age < -CLOCK_SLACK_MS or age >= min then return 0 end
     return min - age
 end
 
