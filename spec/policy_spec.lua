@@ -614,24 +614,25 @@ end)
 -- sm:cleanup with keep rules, on a real snapshot manager
 -------------------------------------------------------------------------
 
+-- Rewrites the manifests' timestamps ({ id = ms }) of the log in dir and
+-- drops the catalog, which a manager rebuilds from the manifests when it
+-- opens.
+local function set_timestamps(dir, stamps)
+    local snap_dir = dir .. "/.snapshots"
+    for id, ts in pairs(stamps) do
+        local path = ("%s/snapshot-%s/manifest.json"):format(snap_dir, id)
+        local text, n = util.read_file(path):gsub('("timestamp"%s*:%s*)[-+%d.eE]+', function(prefix)
+            return prefix .. ("%d"):format(ts)
+        end)
+        assert.are.equal(1, n, path)
+        util.write_file(path, text)
+        assert.are.equal(ts, util.tointeger(cjson.decode(text).timestamp))
+    end
+    assert(os.remove(snap_dir .. "/snapshots.json"))
+end
+
 describe("sm:cleanup with a policy", function()
     local tmp, dir, log, sm
-
-    -- Rewrites the manifests' timestamps ({ id = ms }) and drops the
-    -- catalog, which a manager rebuilds from the manifests when it opens.
-    local function set_timestamps(stamps)
-        local snap_dir = dir .. "/.snapshots"
-        for id, ts in pairs(stamps) do
-            local path = ("%s/snapshot-%s/manifest.json"):format(snap_dir, id)
-            local text, n = util.read_file(path):gsub('("timestamp"%s*:%s*)[-+%d.eE]+', function(prefix)
-                return prefix .. ("%d"):format(ts)
-            end)
-            assert.are.equal(1, n, path)
-            util.write_file(path, text)
-            assert.are.equal(ts, util.tointeger(cjson.decode(text).timestamp))
-        end
-        assert(os.remove(snap_dir .. "/snapshots.json"))
-    end
 
     -- Snapshots taken at the given UTC times (newest first), as a fresh
     -- manager sees them; returns the ids in that order.
@@ -643,7 +644,7 @@ describe("sm:cleanup with a policy", function()
             ids[i], stamps[s.id] = s.id, utc(times[i])
         end
         sm:close()
-        set_timestamps(stamps)
+        set_timestamps(dir, stamps)
         sm = assert(takhin.snapshot_manager(dir))
         local listed = {}
         for i, s in ipairs(sm:list()) do listed[i] = s.id end
@@ -806,5 +807,126 @@ describe("sm:cleanup with a policy", function()
         local s, msg, code = sm:create(log, { min_interval = pol.min_interval })
         assert.is_nil(s)
         assert.are.equal("TOO_SOON", code, msg)
+    end)
+end)
+
+-------------------------------------------------------------------------
+-- The C engine's copy of the seed rule
+-------------------------------------------------------------------------
+
+-- The engine keeps its own seed rule, sm:_cleanup(max_snapshots,
+-- retention_ms) (0 and -1 turn a limit off), which deletes as it decides.
+-- policy.plan must keep exactly what it keeps: random snapshot sets, each
+-- built fresh from one template log, are cleaned by the engine and
+-- compared with the plan made of the same listing.
+describe("sm:_cleanup and policy.plan", function()
+    local N = 7                                  -- snapshots in the template
+    local CASES = 60
+    local tmp, template, ids
+
+    setup(function()
+        tmp = util.tmpdir()
+        template = tmp .. "/template"
+        local log = assert(takhin.open_log{ dir = template })
+        local sm = assert(takhin.snapshot_manager(template))
+        ids = {}
+        for i = 1, N do
+            log:append(nil, "record " .. i)
+            ids[i] = assert(sm:create(log)).id
+        end
+        sm:close()
+        log:close()
+    end)
+
+    teardown(function() util.rmtree(tmp) end)
+
+    local function sorted_ids(list)
+        local out = {}
+        for i, s in ipairs(list) do out[i] = s.id end
+        table.sort(out)
+        return out
+    end
+
+    -- A copy of the template holding n of its snapshots, with the given
+    -- timestamps ({ id = ms }).
+    local function fresh_set(k, chosen, stamps)
+        local dir = ("%s/case%d"):format(tmp, k)
+        util.copytree(template, dir)
+        local keep = {}
+        for _, id in ipairs(chosen) do keep[id] = true end
+        for _, id in ipairs(ids) do
+            if not keep[id] then util.rmtree(("%s/.snapshots/snapshot-%s"):format(dir, id)) end
+        end
+        set_timestamps(dir, stamps)
+        return dir
+    end
+
+    -- A random case: which snapshots, their timestamps (ties and wide
+    -- gaps included), and the two limits (each sometimes off, retention
+    -- often exactly the age of one snapshot: the boundary).
+    local function random_case()
+        local chosen, stamps, times = {}, {}, {}
+        for _, id in ipairs(ids) do
+            if #chosen == 0 or math.random() < 0.75 then
+                chosen[#chosen + 1] = id
+                local ts = 1764000000000 + math.random(0, 12) * 3 * HOUR
+                if math.random() < 0.15 then ts = ts - math.random(1, 60) * DAY end
+                stamps[id], times[#times + 1] = ts, ts
+            end
+        end
+        local max = math.random(0, #chosen + 1)          -- 0: off
+        local r, retention = math.random(), -1           -- -1: off
+        if r < 0.35 then
+            local a, b = times[math.random(#times)], times[math.random(#times)]
+            retention = math.abs(a - b)
+        elseif r < 0.45 then
+            retention = 0
+        elseif r < 0.75 then
+            retention = math.random(0, 40) * HOUR + math.random(0, 1) * MINUTE
+        end
+        return chosen, stamps, max, retention
+    end
+
+    local function rules_of(max, retention)
+        local rules = {}
+        if max > 0 then rules.max_snapshots = max end
+        if retention >= 0 then rules.retention_time = ("%dms"):format(retention) end
+        return rules
+    end
+
+    local function describe_case(list, max, retention)
+        local rows = {}
+        for i, s in ipairs(list) do rows[i] = ("%s@%d"):format(s.id, s.timestamp) end
+        return ("max_snapshots %d, retention_ms %d, listed %s"):format(max, retention, table.concat(rows, " "))
+    end
+
+    it("keep the same snapshots of random sets", function()
+        math.randomseed(14)
+        local disagreements, deleted_some, kept_all = {}, 0, 0
+        for k = 1, CASES do
+            local chosen, stamps, max, retention = random_case()
+            local dir = fresh_set(k, chosen, stamps)
+            local sm = assert(takhin.snapshot_manager(dir))
+            local list = assert(sm:list())
+            assert.are.equal(#chosen, #list)
+            local plan = assert(policy.plan(list, rules_of(max, retention)))
+            local expected = {}
+            for i, kept in ipairs(plan.keep) do expected[i] = kept.snapshot end
+            local n = assert(sm:_cleanup(max, retention))
+            local left = assert(sm:list())
+            sm:close()
+            local by_c = table.concat(sorted_ids(left), " ")
+            local by_plan = table.concat(sorted_ids(expected), " ")
+            if n ~= #plan.delete or by_c ~= by_plan then
+                disagreements[#disagreements + 1] = ("%s: C deleted %d and kept %s, the plan %s"):format(
+                    describe_case(list, max, retention), n, by_c, by_plan)
+            end
+            if n > 0 then deleted_some = deleted_some + 1 else kept_all = kept_all + 1 end
+            util.rmtree(dir)
+        end
+        assert.are.same({}, disagreements)
+        -- the cases were not all alike
+        assert.is_true(deleted_some >= CASES / 4, deleted_some .. " cases deleted something")
+        assert.is_true(kept_all >= 3, kept_all .. " cases deleted nothing")
     end)
 end)

@@ -7,9 +7,10 @@
 -- kept when ANY rule keeps it, and the newest snapshot is always kept:
 --
 -- * the seed's SnapshotConfig limits, max_snapshots and retention_time.
---   Together they are ONE rule with the seed's meaning (CleanupSnapshots,
---   and the C engine's sm:_cleanup): a snapshot passes when it is among the
---   newest max_snapshots AND at most retention_time older than the newest.
+--   Together they are ONE rule with the seed's meaning (CleanupSnapshots;
+--   the C engine's sm:_cleanup keeps the same rule, and spec/policy_spec.lua
+--   checks that both agree): a snapshot passes when it is among the newest
+--   max_snapshots AND at most retention_time older than the newest.
 --   Either limit may be given alone.
 -- * restic-style keep rules: keep_last, keep_hourly, keep_daily,
 --   keep_weekly, keep_monthly, keep_yearly (counts) and keep_within (a
