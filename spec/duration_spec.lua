@@ -99,6 +99,20 @@ describe("takhin.duration", function()
             rejects(-math.huge, "not a finite number")
         end)
 
+        it("never raises, whatever it is given: it is a parser, like tonumber", function()
+            for _, v in ipairs({ false, true, {}, print, coroutine.create(print), io.stdout, 0 / 0,
+                                 "", "\0", ("9"):rep(400), "1e309s" }) do
+                local ok, ms, msg = pcall(duration.parse, v)
+                assert.is_true(ok, tostring(v) .. " raised " .. tostring(ms))
+                assert.is_nil(ms, "accepted " .. tostring(v))
+                assert.is_string(msg)
+            end
+            local ok, ms, msg = pcall(duration.parse)
+            assert.is_true(ok)
+            assert.is_nil(ms)
+            assert.truthy(msg:find("a nil is not a duration", 1, true), msg)
+        end)
+
         it("suggests the accepted forms", function()
             assert.truthy(rejects("soon", '"soon"'):find('"1h30m"', 1, true))
         end)

@@ -57,6 +57,17 @@ local function invalid(named, v, msg, code)
     return msg
 end
 
+-- f(...) raises an error whose message holds `text` and points at this
+-- file (the caller), not at takhin's own modules.
+local function raises(text, f, ...)
+    local ok, err = pcall(f, ...)
+    assert.is_false(ok, "did not raise: " .. text)
+    err = tostring(err)
+    assert.truthy(err:find(text, 1, true), "message does not hold " .. text .. ": " .. err)
+    assert.is_nil(err:find("takhin/policy.lua", 1, true), "points inside takhin: " .. err)
+    return err
+end
+
 describe("takhin.policy", function()
     it("is takhin.policy", function()
         assert.are.equal(policy, takhin.policy)
@@ -66,6 +77,10 @@ describe("takhin.policy", function()
         it("are the seed's: 5 snapshots, 24 hours, 1 hour between snapshots", function()
             assert.are.same({ max_snapshots = 5, retention_time = "24h", min_interval = "1h" }, policy.defaults())
             assert.are.same(takhin.default_snapshot_config(), policy.defaults())
+        end)
+
+        it("are defined once: takhin.default_snapshot_config is policy.defaults", function()
+            assert.are.equal(policy.defaults, takhin.default_snapshot_config)
         end)
 
         it("are a new table at each call", function()
@@ -149,7 +164,14 @@ describe("takhin.policy", function()
             local plain = {}
             for k, v in pairs(p) do plain[k] = v end
             assert.are.equal(2 * HOUR, assert(policy.new(plain)).retention_time_ms)
-            invalid("retention_time_ms", policy.new{ retention_time_ms = 5 })
+            plain.retention_time = "3h"                 -- X decides, X_ms follows
+            assert.are.equal(3 * HOUR, assert(policy.new(plain)).retention_time_ms)
+        end)
+
+        it("raises on an X_ms field given without X", function()
+            raises("policy: option 'retention_time_ms' is derived from retention_time",
+                   policy.new, { retention_time_ms = 5 })
+            raises("option 'keep_within_ms'", policy.new, { keep_last = 1, keep_within_ms = 5 })
         end)
 
         it("prints as its fields", function()
@@ -191,15 +213,40 @@ describe("takhin.policy", function()
             invalid("dry_run", policy.new{ dry_run = "yes" })
         end)
 
-        it("rejects unknown fields, naming them", function()
-            invalid("max_snapshot", policy.new{ max_snapshot = 5 })
-            invalid("keep_hourlly", policy.new{ keep_hourlly = 5 })
-            invalid("label", policy.new{ label = "x" })
+        it("raises on unknown fields, naming them", function()
+            raises("policy: unknown option 'max_snapshot'", policy.new, { max_snapshot = 5 })
+            raises("policy: unknown option 'keep_hourlly'", policy.new, { keep_hourlly = 5 })
+            raises("policy: unknown option 'label'", policy.new, { label = "x", keep_last = 1 })
+            raises("policy: unknown option '1'", policy.new, { "production" })
+        end)
+
+        it("names the first unknown field in sorted order, whatever pairs does", function()
+            for _ = 1, 20 do
+                raises("unknown option 'a_typo'", policy.new, { z_typo = 1, a_typo = 1, m_typo = 1 })
+            end
+        end)
+
+        it("raises where it was called, as the C binding does", function()
+            local line
+            local ok, e = pcall(function()
+                line = debug.getinfo(1, "l").currentline; policy.new{ keep_dialy = 1 }
+            end)
+            assert.is_false(ok)
+            assert.truthy(tostring(e):find("policy_spec.lua:" .. line .. ":", 1, true), tostring(e))
+        end)
+
+        it("returns INVALID, not an error, for a bad value of any type: settings come from configuration", function()
+            invalid("max_snapshots", policy.new{ max_snapshots = "5" })
+            invalid("max_snapshots", policy.new{ max_snapshots = {} })
+            invalid("keep_daily", policy.new{ keep_daily = true })
+            invalid("retention_time", policy.new{ retention_time = {} })
+            invalid("dry_run", policy.new{ dry_run = 1 })
+            invalid("preset", policy.new{ preset = {} })
         end)
 
         it("raises when given no table", function()
-            assert.has_error(function() policy.new("production") end)
-            assert.has_error(function() policy.new() end)
+            raises("bad argument #1 to 'new' (table expected, got string)", policy.new, "production")
+            raises("bad argument #1 to 'new' (table expected, got nil)", policy.new)
         end)
     end)
 
@@ -373,14 +420,180 @@ describe("takhin.policy", function()
             assert.are.equal(2, #list)
         end)
 
-        it("returns INVALID for a bad policy", function()
+        it("returns INVALID for a bad policy value", function()
             invalid("keep_daily", policy.plan(snaps("2026-11-25 06:00"), { keep_daily = -2 }))
-            invalid("bogus", policy.plan(snaps("2026-11-25 06:00"), { bogus = 1 }))
+            invalid("max_snapshots", policy.plan(snaps("2026-11-25 06:00"), { max_snapshots = 0 }))
+            invalid("plan: retention_time", policy.plan(snaps("2026-11-25 06:00"), { retention_time = "1y" }))
         end)
 
-        it("raises on a snapshot without a timestamp", function()
-            assert.has_error(function() policy.plan({ { id = "x" } }, {}) end)
-            assert.has_error(function() policy.plan(nil, {}) end)
+        it("raises on an unknown policy field", function()
+            raises("plan: unknown option 'bogus'", policy.plan, snaps("2026-11-25 06:00"), { bogus = 1 })
+        end)
+
+        it("raises on a list that is not one, and on a snapshot without a timestamp", function()
+            raises("bad argument #1 to 'plan' (table expected, got nil)", policy.plan, nil, {})
+            raises("plan: snapshot #1 has no numeric timestamp", policy.plan, { { id = "x" } }, {})
+            raises("plan: snapshot #2 has no numeric timestamp", policy.plan,
+                   { { id = "a", timestamp = 1 }, { id = "x", timestamp = "1" } }, {})
+            raises("plan: snapshot #1 has no numeric timestamp", policy.plan, { { id = "x", timestamp = 0 / 0 } }, {})
+            raises("plan: snapshot #2 is a string, not a table", policy.plan, { { id = "a", timestamp = 1 }, "b" }, {})
+            raises("bad argument #1 to 'plan' (table expected, got string)", policy.plan, "x", {})
+        end)
+
+        it("raises on a policy that is not a table", function()
+            raises("bad argument #2 to 'plan' (table expected, got string)", policy.plan, {}, "production")
+        end)
+
+        describe("newest by creation", function()
+            -- { id, timestamp text, seq }: made in seq order; #2 was made
+            -- before the clock stepped back two days.
+            local function made(...)
+                local list = {}
+                for i, row in ipairs({ ... }) do
+                    list[i] = { id = row[1], timestamp = utc(row[2]), seq = row[3] }
+                end
+                return list
+            end
+
+            local STEPPED = { { "s4", "2026-11-25 10:10", 4 }, { "s3", "2026-11-25 10:05", 3 },
+                              { "s2", "2026-11-27 10:00", 2 }, { "s1", "2026-11-25 10:00", 1 } }
+
+            it("orders by seq when every snapshot has one, whatever the timestamps say", function()
+                local list = made(STEPPED[3], STEPPED[1], STEPPED[4], STEPPED[2])
+                local kept, deleted = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ s4 = { "newest", "last 1" } }, kept)
+                assert.are.same({ "s3", "s2", "s1" }, deleted)
+            end)
+
+            it("orders by timestamp when a snapshot has no seq (snapshots made before seq existed)", function()
+                local list = made(util.unpack(STEPPED))
+                list[4].seq = nil
+                local kept, deleted = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ s2 = { "newest", "last 1" } }, kept)
+                assert.are.same({ "s4", "s3", "s1" }, deleted)
+            end)
+
+            it("keeps the given order for equal seqs", function()
+                local list = { { id = "b", timestamp = 1, seq = 7 }, { id = "a", timestamp = 2, seq = 7 } }
+                assert.are.equal("b", plan_of(list, { keep_last = 1 }).keep[1].snapshot.id)
+            end)
+
+            it("never deletes the snapshot just taken because an older one is dated in the future", function()
+                -- Issue 9, item 9: the default cleanup right after a snapshot.
+                local list = made({ "new", "2026-11-25 10:00", 2 }, { "stale", "2026-11-27 10:00", 1 })
+                local kept, deleted = outcome(plan_of(list))
+                assert.are.same({ "newest", "max_snapshots 5", "retention_time 24h" }, kept.new)
+                assert.are.same({ "max_snapshots 5", "retention_time 24h" }, kept.stale)
+                assert.are.same({}, deleted)
+                kept, deleted = outcome(plan_of(list, { max_snapshots = 1 }))
+                assert.are.same({ "newest", "max_snapshots 1" }, kept.new)
+                assert.are.same({ "stale" }, deleted)
+            end)
+
+            it("counts a snapshot dated after the newest as age 0, never as too old", function()
+                local list = made(util.unpack(STEPPED))
+                for _, rules in ipairs({ { keep_within = "1h" }, { retention_time = 0 }, { keep_within = 0 } }) do
+                    local kept = outcome(plan_of(list, rules))
+                    assert.is_table(kept.s2, "dated two days after the newest, deleted by " .. next(rules))
+                end
+                local kept, deleted = outcome(plan_of(list, { keep_within = "5m" }))
+                assert.are.same({ "newest", "within 5m" }, kept.s4)
+                assert.are.same({ "within 5m" }, kept.s3)
+                assert.are.same({ "within 5m" }, kept.s2)
+                assert.are.same({ "s1" }, deleted)
+            end)
+
+            it("fills buckets in creation order, a bucket counted once however its snapshots interleave", function()
+                local list = made(util.unpack(STEPPED))
+                list[2].timestamp = utc("2026-11-24 10:05")
+                local kept, deleted = outcome(plan_of(list, { keep_daily = 2 }))
+                assert.are.same({ s4 = { "newest", "daily 2026-11-25" }, s3 = { "daily 2026-11-24" } }, kept)
+                assert.are.same({ "s2", "s1" }, deleted)
+                kept, deleted = outcome(plan_of(list, { keep_daily = 5 }))
+                assert.are.same({ "daily 2026-11-27" }, kept.s2)
+                assert.are.same({ "s1" }, deleted)              -- its day has a newer snapshot, s4
+            end)
+
+            it("raises on a seq that is not a number", function()
+                raises("plan: snapshot #2 has a seq that is not a number", policy.plan,
+                       { { id = "a", timestamp = 1, seq = 1 }, { id = "b", timestamp = 2, seq = "2" } }, {})
+                raises("plan: snapshot #1 has a seq that is not a number", policy.plan,
+                       { { id = "a", timestamp = 1, seq = 0 / 0 } }, {})
+            end)
+        end)
+
+        describe("damaged snapshots", function()
+            -- A snapshot whose manifest cannot be read: listed with
+            -- damaged = true and a timestamp taken from its id.
+            local function list_with_damage()
+                return {
+                    { id = "d5", timestamp = utc("2026-11-25 12:00"), seq = 5, damaged = true },
+                    { id = "a4", timestamp = utc("2026-11-25 11:00"), seq = 4 },
+                    { id = "d3", timestamp = utc("2026-11-25 10:00"), seq = 3, damaged = true },
+                    { id = "b2", timestamp = utc("2026-11-25 09:00"), seq = 2 },
+                    { id = "c1", timestamp = utc("2026-11-25 08:00"), seq = 1 },
+                }
+            end
+
+            it("are deleted whatever the rules, even by a policy that keeps everything", function()
+                for _, rules in ipairs({ {}, { keep_last = 10 }, { keep_within = "520w" }, { max_snapshots = 100 },
+                                         { keep_hourly = 100, keep_daily = 100, keep_yearly = 100 } }) do
+                    local kept, deleted = outcome(plan_of(list_with_damage(), rules))
+                    assert.are.same({ "d5", "d3" }, deleted)
+                    assert.is_nil(kept.d5)
+                    assert.is_nil(kept.d3)
+                    assert.is_table(kept.c1)
+                end
+            end)
+
+            it("are not counted by max_snapshots or keep_* rules", function()
+                local kept, deleted = outcome(plan_of(list_with_damage(), { max_snapshots = 2 }))
+                assert.are.same({ a4 = { "newest", "max_snapshots 2" }, b2 = { "max_snapshots 2" } }, kept)
+                assert.are.same({ "c1", "d5", "d3" }, deleted)
+                kept = outcome(plan_of(list_with_damage(), { keep_last = 2 }))
+                assert.are.same({ a4 = { "newest", "last 1" }, b2 = { "last 2" } }, kept)
+                kept = outcome(plan_of(list_with_damage(), { keep_hourly = 2 }))
+                assert.are.same({ a4 = { "newest", "hourly 2026-11-25 11:00" }, b2 = { "hourly 2026-11-25 09:00" } }, kept)
+            end)
+
+            it("are never protected as the newest; ages count from the newest undamaged one", function()
+                local kept, deleted = outcome(plan_of(list_with_damage(), { retention_time = "2h" }))
+                assert.are.same({ a4 = { "newest", "retention_time 2h" }, b2 = { "retention_time 2h" } }, kept)
+                assert.are.same({ "c1", "d5", "d3" }, deleted)
+            end)
+
+            it("come last in delete, in the order given, as the tables given", function()
+                local list = list_with_damage()
+                local plan = plan_of(list, { keep_last = 1 })
+                assert.are.equal(list[4], plan.delete[1])
+                assert.are.equal(list[5], plan.delete[2])
+                assert.are.equal(list[1], plan.delete[3])
+                assert.are.equal(list[3], plan.delete[4])
+                for _, k in ipairs(plan.keep) do assert.is_not_true(k.snapshot.damaged) end
+            end)
+
+            it("are all deleted, and nothing kept, when every snapshot is damaged", function()
+                local list = { { id = "x", timestamp = 2, damaged = true }, { id = "y", timestamp = 1, damaged = true } }
+                local kept, deleted = outcome(plan_of(list))
+                assert.are.same({}, kept)
+                assert.are.same({ "x", "y" }, deleted)
+            end)
+
+            it("need no timestamp or seq, and do not stop the others from being ordered by seq", function()
+                local list = list_with_damage()
+                list[1].timestamp, list[1].seq, list[3].seq = nil, nil, nil
+                list[2].timestamp = utc("2026-11-20 00:00")   -- older than b2, but made later
+                local kept, deleted = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ a4 = { "newest", "last 1" } }, kept)
+                assert.are.same({ "b2", "c1", "d5", "d3" }, deleted)
+            end)
+
+            it("are told apart by damaged = true only", function()
+                local list = list_with_damage()
+                list[1].damaged = false
+                local kept = outcome(plan_of(list, { keep_last = 1 }))
+                assert.are.same({ d5 = { "newest", "last 1" } }, kept)
+            end)
         end)
 
         it("names buckets by UTC, as os.date('!...') does", function()
@@ -401,24 +614,25 @@ end)
 -- sm:cleanup with keep rules, on a real snapshot manager
 -------------------------------------------------------------------------
 
+-- Rewrites the manifests' timestamps ({ id = ms }) of the log in dir and
+-- drops the catalog, which a manager rebuilds from the manifests when it
+-- opens.
+local function set_timestamps(dir, stamps)
+    local snap_dir = dir .. "/.snapshots"
+    for id, ts in pairs(stamps) do
+        local path = ("%s/snapshot-%s/manifest.json"):format(snap_dir, id)
+        local text, n = util.read_file(path):gsub('("timestamp"%s*:%s*)[-+%d.eE]+', function(prefix)
+            return prefix .. ("%d"):format(ts)
+        end)
+        assert.are.equal(1, n, path)
+        util.write_file(path, text)
+        assert.are.equal(ts, util.tointeger(cjson.decode(text).timestamp))
+    end
+    assert(os.remove(snap_dir .. "/snapshots.json"))
+end
+
 describe("sm:cleanup with a policy", function()
     local tmp, dir, log, sm
-
-    -- Rewrites the manifests' timestamps ({ id = ms }) and drops the
-    -- catalog, which a manager rebuilds from the manifests when it opens.
-    local function set_timestamps(stamps)
-        local snap_dir = dir .. "/.snapshots"
-        for id, ts in pairs(stamps) do
-            local path = ("%s/snapshot-%s/manifest.json"):format(snap_dir, id)
-            local text, n = util.read_file(path):gsub('("timestamp"%s*:%s*)[-+%d.eE]+', function(prefix)
-                return prefix .. ("%d"):format(ts)
-            end)
-            assert.are.equal(1, n, path)
-            util.write_file(path, text)
-            assert.are.equal(ts, util.tointeger(cjson.decode(text).timestamp))
-        end
-        assert(os.remove(snap_dir .. "/snapshots.json"))
-    end
 
     -- Snapshots taken at the given UTC times (newest first), as a fresh
     -- manager sees them; returns the ids in that order.
@@ -430,7 +644,7 @@ describe("sm:cleanup with a policy", function()
             ids[i], stamps[s.id] = s.id, utc(times[i])
         end
         sm:close()
-        set_timestamps(stamps)
+        set_timestamps(dir, stamps)
         sm = assert(takhin.snapshot_manager(dir))
         local listed = {}
         for i, s in ipairs(sm:list()) do listed[i] = s.id end
@@ -543,6 +757,49 @@ describe("sm:cleanup with a policy", function()
         assert.are.equal(#TIMES, #sm:list())
     end)
 
+    -- sm:cleanup is Lua over sm:list() and sm:_delete_many(ids): driven
+    -- here with listings as the engine gives them once snapshots carry
+    -- seq and damaged (issue 9, items 9 and 13).
+    local function stand_in(listing)
+        local m = { deleted = {} }
+        function m.list() return listing end
+        function m._delete_many(_, ids)
+            for _, id in ipairs(ids) do m.deleted[#m.deleted + 1] = id end
+            return #ids
+        end
+        return m
+    end
+
+    it("deletes damaged snapshots and never the one just taken, whatever the timestamps", function()
+        local Snap = takhin.core.SnapshotManager
+        local now = utc("2026-11-25 12:00")
+        local m = stand_in({
+            { id = "just-taken", timestamp = now, seq = 9 },
+            { id = "broken", timestamp = now - HOUR, seq = 8, damaged = true },
+            { id = "from-the-future", timestamp = now + 3 * DAY, seq = 7 },
+            { id = "old", timestamp = now - 2 * DAY, seq = 6 },
+        })
+        local n, plan = Snap.cleanup(m)
+        assert.are.equal(2, n)
+        assert.are.same({ "old", "broken" }, m.deleted)
+        assert.are.equal("just-taken", plan.keep[1].snapshot.id)
+        assert.are.equal("from-the-future", plan.keep[2].snapshot.id)
+        m = stand_in({ { id = "only", timestamp = now, seq = 1, damaged = true } })
+        assert.are.equal(1, (Snap.cleanup(m, {})))
+        assert.are.same({ "only" }, m.deleted)
+    end)
+
+    it("passes on what sm:list() returns when it fails, deleting nothing", function()
+        local Snap = takhin.core.SnapshotManager
+        local m = stand_in(nil)
+        function m.list() return nil, "catalog /x: Permission denied", "IO" end
+        local n, msg, code = Snap.cleanup(m)
+        assert.is_nil(n)
+        assert.are.equal("IO", code)
+        assert.are.equal("catalog /x: Permission denied", msg)
+        assert.are.same({}, m.deleted)
+    end)
+
     it("lets sm:create take a policy's min_interval", function()
         local pol = assert(policy.new{ preset = "development" })
         log:append(nil, "x")
@@ -550,5 +807,126 @@ describe("sm:cleanup with a policy", function()
         local s, msg, code = sm:create(log, { min_interval = pol.min_interval })
         assert.is_nil(s)
         assert.are.equal("TOO_SOON", code, msg)
+    end)
+end)
+
+-------------------------------------------------------------------------
+-- The C engine's copy of the seed rule
+-------------------------------------------------------------------------
+
+-- The engine keeps its own seed rule, sm:_cleanup(max_snapshots,
+-- retention_ms) (0 and -1 turn a limit off), which deletes as it decides.
+-- policy.plan must keep exactly what it keeps: random snapshot sets, each
+-- built fresh from one template log, are cleaned by the engine and
+-- compared with the plan made of the same listing.
+describe("sm:_cleanup and policy.plan", function()
+    local N = 7                                  -- snapshots in the template
+    local CASES = 60
+    local tmp, template, ids
+
+    setup(function()
+        tmp = util.tmpdir()
+        template = tmp .. "/template"
+        local log = assert(takhin.open_log{ dir = template })
+        local sm = assert(takhin.snapshot_manager(template))
+        ids = {}
+        for i = 1, N do
+            log:append(nil, "record " .. i)
+            ids[i] = assert(sm:create(log)).id
+        end
+        sm:close()
+        log:close()
+    end)
+
+    teardown(function() util.rmtree(tmp) end)
+
+    local function sorted_ids(list)
+        local out = {}
+        for i, s in ipairs(list) do out[i] = s.id end
+        table.sort(out)
+        return out
+    end
+
+    -- A copy of the template holding n of its snapshots, with the given
+    -- timestamps ({ id = ms }).
+    local function fresh_set(k, chosen, stamps)
+        local dir = ("%s/case%d"):format(tmp, k)
+        util.copytree(template, dir)
+        local keep = {}
+        for _, id in ipairs(chosen) do keep[id] = true end
+        for _, id in ipairs(ids) do
+            if not keep[id] then util.rmtree(("%s/.snapshots/snapshot-%s"):format(dir, id)) end
+        end
+        set_timestamps(dir, stamps)
+        return dir
+    end
+
+    -- A random case: which snapshots, their timestamps (ties and wide
+    -- gaps included), and the two limits (each sometimes off, retention
+    -- often exactly the age of one snapshot: the boundary).
+    local function random_case()
+        local chosen, stamps, times = {}, {}, {}
+        for _, id in ipairs(ids) do
+            if #chosen == 0 or math.random() < 0.75 then
+                chosen[#chosen + 1] = id
+                local ts = 1764000000000 + math.random(0, 12) * 3 * HOUR
+                if math.random() < 0.15 then ts = ts - math.random(1, 60) * DAY end
+                stamps[id], times[#times + 1] = ts, ts
+            end
+        end
+        local max = math.random(0, #chosen + 1)          -- 0: off
+        local r, retention = math.random(), -1           -- -1: off
+        if r < 0.35 then
+            local a, b = times[math.random(#times)], times[math.random(#times)]
+            retention = math.abs(a - b)
+        elseif r < 0.45 then
+            retention = 0
+        elseif r < 0.75 then
+            retention = math.random(0, 40) * HOUR + math.random(0, 1) * MINUTE
+        end
+        return chosen, stamps, max, retention
+    end
+
+    local function rules_of(max, retention)
+        local rules = {}
+        if max > 0 then rules.max_snapshots = max end
+        if retention >= 0 then rules.retention_time = ("%dms"):format(retention) end
+        return rules
+    end
+
+    local function describe_case(list, max, retention)
+        local rows = {}
+        for i, s in ipairs(list) do rows[i] = ("%s@%d"):format(s.id, s.timestamp) end
+        return ("max_snapshots %d, retention_ms %d, listed %s"):format(max, retention, table.concat(rows, " "))
+    end
+
+    it("keep the same snapshots of random sets", function()
+        math.randomseed(14)
+        local disagreements, deleted_some, kept_all = {}, 0, 0
+        for k = 1, CASES do
+            local chosen, stamps, max, retention = random_case()
+            local dir = fresh_set(k, chosen, stamps)
+            local sm = assert(takhin.snapshot_manager(dir))
+            local list = assert(sm:list())
+            assert.are.equal(#chosen, #list)
+            local plan = assert(policy.plan(list, rules_of(max, retention)))
+            local expected = {}
+            for i, kept in ipairs(plan.keep) do expected[i] = kept.snapshot end
+            local n = assert(sm:_cleanup(max, retention))
+            local left = assert(sm:list())
+            sm:close()
+            local by_c = table.concat(sorted_ids(left), " ")
+            local by_plan = table.concat(sorted_ids(expected), " ")
+            if n ~= #plan.delete or by_c ~= by_plan then
+                disagreements[#disagreements + 1] = ("%s: C deleted %d and kept %s, the plan %s"):format(
+                    describe_case(list, max, retention), n, by_c, by_plan)
+            end
+            if n > 0 then deleted_some = deleted_some + 1 else kept_all = kept_all + 1 end
+            util.rmtree(dir)
+        end
+        assert.are.same({}, disagreements)
+        -- the cases were not all alike
+        assert.is_true(deleted_some >= CASES / 4, deleted_some .. " cases deleted something")
+        assert.is_true(kept_all >= 3, kept_all .. " cases deleted nothing")
     end)
 end)

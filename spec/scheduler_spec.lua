@@ -18,6 +18,17 @@ local function invalid(named, v, msg, code)
     assert.truthy(tostring(msg):find(named, 1, true), "message does not name " .. named .. ": " .. tostring(msg))
 end
 
+-- f() raises an error whose message holds `text` and does not point
+-- inside takhin's own modules.
+local function raises(text, f)
+    local ok, err = pcall(f)
+    assert.is_false(ok, "did not raise: " .. text)
+    err = tostring(err)
+    assert.truthy(err:find(text, 1, true), "message does not hold " .. text .. ": " .. err)
+    assert.is_nil(err:find("lua/takhin/", 1, true), "points inside takhin: " .. err)
+    return err
+end
+
 -- Entries of a report for one target, as "action" or "action:detail".
 local function actions(report, name)
     local out = {}
@@ -76,23 +87,51 @@ describe("takhin.scheduler", function()
             assert.are.equal(HOUR, s.policy.min_interval_ms)
         end)
 
-        it("rejects bad input with INVALID, naming what is wrong", function()
-            invalid("targets", scheduler.new{})
-            invalid("targets", scheduler.new{ targets = {} })
-            invalid("target #1", scheduler.new{ targets = { "orders-0" } })
-            invalid("name", scheduler.new{ targets = { { log = targets[1].log, manager = targets[1].manager } } })
+        it("returns INVALID for bad values, naming what is wrong", function()
+            invalid("targets must not be empty", scheduler.new{ targets = {} })
+            invalid("target #1: name must not be empty", scheduler.new{
+                targets = { { name = "", log = targets[1].log, manager = targets[1].manager } } })
             invalid('"orders-0" given twice', scheduler.new{ targets = { targets[1], targets[1] } })
-            invalid("log", scheduler.new{ targets = { { name = "x", manager = targets[1].manager } } })
-            invalid("manager", scheduler.new{ targets = { { name = "x", log = targets[1].log, manager = {} } } })
-            invalid("unknown field 'partition'", scheduler.new{
-                targets = { { name = "x", log = targets[1].log, manager = targets[1].manager, partition = 0 } } })
-            invalid("max_snapshots", scheduler.new{ targets = targets, policy = { max_snapshots = 0 } })
-            invalid("unknown field 'clock'", scheduler.new{ targets = targets, clock = os.time })
-            invalid("now", scheduler.new{ targets = targets, now = 5 })
+            invalid("scheduler: policy: max_snapshots", scheduler.new{ targets = targets, policy = { max_snapshots = 0 } })
+            invalid("min_interval", scheduler.new{ targets = targets, policy = { min_interval = "soon" } })
+        end)
+
+        it("raises on misuse: unknown options, wrong types, missing targets", function()
+            local log, sm = targets[1].log, targets[1].manager
+            raises("scheduler: unknown option 'clock'", function() scheduler.new{ targets = targets, clock = os.time } end)
+            raises("scheduler: target #1: unknown option 'partition'", function()
+                scheduler.new{ targets = { { name = "x", log = log, manager = sm, partition = 0 } } }
+            end)
+            raises("scheduler: policy: unknown option 'keep_dialy'", function()
+                scheduler.new{ targets = targets, policy = { keep_dialy = 1 } }
+            end)
+            raises("scheduler: targets must be an array", function() scheduler.new{} end)
+            raises("scheduler: targets must be an array", function() scheduler.new{ targets = "orders-0" } end)
+            raises("scheduler: target #1: table expected, got string", function()
+                scheduler.new{ targets = { "orders-0" } }
+            end)
+            raises("scheduler: target #1: name must be a string, not nil", function()
+                scheduler.new{ targets = { { log = log, manager = sm } } }
+            end)
+            raises('scheduler: target "x": log must be a takhin.Log, not nil', function()
+                scheduler.new{ targets = { { name = "x", manager = sm } } }
+            end)
+            raises('scheduler: target "x": manager must be a takhin.SnapshotManager', function()
+                scheduler.new{ targets = { { name = "x", log = log, manager = {} } } }
+            end)
+            raises('scheduler: target "x": label must be a string, not number', function()
+                scheduler.new{ targets = { { name = "x", log = log, manager = sm, label = 5 } } }
+            end)
+            raises("scheduler: now must be a function, not number", function()
+                scheduler.new{ targets = targets, now = 5 }
+            end)
+            raises("scheduler: policy must be a takhin.policy or a table of its fields, not string", function()
+                scheduler.new{ targets = targets, policy = "production" }
+            end)
         end)
 
         it("raises when given no table", function()
-            assert.has_error(function() scheduler.new() end)
+            raises("bad argument #1 to 'new' (table expected, got nil)", function() scheduler.new() end)
         end)
     end)
 
@@ -211,6 +250,58 @@ describe("takhin.scheduler", function()
             targets[3].manager = assert(takhin.snapshot_manager(tmp .. "/orders-2"))
         end)
 
+        -- A stand-in manager whose newest snapshot is `latest`; records
+        -- the snapshots it is asked to take.
+        local function manager_with(latest)
+            local m = { made = 0 }
+            function m.latest() return latest end
+            function m.create() m.made = m.made + 1; return { id = "new-" .. m.made, timestamp = T } end
+            function m.cleanup() return 0 end
+            return m
+        end
+
+        local function one_target(m, pol)
+            return assert(scheduler.new{ targets = { { name = "p", log = targets[1].log, manager = m } },
+                                         policy = pol or { min_interval = "1h" } })
+        end
+
+        it("is due at once when the newest snapshot is dated after now (the clock stepped back)", function()
+            local m = manager_with({ id = "ahead", timestamp = T + 2 * HOUR })
+            local report = one_target(m):tick(T)
+            assert.are.same({ "snapshot", "cleanup" }, actions(report, "p"))
+            assert.are.equal(1, m.made)
+            -- with a real manager, too
+            local sm = targets[1].manager
+            local s = assert(scheduler.new{ targets = { targets[1] }, policy = { min_interval = "1h" } })
+            assert.are.same({ "snapshot", "cleanup" }, actions(s:tick(T), "orders-0"))
+            assert.are.same({ "snapshot", "cleanup" }, actions(s:tick(sm:latest().timestamp - 2 * HOUR), "orders-0"))
+        end)
+
+        it("takes a newest snapshot dated at most a minute ahead as made just now: clocks disagree that much", function()
+            local m = manager_with({ id = "just-made", timestamp = T + 59 * 1000 })
+            local report = one_target(m):tick(T)
+            local e = entry(report, "p", "skip")
+            assert.are.equal("just-made", e.id)
+            assert.are.equal(HOUR + 59 * 1000, e.due_in)
+            assert.are.equal(0, m.made)
+            m = manager_with({ id = "ahead", timestamp = T + 61 * 1000 })
+            assert.are.same({ "snapshot", "cleanup" }, actions(one_target(m):tick(T), "p"))
+        end)
+
+        it("is due at once when the newest snapshot is damaged", function()
+            local m = manager_with({ id = "broken", timestamp = T - MINUTE, damaged = true })
+            assert.are.same({ "snapshot", "cleanup" }, actions(one_target(m):tick(T), "p"))
+            m = manager_with({ id = "fine", timestamp = T - MINUTE })
+            assert.are.same({ "skip" }, actions(one_target(m):tick(T), "p"))
+        end)
+
+        it("raises on a time that is not a number", function()
+            raises("tick: now must be a number of milliseconds, not x", function() sched():tick("x") end)
+            raises("tick: now must be a number of milliseconds", function() sched():tick(0 / 0) end)
+            local s = assert(scheduler.new{ targets = targets, now = function() return "late" end })
+            raises("tick: now must be a number of milliseconds, not late", function() s:tick() end)
+        end)
+
         it("reads its clock only when not given the time", function()
             local now = T
             local s = assert(scheduler.new{ targets = targets, policy = { min_interval = "1h" },
@@ -250,15 +341,28 @@ describe("takhin.scheduler", function()
             for _, t in ipairs(targets) do assert.are.equal(1, count(t)) end
         end)
 
-        it("rejects bad options with INVALID", function()
+        it("returns INVALID for an interval that is not a duration > 0", function()
             local s = assert(scheduler.new{ targets = targets })
             local stop = function() return true end
-            invalid("interval", s:run{ stop = stop })
             invalid('"5x"', s:run{ interval = "5x", stop = stop })
             invalid("interval must be more than 0", s:run{ interval = 0, stop = stop })
-            invalid("stop", s:run{ interval = "1m" })
-            invalid("sleep", s:run{ interval = "1m", stop = stop, sleep = 5 })
-            invalid("unknown field 'every'", s:run{ every = "1m", stop = stop })
+            invalid("interval", s:run{ interval = -1, stop = stop })
+            invalid("interval", s:run{ interval = {}, stop = stop })
+            for _, t in ipairs(targets) do assert.are.equal(0, count(t)) end
+        end)
+
+        it("raises on misuse and ticks nothing", function()
+            local s = assert(scheduler.new{ targets = targets })
+            local stop = function() return true end
+            raises("scheduler: run: unknown option 'intervall'", function() s:run{ intervall = "1m", stop = stop } end)
+            raises("scheduler: run: interval is required", function() s:run{ stop = stop } end)
+            raises("scheduler: run: stop (a function returning true to stop) must be a function, not nil",
+                   function() s:run{ interval = "1m" } end)
+            raises("scheduler: run: sleep must be a function, not number",
+                   function() s:run{ interval = "1m", stop = stop, sleep = 5 } end)
+            raises("scheduler: run: on_report must be a function, not string",
+                   function() s:run{ interval = "1m", stop = stop, on_report = "print" } end)
+            raises("bad argument #1 to 'run' (table expected, got string)", function() s:run("1m") end)
             for _, t in ipairs(targets) do assert.are.equal(0, count(t)) end
         end)
     end)
@@ -322,26 +426,50 @@ describe("takhin.scheduler", function()
             targets[1].log = assert(takhin.open_log{ dir = tmp .. "/orders-0" })
         end)
 
-        it("returns nil and a message when it cannot start", function()
+        it("returns INVALID for a bad interval or worker, and starts no timer", function()
             local s = assert(scheduler.new{ targets = targets })
-            fake.id = nil
-            local ok, err = scheduler.openresty(s, {})
-            assert.is_nil(ok)
-            assert.truthy(err:find("init_worker_by_lua", 1, true), err)
-            fake.id = 0
-            ok, err = scheduler.openresty(s, { interval = "5x" })
-            assert.is_nil(ok)
-            assert.truthy(err:find('"5x"', 1, true), err)
-            ok, err = scheduler.openresty({}, {})
-            assert.is_nil(ok)
+            invalid('"5x"', scheduler.openresty(s, { interval = "5x" }))
+            invalid("interval must be more than 0", scheduler.openresty(s, { interval = 0 }))
+            invalid("scheduler.openresty: interval", scheduler.openresty(s, { interval = false }))
+            invalid("worker must be >= 0", scheduler.openresty(s, { worker = -1 }))
+            assert.are.equal(0, #fake.timers)
+        end)
+
+        it("returns nil, msg, \"IO\" when nginx refuses a timer", function()
+            local s = assert(scheduler.new{ targets = targets })
             fake.timer.every = function() return nil, "too many pending timers" end
-            ok, err = scheduler.openresty(s, {})
+            local ok, err, code = scheduler.openresty(s, {})
             assert.is_nil(ok)
-            assert.truthy(err:find("too many pending timers", 1, true), err)
+            assert.are.equal("IO", code)
+            assert.truthy(err:find("scheduler.openresty: ngx.timer.every: too many pending timers", 1, true), err)
+            fake.timer.every = function() return true end
+            fake.timer.at = function() return nil, "process exiting" end
+            ok, err, code = scheduler.openresty(s, {})
+            assert.is_nil(ok)
+            assert.are.equal("IO", code)
+            assert.truthy(err:find("ngx.timer.at: process exiting", 1, true), err)
+        end)
+
+        it("raises on misuse: unknown options, wrong types, not a scheduler, not in a worker", function()
+            local s = assert(scheduler.new{ targets = targets })
+            raises("scheduler.openresty: unknown option 'intervall'",
+                   function() scheduler.openresty(s, { intervall = "1m" }) end)
+            raises("scheduler.openresty: worker must be an integer, not 0", function() scheduler.openresty(s, { worker = "0" }) end)
+            raises("scheduler.openresty: worker must be an integer, not 0.5", function() scheduler.openresty(s, { worker = 0.5 }) end)
+            raises("scheduler.openresty: immediate must be a boolean, not string",
+                   function() scheduler.openresty(s, { immediate = "no" }) end)
+            raises("scheduler.openresty: on_report must be a function, not table",
+                   function() scheduler.openresty(s, { on_report = {} }) end)
+            raises("bad argument to 'scheduler.openresty' (table expected, got string)",
+                   function() scheduler.openresty(s, "1m") end)
+            raises("bad argument #1 to 'openresty' (a scheduler from scheduler.new expected, got table)",
+                   function() scheduler.openresty({}, {}) end)
+            fake.id = nil
+            raises("scheduler.openresty: no worker id (call it from init_worker_by_lua*)",
+                   function() scheduler.openresty(s, {}) end)
             rawset(_G, "ngx", nil)
-            ok, err = scheduler.openresty(s, {})
-            assert.is_nil(ok)
-            assert.truthy(err:find("ngx is not available", 1, true), err)
+            raises("scheduler.openresty: ngx is not available", function() scheduler.openresty(s, {}) end)
+            assert.are.equal(0, #fake.timers)
         end)
     end)
 end)

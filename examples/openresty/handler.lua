@@ -331,6 +331,31 @@ local function init_failed(msg, code)
     if state.log then state.log:close(); state.log = nil end
 end
 
+-- Starts takhin.scheduler for this worker's log and manager; true, or
+-- nil, msg, code.  Raises on misuse (takhin's rule for option tables).
+local function start_scheduler(cfg, every)
+    local sched, msg, code = takhin.scheduler.new{
+        targets = { {
+            name = "log", log = state.log, manager = state.sm,
+            label = fmt("scheduler worker=%d pid=%d", state.worker, state.pid),
+        } },
+        policy = { min_interval = cfg.snapshot_min_interval, keep_last = cfg.snapshot_keep or 0 },
+    }
+    if not sched then return nil, msg, code end
+    return takhin.scheduler.openresty(sched, {
+        interval = every,
+        worker = cfg.scheduler_worker or 0,
+        on_report = function(report)
+            for _, e in ipairs(report) do
+                if e.action == "snapshot" and not e.error then
+                    ngx.log(ngx.INFO, "takhin scheduler: worker ", state.worker,
+                            " took snapshot ", e.id)
+                end
+            end
+        end,
+    })
+end
+
 --- handler.init_worker(cfg), from init_worker_by_lua*.
 --   data_dir               the log directory (created if missing)
 --   restore_dir            where POST /restore may create logs (optional)
@@ -363,33 +388,13 @@ function M.init_worker(cfg)
 
     local every = cfg.snapshot_interval
     if every and every ~= "" and every ~= "off" then
-        local sched
-        sched, msg = takhin.scheduler.new{
-            targets = { {
-                name = "log", log = log, manager = sm,
-                label = fmt("scheduler worker=%d pid=%d", state.worker, state.pid),
-            } },
-            policy = { min_interval = cfg.snapshot_min_interval, keep_last = cfg.snapshot_keep or 0 },
-        }
         -- A scheduler that cannot start is logged; appends and reads go on.
-        if not sched then
-            ngx.log(ngx.ERR, "takhin: worker ", state.worker, ": no scheduler: ", msg)
-            return
-        end
-        local ok, serr = takhin.scheduler.openresty(sched, {
-            interval = every,
-            worker = cfg.scheduler_worker or 0,
-            on_report = function(report)
-                for _, e in ipairs(report) do
-                    if e.action == "snapshot" and not e.error then
-                        ngx.log(ngx.INFO, "takhin scheduler: worker ", state.worker,
-                                " took snapshot ", e.id)
-                    end
-                end
-            end,
-        })
-        if not ok then
-            ngx.log(ngx.ERR, "takhin: worker ", state.worker, ": no scheduler: ", serr)
+        -- Its options come from nginx.conf: a bad value is returned
+        -- (INVALID), a mistake such as a wrong type raises; both are logged.
+        local ok, started, serr, scode = pcall(start_scheduler, cfg, every)
+        if not ok or not started then
+            ngx.log(ngx.ERR, "takhin: worker ", state.worker, ": no scheduler: ",
+                    tostring(ok and serr or started), scode and (" (" .. scode .. ")") or "")
             return
         end
     end

@@ -1,7 +1,9 @@
 --- takhin: a Kafka-style segmented commit log with point-in-time snapshots.
 -- The storage engine is the C core (takhin.core); this module adds the
--- pure-Lua parts on top: duration parsing and the option handling of the
--- snapshot methods that take durations.  See docs/API.md.
+-- pure-Lua parts on top: duration parsing, snapshot policies and their
+-- scheduler, and the option handling of the snapshot methods that take
+-- durations or policies.  Option tables follow takhin.policy's checker
+-- (misuse raises, bad values are INVALID).  See docs/API.md.
 local core = require("takhin.core")
 local duration = require("takhin.duration")
 local policy = require("takhin.policy")
@@ -20,23 +22,13 @@ local M = {
     core = core,
 }
 
---- The seed's DefaultSnapshotConfig.
-function M.default_snapshot_config()
-    return { max_snapshots = 5, retention_time = "24h", min_interval = "1h" }
-end
+--- The seed's DefaultSnapshotConfig: { max_snapshots = 5,
+-- retention_time = "24h", min_interval = "1h" }, a new table each call.
+M.default_snapshot_config = policy.defaults
+
+local check_options = policy._check_options
 
 local function invalid(msg) return nil, msg, "INVALID" end
-
-local function check_opts(opts, what, known)
-    if opts == nil then return {} end
-    if type(opts) ~= "table" then
-        error(("bad argument to '%s' (table expected, got %s)"):format(what, type(opts)), 3)
-    end
-    for k in pairs(opts) do
-        if not known[k] then error(("%s: unknown option '%s'"):format(what, tostring(k)), 3) end
-    end
-    return opts
-end
 
 -- Methods written in Lua are added to the C metatable's method table;
 -- doing it again (a second require in another state) is harmless.
@@ -46,7 +38,7 @@ local CREATE_OPTS = { min_interval = true, label = true, progress = true }
 
 --- sm:create(log [, { min_interval = "1h", label = "...", progress = fn }])
 function Snap:create(log, opts)
-    local o = check_opts(opts, "create", CREATE_OPTS)
+    local o = opts == nil and {} or check_options(opts, "create", CREATE_OPTS)
     local c = { label = o.label, progress = o.progress }
     if o.min_interval ~= nil then
         local ms, err = duration.parse(o.min_interval)
@@ -62,8 +54,9 @@ end
 -- newest snapshot is never deleted and ages are measured from it.  With
 -- dry_run = true nothing is deleted: 0, plan.  All deletions are one
 -- metadata update.  Bad values: nil, msg, "INVALID"; unknown names raise.
+-- Damaged snapshots are always deleted (takhin.policy).
 function Snap:cleanup(rules)
-    local pol, msg, code = policy.check(rules, "cleanup", true)
+    local pol, msg, code = policy.check(rules, "cleanup")
     if not pol then return nil, msg, code end
     local snaps
     snaps, msg, code = self:list()

@@ -7,18 +7,22 @@
 -- kept when ANY rule keeps it, and the newest snapshot is always kept:
 --
 -- * the seed's SnapshotConfig limits, max_snapshots and retention_time.
---   Together they are ONE rule with the seed's meaning (CleanupSnapshots,
---   and the C engine's sm:_cleanup): a snapshot passes when it is among the
---   newest max_snapshots AND at most retention_time older than the newest.
+--   Together they are ONE rule with the seed's meaning (CleanupSnapshots;
+--   the C engine's sm:_cleanup keeps the same rule, and spec/policy_spec.lua
+--   checks that both agree): a snapshot passes when it is among the newest
+--   max_snapshots AND at most retention_time older than the newest.
 --   Either limit may be given alone.
 -- * restic-style keep rules: keep_last, keep_hourly, keep_daily,
 --   keep_weekly, keep_monthly, keep_yearly (counts) and keep_within (a
 --   duration).  Buckets are UTC hours, days, ISO weeks, months and years.
 --
--- Ages are measured from the newest snapshot's timestamp, never the wall
--- clock, so a log whose snapshots stopped keeps what it had.  A policy with
--- no rule at all keeps everything.  min_interval is not a keep rule: it is
--- read by sm:create and takhin.scheduler.
+-- "Newest" is by creation (the engine's seq), not by timestamp.  Ages are
+-- measured from the newest snapshot's timestamp, never the wall clock, so
+-- a log whose snapshots stopped keeps what it had; a snapshot dated after
+-- the newest (the clock stepped back) is as new as the newest.  A policy
+-- with no rule at all keeps everything, except damaged snapshots, which
+-- are always deleted.  min_interval is not a keep rule: it is read by
+-- sm:create and takhin.scheduler.
 --
 -- Pure Lua; runs on Lua 5.1-5.4 and LuaJIT.
 local duration = require("takhin.duration")
@@ -57,6 +61,72 @@ M.presets = {}
 for name, p in pairs(PRESETS) do M.presets[name] = copy(p) end
 
 -------------------------------------------------------------------------
+-- Option tables
+--
+-- Every Lua function of takhin that takes options follows one rule, the
+-- C binding's (docs/API.md, "Conventions"):
+--
+-- * misuse raises: an unknown option name, an argument or option of the
+--   wrong type, a required one missing;
+-- * a value that is not acceptable returns nil, "<what>: ...", "INVALID".
+--   Settings -- durations and the fields of a policy -- are values through
+--   and through: they are usually read from configuration (a file, a
+--   command line, nginx.conf), so whatever they hold, of whatever type,
+--   is reported that way, naming the field and the value.
+--
+-- check_options is the one checker of option names, used by init.lua
+-- (sm:create, sm:cleanup), this module and takhin.scheduler.  It lives
+-- here because every module that takes options already loads this one.
+-------------------------------------------------------------------------
+
+local getinfo = debug and debug.getinfo
+-- The directory of takhin's Lua modules, as their chunk names spell it.
+local HOME = getinfo and getinfo(1, "S").source:match("^(@.*[/\\])[^/\\]+$")
+
+-- The level, for error(), of the first caller outside takhin's Lua
+-- modules: misuse is reported where the user called takhin (as the C
+-- binding's luaL_error does), however deep inside takhin it is found.
+local function caller_level()
+    if not HOME then return 3 end
+    local level = 3                     -- 1: here, 2: raise, 3: raise's caller
+    while true do
+        local info = getinfo(level, "S")
+        if not info then return 0 end
+        if info.source:sub(1, #HOME) ~= HOME then return level - 1 end
+        level = level + 1
+    end
+end
+
+--- Raises msg for misuse, positioned at the user's call.
+local function raise(msg)
+    error(msg, caller_level())
+end
+
+local function tostring_key(k)
+    return type(k) == "string" and k or tostring(k)
+end
+
+--- Raises "<what>: unknown option 'k'" for a key of opts that is not in
+-- the set known (the first in sorted order, so the message does not
+-- depend on pairs), and "bad argument to '<what>' (table expected, got
+-- T)" when opts is not a table.  Returns opts.
+local function check_options(opts, what, known)
+    if type(opts) ~= "table" then
+        raise(("bad argument to '%s' (table expected, got %s)"):format(what, type(opts)))
+    end
+    local unknown
+    for k in pairs(opts) do
+        if not known[k] and (unknown == nil or tostring_key(k) < unknown) then
+            unknown = tostring_key(k)
+        end
+    end
+    if unknown then raise(("%s: unknown option '%s'"):format(what, unknown)) end
+    return opts
+end
+
+M._check_options, M._raise = check_options, raise
+
+-------------------------------------------------------------------------
 -- Validation
 -------------------------------------------------------------------------
 
@@ -66,9 +136,10 @@ local DURATIONS = { "retention_time", "min_interval", "keep_within" }
 local COUNTS = { "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
                  "keep_yearly" }
 
+-- Option names: the fields, and X_ms (as a policy holds them) next to X.
 local FIELDS = { preset = true, max_snapshots = true, dry_run = true }
-for _, f in ipairs(DURATIONS) do FIELDS[f] = true end
 for _, f in ipairs(COUNTS) do FIELDS[f] = true end
+for _, f in ipairs(DURATIONS) do FIELDS[f], FIELDS[f .. "_ms"] = true, true end
 
 local function invalid(what, fmt, ...)
     return nil, what .. ": " .. fmt:format(...), "INVALID"
@@ -83,24 +154,15 @@ local function show(v)
     return tostring(v)
 end
 
--- Unknown names are INVALID (raised when `raise`, as option tables do);
--- X_ms (as found in a policy) is accepted next to X and recomputed from it.
-local function check_names(cfg, what, raise)
-    for k in pairs(cfg) do
-        if not FIELDS[k] then
-            local base = type(k) == "string" and k:match("^(.*)_ms$")
-            local derived = false
-            for _, f in ipairs(DURATIONS) do if f == base then derived = true end end
-            if not derived then
-                if raise then error(("%s: unknown option '%s'"):format(what, tostring(k)), 0) end
-                return invalid(what, "unknown field '%s'", tostring(k))
-            end
-            if cfg[base] == nil then
-                return invalid(what, "%s is derived from %s; give %s", k, base, base)
-            end
+-- Raises on unknown names.  X_ms is accepted next to X (a plain copy of a
+-- policy) and recomputed from it; alone, it is a mistake.
+local function check_names(cfg, what)
+    check_options(cfg, what, FIELDS)
+    for _, f in ipairs(DURATIONS) do
+        if cfg[f .. "_ms"] ~= nil and cfg[f] == nil then
+            raise(("%s: option '%s_ms' is derived from %s: give %s"):format(what, f, f, f))
         end
     end
-    return true
 end
 
 -- The fields of cfg over those of its preset.
@@ -116,12 +178,9 @@ local function merged(cfg, what)
     return m
 end
 
-local function validate(cfg, what, raise)
-    if getmetatable(cfg) == Policy then cfg = copy(cfg) end
-    local ok, msg, code = check_names(cfg, what, raise)
-    if not ok then return nil, msg, code end
-    local m
-    m, msg, code = merged(cfg, what)
+local function validate(cfg, what)
+    check_names(cfg, what)
+    local m, msg, code = merged(cfg, what)
     if not m then return nil, msg, code end
     local p = setmetatable({ preset = m.preset }, Policy)
     if m.max_snapshots ~= nil then
@@ -159,23 +218,24 @@ end
 -- other fields override.  Duration fields keep the text given (so
 -- sm:create(log, { min_interval = pol.min_interval }) works) and gain an
 -- X_ms twin in milliseconds.  Passing a policy again re-validates a copy.
+-- Bad values return INVALID; unknown names and a cfg that is not a table
+-- raise.
 function M.new(cfg)
     if type(cfg) ~= "table" then
-        error(("bad argument #1 to 'new' (table expected, got %s)"):format(type(cfg)), 2)
+        raise(("bad argument #1 to 'new' (table expected, got %s)"):format(type(cfg)))
     end
     return validate(cfg, "policy")
 end
 
 --- Like new, for takhin's own callers: `what` names the caller in
--- messages ("cleanup: ..."), nil stands for the seed's defaults, and with
--- `strict` an unknown field raises "<what>: unknown option 'x'" (as every
--- option table of takhin does) instead of returning INVALID.
-function M.check(cfg, what, strict)
+-- messages ("cleanup: ..."), nil stands for the seed's defaults, and argn
+-- (default 1) is cfg's place among the caller's arguments.
+function M.check(cfg, what, argn)
     if cfg == nil then cfg = M.defaults() end
     if type(cfg) ~= "table" then
-        error(("bad argument #1 to '%s' (table expected, got %s)"):format(what, type(cfg)), 3)
+        raise(("bad argument #%d to '%s' (table expected, got %s)"):format(argn or 1, what, type(cfg)))
     end
-    return validate(cfg, what, strict)
+    return validate(cfg, what)
 end
 
 --- True when p has a keep rule (a policy without one keeps everything).
@@ -284,20 +344,47 @@ end
 -- Planning
 -------------------------------------------------------------------------
 
--- A copy of snapshots, newest first; equal timestamps keep their order.
-local function newest_first(snapshots)
-    local rows = {}
+-- The snapshots the rules rank, newest first, and the damaged ones (in
+-- the order given).  Newest means newest by creation: by seq when every
+-- ranked snapshot has one (the engine numbers snapshots as it makes
+-- them), else by timestamp, which a clock stepped back can make lie.
+-- Equal keys keep the order given.
+local function ranked(snapshots)
+    local rows, damaged, by_seq = {}, {}, true
     for i, s in ipairs(snapshots) do
-        if type(s) ~= "table" or type(s.timestamp) ~= "number" then
-            error(("plan: snapshot #%d has no numeric timestamp"):format(i), 3)
+        if type(s) ~= "table" then
+            raise(("plan: snapshot #%d is a %s, not a table"):format(i, type(s)))
         end
-        rows[i] = { s = s, i = i }
+        if s.damaged then
+            damaged[#damaged + 1] = s
+        else
+            if type(s.timestamp) ~= "number" or s.timestamp ~= s.timestamp then
+                raise(("plan: snapshot #%d has no numeric timestamp"):format(i))
+            end
+            if s.seq == nil then
+                by_seq = false
+            elseif type(s.seq) ~= "number" or s.seq ~= s.seq then
+                raise(("plan: snapshot #%d has a seq that is not a number"):format(i))
+            end
+            rows[#rows + 1] = { s = s, i = i }
+        end
     end
+    local key = by_seq and "seq" or "timestamp"
     table.sort(rows, function(a, b)
-        if a.s.timestamp ~= b.s.timestamp then return a.s.timestamp > b.s.timestamp end
+        local x, y = a.s[key], b.s[key]
+        if x ~= y then return x > y end
         return a.i < b.i
     end)
-    return rows
+    return rows, damaged
+end
+
+-- How much older than the newest snapshot s is, in ms.  A snapshot dated
+-- after the newest one (made before the clock stepped back) counts as
+-- just as new: a lying clock never makes a snapshot deletable by age.
+local function age(rows, s)
+    local a = rows[1].s.timestamp - s.timestamp
+    if a < 0 then return 0 end
+    return a
 end
 
 local function add(reasons, i, why)
@@ -308,10 +395,9 @@ end
 -- The seed rule: among the newest max_snapshots and within retention_time.
 local function seed_rule(p, rows, reasons)
     if not (p.max_snapshots or p.retention_time_ms) then return end
-    local newest = rows[1].s.timestamp
     for i, row in ipairs(rows) do
         local by_count = not p.max_snapshots or i <= p.max_snapshots
-        local by_age = not p.retention_time_ms or newest - row.s.timestamp <= p.retention_time_ms
+        local by_age = not p.retention_time_ms or age(rows, row.s) <= p.retention_time_ms
         if by_count and by_age then
             if p.max_snapshots then add(reasons, i, "max_snapshots " .. p.max_snapshots) end
             if p.retention_time_ms then add(reasons, i, "retention_time " .. display(p, "retention_time")) end
@@ -323,40 +409,43 @@ local function last_rule(p, rows, reasons)
     for i = 1, math.min(p.keep_last or 0, #rows) do add(reasons, i, "last " .. i) end
 end
 
--- The newest snapshot of each of the n most recent buckets with snapshots.
+-- The newest snapshot of each of the n most recent buckets with snapshots
+-- (most recent: holding the newest snapshots, in creation order).
 local function bucket_rule(p, rows, reasons, b)
-    local left, seen = p[b.rule] or 0, nil
+    local left, seen = p[b.rule] or 0, {}
     for i, row in ipairs(rows) do
         if left == 0 then return end
         local key = b.key(row.s.timestamp)
-        if key ~= seen then
+        if not seen[key] then
             add(reasons, i, b.label .. " " .. key)
-            seen, left = key, left - 1
+            seen[key], left = true, left - 1
         end
     end
 end
 
 local function within_rule(p, rows, reasons)
     if not p.keep_within_ms then return end
-    local newest = rows[1].s.timestamp
     for i, row in ipairs(rows) do
-        if newest - row.s.timestamp <= p.keep_within_ms then
+        if age(rows, row.s) <= p.keep_within_ms then
             add(reasons, i, "within " .. display(p, "keep_within"))
         end
     end
 end
 
 --- policy.plan(snapshots, pol) -> { keep = { {snapshot =, reasons =}, ... },
---                                    delete = { snapshot, ... } }
--- Both lists newest first.  pol is a policy, a table of policy fields, or
--- nil (the seed's defaults); a bad one returns nil, msg, "INVALID".
+--                                    delete = { snapshot, ... }, policy = p }
+-- keep is newest first; delete lists what no rule keeps, newest first,
+-- then every damaged snapshot (damaged = true: it cannot be restored, so
+-- no rule counts or keeps it).  pol is a policy, a table of policy
+-- fields, or nil (the seed's defaults); a bad value returns nil, msg,
+-- "INVALID", an unknown name raises.
 function M.plan(snapshots, pol)
     if type(snapshots) ~= "table" then
-        error(("bad argument #1 to 'plan' (table expected, got %s)"):format(type(snapshots)), 2)
+        raise(("bad argument #1 to 'plan' (table expected, got %s)"):format(type(snapshots)))
     end
-    local p, msg, code = M.check(pol, "plan")
+    local p, msg, code = M.check(pol, "plan", 2)
     if not p then return nil, msg, code end
-    local rows = newest_first(snapshots)
+    local rows, damaged = ranked(snapshots)
     local reasons = {}
     for i = 1, #rows do reasons[i] = {} end
     if #rows > 0 then
@@ -377,6 +466,7 @@ function M.plan(snapshots, pol)
             plan.delete[#plan.delete + 1] = row.s
         end
     end
+    for _, s in ipairs(damaged) do plan.delete[#plan.delete + 1] = s end
     return plan
 end
 

@@ -12,10 +12,19 @@
 --
 -- A target is due when its manager has no snapshot, or its newest one is
 -- at least the policy's min_interval older than `now` (no min_interval:
--- due at every tick; a newest snapshot dated after `now`, as after the
--- clock stepped back, is not yet due).  The decision reads the manager's own list, so it
--- survives restarts and sees snapshots other processes took.  After a
--- snapshot, cleanup by the policy runs for that target.
+-- due at every tick), or is damaged, or is dated more than a minute after
+-- `now`.  The last happens when the clock stepped back after a snapshot:
+-- waiting for the clock to catch up could leave the log without a new
+-- snapshot for as long as the step, so such a target is due at once.
+-- (Within a minute, clocks merely disagree: see CLOCK_SLACK_MS.)  The
+-- decision reads the manager's own list, so it survives restarts and sees
+-- snapshots other processes took.  After a snapshot, cleanup by the
+-- policy runs for that target.
+--
+-- Options follow takhin's rule (takhin.policy, "Option tables"): misuse
+-- -- an unknown option, a callback that is not a function, a log that is
+-- not one -- raises; a bad value (an interval that does not parse, an
+-- empty target list, a bad policy field) returns nil, msg, "INVALID".
 --
 -- Clocks: every decision uses the scheduler's clock (`now`, ms since the
 -- epoch; injectable for tests), compared with snapshot timestamps, which
@@ -30,6 +39,8 @@ local policy = require("takhin.policy")
 
 local M = {}
 
+local check_options, raise = policy._check_options, policy._raise
+
 local Scheduler = {}
 Scheduler.__index = Scheduler
 
@@ -37,14 +48,24 @@ local function invalid(fmt, ...)
     return nil, "scheduler: " .. fmt:format(...), "INVALID"
 end
 
-local function unknown_key(t, known)
-    for k in pairs(t) do
-        if not known[k] then return tostring(k) end
-    end
-end
-
 local function wall_clock_ms()
     return os.time() * 1000
+end
+
+-- The milliseconds of a required duration option, or nil, msg, "INVALID"
+-- (a duration is a setting: whatever it holds is a value).
+local function interval_ms(v, what)
+    if v == nil then raise(what .. ": interval is required (a duration such as \"1m\", or seconds)") end
+    local ms, err = duration.parse(v)
+    if not ms then return nil, what .. ": interval: " .. err, "INVALID" end
+    if ms <= 0 then return nil, what .. ": interval must be more than 0, not " .. tostring(v), "INVALID" end
+    return ms
+end
+
+local function check_function(v, what, name, optional)
+    if (v ~= nil or not optional) and type(v) ~= "function" then
+        raise(("%s: %s must be a function, not %s"):format(what, name, type(v)))
+    end
 end
 
 -------------------------------------------------------------------------
@@ -58,25 +79,31 @@ local function has_method(obj, name)
     return ok and type(f) == "function"
 end
 
+local function is_object(v)
+    return type(v) == "userdata" or type(v) == "table"
+end
+
 local function check_target(t, i, seen)
-    if type(t) ~= "table" then return invalid("target #%d: table expected, got %s", i, type(t)) end
-    local bad = unknown_key(t, TARGET_KEYS)
-    if bad then return invalid("target #%d: unknown field '%s'", i, bad) end
-    if type(t.name) ~= "string" or t.name == "" then
-        return invalid("target #%d: name must be a non-empty string, not %s", i, tostring(t.name))
+    local what = ("scheduler: target #%d"):format(i)
+    if type(t) ~= "table" then raise(("%s: table expected, got %s"):format(what, type(t))) end
+    check_options(t, what, TARGET_KEYS)
+    if type(t.name) ~= "string" then
+        raise(("%s: name must be a string, not %s"):format(what, type(t.name)))
     end
+    if t.name == "" then return invalid("target #%d: name must not be empty", i) end
     if seen[t.name] then return invalid("target #%d: name %q given twice", i, t.name) end
     seen[t.name] = true
-    if type(t.log) ~= "userdata" and type(t.log) ~= "table" then
-        return invalid("target %q: log must be a takhin.Log, not %s", t.name, type(t.log))
+    what = ("scheduler: target %q"):format(t.name)
+    if not is_object(t.log) then
+        raise(("%s: log must be a takhin.Log, not %s"):format(what, type(t.log)))
     end
     local m = t.manager
-    if (type(m) ~= "userdata" and type(m) ~= "table") or not has_method(m, "create")
-        or not has_method(m, "latest") or not has_method(m, "cleanup") then
-        return invalid("target %q: manager must be a takhin.SnapshotManager, not %s", t.name, tostring(m))
+    if not is_object(m) or not has_method(m, "create") or not has_method(m, "latest")
+        or not has_method(m, "cleanup") then
+        raise(("%s: manager must be a takhin.SnapshotManager, not %s"):format(what, tostring(m)))
     end
     if t.label ~= nil and type(t.label) ~= "string" then
-        return invalid("target %q: label must be a string, not %s", t.name, type(t.label))
+        raise(("%s: label must be a string, not %s"):format(what, type(t.label)))
     end
     return { name = t.name, log = t.log, manager = m, label = t.label }
 end
@@ -87,18 +114,23 @@ local NEW_KEYS = { targets = true, policy = true, now = true }
 -- targets: an array of { name =, log =, manager = [, label =] } (names
 -- unique).  policy: a takhin.policy or a table of its fields; default the
 -- seed's (policy.defaults()).  now: a function returning ms since the
--- epoch; default the wall clock (seconds resolution).
+-- epoch; default the wall clock (seconds resolution).  Misuse raises; an
+-- empty target list, an empty or repeated name and bad policy values are
+-- INVALID.
 function M.new(opts)
     if type(opts) ~= "table" then
-        error(("bad argument #1 to 'new' (table expected, got %s)"):format(type(opts)), 2)
+        raise(("bad argument #1 to 'new' (table expected, got %s)"):format(type(opts)))
     end
-    local bad = unknown_key(opts, NEW_KEYS)
-    if bad then return invalid("unknown field '%s'", bad) end
-    if type(opts.targets) ~= "table" or #opts.targets == 0 then
-        return invalid("targets must be a non-empty array of { name =, log =, manager = }")
+    check_options(opts, "scheduler", NEW_KEYS)
+    if type(opts.targets) ~= "table" then
+        raise(("scheduler: targets must be an array of { name =, log =, manager = }, not %s")
+              :format(type(opts.targets)))
     end
-    if opts.now ~= nil and type(opts.now) ~= "function" then
-        return invalid("now must be a function returning milliseconds, not %s", type(opts.now))
+    if #opts.targets == 0 then return invalid("targets must not be empty") end
+    check_function(opts.now, "scheduler", "now", true)
+    if opts.policy ~= nil and type(opts.policy) ~= "table" then
+        raise(("scheduler: policy must be a takhin.policy or a table of its fields, not %s")
+              :format(type(opts.policy)))
     end
     local pol, msg, code = policy.check(opts.policy, "scheduler: policy")
     if not pol then return nil, msg, code end
@@ -126,16 +158,29 @@ local function call(m, method, ...)
     return pcall(m[method], m, ...)
 end
 
+-- Clocks disagree a little: the default clock counts whole seconds, an
+-- injected one may be cached (ngx.now()), the engine reads the system's.
+-- A newest snapshot dated at most this far after `now` was made just
+-- now; one dated further ahead was made before the clock stepped back.
+local CLOCK_SLACK_MS = 60 * 1000
+
+-- Milliseconds until a target whose newest snapshot is `latest` (or
+-- nil) is due; 0 when it is due now.
+local function due_in(self, latest, now)
+    local min = self.policy.min_interval_ms or 0
+    if not latest or latest.damaged or min == 0 then return 0 end
+    local age = now - latest.timestamp
+    if age < -CLOCK_SLACK_MS or age >= min then return 0 end
+    return min - age
+end
+
 -- The report entries for one target: one, or two (snapshot, cleanup).
 local function tick_target(self, t, now)
     local ok, latest, msg, code = call(t.manager, "latest")
     if not ok then return failed(t.name, "snapshot", latest) end
     if not latest and code ~= "NOT_FOUND" then return failed(t.name, "snapshot", msg, code) end
-    local min = self.policy.min_interval_ms or 0
-    if latest and min > 0 and now - latest.timestamp < min then
-        return { name = t.name, action = "skip", id = latest.id,
-                 due_in = min - (now - latest.timestamp) }
-    end
+    local wait = due_in(self, latest, now)
+    if wait > 0 then return { name = t.name, action = "skip", id = latest.id, due_in = wait } end
     local snap
     ok, snap, msg, code = call(t.manager, "create", t.log, { label = t.label })
     if not ok then return failed(t.name, "snapshot", snap) end
@@ -160,8 +205,8 @@ end
 function Scheduler:tick(now_ms)
     local now = now_ms
     if now == nil then now = self.now() end
-    if type(now) ~= "number" then
-        error(("tick: now must be a number of milliseconds, got %s"):format(type(now)), 2)
+    if type(now) ~= "number" or now ~= now then
+        raise(("tick: now must be a number of milliseconds, not %s"):format(tostring(now)))
     end
     local report = {}
     for _, t in ipairs(self.targets) do
@@ -192,23 +237,19 @@ local RUN_KEYS = { interval = true, stop = true, sleep = true, on_report = true 
 --- sched:run{ interval = "1m", stop = fn [, sleep = fn] [, on_report = fn] } -> ticks
 -- Ticks, calls on_report(report) if given, asks stop() and, unless it
 -- says true, sleeps interval (sleep(seconds)) and goes round again.
--- Returns the number of ticks; bad options return nil, msg, "INVALID".
+-- Returns the number of ticks.  An interval that is not a duration > 0
+-- returns nil, msg, "INVALID"; misuse (no interval, no stop, a callback
+-- that is not a function, an unknown option) raises.
 function Scheduler:run(opts)
     if type(opts) ~= "table" then
-        error(("bad argument #1 to 'run' (table expected, got %s)"):format(type(opts)), 2)
+        raise(("bad argument #1 to 'run' (table expected, got %s)"):format(type(opts)))
     end
-    local bad = unknown_key(opts, RUN_KEYS)
-    if bad then return invalid("run: unknown field '%s'", bad) end
-    if opts.interval == nil then return invalid("run: interval is required") end
-    local ms, err = duration.parse(opts.interval)
-    if not ms then return invalid("run: interval: %s", err) end
-    if ms <= 0 then return invalid("run: interval must be more than 0, not %s", tostring(opts.interval)) end
-    for _, f in ipairs({ "stop", "sleep", "on_report" }) do
-        if opts[f] ~= nil and type(opts[f]) ~= "function" then
-            return invalid("run: %s must be a function, not %s", f, type(opts[f]))
-        end
-    end
-    if opts.stop == nil then return invalid("run: stop is required (a function returning true to stop)") end
+    check_options(opts, "scheduler: run", RUN_KEYS)
+    check_function(opts.stop, "scheduler: run", "stop (a function returning true to stop)")
+    check_function(opts.sleep, "scheduler: run", "sleep", true)
+    check_function(opts.on_report, "scheduler: run", "on_report", true)
+    local ms, msg, code = interval_ms(opts.interval, "scheduler: run")
+    if not ms then return nil, msg, code end
     local sleep = opts.sleep or default_sleep
     local ticks = 0
     while true do
@@ -252,45 +293,59 @@ local function timer_handler(ngx, sched, on_report)
     end
 end
 
+-- Raises unless ngx is OpenResty's, in a worker: calling the adapter
+-- anywhere else is a mistake in the caller's code.
+local function check_ngx(ngx, what)
+    if type(ngx) ~= "table" or type(ngx.timer) ~= "table" or type(ngx.worker) ~= "table" then
+        raise(what .. ": ngx is not available (run it in OpenResty)")
+    end
+end
+
 --- scheduler.openresty(sched, { interval = "1m" [, worker = 0] [, immediate = true]
---                               [, on_report = fn] }) -> true | nil, err
+--                               [, on_report = fn] }) -> true | nil, msg, code
 -- Call from init_worker_by_lua*.  Only the worker whose ngx.worker.id()
 -- is `worker` (default 0) schedules anything; in the others this returns
 -- true and does nothing.  Ticks run from ngx.timer.every(interval), plus
 -- one at once (ngx.timer.at(0)) unless immediate = false.  Errors in
 -- reports go to the error log.  Snapshots do blocking file I/O in that
--- worker while they run.
+-- worker while they run.  A bad interval or worker is INVALID; a timer
+-- nginx refuses is "IO" (the message carries nginx's reason); misuse --
+-- not a scheduler, an unknown option, a wrong type, no ngx or no worker
+-- id (not called from init_worker_by_lua*) -- raises.
 function M.openresty(sched, opts)
+    local what = "scheduler.openresty"
     local ngx = rawget(_G, "ngx")
     if getmetatable(sched) ~= Scheduler then
-        return nil, "scheduler.openresty: a scheduler from scheduler.new expected"
+        raise(("bad argument #1 to 'openresty' (a scheduler from scheduler.new expected, got %s)")
+              :format(type(sched)))
     end
-    opts = opts or {}
-    if type(opts) ~= "table" then return nil, "scheduler.openresty: options table expected" end
-    local bad = unknown_key(opts, OPENRESTY_KEYS)
-    if bad then return nil, "scheduler.openresty: unknown option '" .. bad .. "'" end
-    if type(ngx) ~= "table" or type(ngx.timer) ~= "table" or type(ngx.worker) ~= "table" then
-        return nil, "scheduler.openresty: ngx is not available (run it in OpenResty)"
+    if opts == nil then opts = {} end
+    check_options(opts, what, OPENRESTY_KEYS)
+    local worker = opts.worker
+    if worker == nil then worker = 0 end
+    if type(worker) ~= "number" or worker ~= math.floor(worker) or worker == math.huge
+        or worker == -math.huge then
+        raise(("%s: worker must be an integer, not %s"):format(what, tostring(worker)))
     end
-    local ms, err = duration.parse(opts.interval or "1m")
-    if not ms then return nil, "scheduler.openresty: interval: " .. err end
-    if ms <= 0 then return nil, "scheduler.openresty: interval must be more than 0" end
-    local worker = opts.worker or 0
-    if type(worker) ~= "number" then return nil, "scheduler.openresty: worker must be a number" end
-    if opts.on_report ~= nil and type(opts.on_report) ~= "function" then
-        return nil, "scheduler.openresty: on_report must be a function"
+    if opts.immediate ~= nil and type(opts.immediate) ~= "boolean" then
+        raise(("%s: immediate must be a boolean, not %s"):format(what, type(opts.immediate)))
     end
+    check_function(opts.on_report, what, "on_report", true)
+    check_ngx(ngx, what)
+    local interval = opts.interval
+    if interval == nil then interval = "1m" end
+    local ms, msg, code = interval_ms(interval, what)
+    if not ms then return nil, msg, code end
+    if worker < 0 then return nil, what .. ": worker must be >= 0, not " .. tostring(worker), "INVALID" end
     local id = ngx.worker.id()
-    if id == nil then
-        return nil, "scheduler.openresty: no worker id (call it from init_worker_by_lua*)"
-    end
+    if id == nil then raise(what .. ": no worker id (call it from init_worker_by_lua*)") end
     if id ~= worker then return true end
     local handler = timer_handler(ngx, sched, opts.on_report)
     local ok, terr = ngx.timer.every(ms / 1000, handler)
-    if not ok then return nil, "scheduler.openresty: ngx.timer.every: " .. tostring(terr) end
+    if not ok then return nil, what .. ": ngx.timer.every: " .. tostring(terr), "IO" end
     if opts.immediate ~= false then
         ok, terr = ngx.timer.at(0, handler)
-        if not ok then return nil, "scheduler.openresty: ngx.timer.at: " .. tostring(terr) end
+        if not ok then return nil, what .. ": ngx.timer.at: " .. tostring(terr), "IO" end
     end
     return true
 end
