@@ -11,8 +11,9 @@ SAN        ?=
 CFLAGS_ALL  = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
 LDLIBS_ALL  = -ljansson -lpthread $(LDLIBS)
 
-ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/fs.c csrc/lock.c csrc/record.c csrc/restore.c \
-             csrc/index.c csrc/segment.c csrc/log.c csrc/manifest.c csrc/snapshot.c
+ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/sys.c csrc/names.c csrc/fs.c csrc/lock.c \
+             csrc/state.c csrc/record.c csrc/restore.c csrc/index.c csrc/segment.c csrc/log.c \
+             csrc/manifest.c csrc/snapshot.c
 ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)
@@ -56,7 +57,7 @@ $(BUILD)/libtakhin.a: $(ENGINE_OBJ)
 # The module is not linked against liblua: the host provides the API.
 $(BUILD)/takhin/core.so: $(BINDING) $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -I$(LUA_INC) -shared $(BINDING) $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -I$(LUA_INC) -shared $(BINDING) $(BUILD)/libtakhin.a -o $@ -Wl,--exclude-libs,ALL $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)

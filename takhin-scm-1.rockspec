@@ -56,12 +56,17 @@ build = {
                 "csrc/log.c",
                 "csrc/lua_takhin.c",
                 "csrc/manifest.c",
+                "csrc/names.c",
                 "csrc/record.c",
                 "csrc/restore.c",
                 "csrc/segment.c",
                 "csrc/snapshot.c",
+                "csrc/state.c",
+                "csrc/sys.c",
             },
-            defines = { "_GNU_SOURCE" },
+            -- TK_LUA_MODULE: the engine's API stays hidden inside the
+            -- module (takhin.h, TK_API); only luaopen_takhin_core is exported.
+            defines = { "_GNU_SOURCE", "TK_LUA_MODULE" },
             incdirs = { "csrc", "$(JANSSON_INCDIR)" },
             libdirs = { "$(JANSSON_LIBDIR)" },
             libraries = { "jansson", "pthread" },

@@ -36,9 +36,11 @@ static inline void compat_pushint64(lua_State *L, int64_t v) {
 #define COMPAT_EXACT_MAX 9007199254740992.0             /* 2^53 */
 #define compat_rawlen(L, i) lua_objlen(L, i)
 
+/* 2^53 itself is refused too: 2^53 + 1 written in a script arrives here
+ * already rounded to 2^53, and cannot be told from it. */
 static inline int compat_toint64(lua_State *L, int idx, int64_t *out) {
     lua_Number d = lua_tonumber(L, idx);
-    if (d != floor(d) || fabs(d) > COMPAT_EXACT_MAX) return 0;
+    if (d != floor(d) || fabs(d) >= COMPAT_EXACT_MAX) return 0;
     *out = (int64_t)d;
     return 1;
 }
@@ -51,6 +53,17 @@ static inline void compat_pushint64(lua_State *L, int64_t v) {
 }
 
 #endif
+
+/* t[i], running __index as the table's own code would. */
+static inline int compat_geti(lua_State *L, int t, int64_t i) {
+#if LUA_VERSION_NUM >= 503
+    return lua_geti(L, t, (lua_Integer)i);
+#else
+    lua_pushinteger(L, (lua_Integer)i);
+    lua_gettable(L, t < 0 ? t - 1 : t);
+    return lua_type(L, -1);
+#endif
+}
 
 /* luaL_typeerror is 5.4-only; this one words it the same way. */
 static inline int compat_typeerror(lua_State *L, int arg, const char *tname) {

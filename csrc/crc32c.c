@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "internal.h"
+
 #define CRC32C_POLY 0x82F63B78u     /* 0x1EDC6F41 bit-reflected */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

@@ -7,7 +7,10 @@
  * up to the captured size can be copied after the log is released, even if
  * the writer replaces the file meanwhile) and its index files encoded from
  * memory up to the cut.  Sealed segments are immutable, so their files can
- * be linked by name afterwards.
+ * be linked by name afterwards -- as long as nothing removed or replaced
+ * them meanwhile (a truncate and new appends bring back the same names):
+ * the cut keeps the log's generation, and tk_cut_changed says whether it
+ * moved.
  */
 #ifndef TK_CUT_H
 #define TK_CUT_H
@@ -30,14 +33,26 @@ typedef struct tk_cut_seg {
     size_t idx_len, tim_len;
 } tk_cut_seg;
 
+struct tk_state;
+
 typedef struct tk_cut {
     char *dir;                  /* the log directory */
     tk_cut_seg *segs;
     size_t n;
     int64_t base_offset, high_water_mark;
+    uint64_t gen;               /* the log's generation at the cut */
+    const struct tk_state *state;   /* the log's shared state (the log stays open) */
 } tk_cut;
 
 tk_code tk_log_cut(tk_log *log, tk_cut *cut, tk_err *err);
 void tk_cut_free(tk_cut *cut);
+
+/* 1 when the log was truncated, restored or had segments deleted since
+ * the cut: files linked by name since then may be other files than the
+ * cut described. */
+int tk_cut_changed(const tk_cut *cut);
+
+/* Whether dir is the log's directory (same device and inode). */
+tk_code tk_log_same_dir(const tk_log *log, const char *dir, int *same, tk_err *err);
 
 #endif

@@ -7,10 +7,12 @@
 #include <string.h>
 
 #include "error.h"
+#include "internal.h"
 
 static const char *const code_names[TK_CODE_COUNT] = {
     "OK", "NOT_FOUND", "OUT_OF_RANGE", "LOCKED", "CORRUPT", "EXISTS",
     "NOT_EMPTY", "TOO_SOON", "INVALID", "NOSPC", "IO", "READONLY", "NOMEM",
+    "CONFLICT", "FULL", "CANCELED",
 };
 
 const char *tk_code_name(tk_code code) {
@@ -54,6 +56,27 @@ tk_code tk_fail_errno(tk_err *err, int e, const char *fmt, ...) {
         snprintf(err->msg + n, sizeof err->msg - n, ": %s", strerror(e));
         err->code = code;
         err->sys_errno = e;
+    }
+    return code;
+}
+
+tk_code tk_fail_pass(tk_err *err, const tk_err *scratch) {
+    if (err && err != scratch) *err = *scratch;
+    return scratch->code;
+}
+
+tk_code tk_fail_prefix(tk_err *err, tk_code code, const char *fmt, ...) {
+    if (err) {
+        char tail[sizeof err->msg];
+        va_list ap;
+        size_t n;
+        snprintf(tail, sizeof tail, "%s", err->msg);
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, ": %s", tail);
+        err->code = code;
     }
     return code;
 }

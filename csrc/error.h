@@ -27,4 +27,13 @@ tk_code tk_fail_errno(tk_err *err, int e, const char *fmt, ...) TK_PRINTF(3, 4);
 
 tk_code tk_code_from_errno(int e);
 
+/* Passes on an error a callee put in a scratch tk_err: copies it into err
+ * (which may be NULL) and returns its code. */
+tk_code tk_fail_pass(tk_err *err, const tk_err *scratch);
+
+/* Puts "<formatted text>: " before the message already in err (which may
+ * be NULL) and returns code: for naming the operation around a callee's
+ * error. */
+tk_code tk_fail_prefix(tk_err *err, tk_code code, const char *fmt, ...) TK_PRINTF(3, 4);
+
 #endif

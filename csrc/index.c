@@ -5,6 +5,8 @@
 
 #include "index.h"
 #include "record.h"
+#include "sys.h"
+#include "internal.h"
 
 void tk_index_free(tk_index *ix) {
     free(ix->e);
@@ -15,7 +17,7 @@ void tk_index_free(tk_index *ix) {
 int tk_index_push(tk_index *ix, uint32_t rel, uint32_t pos, int64_t max_ts) {
     if (ix->n == ix->cap) {
         size_t cap = ix->cap ? ix->cap * 2 : 64;
-        tk_ientry *e = realloc(ix->e, cap * sizeof *e);
+        tk_ientry *e = tk_realloc(ix->e, cap * sizeof *e);
         if (!e) return -1;
         ix->e = e;
         ix->cap = cap;
@@ -67,6 +69,38 @@ static void seal_entry(unsigned char *e, size_t len) {
     tk_store32(e + len, tk_crc32c(0, e, len));
 }
 
+/* Appends the entries of off/tim (n of each) that continue ix
+ * consistently; returns how many, or -1 when out of memory. */
+static long push_entries(tk_index *ix, const unsigned char *off, const unsigned char *tim,
+                         size_t n, uint64_t log_size) {
+    const tk_ientry *last = ix->n ? &ix->e[ix->n - 1] : NULL;
+    uint32_t prev_rel = last ? last->rel : 0, prev_pos = last ? last->pos : 0;
+    int64_t prev_ts = last ? last->max_ts : TK_TS_NONE;
+    size_t k;
+    for (k = 0; k < n; k++) {
+        const unsigned char *o = off + k * TK_OIDX_ENTRY, *t = tim + k * TK_TIDX_ENTRY;
+        uint32_t rel = tk_load32(o), pos = tk_load32(o + 4);
+        int64_t ts = (int64_t)tk_load64(t);
+        uint32_t trel = tk_load32(t + 8);
+        if (!entry_crc_ok(o, 8) || !entry_crc_ok(t, 12)) break;
+        /* Offsets and positions increase.  An entry for the segment's first
+         * record is the exception: it exists when that record is not at
+         * position 0 (recovery stepped over damage before it). */
+        if ((rel <= prev_rel && !(ix->n == 0 && rel == 0 && pos > 0)) || pos <= prev_pos ||
+            pos >= log_size)
+            break;
+        if (trel != rel || ts < prev_ts) break;
+        if (tk_index_push(ix, rel, pos, ts) < 0) return -1;
+        prev_rel = rel; prev_pos = pos; prev_ts = ts;
+    }
+    return (long)k;
+}
+
+int tk_index_append_parsed(tk_index *ix, const unsigned char *off, const unsigned char *tim,
+                           size_t n, uint64_t log_size) {
+    return push_entries(ix, off, tim, n, log_size) < 0 ? -1 : 0;
+}
+
 int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
                    const unsigned char *tim, size_t tim_len, uint64_t log_size,
                    int sealed, tk_seal *seal) {
@@ -76,30 +110,20 @@ int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
     size_t n = n_off < n_tim ? n_off : n_tim;
     int whole = off_len % TK_OIDX_ENTRY == 0 && tim_len >= trailer &&
                 (tim_len - trailer) % TK_TIDX_ENTRY == 0 && n_tim == n_off;
-    uint32_t prev_rel = 0, prev_pos = 0;
-    int64_t prev_ts = TK_TS_NONE;
-    size_t k;
+    long k;
 
     ix->n = 0;
-    for (k = 0; k < n; k++) {
-        const unsigned char *o = off + k * TK_OIDX_ENTRY, *t = tim + k * TK_TIDX_ENTRY;
-        uint32_t rel = tk_load32(o), pos = tk_load32(o + 4);
-        int64_t ts = (int64_t)tk_load64(t);
-        uint32_t trel = tk_load32(t + 8);
-        if (!entry_crc_ok(o, 8) || !entry_crc_ok(t, 12)) break;
-        if (rel <= prev_rel || pos <= prev_pos || pos >= log_size) break;
-        if (trel != rel || ts < prev_ts) break;
-        if (tk_index_push(ix, rel, pos, ts) < 0) return -1;
-        prev_rel = rel; prev_pos = pos; prev_ts = ts;
-    }
-    if (k < n_off) whole = 0;
+    if ((k = push_entries(ix, off, tim, n, log_size)) < 0) return -1;
+    if ((size_t)k < n_off) whole = 0;
     if (whole && sealed) {
         const unsigned char *f = tim + n_off * TK_TIDX_ENTRY;
+        const tk_ientry *last = ix->n ? &ix->e[ix->n - 1] : NULL;
         seal->max_ts = (int64_t)tk_load64(f);
         seal->last_rel = tk_load32(f + 8);
         seal->log_size = tk_load32(f + 12);
         seal->log_crc = tk_load32(f + 16);
-        if (!entry_crc_ok(f, 20) || seal->max_ts < prev_ts || seal->last_rel < prev_rel ||
+        if (!entry_crc_ok(f, 20) || (last && (seal->max_ts < last->max_ts ||
+                                              seal->last_rel < last->rel)) ||
             seal->log_size != log_size)
             whole = 0;
     }

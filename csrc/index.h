@@ -71,6 +71,12 @@ int tk_index_parse(tk_index *ix, const unsigned char *off, size_t off_len,
                    const unsigned char *tim, size_t tim_len, uint64_t log_size,
                    int sealed, tk_seal *seal);
 
+/* Appends up to n entries of .index / .timeindex bytes that continue ix
+ * consistently (the same checks as tk_index_parse), stopping quietly at
+ * the first that does not.  -1 when out of memory. */
+int tk_index_append_parsed(tk_index *ix, const unsigned char *off, const unsigned char *tim,
+                           size_t n, uint64_t log_size);
+
 /* Encodes entries [from, to) into .index / .timeindex bytes. */
 void tk_index_encode_off(const tk_index *ix, size_t from, size_t to, unsigned char *out);
 void tk_index_encode_time(const tk_index *ix, size_t from, size_t to, unsigned char *out);

@@ -10,14 +10,18 @@
  * our pid in it.  LOCKED names the holder's pid when it can be read. */
 tk_code tk_dirlock_try(const char *dir, const char *name, int *fd_out, tk_err *err);
 
+/* Takes a shared flock on <dir>/<name> without waiting (shared-mode
+ * writers): it excludes an exclusive holder, not other shared ones. */
+tk_code tk_dirlock_try_shared(const char *dir, const char *name, int *fd_out, tk_err *err);
+
 /* Waits for the lock (used to serialize short metadata updates). */
 tk_code tk_dirlock_wait(const char *dir, const char *name, int *fd_out, tk_err *err);
 
 void tk_dirlock_release(int fd);
 
-/* For a lock file kept open between uses (shared writers): take the lock
- * again, waiting, or let it go without closing the file. */
-tk_code tk_lockfd_wait(int fd, const char *dir, tk_err *err);
-void tk_lockfd_unlock(int fd);
+/* A shared holder tries to become exclusive for a moment, without
+ * waiting (*got says whether it did), and goes back to shared. */
+tk_code tk_lockfd_upgrade(int fd, const char *dir, int *got, tk_err *err);
+tk_code tk_lockfd_share(int fd, const char *dir, tk_err *err);
 
 #endif

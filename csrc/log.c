@@ -1,31 +1,45 @@
 /*
- * log.c -- the log: a directory of segments, one writer, many readers.
+ * log.c -- the log: a directory of segments, written and read by handles
+ * in any number of processes that meet in the shared state (state.h).
  *
- * Concurrency inside a process.  Two locks:
+ * Handles.  An exclusive writer holds flock(LOCK_EX) on <dir>/.lock for
+ * its life; shared writers (nginx workers) hold LOCK_SH, so they exclude
+ * an exclusive writer and an in-place restore but not each other;
+ * read-only handles take no .lock.  Every handle maps <dir>/.state.
  *
- *   wmu  (mutex)   serializes everything that writes: append, roll,
- *                  truncate, sync, index repair, and a read-only handle's
- *                  refresh.  Taken before rw, never after.
+ * Writing.  Every change to the files -- append, roll, truncate, index
+ * repair, copy-on-write, recovery -- happens under the state's mutex, in
+ * every mode.  The holder first brings its view up to date with the
+ * published layout (what other writers did: catch_up), writes, then
+ * publishes the new layout.  A holder killed in between leaves the mutex
+ * "owner died": the next locker repairs the log from its files, as an
+ * open would, and publishes it under a new generation (repair_locked).
+ *
+ * Reading.  Before every lookup a handle compares the published layout
+ * with its view (view_sync: a few memory loads).  The same: nothing to do.
+ * The active segment grew: extend the view, loading the index entries
+ * other writers added.  A new active segment: reload from the old one.  A
+ * new generation (truncate, in-place restore, delete_before, a repair,
+ * another writer's copy-on-write): reload everything.  A read-only handle
+ * that could not map the state (an unwritable directory) follows the
+ * files with stat(2) instead (refresh_private).
+ *
+ * Inside a process, two more locks, always taken before the state's mutex:
+ *
+ *   wmu  (mutex)   serializes this handle's writes and view updates.
  *   rw   (rwlock)  guards the segment array and each segment's published
  *                  fields (next, size, max_ts, ix, log_fd).  Readers hold it
  *                  shared for a whole lookup-and-pread; writers hold it
  *                  exclusive only to publish.
  *
- * An append writes its bytes with pwrite holding only wmu -- past the
- * published size, where no reader looks -- then takes rw exclusively to
- * publish the new size, offsets and index entries.  So reads run alongside
- * the expensive part of an append.
- *
- * Across processes: the writer holds flock(<dir>/.lock).  Every append
- * reaches the kernel (pwrite) before it returns, which is why a SIGKILL
- * loses nothing acknowledged and why read-only handles in other processes
- * can follow the writer by re-scanning the active segment's tail
- * (tk_log_refresh).
+ * An append writes its bytes with pwrite -- past the published size,
+ * where no reader looks -- then takes rw exclusively to publish.  So reads
+ * run alongside the expensive part of an append.
  *
  * Crash states.  Bytes reach the .log before the matching index entries
  * (.timeindex first, then .index), so after a crash the index files may
- * lag the .log but never lead it; recovery (load_active) rescans from the
- * last index entry that checks out and truncates a torn tail.  Rolling
+ * lag the .log but never lead it; recovery (recover_active) rescans from
+ * the last index entry that checks out and truncates a torn tail.  Rolling
  * writes the old segment's seal trailer first, then the new segment's
  * index files, then its .log: a crash in between leaves an active segment
  * whose .timeindex carries a trailer, which the next open trims.
@@ -39,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,21 +62,30 @@
 #include "error.h"
 #include "fs.h"
 #include "lock.h"
+#include "names.h"
 #include "restore.h"
 #include "segment.h"
+#include "state.h"
+#include "sys.h"
+#include "internal.h"
 
 #define WRITE_CHUNK   (8u << 20)        /* frame at most this much per write */
 #define ITER_CHUNK    (64u << 10)
+#define TRIM_ABOVE    (1u << 20)        /* buffers larger than this are freed after use */
+#define TK_RETRY      ((tk_code)101)    /* internal: the files moved under a reader */
 
 struct tk_log {
     char *dir;
     tk_log_opts o;
-    int lock_fd;
+    int lock_fd;                        /* .lock: LOCK_EX, LOCK_SH (shared) or -1 */
+    tk_state st;
+    uint64_t gen;                       /* the generation our view matches */
     pthread_mutex_t wmu;
     pthread_rwlock_t rw;
     tk_segment **segs;                  /* oldest first; last is active */
     size_t nsegs, cap;
-    uint64_t gen;                       /* bumped when positions may move */
+    uint64_t vgen;                      /* bumped when positions may move (iterators) */
+    tk_fdcache fds;
     unsigned char *wbuf;                /* writer's framing buffer */
     size_t wcap;
 };
@@ -69,12 +93,15 @@ struct tk_log {
 struct tk_iter {
     tk_log *log;
     int64_t next, end;
-    uint64_t gen;
+    uint64_t vgen;
     size_t si;
     uint64_t pos;
     int positioned;
     tk_cursor c;
 };
+
+static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err);
+static tk_code refresh_private(tk_log *log, tk_err *err);
 
 /* ------------------------------------------------------------------ */
 /* Options                                                              */
@@ -86,6 +113,7 @@ void tk_log_opts_init(tk_log_opts *o) {
     o->index_interval_bytes = 4096;
     o->max_record_size = 16u << 20;
     o->sync = TK_SYNC_NONE;
+    o->mode = TK_LOG_EXCLUSIVE;
 }
 
 static tk_code check_opts(const char *dir, const tk_log_opts *o, tk_err *err) {
@@ -94,15 +122,27 @@ static tk_code check_opts(const char *dir, const tk_log_opts *o, tk_err *err) {
                        " is outside 1 .. %u", dir, o->max_segment_size,
                        TK_MAX_SEGMENT_SIZE_LIMIT);
     if (o->index_interval_bytes < 1)
-        return tk_fail(err, TK_INVALID, "open_log %s: index_interval_bytes must be >= 1", dir);
+        return tk_fail(err, TK_INVALID, "open_log %s: index_interval_bytes %u is outside "
+                       "1 .. %u", dir, o->index_interval_bytes, UINT32_MAX);
     if (o->max_record_size < 64 || o->max_record_size > TK_MAX_RECORD_SIZE_LIMIT)
         return tk_fail(err, TK_INVALID, "open_log %s: max_record_size %u is outside 64 .. %u",
                        dir, o->max_record_size, TK_MAX_RECORD_SIZE_LIMIT);
     if (o->sync != TK_SYNC_NONE && o->sync != TK_SYNC_ALWAYS)
         return tk_fail(err, TK_INVALID, "open_log %s: bad sync mode", dir);
-    if (o->shared && o->readonly)
-        return tk_fail(err, TK_INVALID, "open_log %s: shared and readonly exclude each other", dir);
+    if (o->mode != TK_LOG_EXCLUSIVE && o->mode != TK_LOG_SHARED && o->mode != TK_LOG_READONLY)
+        return tk_fail(err, TK_INVALID, "open_log %s: bad mode", dir);
     return TK_OK;
+}
+
+/* Sealed segments keeping their .log open: a quarter of the descriptors
+ * the process may have, at most 64, at least 4 -- so a worker that rolls
+ * through thousands of segments never starves its sockets. */
+static unsigned default_max_open(void) {
+    struct rlimit rl;
+    rlim_t v = 64;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 4 < v)
+        v = rl.rlim_cur / 4;
+    return v < 4 ? 4 : (unsigned)v;
 }
 
 static int64_t now_ms(void) {
@@ -110,6 +150,9 @@ static int64_t now_ms(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+static int is_writer(const tk_log *log) { return log->o.mode != TK_LOG_READONLY; }
+static int durable(const tk_log *log) { return log->o.sync == TK_SYNC_ALWAYS; }
 
 /* ------------------------------------------------------------------ */
 /* The segment array                                                    */
@@ -120,7 +163,7 @@ static tk_segment *active(const tk_log *log) { return log->segs[log->nsegs - 1];
 static int push_segment(tk_log *log, tk_segment *s) {
     if (log->nsegs == log->cap) {
         size_t cap = log->cap ? log->cap * 2 : 16;
-        tk_segment **p = realloc(log->segs, cap * sizeof *p);
+        tk_segment **p = tk_realloc(log->segs, cap * sizeof *p);
         if (!p) return -1;
         log->segs = p;
         log->cap = cap;
@@ -129,9 +172,9 @@ static int push_segment(tk_log *log, tk_segment *s) {
     return 0;
 }
 
-static void free_segments(tk_log *log) {
-    for (size_t i = 0; i < log->nsegs; i++) tk_seg_free(log->segs[i]);
-    log->nsegs = 0;
+static void drop_segments_from(tk_log *log, size_t k) {
+    while (log->nsegs > k) tk_seg_free(log->segs[--log->nsegs]);
+    log->vgen++;
 }
 
 /* Index of the segment holding offset (base <= offset < hwm). */
@@ -146,60 +189,78 @@ static size_t find_segment(const tk_log *log, int64_t offset) {
 
 static int64_t hwm_locked(const tk_log *log) { return active(log)->next; }
 static int64_t base_locked(const tk_log *log) { return log->segs[0]->base; }
-static int durable(const tk_log *log) { return log->o.sync == TK_SYNC_ALWAYS; }
 
-/* ------------------------------------------------------------------ */
-/* Opening: listing, loading sealed segments, recovering the active one */
-/* ------------------------------------------------------------------ */
-
-static int parse_base(const char *name, const char *ext, int64_t *base) {
-    size_t n = strlen(name), e = strlen(ext);
-    int64_t v = 0;
-    if (n != 20 + e || strcmp(name + 20, ext) != 0) return 0;
-    for (int i = 0; i < 20; i++) {
-        if (name[i] < '0' || name[i] > '9') return 0;
-        if (v > (INT64_MAX - (name[i] - '0')) / 10) return 0;
-        v = v * 10 + (name[i] - '0');
-    }
-    /* Offsets inside a segment are base + uint32: keep that from overflowing. */
-    if (v > INT64_MAX - ((int64_t)1 << 33)) return 0;
-    *base = v;
-    return 1;
+/* The layout this view describes (what a writer publishes). */
+static void view_layout(const tk_log *log, tk_layout *l) {
+    const tk_segment *a = active(log);
+    l->gen = log->gen;
+    l->start = base_locked(log);
+    l->active_base = a->base;
+    l->next = a->next;
+    l->size = a->size;
+    l->idx_n = a->idx_n;
+    l->since = a->ws.since;
+    l->max_ts = a->max_ts;
+    l->log_crc = a->log_crc;
+    l->idx_crc = a->idx_crc;
+    l->tim_crc = a->tim_crc;
+    l->flags = (a->crc_known ? TK_LAYOUT_CRC : 0) |
+               (a->icrc_known && a->idx_size == a->idx_n * TK_OIDX_ENTRY &&
+                a->tim_size == a->idx_n * TK_TIDX_ENTRY ? TK_LAYOUT_ICRC : 0) |
+               (is_writer(log) ? TK_LAYOUT_CHECKED : 0);
 }
+
+/* The active segment takes what a layout says of it. */
+static void adopt_counts(tk_segment *s, const tk_layout *l) {
+    s->size = l->size;
+    s->next = s->held = l->next;
+    s->max_ts = l->max_ts;
+    s->ws.since = l->since;
+    s->ws.max_ts = l->max_ts;
+    s->idx_n = l->idx_n;
+    if (s->ix.n > l->idx_n) tk_index_truncate(&s->ix, (size_t)l->idx_n);
+    s->log_crc = l->log_crc;
+    s->crc_known = (l->flags & TK_LAYOUT_CRC) != 0;
+    s->idx_crc = l->idx_crc;
+    s->tim_crc = l->tim_crc;
+    s->idx_size = l->idx_n * TK_OIDX_ENTRY;
+    s->tim_size = l->idx_n * TK_TIDX_ENTRY;
+    s->icrc_known = (l->flags & TK_LAYOUT_ICRC) != 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Loading: listing, sealed segments, the active one                    */
+/* ------------------------------------------------------------------ */
 
 static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
 }
 
-/* What a crash can leave in a log directory: temp files of an atomic
- * replace or a copy-on-write, an in-place restore that never committed. */
-static int is_leftover(const char *name) {
-    size_t n = strlen(name);
-    if (strncmp(name, ".restore-tmp-", 13) == 0) return 1;
-    return n > 4 && strcmp(name + n - 4, ".tmp") == 0 &&
-           (name[0] == '.' || (name[0] >= '0' && name[0] <= '9'));
-}
-
-/* Collects the base offsets of all .log files, sorted.  A writer also
+/* Collects the base offsets of all .log files, sorted.  With clean, also
  * removes what a crash can leave behind: temp files of an atomic replace
- * or a copy-on-write, and index files whose .log is gone. */
-static tk_code list_bases(tk_log *log, int64_t **out, size_t *count, tk_err *err) {
+ * or a copy-on-write, and an in-place restore that never committed. */
+static tk_code list_bases(tk_log *log, int clean, int64_t **out, size_t *count, tk_err *err) {
     DIR *d = opendir(log->dir);
     struct dirent *de;
     int64_t *bases = NULL, base;
     size_t n = 0, cap = 0;
+    tk_ext ext;
     if (!d) return tk_fail_errno(err, errno, "open %s", log->dir);
     while ((de = readdir(d)) != NULL) {
-        if (!log->o.readonly && is_leftover(de->d_name)) {
+        if (clean && tk_is_log_leftover(de->d_name)) {
             char path[PATH_MAX];
             if (tk_path_join(path, sizeof path, log->dir, de->d_name) == 0) tk_rmtree(path);
             continue;
         }
-        if (!parse_base(de->d_name, ".log", &base)) continue;
+        if (!tk_parse_seg_name(de->d_name, &base, &ext) || ext != TK_EXT_LOG) continue;
         if (n == cap) {
-            int64_t *p = realloc(bases, (cap = cap ? cap * 2 : 64) * sizeof *p);
-            if (!p) { free(bases); closedir(d); return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir); }
+            int64_t *p = tk_realloc(bases, (cap = cap ? cap * 2 : 64) * sizeof *p);
+            if (!p) {
+                free(bases);
+                closedir(d);
+                return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
+            }
             bases = p;
         }
         bases[n++] = base;
@@ -211,17 +272,17 @@ static tk_code list_bases(tk_log *log, int64_t **out, size_t *count, tk_err *err
     return TK_OK;
 }
 
+/* Index files whose .log is gone (a crash while a segment was made or
+ * removed). */
 static void remove_orphan_indexes(tk_log *log, const int64_t *bases, size_t n) {
     DIR *d = opendir(log->dir);
     struct dirent *de;
     int64_t base;
+    tk_ext ext;
     if (!d) return;
     while ((de = readdir(d)) != NULL) {
-        if (!parse_base(de->d_name, ".index", &base) &&
-            !parse_base(de->d_name, ".timeindex", &base))
-            continue;
-        if (!bsearch(&base, bases, n, sizeof *bases, cmp_i64))
-            unlinkat(dirfd(d), de->d_name, 0);
+        if (!tk_parse_seg_name(de->d_name, &base, &ext) || ext == TK_EXT_LOG) continue;
+        if (!bsearch(&base, bases, n, sizeof *bases, cmp_i64)) unlinkat(dirfd(d), de->d_name, 0);
     }
     closedir(d);
 }
@@ -229,13 +290,15 @@ static void remove_orphan_indexes(tk_log *log, const int64_t *bases, size_t n) {
 static tk_code stat_log(const tk_log *log, const tk_segment *s, uint64_t *size, tk_err *err) {
     char path[PATH_MAX];
     struct stat st;
-    if (tk_seg_path(path, sizeof path, log->dir, s->base, ".log") < 0 || stat(path, &st) < 0)
+    if (tk_seg_path(path, sizeof path, log->dir, s->base, TK_EXT_LOG) < 0 || stat(path, &st) < 0)
         return tk_fail_errno(err, errno, "stat %s", path);
     *size = (uint64_t)st.st_size;
     return TK_OK;
 }
 
-static tk_code load_sealed(tk_log *log, tk_segment *s, tk_err *err) {
+/* A sealed segment: its index files, rebuilt from the .log when they do
+ * not check out (rewritten too when fix: a writer under the lock). */
+static tk_code load_sealed(tk_log *log, tk_segment *s, int fix, tk_err *err) {
     uint64_t size;
     int whole;
     tk_code rc = stat_log(log, s, &size, err);
@@ -245,7 +308,7 @@ static tk_code load_sealed(tk_log *log, tk_segment *s, tk_err *err) {
     if (whole) return TK_OK;
     if ((rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, size, 0, err)) != TK_OK)
         return rc;
-    if (log->o.readonly) return TK_OK;
+    if (!fix) return TK_OK;
     return tk_seg_write_index(log->dir, s, 1, durable(log), err);
 }
 
@@ -261,25 +324,27 @@ static tk_code verify_last_entry(tk_log *log, tk_segment *s, tk_cursor *c, uint6
         tk_code rc = tk_seg_read_at(log->dir, s, c, e->pos, s->base + e->rel, end, &h, &p,
                                     &scratch);
         if (rc == TK_OK && h.timestamp <= e->max_ts) return TK_OK;
-        if (rc != TK_OK && rc != TK_CORRUPT) { *err = scratch; return rc; }
+        if (rc != TK_OK && rc != TK_CORRUPT) return tk_fail_pass(err, &scratch);
         s->ix.n--;
     }
     return TK_OK;
 }
 
-/* Validates the active segment's tail (docs/FORMAT.md, "Recovery"). */
-static tk_code load_active(tk_log *log, tk_segment *s, tk_err *err) {
+/* Recovery of the active segment from its files (docs/FORMAT.md): the
+ * tail is validated from the last index entry that checks out; a writer
+ * cuts a torn tail and rewrites index files that did not match. */
+static tk_code recover_active(tk_log *log, tk_segment *s, int writer, tk_err *err) {
     tk_cursor c = { .chunk = ITER_CHUNK };
     uint64_t size, pos;
     int whole;
-    size_t loaded;
+    size_t loaded, kept;
     tk_idxstate st = { 0, TK_TS_NONE };
     tk_code rc;
 
-    if (log->o.readonly) {
+    if (!writer) {
         char path[PATH_MAX];
         struct stat sb;
-        tk_seg_path(path, sizeof path, log->dir, s->base, ".log");
+        tk_seg_path(path, sizeof path, log->dir, s->base, TK_EXT_LOG);
         if (stat(path, &sb) < 0 && errno == ENOENT) return TK_OK;   /* not created yet */
     } else if ((rc = tk_seg_open_writable(log->dir, s, err)) != TK_OK) {
         return rc;
@@ -288,6 +353,7 @@ static tk_code load_active(tk_log *log, tk_segment *s, tk_err *err) {
     if ((rc = tk_seg_load_index(log->dir, s, size, 0, &whole, err)) != TK_OK) return rc;
     loaded = s->ix.n;
     if ((rc = verify_last_entry(log, s, &c, size, err)) != TK_OK) goto out;
+    kept = s->ix.n;
     if (s->ix.n > 0) {
         const tk_ientry *e = &s->ix.e[s->ix.n - 1];
         pos = e->pos;
@@ -301,88 +367,341 @@ static tk_code load_active(tk_log *log, tk_segment *s, tk_err *err) {
                      size, 1, err);
     if (rc != TK_OK) goto out;
     s->size = pos;
+    s->held = s->next;
     s->ws = st;
     s->max_ts = st.max_ts;
-    if (log->o.readonly) goto out;
+    s->idx_n = s->ix.n;
+    if (!writer) goto out;
     if (pos < size) {                                   /* torn or garbage tail */
-        if ((rc = tk_seg_unshare(log->dir, s, durable(log), err)) != TK_OK) goto out;
-        if (ftruncate(s->log_fd, (off_t)pos) < 0) {
+        if ((rc = tk_seg_unshare(log->dir, s, 1u << TK_EXT_LOG, durable(log), err)) != TK_OK)
+            goto out;
+        if (tk_ftruncate(s->log_fd, (off_t)pos) < 0) {
             rc = tk_fail_errno(err, errno, "truncate %s/%020" PRId64 ".log", log->dir, s->base);
             goto out;
         }
     }
-    if (!whole || s->ix.n != loaded)
+    /* The files must hold exactly the entries in memory: other handles
+     * load them, and other writers append after them. */
+    if (!whole || kept != loaded || s->ix.n != kept)
         rc = tk_seg_write_index(log->dir, s, 0, durable(log), err);
 out:
     tk_cursor_free(&c);
     return rc;
 }
 
+/* The active segment as a published layout describes it.  A writer cuts
+ * whatever lies beyond (what a writer that died under the lock wrote and
+ * never published: no one was told of it). */
+static tk_code adopt_active(tk_log *log, tk_segment *s, const tk_layout *l, int writer,
+                            tk_err *err) {
+    uint64_t size;
+    int whole;
+    tk_code rc;
+    if (writer && (rc = tk_seg_open_writable(log->dir, s, err)) != TK_OK) return rc;
+    if ((rc = stat_log(log, s, &size, err)) != TK_OK) return rc == TK_NOT_FOUND ? TK_RETRY : rc;
+    if (size < l->size) return writer ? tk_fail(err, TK_CORRUPT, "open %s: %020" PRId64
+                                                 ".log is shorter than the log's state says",
+                                                 log->dir, s->base) : TK_RETRY;
+    if ((rc = tk_seg_load_index(log->dir, s, l->size, 0, &whole, err)) != TK_OK) return rc;
+    adopt_counts(s, l);
+    if (!writer || size == l->size) return TK_OK;
+    if ((rc = tk_seg_unshare(log->dir, s, TK_UNSHARE_ALL, durable(log), err)) != TK_OK) return rc;
+    if (tk_ftruncate(s->log_fd, (off_t)l->size) < 0 ||
+        tk_ftruncate(s->idx_fd, (off_t)(l->idx_n * TK_OIDX_ENTRY)) < 0 ||
+        tk_ftruncate(s->tim_fd, (off_t)(l->idx_n * TK_TIDX_ENTRY)) < 0)
+        return tk_fail_errno(err, errno, "truncate %s/%020" PRId64 ".log", log->dir, s->base);
+    return TK_OK;
+}
+
 /* Loads the listed segments whose base is >= from: sealed ones as they
- * are, the last one with recovery. */
+ * are, the active one by recovery (l NULL) or as l says.  With l, a .log
+ * newer than l's active segment is not published yet and ignored. */
 static tk_code load_listed(tk_log *log, const int64_t *bases, size_t n, int64_t from,
-                           tk_err *err) {
+                           const tk_layout *l, int writer, tk_err *err) {
     tk_code rc = TK_OK;
-    for (size_t i = 0; i < n && rc == TK_OK; i++) {
+    size_t last = n;
+    while (l && last > 0 && bases[last - 1] > l->active_base) last--;
+    if (l && (last == 0 || bases[last - 1] != l->active_base)) return TK_RETRY;
+    for (size_t i = 0; i < last && rc == TK_OK; i++) {
         tk_segment *s;
         if (bases[i] < from) continue;
-        if (!(s = tk_seg_new(bases[i])) || push_segment(log, s) < 0) {
+        if (!(s = tk_seg_new(bases[i], &log->fds)) || push_segment(log, s) < 0) {
             tk_seg_free(s);
             return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
         }
-        if (i + 1 < n) {
+        if (i + 1 < last) {
             s->next = bases[i + 1];
-            rc = load_sealed(log, s, err);
+            rc = load_sealed(log, s, writer, err);
         } else {
-            rc = load_active(log, s, err);
+            rc = l ? adopt_active(log, s, l, writer, err) : recover_active(log, s, writer, err);
         }
     }
     return rc;
 }
 
-static tk_code load_segments(tk_log *log, tk_err *err) {
+/* The whole view from the files: by recovery (l NULL: the first opener,
+ * or a repair) or as the layout l says. */
+static tk_code load_view(tk_log *log, const tk_layout *l, int writer, tk_err *err) {
     int64_t *bases = NULL;
     size_t n = 0;
-    tk_code rc = list_bases(log, &bases, &n, err);
-    if (rc != TK_OK) return rc;
-    if (!log->o.readonly) remove_orphan_indexes(log, bases, n);
+    tk_code rc;
+    drop_segments_from(log, 0);
+    if ((rc = list_bases(log, writer && !l, &bases, &n, err)) != TK_OK) return rc;
+    if (writer && !l) remove_orphan_indexes(log, bases, n);
     if (n == 0) {
         tk_segment *s = NULL;
         free(bases);
-        if (log->o.readonly) s = tk_seg_new(0);
-        else if ((rc = tk_seg_create(log->dir, 0, durable(log), &s, err)) != TK_OK) return rc;
+        if (l && l->next != l->active_base) return TK_RETRY;
+        if (!writer) s = tk_seg_new(l ? l->active_base : 0, &log->fds);
+        else if ((rc = tk_seg_create(log->dir, l ? l->active_base : 0, durable(log), &log->fds,
+                                     &s, err)) != TK_OK)
+            return rc;
         if (!s || push_segment(log, s) < 0) {
             tk_seg_free(s);
             return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
         }
         return TK_OK;
     }
-    rc = load_listed(log, bases, n, INT64_MIN, err);
+    rc = load_listed(log, bases, n, INT64_MIN, l, writer, err);
     free(bases);
+    if (rc == TK_OK && log->nsegs == 0) rc = TK_RETRY;
+    return rc;
+}
+
+/* Drops the segments from index k on and loads them again (another
+ * writer rolled: our active segment is sealed now). */
+static tk_code reload_from(tk_log *log, size_t k, const tk_layout *l, int writer, tk_err *err) {
+    int64_t *bases = NULL, from = log->segs[k]->base;
+    size_t n = 0;
+    tk_code rc;
+    if (k == 0) return load_view(log, l, writer, err);
+    drop_segments_from(log, k);
+    if ((rc = list_bases(log, 0, &bases, &n, err)) != TK_OK) return rc;
+    rc = load_listed(log, bases, n, from, l, writer, err);
+    free(bases);
+    if (rc == TK_OK && log->nsegs == k) rc = TK_RETRY;
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Following the published layout                                       */
+/* ------------------------------------------------------------------ */
+
+/* Brings the view to what l describes.  Caller holds wmu (and, when it is
+ * a writer about to write, the state's lock); takes rw itself. */
+static tk_code catch_up(tk_log *log, const tk_layout *l, int writer, tk_err *err) {
+    tk_segment *a = log->nsegs ? active(log) : NULL;
+    tk_code rc = TK_OK;
+    if (a && l->gen == log->gen && l->active_base == a->base && l->next == a->next &&
+        l->size == a->size)
+        return TK_OK;
+    pthread_rwlock_wrlock(&log->rw);
+    if (!a || l->gen != log->gen) {
+        rc = load_view(log, l, writer, err);
+    } else if (l->active_base != a->base) {
+        rc = reload_from(log, log->nsegs - 1, l, writer, err);
+    } else {
+        adopt_counts(a, l);
+        if (writer) rc = tk_seg_open_writable(log->dir, a, err);
+    }
+    if (rc == TK_OK) log->gen = l->gen;
+    else log->gen = 0;                  /* the view is unusable: reload next time */
+    pthread_rwlock_unlock(&log->rw);
+    return rc;
+}
+
+/* The files as they are, after a holder of the state's lock died (or the
+ * layout was marked stale, or built by a reader): load the view as the
+ * first opener would and publish it.  Caller holds wmu and the lock. */
+static tk_code repair_locked(tk_log *log, tk_err *err) {
+    tk_layout l;
+    tk_code rc;
+    pthread_rwlock_wrlock(&log->rw);
+    rc = load_view(log, NULL, is_writer(log), err);
+    if (rc == TK_OK) {
+        view_layout(log, &l);
+        tk_state_repaired(&log->st, &l, 1);
+        log->gen = l.gen;
+    } else {
+        tk_state_copy(&log->st, &l);
+        tk_state_repaired(&log->st, &l, 0);
+        log->gen = 0;
+    }
+    pthread_rwlock_unlock(&log->rw);
+    return rc;
+}
+
+/* Takes the state's lock for a change to the files and brings the view up
+ * to date.  Caller holds wmu. */
+static tk_code writer_enter(tk_log *log, tk_err *err) {
+    tk_layout l;
+    int repair;
+    tk_code rc = tk_state_lock(&log->st, log->dir, &repair, err);
+    if (rc != TK_OK) return rc;
+    tk_state_copy(&log->st, &l);
+    if (repair || (is_writer(log) && !(l.flags & TK_LAYOUT_CHECKED)))
+        rc = repair_locked(log, err);
+    else
+        rc = catch_up(log, &l, is_writer(log), err);
+    if (rc != TK_OK) tk_state_unlock(&log->st);
+    return rc;
+}
+
+static void writer_leave(tk_log *log) { tk_state_unlock(&log->st); }
+
+/* Publishes the view (caller holds the lock). */
+static void publish(tk_log *log) {
+    tk_layout l;
+    view_layout(log, &l);
+    tk_state_publish(&log->st, &l);
+}
+
+/* Around a change that removes or replaces files under their names: every
+ * other handle reloads when it sees the new generation. */
+static void change_begin(tk_log *log) {
+    tk_layout l;
+    view_layout(log, &l);
+    tk_state_begin_change(&log->st, &l);
+    log->gen = l.gen;
+}
+
+static void change_end(tk_log *log) {
+    tk_layout l;
+    view_layout(log, &l);
+    tk_state_end_change(&log->st, &l);
+    log->gen = l.gen;
+}
+
+/* Loads the index entries other writers added to the active segment, so
+ * lookups do not scan from the last entry we knew.  Caller holds wmu. */
+static void load_index_tail(tk_log *log) {
+    tk_segment *a = active(log);
+    tk_err scratch;
+    if (a->ix.n >= a->idx_n) return;
+    pthread_rwlock_wrlock(&log->rw);
+    tk_seg_load_index_tail(log->dir, a, a->idx_n, &scratch);   /* a lag only lengthens scans */
+    pthread_rwlock_unlock(&log->rw);
+}
+
+/* The view matches the layout: nothing to do (a lookup still wants the
+ * index entries other writers added, see load_index_tail). */
+static int view_current(const tk_log *log, const tk_layout *l) {
+    const tk_segment *a = log->nsegs ? active(log) : NULL;
+    return a && l->gen == log->gen && l->active_base == a->base && l->next == a->next &&
+           a->ix.n >= a->idx_n;
+}
+
+tk_code tk_log_refresh(tk_log *log, tk_err *err) {
+    tk_layout l;
+    tk_code rc = TK_OK;
+    if (log->st.is_private) return refresh_private(log, err);
+    if (tk_state_try_read(&log->st, &l) && view_current(log, &l)) return TK_OK;
+    pthread_mutex_lock(&log->wmu);
+    for (int tries = 0;; tries++) {
+        /* A writer's view holds writable descriptors and may cut what a
+         * dead writer left: only under the lock.  A reader takes the lock
+         * only to wait out a truncate or restore (odd generation) or to
+         * repair. */
+        if (is_writer(log) || !tk_state_try_read(&log->st, &l) || (l.gen & 1)) {
+            if ((rc = writer_enter(log, err)) == TK_OK) writer_leave(log);
+        } else {
+            rc = catch_up(log, &l, 0, err);
+        }
+        if (rc != TK_RETRY) break;
+        if (tries > 100) {
+            rc = tk_fail(err, TK_IO, "refresh %s: the files keep changing under the reader",
+                         log->dir);
+            break;
+        }
+    }
+    if (rc == TK_OK) load_index_tail(log);
+    pthread_mutex_unlock(&log->wmu);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening and closing                                                  */
+/* ------------------------------------------------------------------ */
+
+/* A committed in-place restore that a crash interrupted: the first writer
+ * to open finishes it.  A shared writer needs the directory to itself for
+ * that moment (others would be reading files that move). */
+static tk_code finish_restore(tk_log *log, tk_err *err) {
+    tk_code rc = TK_OK;
+    for (int tries = 0; rc == TK_OK && tk_restore_pending(log->dir); tries++) {
+        int got = 1;
+        if (log->o.mode == TK_LOG_SHARED &&
+            (rc = tk_lockfd_upgrade(log->lock_fd, log->dir, &got, err)) != TK_OK)
+            break;
+        if (got) rc = tk_restore_apply(log->dir, err);
+        if (log->o.mode == TK_LOG_SHARED && got) {
+            tk_code r2 = tk_lockfd_share(log->lock_fd, log->dir, err);
+            if (rc == TK_OK) rc = r2;
+        }
+        if (!got) {
+            if (tries > 5000)
+                return tk_fail(err, TK_LOCKED, "open %s: an interrupted in-place restore "
+                               "waits for the other writers to close", log->dir);
+            usleep(1000);
+        }
+    }
     return rc;
 }
 
 static tk_code prepare_dir(tk_log *log, tk_err *err) {
     struct stat st;
-    if (!log->o.readonly && tk_mkdir_p(log->dir, 0755) < 0)
+    tk_code rc;
+    if (is_writer(log) && tk_mkdir_p(log->dir, 0755) < 0)
         return tk_fail_errno(err, errno, "create %s", log->dir);
     if (stat(log->dir, &st) < 0) return tk_fail_errno(err, errno, "open %s", log->dir);
     if (!S_ISDIR(st.st_mode))
         return tk_fail(err, TK_INVALID, "open %s: not a directory", log->dir);
-    if (log->o.readonly) {
+    if (!is_writer(log)) {
         if (tk_restore_pending(log->dir))
             return tk_fail(err, TK_LOCKED, "open %s: an in-place restore is in progress; "
                            "open it as a writer to finish it", log->dir);
         return TK_OK;
     }
-    tk_code rc = log->o.shared ? tk_dirlock_wait(log->dir, ".lock", &log->lock_fd, err)
-                               : tk_dirlock_try(log->dir, ".lock", &log->lock_fd, err);
-    if (rc == TK_OK && tk_restore_pending(log->dir))
-        rc = tk_restore_apply(log->dir, err);          /* finish a crashed restore */
-    return rc;
+    rc = log->o.mode == TK_LOG_SHARED
+         ? tk_dirlock_try_shared(log->dir, TK_LOCK_FILE, &log->lock_fd, err)
+         : tk_dirlock_try(log->dir, TK_LOCK_FILE, &log->lock_fd, err);
+    return rc == TK_OK ? finish_restore(log, err) : rc;
 }
 
-static void shared_leave(tk_log *log);
+/* The first opener builds the view by recovery and publishes it; the
+ * others adopt what is published (a writer checking it first when no
+ * writer has since the state was built). */
+static tk_code join_state(tk_log *log, tk_err *err) {
+    tk_code rc;
+    if ((rc = tk_state_open(log->dir, &log->st, err)) != TK_OK) return rc;
+    if (log->st.is_private && is_writer(log))
+        return tk_fail(err, TK_IO, "open %s: cannot create %s/" TK_STATE_FILE, log->dir, log->dir);
+    if (log->st.created) {
+        tk_layout l;
+        if ((rc = load_view(log, NULL, is_writer(log), err)) != TK_OK) return rc;
+        view_layout(log, &l);
+        tk_state_ready(&log->st, &l);
+        log->gen = l.gen;
+        return TK_OK;
+    }
+    log->gen = 0;                       /* no view yet: the first sync loads it */
+    if (is_writer(log)) {
+        pthread_mutex_lock(&log->wmu);
+        rc = writer_enter(log, err);
+        if (rc == TK_OK) writer_leave(log);
+        pthread_mutex_unlock(&log->wmu);
+        return rc;
+    }
+    /* An empty view to start from: refresh loads the real one. */
+    {
+        tk_segment *s = tk_seg_new(0, &log->fds);
+        if (!s || push_segment(log, s) < 0) {
+            tk_seg_free(s);
+            return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
+        }
+    }
+    return tk_log_refresh(log, err);
+}
 
 tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_err *err) {
     tk_log_opts defaults;
@@ -394,95 +713,35 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
     if (!opts) { tk_log_opts_init(&defaults); opts = &defaults; }
     if (!dir || !*dir) return tk_fail(err, TK_INVALID, "open_log: empty directory name");
     if ((rc = check_opts(dir, opts, err)) != TK_OK) return rc;
-    if (!(log = calloc(1, sizeof *log)))
+    if (!(log = tk_calloc(1, sizeof *log)))
         return tk_fail(err, TK_NOMEM, "open %s: out of memory", dir);
     log->o = *opts;
     log->lock_fd = -1;
+    log->st.fd = -1;
+    log->st.slot = -1;
+    log->fds.max = opts->max_open_segments ? opts->max_open_segments : default_max_open();
     pthread_mutex_init(&log->wmu, NULL);
     pthread_rwlock_init(&log->rw, NULL);
     len = strlen(dir);
     while (len > 1 && dir[len - 1] == '/') len--;       /* "a/b/" -> "a/b" */
-    if (!(log->dir = strndup(dir, len))) {
+    if (!(log->dir = tk_strndup(dir, len))) {
         tk_log_close(log);
         return tk_fail(err, TK_NOMEM, "open %s: out of memory", dir);
     }
-    if ((rc = prepare_dir(log, err)) != TK_OK || (rc = load_segments(log, err)) != TK_OK) {
+    if ((rc = prepare_dir(log, err)) != TK_OK || (rc = join_state(log, err)) != TK_OK) {
         tk_log_close(log);
         return rc;
     }
-    shared_leave(log);              /* a shared writer holds the lock only to write */
+    if (log->o.mode == TK_LOG_SHARED) tk_state_add_writer(&log->st);
     *out = log;
     return TK_OK;
 }
 
-/* ------------------------------------------------------------------ */
-/* Shared mode: several writer processes                                */
-/* ------------------------------------------------------------------ */
-
-/* Drops the segments from index k on and loads them again from disk, with
- * any that other writers added; a writer's recovery (load_active) runs on
- * the new active segment.  Caller holds wmu, rw exclusively and the lock. */
-static tk_code reload_from(tk_log *log, size_t k, tk_err *err) {
-    int64_t *bases = NULL, from = k < log->nsegs ? log->segs[k]->base : 0;
-    size_t n = 0;
-    tk_code rc;
-    while (log->nsegs > k) tk_seg_free(log->segs[--log->nsegs]);
-    log->gen++;
-    if (k == 0) return load_segments(log, err);
-    if ((rc = list_bases(log, &bases, &n, err)) != TK_OK) return rc;
-    rc = load_listed(log, bases, n, from, err);
-    free(bases);
-    if (rc == TK_OK && log->nsegs == 0) rc = load_segments(log, err);
-    return rc;
-}
-
-/* Brings this handle up to date with what other shared writers did since
- * it last held the lock: nothing, appends or rolls (reload the active
- * segment onwards), or a truncate below it (reload everything). */
-static tk_code catch_up(tk_log *log, tk_err *err) {
-    tk_segment *s = active(log);
-    char path[PATH_MAX];
-    struct stat st, fst;
-    size_t k = log->nsegs - 1;
-    tk_code rc;
-    if (tk_seg_path(path, sizeof path, log->dir, s->base, ".log") < 0)
-        return tk_fail_errno(err, ENAMETOOLONG, "open %s", log->dir);
-    if (stat(path, &st) < 0) {
-        k = 0;                                          /* truncated away */
-    } else if (s->log_fd >= 0 && fstat(s->log_fd, &fst) == 0 && fst.st_ino == st.st_ino &&
-               (uint64_t)st.st_size == s->size) {
-        if (tk_seg_path(path, sizeof path, log->dir, s->next, ".log") < 0 ||
-            stat(path, &st) < 0)
-            return TK_OK;                               /* nobody else wrote */
-    } else if ((uint64_t)st.st_size < s->size) {
-        k = 0;
-    }
-    pthread_rwlock_wrlock(&log->rw);
-    rc = reload_from(log, k, err);
-    pthread_rwlock_unlock(&log->rw);
-    return rc;
-}
-
-/* Called with wmu held, before a shared writer changes anything. */
-static tk_code shared_enter(tk_log *log, tk_err *err) {
-    tk_code rc;
-    if (!log->o.shared) return TK_OK;
-    if ((rc = tk_lockfd_wait(log->lock_fd, log->dir, err)) != TK_OK) return rc;
-    if (tk_restore_pending(log->dir)) rc = tk_restore_apply(log->dir, err);
-    if (rc == TK_OK) rc = catch_up(log, err);
-    if (rc != TK_OK) shared_leave(log);
-    return rc;
-}
-
-/* The lock file stays open between appends; only the lock is dropped. */
-static void shared_leave(tk_log *log) {
-    if (log->o.shared) tk_lockfd_unlock(log->lock_fd);
-}
-
 void tk_log_close(tk_log *log) {
     if (!log) return;
-    free_segments(log);
+    drop_segments_from(log, 0);
     free(log->segs);
+    tk_state_close(&log->st);
     tk_dirlock_release(log->lock_fd);
     pthread_rwlock_destroy(&log->rw);
     pthread_mutex_destroy(&log->wmu);
@@ -495,26 +754,33 @@ void tk_log_close(tk_log *log) {
 /* Appending                                                            */
 /* ------------------------------------------------------------------ */
 
-/* Makes the active segment's files private before writing (hard-link
- * safety, docs/FORMAT.md).  The cheap test runs on every append. */
-static tk_code unshare_active(tk_log *log, tk_err *err) {
+/* Hard-link safety (docs/FORMAT.md): no file with another link is written
+ * in place.  The .log is checked before every append -- one fstat, the
+ * only way to notice a link another program made while we write -- and
+ * the index files before entries are written to them (tk_seg_unshare). */
+static tk_code unshare_active(tk_log *log, unsigned which, tk_err *err) {
     tk_segment *s = active(log);
     tk_code rc;
-    if (tk_link_count(s->log_fd) == 1 && tk_link_count(s->idx_fd) == 1 &&
-        tk_link_count(s->tim_fd) == 1)
-        return TK_OK;
+    int shared = 0;
+    if ((which & (1u << TK_EXT_LOG)) && tk_link_count(s->log_fd) > 1) shared = 1;
+    if ((which & (1u << TK_EXT_INDEX)) && tk_link_count(s->idx_fd) > 1) shared = 1;
+    if ((which & (1u << TK_EXT_TIMEINDEX)) && tk_link_count(s->tim_fd) > 1) shared = 1;
+    if (!shared) return TK_OK;
+    /* Other handles hold descriptors of the linked inodes: make them
+     * reopen the names (a new generation). */
+    change_begin(log);
     pthread_rwlock_wrlock(&log->rw);
-    rc = tk_seg_unshare(log->dir, s, durable(log), err);
-    log->gen++;
+    rc = tk_seg_unshare(log->dir, s, which, durable(log), err);
+    log->vgen++;
     pthread_rwlock_unlock(&log->rw);
+    change_end(log);
     return rc;
 }
 
 static void remove_segment_files(const tk_log *log, int64_t base) {
-    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
     char path[PATH_MAX];
-    for (int i = 0; i < 3; i++)        /* .log first: then the segment is gone */
-        if (tk_seg_path(path, sizeof path, log->dir, base, ext[i]) == 0) unlink(path);
+    for (int i = 0; i < TK_EXT_COUNT; i++)  /* .log first: then the segment is gone */
+        if (tk_seg_path(path, sizeof path, log->dir, base, (tk_ext)i) == 0) unlink(path);
 }
 
 /* Seals the active segment and starts a new one at its next offset.
@@ -525,26 +791,31 @@ static void remove_segment_files(const tk_log *log, int64_t base) {
  * never change -- snapshots may have hard-linked them.  If the new segment
  * cannot be made, the trailer is cut off again and the old segment stays
  * active; no reader can have seen it sealed, since the next .log never
- * appeared. */
+ * appeared.  The old segment's .log descriptor is left alone: readers of
+ * this handle may be in pread on it. */
 static tk_code roll(tk_log *log, tk_err *err) {
     tk_segment *old = active(log), *s = NULL;
-    tk_code rc = tk_seg_seal(log->dir, old, durable(log), err);
-    if (rc == TK_OK) rc = tk_seg_create(log->dir, old->next, durable(log), &s, err);
+    tk_code rc = TK_OK;
+    if (old->idx_fd < 0 || old->tim_fd < 0) rc = tk_seg_open_index_fds(log->dir, old, err);
+    if (rc == TK_OK) rc = tk_seg_unshare(log->dir, old, 1u << TK_EXT_TIMEINDEX, durable(log), err);
+    if (rc == TK_OK) rc = tk_seg_seal(log->dir, old, durable(log), err);
+    if (rc == TK_OK) rc = tk_seg_create(log->dir, old->next, durable(log), &log->fds, &s, err);
     if (rc == TK_OK) {
         int pushed;
         pthread_rwlock_wrlock(&log->rw);
         pushed = push_segment(log, s) == 0;
+        if (pushed) publish(log);
         pthread_rwlock_unlock(&log->rw);
         if (pushed) return TK_OK;
         rc = tk_fail(err, TK_NOMEM, "roll %s: out of memory", log->dir);
         tk_seg_free(s);
     }
     remove_segment_files(log, old->next);
-    if (old->idx_fd < 0) {
+    if (old->tim_fd < 0) {
         tk_err scratch;
-        tk_seg_open_writable(log->dir, old, &scratch);
+        tk_seg_open_index_fds(log->dir, old, &scratch);
     }
-    if (old->tim_fd >= 0 && ftruncate(old->tim_fd, (off_t)(old->ix.n * TK_TIDX_ENTRY)) < 0) {
+    if (old->tim_fd >= 0 && tk_ftruncate(old->tim_fd, (off_t)(old->idx_n * TK_TIDX_ENTRY)) < 0) {
         /* the next open sees an active .timeindex with a trailer and rebuilds it */
     }
     old->icrc_known = 0;
@@ -555,7 +826,7 @@ static int reserve_wbuf(tk_log *log, size_t need) {
     if (need <= log->wcap) return 0;
     size_t cap = log->wcap ? log->wcap : 4096;
     while (cap < need) cap *= 2;
-    unsigned char *b = realloc(log->wbuf, cap);
+    unsigned char *b = tk_realloc(log->wbuf, cap);
     if (!b) return -1;
     log->wbuf = b;
     log->wcap = cap;
@@ -596,9 +867,9 @@ static tk_code frame_chunk(tk_log *log, tk_segment *s, const tk_rec_in *recs, si
     return TK_OK;
 }
 
-static tk_code write_failed(tk_log *log, const tk_segment *s, const char *ext, int e,
-                            tk_err *err) {
-    return tk_fail_errno(err, e, "append to %s/%020" PRId64 "%s", log->dir, s->base, ext);
+static tk_code write_failed(tk_log *log, const tk_segment *s, tk_ext ext, int e, tk_err *err) {
+    return tk_fail_errno(err, e, "append to %s/%020" PRId64 "%s", log->dir, s->base,
+                         tk_ext_name[ext]);
 }
 
 /* Writes a framed chunk and its index entries; on failure every file is
@@ -606,29 +877,29 @@ static tk_code write_failed(tk_log *log, const tk_segment *s, const char *ext, i
 static tk_code write_chunk(tk_log *log, tk_segment *s, size_t len, const pending *pd,
                            tk_err *err) {
     size_t n = pd->ix.n;
-    uint64_t oi = (uint64_t)s->ix.n * TK_OIDX_ENTRY, ti = (uint64_t)s->ix.n * TK_TIDX_ENTRY;
+    uint64_t oi = s->idx_n * TK_OIDX_ENTRY, ti = s->idx_n * TK_TIDX_ENTRY;
     unsigned char ebuf[64 * TK_TIDX_ENTRY], *eb = ebuf;
     tk_code rc = TK_OK;
 
     if (tk_pwrite_all(s->log_fd, log->wbuf, len, s->size) < 0) {
-        rc = write_failed(log, s, ".log", errno, err);
+        rc = write_failed(log, s, TK_EXT_LOG, errno, err);
         goto undo;
     }
     if (n > 0) {
-        if (n > 64 && !(eb = malloc(n * TK_TIDX_ENTRY))) {
+        if (n > 64 && !(eb = tk_malloc(n * TK_TIDX_ENTRY))) {
             rc = tk_fail(err, TK_NOMEM, "append to %s: out of memory", log->dir);
             goto undo;
         }
         tk_index_encode_time(&pd->ix, 0, n, eb);
         if (tk_pwrite_all(s->tim_fd, eb, n * TK_TIDX_ENTRY, ti) < 0) {
-            rc = write_failed(log, s, ".timeindex", errno, err);
+            rc = write_failed(log, s, TK_EXT_TIMEINDEX, errno, err);
             goto undo;
         }
         if (s->icrc_known) s->tim_crc = tk_crc32c(s->tim_crc, eb, n * TK_TIDX_ENTRY);
         tk_index_encode_off(&pd->ix, 0, n, eb);
         if (tk_pwrite_all(s->idx_fd, eb, n * TK_OIDX_ENTRY, oi) < 0) {
             s->icrc_known = 0;
-            rc = write_failed(log, s, ".index", errno, err);
+            rc = write_failed(log, s, TK_EXT_INDEX, errno, err);
             goto undo;
         }
         if (s->icrc_known) {
@@ -637,18 +908,19 @@ static tk_code write_chunk(tk_log *log, tk_segment *s, size_t len, const pending
             s->tim_size += n * TK_TIDX_ENTRY;
         }
     }
-    if (durable(log) && (fdatasync(s->log_fd) < 0 ||
-                         (n > 0 && (fdatasync(s->tim_fd) < 0 || fdatasync(s->idx_fd) < 0)))) {
-        rc = write_failed(log, s, "", errno, err);
+    if (durable(log) && (tk_fdatasync(s->log_fd) < 0 ||
+                         (n > 0 && (tk_fdatasync(s->tim_fd) < 0 || tk_fdatasync(s->idx_fd) < 0)))) {
+        rc = write_failed(log, s, TK_EXT_LOG, errno, err);
         goto undo;
     }
     if (eb != ebuf) free(eb);
     return TK_OK;
 undo:
     if (eb != ebuf) free(eb);
-    if (ftruncate(s->log_fd, (off_t)s->size) < 0 || ftruncate(s->tim_fd, (off_t)ti) < 0 ||
-        ftruncate(s->idx_fd, (off_t)oi) < 0) {
-        /* Recovery on the next open trims whatever is left. */
+    if (n > 0) s->icrc_known = 0;
+    if (tk_ftruncate(s->log_fd, (off_t)s->size) < 0 || tk_ftruncate(s->tim_fd, (off_t)ti) < 0 ||
+        tk_ftruncate(s->idx_fd, (off_t)oi) < 0) {
+        /* Recovery trims whatever is left: the published size is what counts. */
     }
     return rc;
 }
@@ -656,20 +928,25 @@ undo:
 static void publish_chunk(tk_log *log, tk_segment *s, size_t count, size_t len,
                           const pending *pd) {
     uint32_t crc = s->crc_known ? tk_crc32c(s->log_crc, log->wbuf, len) : 0;
+    int in_step = s->ix.n == s->idx_n;      /* the in-memory index is not lagging */
     pthread_rwlock_wrlock(&log->rw);
     s->log_crc = crc;
-    for (size_t k = 0; k < pd->ix.n; k++)
+    for (size_t k = 0; in_step && k < pd->ix.n; k++)
         if (tk_index_push(&s->ix, pd->ix.e[k].rel, pd->ix.e[k].pos, pd->ix.e[k].max_ts) < 0)
             break;      /* a missing in-memory entry only lengthens scans */
+    s->idx_n += pd->ix.n;
     s->next += (int64_t)count;
+    s->held = s->next;
     s->size += len;
     s->max_ts = pd->ws.max_ts;
     s->ws = pd->ws;
     s->dirty = 1;
+    /* Published inside the critical section: no reader of this handle
+     * sees the view ahead of high_water_mark(), or behind it once it
+     * has the lock. */
+    publish(log);
     pthread_rwlock_unlock(&log->rw);
 }
-
-static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err);
 
 static tk_code check_batch(const tk_log *log, const tk_rec_in *recs, size_t n, tk_err *err) {
     if (n == 0) return tk_fail(err, TK_INVALID, "append to %s: empty batch", log->dir);
@@ -685,23 +962,13 @@ static tk_code check_batch(const tk_log *log, const tk_rec_in *recs, size_t n, t
     return TK_OK;
 }
 
-tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
-                      tk_err *err) {
+/* Under wmu and the state's lock. */
+static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
+                             tk_err *err) {
     pending pd = { { NULL, 0, 0 }, { 0, 0 } };
-    int64_t start, now = now_ms();
+    int64_t start = active(log)->next, now = now_ms();
     size_t i = 0;
-    tk_code rc;
-
-    if (log->o.readonly)
-        return tk_fail(err, TK_READONLY, "append to %s: log is open read-only", log->dir);
-    if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
-    pthread_mutex_lock(&log->wmu);
-    if ((rc = shared_enter(log, err)) != TK_OK) {
-        pthread_mutex_unlock(&log->wmu);
-        return rc;
-    }
-    start = active(log)->next;
-    rc = unshare_active(log, err);
+    tk_code rc = unshare_active(log, 1u << TK_EXT_LOG, err);
     while (rc == TK_OK && i < n) {
         tk_segment *s = active(log);
         size_t j = i, len = 0;
@@ -712,6 +979,8 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
             s = active(log);
         }
         rc = frame_chunk(log, s, recs, i, n, &j, &len, &pd, now, err);
+        if (rc == TK_OK && pd.ix.n > 0)
+            rc = unshare_active(log, (1u << TK_EXT_INDEX) | (1u << TK_EXT_TIMEINDEX), err);
         if (rc == TK_OK) rc = write_chunk(log, s, len, &pd, err);
         if (rc == TK_OK) publish_chunk(log, s, j - i, len, &pd);
         i = j;
@@ -720,10 +989,28 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         tk_err scratch;                     /* all or nothing: drop the prefix */
         truncate_locked(log, start, &scratch);
     }
-    shared_leave(log);
-    pthread_mutex_unlock(&log->wmu);
     tk_index_free(&pd.ix);
     if (rc == TK_OK && first) *first = start;
+    return rc;
+}
+
+tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
+                      tk_err *err) {
+    tk_code rc;
+    if (!is_writer(log))
+        return tk_fail(err, TK_READONLY, "append to %s: log is open read-only", log->dir);
+    if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
+    pthread_mutex_lock(&log->wmu);
+    if ((rc = writer_enter(log, err)) == TK_OK) {
+        rc = append_locked(log, recs, n, first, err);
+        writer_leave(log);
+    }
+    if (log->wcap > TRIM_ABOVE) {           /* an idle handle keeps no big buffer */
+        free(log->wbuf);
+        log->wbuf = NULL;
+        log->wcap = 0;
+    }
+    pthread_mutex_unlock(&log->wmu);
     return rc;
 }
 
@@ -731,9 +1018,8 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
 /* Truncating                                                           */
 /* ------------------------------------------------------------------ */
 
-
 /* Cuts segment s (now the active one) at offset, which is inside it or
- * one past its end.  Caller holds wmu and rw exclusively. */
+ * one past its end.  Caller holds wmu, the lock and rw exclusively. */
 static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *err) {
     tk_cursor c = { .chunk = ITER_CHUNK };
     uint64_t pos = s->size, from;
@@ -741,7 +1027,7 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
     long k;
     tk_code rc = TK_OK;
 
-    if (s->idx_fd < 0 && (rc = tk_seg_open_writable(log->dir, s, err)) != TK_OK) goto out;
+    if ((rc = tk_seg_open_writable(log->dir, s, err)) != TK_OK) goto out;
     if (offset < s->next) {
         rc = tk_seg_locate(log->dir, s, &c, offset, s->size, &pos, err);
         if (rc == TK_STALE) {
@@ -752,10 +1038,10 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
         }
         if (rc != TK_OK) goto out;
     }
-    /* Copy only the part that stays if the .log is shared. */
+    /* Copy only the part that stays if a file is shared. */
     s->size = pos;
-    if ((rc = tk_seg_unshare(log->dir, s, durable(log), err)) != TK_OK) goto out;
-    if (ftruncate(s->log_fd, (off_t)pos) < 0) {
+    if ((rc = tk_seg_unshare(log->dir, s, TK_UNSHARE_ALL, durable(log), err)) != TK_OK) goto out;
+    if (tk_ftruncate(s->log_fd, (off_t)pos) < 0) {
         rc = tk_fail_errno(err, errno, "truncate %s/%020" PRId64 ".log", log->dir, s->base);
         goto out;
     }
@@ -768,7 +1054,7 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
     at = k >= 0 ? s->base + s->ix.e[k].rel : s->base;
     rc = tk_seg_scan(log->dir, s, &c, &from, &at, &s->ws, log->o.index_interval_bytes, pos, 0, err);
     if (rc != TK_OK) goto out;
-    s->next = offset;
+    s->next = s->held = offset;
     s->max_ts = s->ws.max_ts;
     s->crc_known = 0;
     rc = tk_seg_write_index(log->dir, s, 0, durable(log), err);
@@ -778,9 +1064,12 @@ out:
     return rc;
 }
 
+/* Caller holds wmu and the lock; publishes under a new generation. */
 static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     size_t k;
     tk_code rc;
+    load_index_tail(log);
+    change_begin(log);
     pthread_rwlock_wrlock(&log->rw);
     k = find_segment(log, offset);
     if (k > 0 && log->segs[k]->base == offset) k--;    /* segment k ends at offset */
@@ -793,46 +1082,48 @@ static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     rc = cut_segment(log, active(log), offset, err);
     if (rc == TK_OK && durable(log) && tk_fsync_dir(log->dir) < 0)
         rc = tk_fail_errno(err, errno, "fsync %s", log->dir);
-    log->gen++;
+    log->vgen++;
     pthread_rwlock_unlock(&log->rw);
+    if (rc != TK_OK) {
+        /* Whatever the files hold now is the truth: read it back, or
+         * leave that to the next locker. */
+        tk_err scratch;
+        pthread_rwlock_wrlock(&log->rw);
+        if (load_view(log, NULL, 1, &scratch) != TK_OK) tk_state_set_stale(&log->st);
+        pthread_rwlock_unlock(&log->rw);
+    }
+    if (log->nsegs > 0) change_end(log);
     return rc;
 }
 
 tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
     tk_code rc = TK_OK;
     int64_t base, hwm;
-    if (log->o.readonly)
+    if (!is_writer(log))
         return tk_fail(err, TK_READONLY, "truncate %s: log is open read-only", log->dir);
     pthread_mutex_lock(&log->wmu);
-    if ((rc = shared_enter(log, err)) != TK_OK) {
+    if ((rc = writer_enter(log, err)) != TK_OK) {
         pthread_mutex_unlock(&log->wmu);
         return rc;
     }
-    base = log->segs[0]->base;
-    hwm = active(log)->next;
+    base = base_locked(log);
+    hwm = hwm_locked(log);
     if (offset < base || offset > hwm)
         rc = tk_fail(err, TK_OUT_OF_RANGE, "truncate %s: offset %" PRId64
                      " is outside [%" PRId64 ", %" PRId64 "]", log->dir, offset, base, hwm);
     else if (offset < hwm)
         rc = truncate_locked(log, offset, err);
-    shared_leave(log);
+    writer_leave(log);
     pthread_mutex_unlock(&log->wmu);
     return rc;
 }
 
 /* ------------------------------------------------------------------ */
-/* Following a writer (read-only handles)                               */
+/* Following the files (read-only handles without a shared state)      */
 /* ------------------------------------------------------------------ */
 
-static tk_code reload(tk_log *log, tk_err *err) {
-    free_segments(log);
-    log->gen++;
-    return load_segments(log, err);
-}
-
 /* Picks up records the writer appended to s; sets *reload_needed when the
- * .log changed under us in a way only a full reload can follow (the writer
- * truncated it). */
+ * .log changed under us in a way only a full reload can follow. */
 static tk_code follow_segment(tk_log *log, tk_segment *s, int *reload_needed, tk_err *err) {
     char path[PATH_MAX];
     struct stat st, fst;
@@ -840,32 +1131,30 @@ static tk_code follow_segment(tk_log *log, tk_segment *s, int *reload_needed, tk
     uint64_t pos = s->size;
     tk_code rc;
 
-    if (tk_seg_path(path, sizeof path, log->dir, s->base, ".log") < 0 || stat(path, &st) < 0) {
+    if (tk_seg_path(path, sizeof path, log->dir, s->base, TK_EXT_LOG) < 0 || stat(path, &st) < 0) {
         if (errno == ENOENT && s->next == s->base) return TK_OK;    /* not created yet */
         *reload_needed = 1;
         return TK_OK;
     }
-    if ((uint64_t)st.st_size < s->size) { *reload_needed = 1; return TK_OK; }
-    if (s->log_fd >= 0 && fstat(s->log_fd, &fst) == 0 && fst.st_ino != st.st_ino) {
-        /* The writer replaced the file (copy-on-write): follow the name. */
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
-        close(s->log_fd);
-        s->log_fd = fd;
-        log->gen++;
+    if ((uint64_t)st.st_size < s->size ||
+        (s->log_fd >= 0 && fstat(s->log_fd, &fst) == 0 && fst.st_ino != st.st_ino)) {
+        *reload_needed = 1;             /* truncated, restored or copied on write */
+        return TK_OK;
     }
     if ((uint64_t)st.st_size == s->size) return TK_OK;
     rc = tk_seg_scan(log->dir, s, &c, &pos, &s->next, &s->ws, log->o.index_interval_bytes,
                      (uint64_t)st.st_size, 1, err);
     if (pos != s->size) s->crc_known = 0;
-    s->icrc_known = 0;          /* the writer has written index entries since */
+    s->icrc_known = 0;
     s->size = pos;
+    s->held = s->next;
+    s->idx_n = s->ix.n;
     s->max_ts = s->ws.max_ts;
     tk_cursor_free(&c);
     return rc;
 }
 
-static tk_code refresh_locked(tk_log *log, tk_err *err) {
+static tk_code refresh_private_locked(tk_log *log, tk_err *err) {
     for (;;) {
         tk_segment *s = active(log);
         char path[PATH_MAX];
@@ -873,13 +1162,12 @@ static tk_code refresh_locked(tk_log *log, tk_err *err) {
         int reload_needed = 0;
         tk_code rc = follow_segment(log, s, &reload_needed, err);
         if (rc != TK_OK) return rc;
-        if (reload_needed) return reload(log, err);
+        if (reload_needed) { log->vgen++; return load_view(log, NULL, 0, err); }
         /* The writer rolled when a file named by our next offset exists. */
-        if (s->next == s->base ||
-            tk_seg_path(path, sizeof path, log->dir, s->next, ".log") < 0 ||
+        if (s->next == s->base || tk_seg_path(path, sizeof path, log->dir, s->next, TK_EXT_LOG) < 0 ||
             stat(path, &st) < 0)
             return TK_OK;
-        tk_segment *ns = tk_seg_new(s->next);
+        tk_segment *ns = tk_seg_new(s->next, &log->fds);
         if (!ns || push_segment(log, ns) < 0) {
             tk_seg_free(ns);
             return tk_fail(err, TK_NOMEM, "refresh %s: out of memory", log->dir);
@@ -887,22 +1175,47 @@ static tk_code refresh_locked(tk_log *log, tk_err *err) {
     }
 }
 
-tk_code tk_log_refresh(tk_log *log, tk_err *err) {
+static tk_code refresh_private(tk_log *log, tk_err *err) {
     tk_code rc;
-    if (log->o.shared) {
-        pthread_mutex_lock(&log->wmu);
-        rc = shared_enter(log, err);
-        shared_leave(log);
-        pthread_mutex_unlock(&log->wmu);
-        return rc;
-    }
-    if (!log->o.readonly) return TK_OK;
     pthread_mutex_lock(&log->wmu);
     pthread_rwlock_wrlock(&log->rw);
-    rc = refresh_locked(log, err);
+    rc = refresh_private_locked(log, err);
     pthread_rwlock_unlock(&log->rw);
     pthread_mutex_unlock(&log->wmu);
     return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Descriptors of sealed segments                                       */
+/* ------------------------------------------------------------------ */
+
+static int by_use(const void *a, const void *b) {
+    uint64_t x = (*(tk_segment *const *)a)->used, y = (*(tk_segment *const *)b)->used;
+    return (x > y) - (x < y);
+}
+
+/* Closes the least recently used sealed .log descriptors once more than
+ * max are open: down to three quarters of max, so that the exclusive
+ * lock is taken now and then, not on every read. */
+static void evict_fds(tk_log *log) {
+    unsigned open = __atomic_load_n(&log->fds.open, __ATOMIC_RELAXED), keep;
+    tk_segment **cand;
+    size_t n = 0;
+    if (open <= log->fds.max) return;
+    keep = log->fds.max - log->fds.max / 4;
+    pthread_rwlock_wrlock(&log->rw);
+    cand = malloc(log->nsegs * sizeof *cand);
+    if (cand) {
+        for (size_t i = 0; i + 1 < log->nsegs; i++) {
+            tk_segment *s = log->segs[i];
+            if (s->log_fd >= 0 && !s->writable) cand[n++] = s;
+        }
+        qsort(cand, n, sizeof *cand, by_use);
+        for (size_t i = 0; i < n && __atomic_load_n(&log->fds.open, __ATOMIC_RELAXED) > keep; i++)
+            tk_seg_close_fd(cand[i]);
+        free(cand);
+    }
+    pthread_rwlock_unlock(&log->rw);
 }
 
 /* ------------------------------------------------------------------ */
@@ -910,22 +1223,66 @@ tk_code tk_log_refresh(tk_log *log, tk_err *err) {
 /* ------------------------------------------------------------------ */
 
 /* An index entry did not lead where it claimed: rebuild that segment's
- * index from its .log (and rewrite the files, for a writer). */
+ * index from its .log, and rewrite the files when we may (a writer, under
+ * the lock; the active segment's under a new generation, since other
+ * writers hold its index files open). */
 static tk_code repair_index(tk_log *log, int64_t offset, tk_err *err) {
     tk_code rc = TK_OK;
+    int locked = 0, sealed = 1, inside;
+    size_t k = 0;
     pthread_mutex_lock(&log->wmu);
-    pthread_rwlock_wrlock(&log->rw);
-    if (offset >= base_locked(log) && offset < hwm_locked(log)) {
-        size_t k = find_segment(log, offset);
-        tk_segment *s = log->segs[k];
-        int sealed = k + 1 < log->nsegs;
-        rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, s->size, !sealed, err);
-        if (rc == TK_OK && !log->o.readonly)
-            rc = tk_seg_write_index(log->dir, s, sealed, durable(log), err);
-        log->gen++;
+    if (is_writer(log)) {
+        if ((rc = writer_enter(log, err)) != TK_OK) goto out;
+        locked = 1;
+    }
+    /* wmu keeps the array as it is between these two critical sections. */
+    pthread_rwlock_rdlock(&log->rw);
+    inside = offset >= base_locked(log) && offset < hwm_locked(log);
+    if (inside) {
+        k = find_segment(log, offset);
+        sealed = k + 1 < log->nsegs;
     }
     pthread_rwlock_unlock(&log->rw);
+    if (!inside) goto done;
+    if (locked && !sealed) change_begin(log);
+    pthread_rwlock_wrlock(&log->rw);
+    {
+        tk_segment *s = log->segs[k];
+        rc = tk_seg_rebuild(log->dir, s, log->o.index_interval_bytes, s->size, !sealed, err);
+        if (rc == TK_OK && locked) rc = tk_seg_write_index(log->dir, s, sealed, durable(log), err);
+        log->vgen++;
+    }
+    pthread_rwlock_unlock(&log->rw);
+    if (locked && !sealed) change_end(log);
+done:
+    if (locked) writer_leave(log);
+out:
     pthread_mutex_unlock(&log->wmu);
+    return rc;
+}
+
+/* The read path of read, offset_for_time and the iterator: bring the view
+ * up to date, run fn under the shared rwlock, and when an index entry
+ * lied (TK_STALE) rebuild that index once and run fn again. */
+typedef tk_code (*view_fn)(tk_log *log, void *arg, int64_t *stale_at, tk_err *err);
+
+static tk_code with_view(tk_log *log, view_fn fn, void *arg, const char *op, tk_err *err) {
+    int repaired = 0;
+    tk_code rc = tk_log_refresh(log, err);
+    while (rc == TK_OK) {
+        int64_t stale_at = -1;
+        pthread_rwlock_rdlock(&log->rw);
+        rc = fn(log, arg, &stale_at, err);
+        pthread_rwlock_unlock(&log->rw);
+        if (rc != TK_STALE) break;
+        if (repaired++) {
+            rc = tk_fail(err, TK_CORRUPT, "%s %s: the index is unusable at offset %" PRId64,
+                         op, log->dir, stale_at);
+            break;
+        }
+        rc = repair_index(log, stale_at, err);
+    }
+    evict_fds(log);
     return rc;
 }
 
@@ -933,6 +1290,17 @@ static tk_code out_of_range(const tk_log *log, const char *op, int64_t offset, i
                             int64_t hwm, tk_err *err) {
     return tk_fail(err, TK_OUT_OF_RANGE, "%s %s: offset %" PRId64 " is outside [%" PRId64
                    ", %" PRId64 ")", op, log->dir, offset, base, hwm);
+}
+
+/* Offsets a sealed segment should hold but does not: the file of the
+ * segment after it is missing. */
+static tk_code missing(const tk_log *log, const char *op, const tk_segment *s, int64_t offset,
+                       tk_err *err) {
+    char name[TK_SEG_NAME_MAX];
+    tk_seg_name(name, sizeof name, s->held, TK_EXT_LOG);
+    return tk_fail(err, TK_CORRUPT, "%s %s: offset %" PRId64 " is in [%" PRId64 ", %" PRId64
+                   "), which no segment holds: %s is missing", op, log->dir, offset, s->held,
+                   s->next, name);
 }
 
 static void fill_record(tk_record *rec, const tk_rec_hdr *h, const unsigned char *p) {
@@ -945,52 +1313,38 @@ static void fill_record(tk_record *rec, const tk_rec_hdr *h, const unsigned char
     rec->value_len = h->value_len;
 }
 
-tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err) {
-    int refreshed = 0, repaired = 0;
-    for (;;) {
-        tk_cursor c = { .buf = rec->buf, .cap = rec->cap,
-                        .chunk = log->o.index_interval_bytes + 4096 };
-        int64_t base, hwm;
-        uint64_t pos;
-        tk_segment *s;
-        tk_rec_hdr h;
-        const unsigned char *p;
-        tk_code rc;
+typedef struct read_arg {
+    int64_t offset;
+    tk_record *rec;
+} read_arg;
 
-        pthread_rwlock_rdlock(&log->rw);
-        base = base_locked(log);
-        hwm = hwm_locked(log);
-        if (offset < base || offset >= hwm) {
-            pthread_rwlock_unlock(&log->rw);
-            if ((log->o.readonly || log->o.shared) && !refreshed) {
-                refreshed = 1;
-                if ((rc = tk_log_refresh(log, err)) != TK_OK) return rc;
-                continue;
-            }
-            return out_of_range(log, "read", offset, base, hwm, err);
-        }
-        s = log->segs[find_segment(log, offset)];
-        rc = tk_seg_locate(log->dir, s, &c, offset, s->size, &pos, err);
-        if (rc == TK_OK) rc = tk_seg_read_at(log->dir, s, &c, pos, offset, s->size, &h, &p, err);
-        if (rc == TK_OK) fill_record(rec, &h, p);
-        pthread_rwlock_unlock(&log->rw);
-        rec->buf = c.buf;
-        rec->cap = c.cap;
-        if (rc == TK_STALE && !repaired) {
-            repaired = 1;
-            if ((rc = repair_index(log, offset, err)) != TK_OK) return rc;
-            continue;
-        }
-        if (rc == TK_STALE)
-            return tk_fail(err, TK_CORRUPT, "read %s: index lookup for offset %" PRId64
-                           " failed twice", log->dir, offset);
-        if (rc == TK_CORRUPT && err) {
-            char tail[sizeof err->msg];
-            snprintf(tail, sizeof tail, "%s", err->msg);
-            tk_fail(err, TK_CORRUPT, "read offset %" PRId64 ": %s", offset, tail);
-        }
-        return rc;
-    }
+static tk_code read_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
+    read_arg *a = arg;
+    tk_cursor c = { .buf = a->rec->buf, .cap = a->rec->cap,
+                    .chunk = log->o.index_interval_bytes + 4096 };
+    int64_t base = base_locked(log), hwm = hwm_locked(log);
+    tk_segment *s;
+    uint64_t pos;
+    tk_rec_hdr h;
+    const unsigned char *p;
+    tk_code rc;
+    if (a->offset < base || a->offset >= hwm)
+        return out_of_range(log, "read", a->offset, base, hwm, err);
+    s = log->segs[find_segment(log, a->offset)];
+    if (a->offset >= s->held) return missing(log, "read", s, a->offset, err);
+    rc = tk_seg_locate(log->dir, s, &c, a->offset, s->size, &pos, err);
+    if (rc == TK_OK) rc = tk_seg_read_at(log->dir, s, &c, pos, a->offset, s->size, &h, &p, err);
+    if (rc == TK_OK) fill_record(a->rec, &h, p);
+    a->rec->buf = c.buf;
+    a->rec->cap = c.cap;
+    if (rc == TK_STALE) *stale_at = a->offset;
+    if (rc == TK_CORRUPT) rc = tk_fail_prefix(err, TK_CORRUPT, "read offset %" PRId64, a->offset);
+    return rc;
+}
+
+tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err) {
+    read_arg a = { offset, rec };
+    return with_view(log, read_fn, &a, "read", err);
 }
 
 void tk_record_free(tk_record *rec) {
@@ -998,36 +1352,36 @@ void tk_record_free(tk_record *rec) {
     memset(rec, 0, sizeof *rec);
 }
 
-tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset, tk_err *err) {
-    tk_code rc;
-    int repaired = 0;
-    if ((rc = tk_log_refresh(log, err)) != TK_OK) return rc;
-    for (;;) {
-        tk_cursor c = { .chunk = log->o.index_interval_bytes + 4096 };
-        int64_t stale_at = -1;
-        pthread_rwlock_rdlock(&log->rw);
-        *offset = hwm_locked(log);
-        rc = TK_OK;
-        for (size_t i = 0; i < log->nsegs; i++) {
-            tk_segment *s = log->segs[i];
-            if (s->next == s->base || s->max_ts == TK_TS_NONE || s->max_ts < ts) continue;
-            rc = tk_seg_find_time(log->dir, s, &c, ts, s->size, offset, err);
-            if (rc == TK_STALE) stale_at = s->base;
-            /* A segment whose recorded largest timestamp promised more than
-             * its records hold: look on in the next ones. */
-            if (rc == TK_OK && *offset == s->next && i + 1 < log->nsegs) {
-                *offset = hwm_locked(log);
-                continue;
-            }
-            break;
+typedef struct time_arg {
+    int64_t ts;
+    int64_t *offset;
+} time_arg;
+
+static tk_code time_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
+    time_arg *a = arg;
+    tk_cursor c = { .chunk = log->o.index_interval_bytes + 4096 };
+    tk_code rc = TK_OK;
+    *a->offset = hwm_locked(log);
+    for (size_t i = 0; i < log->nsegs; i++) {
+        tk_segment *s = log->segs[i];
+        if (s->held == s->base || s->max_ts == TK_TS_NONE || s->max_ts < a->ts) continue;
+        rc = tk_seg_find_time(log->dir, s, &c, a->ts, s->size, a->offset, err);
+        if (rc == TK_STALE) *stale_at = s->base;
+        /* A segment whose recorded largest timestamp promised more than
+         * its records hold: look on in the next ones. */
+        if (rc == TK_OK && *a->offset >= s->held && i + 1 < log->nsegs) {
+            *a->offset = hwm_locked(log);
+            continue;
         }
-        pthread_rwlock_unlock(&log->rw);
-        tk_cursor_free(&c);
-        if (rc != TK_STALE) return rc;
-        if (repaired++ || (rc = repair_index(log, stale_at, err)) != TK_OK)
-            return rc == TK_STALE ? tk_fail(err, TK_CORRUPT, "offset_for_time %s: time index "
-                                            "unusable", log->dir) : rc;
+        break;
     }
+    tk_cursor_free(&c);
+    return rc;
+}
+
+tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset, tk_err *err) {
+    time_arg a = { ts, offset };
+    return with_view(log, time_fn, &a, "offset_for_time", err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1046,7 +1400,7 @@ tk_code tk_iter_open(tk_log *log, int64_t from, int64_t to, tk_iter **out, tk_er
     if (from < base || from > hwm)
         return tk_fail(err, TK_OUT_OF_RANGE, "records %s: offset %" PRId64 " is outside [%"
                        PRId64 ", %" PRId64 "]", log->dir, from, base, hwm);
-    if (!(it = calloc(1, sizeof *it))) return tk_fail(err, TK_NOMEM, "records: out of memory");
+    if (!(it = tk_calloc(1, sizeof *it))) return tk_fail(err, TK_NOMEM, "records: out of memory");
     it->log = log;
     it->next = from;
     it->end = to < 0 || to > hwm ? hwm : to;
@@ -1064,66 +1418,67 @@ static tk_code iter_position(tk_iter *it, tk_err *err) {
     it->si = find_segment(log, it->next);
     s = log->segs[it->si];
     tk_cursor_reset(&it->c);
-    it->gen = log->gen;
+    it->vgen = log->vgen;
     it->positioned = 1;
+    if (it->next >= s->held) return missing(log, "records", s, it->next, err);
     return tk_seg_locate(log->dir, s, &it->c, it->next, s->size, &it->pos, err);
 }
 
-tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err) {
-    tk_log *log = it->log;
-    int repaired = 0;
-    for (;;) {
-        tk_segment *s;
-        tk_rec_hdr h;
-        const unsigned char *p;
-        tk_code rc = TK_OK;
+typedef struct iter_arg {
+    tk_iter *it;
+    tk_record *rec;
+    int *done;
+} iter_arg;
 
-        pthread_rwlock_rdlock(&log->rw);
-        if (it->end > hwm_locked(log)) it->end = hwm_locked(log);   /* truncated */
-        if (it->next >= it->end) {
-            pthread_rwlock_unlock(&log->rw);
-            *done = 1;
-            return TK_OK;
+static tk_code iter_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
+    iter_arg *a = arg;
+    tk_iter *it = a->it;
+    tk_segment *s;
+    tk_rec_hdr h;
+    const unsigned char *p;
+    tk_code rc = TK_OK;
+    int fresh;
+    if (it->end > hwm_locked(log)) it->end = hwm_locked(log);   /* truncated */
+    if (it->next >= it->end) { *a->done = 1; return TK_OK; }
+    fresh = !it->positioned || it->vgen != log->vgen;
+    if (fresh) rc = iter_position(it, err);
+    if (rc == TK_OK) {
+        s = log->segs[it->si];
+        while (it->next >= s->next && it->si + 1 < log->nsegs) {
+            s = log->segs[++it->si];
+            it->pos = 0;
         }
-        int fresh = !it->positioned || it->gen != log->gen;
-        if (fresh) rc = iter_position(it, err);
-        if (rc == TK_OK) {
-            s = log->segs[it->si];
-            while (it->next >= s->next && it->si + 1 < log->nsegs) {
-                s = log->segs[++it->si];
-                it->pos = 0;
+        if (it->next >= s->held) return missing(log, "records", s, it->next, err);
+        rc = tk_seg_read_at(log->dir, s, &it->c, it->pos, it->next, s->size, &h, &p, err);
+        /* Damage right before this record leaves the running position
+         * on it, not on the record: the index knows where it is. */
+        if (rc == TK_CORRUPT && !fresh) {
+            uint64_t at;
+            tk_err scratch;
+            if (tk_seg_locate(log->dir, s, &it->c, it->next, s->size, &at, &scratch) == TK_OK &&
+                at != it->pos) {
+                it->pos = at;
+                rc = tk_seg_read_at(log->dir, s, &it->c, it->pos, it->next, s->size, &h, &p, err);
             }
-            rc = tk_seg_read_at(log->dir, s, &it->c, it->pos, it->next, s->size, &h, &p, err);
-            /* Damage right before this record leaves the running position
-             * on it, not on the record: the index knows where it is. */
-            if (rc == TK_CORRUPT && !fresh) {
-                uint64_t at;
-                tk_err scratch;
-                if (tk_seg_locate(log->dir, s, &it->c, it->next, s->size, &at, &scratch) == TK_OK &&
-                    at != it->pos) {
-                    it->pos = at;
-                    rc = tk_seg_read_at(log->dir, s, &it->c, it->pos, it->next, s->size, &h, &p,
-                                        err);
-                }
-            }
         }
-        if (rc == TK_OK) {
-            fill_record(rec, &h, p);
-            it->pos += tk_rec_total(&h);
-            it->next++;
-        }
-        pthread_rwlock_unlock(&log->rw);
-        if (rc == TK_STALE && !repaired++) {
-            it->positioned = 0;
-            if ((rc = repair_index(log, it->next, err)) != TK_OK) return rc;
-            continue;
-        }
-        if (rc == TK_STALE)
-            rc = tk_fail(err, TK_CORRUPT, "records %s: index unusable at offset %" PRId64,
-                         log->dir, it->next);
-        *done = 0;
-        return rc;
     }
+    if (rc == TK_OK) {
+        fill_record(a->rec, &h, p);
+        it->pos += tk_rec_total(&h);
+        it->next++;
+    }
+    if (rc == TK_STALE) {
+        it->positioned = 0;
+        *stale_at = it->next;
+    }
+    *a->done = 0;
+    return rc;
+}
+
+tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err) {
+    iter_arg a = { it, rec, done };
+    if (it->c.cap > TRIM_ABOVE) tk_cursor_free(&it->c);     /* the last record was big */
+    return with_view(it->log, iter_fn, &a, "records", err);
 }
 
 void tk_iter_close(tk_iter *it) {
@@ -1133,7 +1488,7 @@ void tk_iter_close(tk_iter *it) {
 }
 
 /* ------------------------------------------------------------------ */
-/* Flushing, syncing, accessors                                         */
+/* Flushing, syncing, waiting, accessors                                */
 /* ------------------------------------------------------------------ */
 
 tk_code tk_log_flush(tk_log *log, tk_err *err) {
@@ -1143,7 +1498,7 @@ tk_code tk_log_flush(tk_log *log, tk_err *err) {
 
 tk_code tk_log_sync(tk_log *log, tk_err *err) {
     tk_code rc = TK_OK;
-    if (log->o.readonly) return TK_OK;
+    if (!is_writer(log)) return TK_OK;
     pthread_mutex_lock(&log->wmu);
     for (size_t i = 0; i < log->nsegs && rc == TK_OK; i++)
         if (log->segs[i]->dirty || i + 1 == log->nsegs)
@@ -1154,9 +1509,33 @@ tk_code tk_log_sync(tk_log *log, tk_err *err) {
     return rc;
 }
 
+int tk_log_wait(tk_log *log, int64_t offset, int64_t timeout_ms) {
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int64_t left = timeout_ms;
+        int r;
+        if (log->st.is_private) {
+            tk_err scratch;
+            refresh_private(log, &scratch);
+            pthread_rwlock_rdlock(&log->rw);
+            __atomic_store_n(&log->st.sh->next, hwm_locked(log), __ATOMIC_SEQ_CST);
+            pthread_rwlock_unlock(&log->rw);
+        }
+        if (timeout_ms >= 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left = timeout_ms - ((int64_t)(now.tv_sec - t0.tv_sec) * 1000 +
+                                 (now.tv_nsec - t0.tv_nsec) / 1000000);
+            if (left < 0) left = 0;
+        }
+        r = tk_state_wait(&log->st, offset, left);
+        if (r >= 0) return r;
+    }
+}
+
 int64_t tk_log_high_water_mark(tk_log *log) {
     int64_t v;
-    tk_log_refresh(log, NULL);
+    if (!log->st.is_private) return tk_state_next(&log->st);
     pthread_rwlock_rdlock(&log->rw);
     v = hwm_locked(log);
     pthread_rwlock_unlock(&log->rw);
@@ -1165,6 +1544,7 @@ int64_t tk_log_high_water_mark(tk_log *log) {
 
 int64_t tk_log_base_offset(tk_log *log) {
     int64_t v;
+    if (!log->st.is_private) return tk_state_start(&log->st);
     pthread_rwlock_rdlock(&log->rw);
     v = base_locked(log);
     pthread_rwlock_unlock(&log->rw);
@@ -1173,7 +1553,6 @@ int64_t tk_log_base_offset(tk_log *log) {
 
 size_t tk_log_num_segments(tk_log *log) {
     size_t v;
-    tk_log_refresh(log, NULL);
     pthread_rwlock_rdlock(&log->rw);
     v = log->nsegs;
     pthread_rwlock_unlock(&log->rw);
@@ -1182,7 +1561,6 @@ size_t tk_log_num_segments(tk_log *log) {
 
 uint64_t tk_log_size(tk_log *log) {
     uint64_t v = 0;
-    tk_log_refresh(log, NULL);
     pthread_rwlock_rdlock(&log->rw);
     for (size_t i = 0; i < log->nsegs; i++) v += log->segs[i]->size;
     pthread_rwlock_unlock(&log->rw);
@@ -1190,11 +1568,10 @@ uint64_t tk_log_size(tk_log *log) {
 }
 
 const char *tk_log_dir(const tk_log *log) { return log->dir; }
-int tk_log_readonly(const tk_log *log) { return log->o.readonly; }
+tk_log_mode tk_log_get_mode(const tk_log *log) { return log->o.mode; }
 
 size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap) {
     size_t n;
-    tk_log_refresh(log, NULL);
     pthread_rwlock_rdlock(&log->rw);
     n = log->nsegs;
     for (size_t i = 0; i < n && i < cap; i++) {
@@ -1233,8 +1610,8 @@ static tk_code cut_active(tk_log *log, tk_segment *s, tk_cut_seg *cs, tk_err *er
         return tk_fail_errno(err, errno, "snapshot %s", log->dir);
     cs->idx_len = s->ix.n * TK_OIDX_ENTRY;
     cs->tim_len = s->ix.n * TK_TIDX_ENTRY;
-    cs->idx = malloc(cs->idx_len + 1);
-    cs->tim = malloc(cs->tim_len + 1);
+    cs->idx = tk_malloc(cs->idx_len + 1);
+    cs->tim = tk_malloc(cs->tim_len + 1);
     if (!cs->idx || !cs->tim) return tk_fail(err, TK_NOMEM, "snapshot %s: out of memory", log->dir);
     tk_index_encode_off(&s->ix, 0, s->ix.n, cs->idx);
     tk_index_encode_time(&s->ix, 0, s->ix.n, cs->tim);
@@ -1243,7 +1620,8 @@ static tk_code cut_active(tk_log *log, tk_segment *s, tk_cut_seg *cs, tk_err *er
 
 static tk_code cut_locked(tk_log *log, tk_cut *cut, tk_err *err) {
     tk_code rc = TK_OK;
-    if (!(cut->segs = calloc(log->nsegs, sizeof *cut->segs)) || !(cut->dir = strdup(log->dir)))
+    if (!(cut->segs = tk_calloc(log->nsegs, sizeof *cut->segs)) ||
+        !(cut->dir = tk_strdup(log->dir)))
         return tk_fail(err, TK_NOMEM, "snapshot %s: out of memory", log->dir);
     for (size_t i = 0; i < log->nsegs && rc == TK_OK; i++) {
         tk_segment *s = log->segs[i];
@@ -1266,6 +1644,8 @@ static tk_code cut_locked(tk_log *log, tk_cut *cut, tk_err *err) {
     }
     cut->base_offset = base_locked(log);
     cut->high_water_mark = hwm_locked(log);
+    cut->gen = log->gen;
+    cut->state = &log->st;
     return rc;
 }
 
@@ -1274,16 +1654,32 @@ tk_code tk_log_cut(tk_log *log, tk_cut *cut, tk_err *err) {
     memset(cut, 0, sizeof *cut);
     /* Appends wait only while the cut point is taken, never for copying. */
     pthread_mutex_lock(&log->wmu);
-    if ((rc = shared_enter(log, err)) != TK_OK) {
-        pthread_mutex_unlock(&log->wmu);
-        return rc;
+    if (log->st.is_private) {
+        rc = TK_OK;
+        pthread_rwlock_wrlock(&log->rw);
+        rc = refresh_private_locked(log, err);
+        if (rc == TK_OK) rc = cut_locked(log, cut, err);
+        pthread_rwlock_unlock(&log->rw);
+    } else if ((rc = writer_enter(log, err)) == TK_OK) {
+        load_index_tail(log);
+        pthread_rwlock_wrlock(&log->rw);
+        rc = cut_locked(log, cut, err);
+        pthread_rwlock_unlock(&log->rw);
+        writer_leave(log);
     }
-    pthread_rwlock_wrlock(&log->rw);
-    rc = log->o.readonly ? refresh_locked(log, err) : TK_OK;
-    if (rc == TK_OK) rc = cut_locked(log, cut, err);
-    pthread_rwlock_unlock(&log->rw);
-    shared_leave(log);
     pthread_mutex_unlock(&log->wmu);
     if (rc != TK_OK) tk_cut_free(cut);
     return rc;
+}
+
+int tk_cut_changed(const tk_cut *cut) {
+    return cut->state && !cut->state->is_private && tk_state_gen(cut->state) != cut->gen;
+}
+
+tk_code tk_log_same_dir(const tk_log *log, const char *dir, int *same, tk_err *err) {
+    struct stat a, b;
+    if (stat(log->dir, &a) < 0) return tk_fail_errno(err, errno, "stat %s", log->dir);
+    if (stat(dir, &b) < 0) return tk_fail_errno(err, errno, "stat %s", dir);
+    *same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    return TK_OK;
 }

@@ -9,6 +9,16 @@
  * given their metatable first; only then is the engine called, so a
  * failure at any step leaks nothing: __gc owns whatever was opened.
  * close, __gc and __close share one quiet path that never raises.
+ *
+ * Two rules keep Lua's memory and the engine's apart:
+ *   - Every string the engine is handed stays referenced until the engine
+ *     is done with it: option values are read with lua_getfield (so
+ *     __index runs, and proxy tables work) and left on the stack, or
+ *     anchored in a table, never popped first.
+ *   - A call that runs Lua code (a progress callback) marks the objects
+ *     it uses busy; closing one of them from inside raises instead of
+ *     freeing what the engine is using.  (They cannot be collected: they
+ *     are on the call's stack.)
  */
 #include <math.h>
 #include <stdio.h>
@@ -21,9 +31,16 @@
 #include "compat.h"
 #include "takhin.h"
 
+#ifdef TK_FAULT_INJECTION
+#include <errno.h>
+#include "sys.h"
+#endif
+
 #define LOG_MT  "takhin.Log"
 #define ITER_MT "takhin.Iter"
 #define SM_MT   "takhin.SnapshotManager"
+
+#define TRIM_ABOVE (1u << 20)       /* read buffers larger than this are freed after use */
 
 #if defined(__GNUC__)
 #define TK_EXPORT __attribute__((visibility("default")))
@@ -34,10 +51,12 @@
 typedef struct lua_log {
     tk_log *log;                /* NULL once closed */
     tk_record rec;              /* reused by read() */
+    int busy;                   /* calls in progress that run Lua code */
 } lua_log;
 
 typedef struct lua_sm {
     tk_snapmgr *mgr;            /* NULL once closed */
+    int busy;
 } lua_sm;
 
 typedef struct lua_iter {
@@ -55,16 +74,26 @@ static int push_error(lua_State *L, const tk_err *e) {
     return 3;
 }
 
-static int push_invalid(lua_State *L, const char *msg) {
+static int push_fail(lua_State *L, tk_code code, const char *msg) {
     lua_pushnil(L);
     lua_pushstring(L, msg);
-    lua_pushstring(L, tk_code_name(TK_INVALID));
+    lua_pushstring(L, tk_code_name(code));
     return 3;
+}
+
+static int push_invalid(lua_State *L, const char *msg) {
+    return push_fail(L, TK_INVALID, msg);
 }
 
 static lua_log *check_log(lua_State *L, int idx) {
     lua_log *u = (lua_log *)luaL_checkudata(L, idx, LOG_MT);
     if (!u->log) luaL_error(L, "attempt to use a closed takhin.Log");
+    return u;
+}
+
+static lua_sm *check_sm(lua_State *L, int idx) {
+    lua_sm *u = (lua_sm *)luaL_checkudata(L, idx, SM_MT);
+    if (!u->mgr) luaL_error(L, "attempt to use a closed takhin.SnapshotManager");
     return u;
 }
 
@@ -85,6 +114,14 @@ static int64_t opt_int64(lua_State *L, int idx, int64_t def) {
 static const char *check_string(lua_State *L, int idx, size_t *len) {
     if (lua_type(L, idx) != LUA_TSTRING) compat_typeerror(L, idx, "string");
     return lua_tolstring(L, idx, len);
+}
+
+/* A string argument that the engine takes as a C string: NULL when it
+ * holds a NUL byte (the caller returns INVALID). */
+static const char *check_cstring(lua_State *L, int idx) {
+    size_t len;
+    const char *s = check_string(L, idx, &len);
+    return strlen(s) == len ? s : NULL;
 }
 
 /* Rejects keys of table t that are not in names (luaposix's
@@ -134,18 +171,36 @@ static int field_bool(lua_State *L, int t, const char *name) {
     return v;
 }
 
+/* Reads an optional string field of table t and LEAVES IT ON THE STACK
+ * (nil when absent), so the string stays alive while the engine uses it:
+ * a proxy table's __index may have made it up.  *bad is set when it
+ * holds a NUL byte. */
+static const char *field_string(lua_State *L, int t, const char *name, int *bad) {
+    size_t len;
+    const char *s;
+    lua_getfield(L, t, name);                           /* stays on the stack */
+    if (lua_isnil(L, -1)) return NULL;
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "option '%s': string expected, got %s", name, luaL_typename(L, -1));
+    s = lua_tolstring(L, -1, &len);
+    if (strlen(s) != len) *bad = 1;
+    return s;
+}
+
 /* ------------------------------------------------------------------ */
 /* open_log                                                             */
 /* ------------------------------------------------------------------ */
 
 static const char *const log_opt_names[] = {
     "dir", "max_segment_size", "index_interval_bytes", "max_record_size", "sync",
-    "readonly", "shared", NULL
+    "readonly", "shared", "max_open_segments", NULL
 };
 
 /* Fills o from the options table; returns NULL or an INVALID message. */
 static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf, size_t cap) {
     int64_t v;
+    int bad = 0, readonly, shared;
+    const char *s;
     check_field_names(L, t, "open_log", log_opt_names);
     if (field_int(L, t, "max_segment_size", &v)) {
         if (v < 1 || v > TK_MAX_SEGMENT_SIZE_LIMIT) {
@@ -157,7 +212,8 @@ static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf,
     }
     if (field_int(L, t, "index_interval_bytes", &v)) {
         if (v < 1 || v > UINT32_MAX) {
-            snprintf(buf, cap, "open_log: index_interval_bytes %lld must be >= 1", (long long)v);
+            snprintf(buf, cap, "open_log: index_interval_bytes %lld is outside 1 .. %u",
+                     (long long)v, UINT32_MAX);
             return buf;
         }
         o->index_interval_bytes = (uint32_t)v;
@@ -170,23 +226,29 @@ static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf,
         }
         o->max_record_size = (uint32_t)v;
     }
-    lua_getfield(L, t, "sync");
-    if (!lua_isnil(L, -1)) {
-        const char *s;
-        if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "option 'sync': string expected, got %s", luaL_typename(L, -1));
-        s = lua_tostring(L, -1);
+    if (field_int(L, t, "max_open_segments", &v)) {
+        if (v < 1 || v > 1000000) {
+            snprintf(buf, cap, "open_log: max_open_segments %lld is outside 1 .. 1000000",
+                     (long long)v);
+            return buf;
+        }
+        o->max_open_segments = (uint32_t)v;
+    }
+    s = field_string(L, t, "sync", &bad);
+    if (s) {
         if (strcmp(s, "none") == 0) o->sync = TK_SYNC_NONE;
         else if (strcmp(s, "always") == 0) o->sync = TK_SYNC_ALWAYS;
         else {
-            snprintf(buf, cap, "open_log: sync must be \"none\" or \"always\", not \"%s\"", s);
+            snprintf(buf, cap, "open_log: sync must be \"none\" or \"always\", not \"%.40s\"", s);
             lua_pop(L, 1);
             return buf;
         }
     }
     lua_pop(L, 1);
-    o->readonly = field_bool(L, t, "readonly");
-    o->shared = field_bool(L, t, "shared");
+    readonly = field_bool(L, t, "readonly");
+    shared = field_bool(L, t, "shared");
+    if (readonly && shared) return "open_log: shared and readonly exclude each other";
+    o->mode = readonly ? TK_LOG_READONLY : shared ? TK_LOG_SHARED : TK_LOG_EXCLUSIVE;
     return NULL;
 }
 
@@ -201,7 +263,7 @@ static int l_open_log(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     tk_log_opts_init(&o);
-    lua_getfield(L, 1, "dir");                          /* stack: opts, dir */
+    lua_getfield(L, 1, "dir");                          /* stack: opts, dir (kept) */
     if (lua_type(L, 2) != LUA_TSTRING)
         return luaL_error(L, "open_log: option 'dir' (string) is required");
     dir = lua_tolstring(L, 2, &dlen);
@@ -237,24 +299,28 @@ static int l_append(lua_State *L) {
     return 1;
 }
 
-/* Fills r from the table at the top of the stack (batch element i). */
-static const char *batch_entry(lua_State *L, int i, tk_rec_in *r) {
+/* Fills r from the element at the top of the stack (batch element i);
+ * its key and value strings go into the anchor table at index `anchor`,
+ * which keeps them alive until the batch is written. */
+static const char *batch_entry(lua_State *L, int i, int anchor, tk_rec_in *r) {
     memset(r, 0, sizeof *r);
     if (lua_type(L, -1) != LUA_TTABLE)
         luaL_error(L, "append_batch: element %d: table expected, got %s", i, luaL_typename(L, -1));
-    lua_getfield(L, -1, "key");
+    lua_getfield(L, -1, "key");                         /* stack: elem, key */
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "append_batch: element %d: key must be a string or nil", i);
-        r->key = lua_tolstring(L, -1, &r->key_len);     /* the table keeps it alive */
+        r->key = lua_tolstring(L, -1, &r->key_len);
         r->has_key = 1;
+        lua_rawseti(L, anchor, 2 * (lua_Integer)i - 1);  /* anchored: stack: elem */
+    } else {
+        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     lua_getfield(L, -1, "value");
     if (lua_type(L, -1) != LUA_TSTRING)
         luaL_error(L, "append_batch: element %d: value must be a string", i);
     r->value = lua_tolstring(L, -1, &r->value_len);
-    lua_pop(L, 1);
+    lua_rawseti(L, anchor, 2 * (lua_Integer)i);         /* anchored: stack: elem */
     lua_getfield(L, -1, "timestamp");
     r->timestamp = -1;
     if (!lua_isnil(L, -1)) {
@@ -279,10 +345,11 @@ static int l_append_batch(lua_State *L) {
     n = (size_t)compat_rawlen(L, 2);
     /* Scratch space owned by the GC, so a raise below leaks nothing. */
     recs = (tk_rec_in *)lua_newuserdata(L, (n ? n : 1) * sizeof *recs);   /* stack: log, t, scratch */
+    lua_createtable(L, (int)(2 * n), 0);                /* stack: log, t, scratch, anchor */
     for (size_t i = 0; i < n; i++) {
         const char *bad;
-        lua_rawgeti(L, 2, (lua_Integer)(i + 1));        /* stack: log, t, scratch, elem */
-        bad = batch_entry(L, (int)(i + 1), &recs[i]);
+        compat_geti(L, 2, (int64_t)(i + 1));            /* stack: ..., anchor, elem */
+        bad = batch_entry(L, (int)(i + 1), 4, &recs[i]);
         lua_pop(L, 1);
         if (bad) return push_invalid(L, bad);
     }
@@ -339,6 +406,7 @@ static int l_read(lua_State *L) {
     tk_err e;
     if (tk_log_read(u->log, check_int64(L, 2), &u->rec, &e) != TK_OK) return push_error(L, &e);
     push_record(L, &u->rec);
+    if (u->rec.cap > TRIM_ABOVE) tk_record_free(&u->rec);  /* an idle handle keeps no big buffer */
     return 1;
 }
 
@@ -371,10 +439,15 @@ static int iter_step(lua_State *L) {
 
 static int l_records(lua_State *L) {
     lua_log *u = check_log(L, 1);
-    int64_t from = opt_int64(L, 2, tk_log_base_offset(u->log));
+    int64_t from = opt_int64(L, 2, 0);
     int64_t to = opt_int64(L, 3, -1);
     lua_iter *it;
     tk_err e;
+    if (lua_isnoneornil(L, 2)) {
+        if (tk_log_refresh(u->log, &e) != TK_OK)
+            return luaL_error(L, "%s (%s)", e.msg, tk_code_name(e.code));
+        from = tk_log_base_offset(u->log);
+    }
     if (!lua_isnoneornil(L, 3) && to < 0) to = 0;
     lua_settop(L, 1);
     it = (lua_iter *)lua_newuserdata(L, sizeof *it);   /* stack: log, iter */
@@ -402,6 +475,15 @@ static int l_offset_for_time(lua_State *L) {
     return 1;
 }
 
+/* The accessors describe the log as it is now: a read-only handle first
+ * picks up what writers in other processes did (memory loads when
+ * nothing changed; tk_log_refresh). */
+static lua_log *refreshed_log(lua_State *L, tk_err *e, int *failed) {
+    lua_log *u = check_log(L, 1);
+    *failed = tk_log_refresh(u->log, e) != TK_OK;
+    return u;
+}
+
 static int l_high_water_mark(lua_State *L) {
     compat_pushint64(L, (int64_t)tk_log_high_water_mark(check_log(L, 1)->log));
     return 1;
@@ -413,12 +495,20 @@ static int l_base_offset(lua_State *L) {
 }
 
 static int l_num_segments(lua_State *L) {
-    compat_pushint64(L, (int64_t)tk_log_num_segments(check_log(L, 1)->log));
+    tk_err e;
+    int failed;
+    lua_log *u = refreshed_log(L, &e, &failed);
+    if (failed) return push_error(L, &e);
+    compat_pushint64(L, (int64_t)tk_log_num_segments(u->log));
     return 1;
 }
 
 static int l_size(lua_State *L) {
-    compat_pushint64(L, (int64_t)tk_log_size(check_log(L, 1)->log));
+    tk_err e;
+    int failed;
+    lua_log *u = refreshed_log(L, &e, &failed);
+    if (failed) return push_error(L, &e);
+    compat_pushint64(L, (int64_t)tk_log_size(u->log));
     return 1;
 }
 
@@ -428,10 +518,14 @@ static int l_dir(lua_State *L) {
 }
 
 static int l_segments(lua_State *L) {
-    lua_log *u = check_log(L, 1);
-    size_t n = tk_log_segments(u->log, NULL, 0), got;
+    tk_err e;
+    int failed;
+    lua_log *u = refreshed_log(L, &e, &failed);
+    size_t n, got;
     tk_segment_info *info;
-    for (;;) {                  /* a read-only handle may see the log grow */
+    if (failed) return push_error(L, &e);
+    n = tk_log_segments(u->log, NULL, 0);
+    for (;;) {                  /* another thread may make the log grow */
         info = (tk_segment_info *)lua_newuserdata(L, (n ? n : 1) * sizeof *info);
         got = tk_log_segments(u->log, info, n);
         if (got <= n) break;
@@ -454,6 +548,15 @@ static int l_segments(lua_State *L) {
     return 1;
 }
 
+/* _wait(offset, timeout_ms) -> true | false: timeout_ms < 0 waits for
+ * ever.  takhin/init.lua parses durations and words the result. */
+static int l_wait(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    int64_t offset = check_int64(L, 2), timeout = opt_int64(L, 3, -1);
+    lua_pushboolean(L, tk_log_wait(u->log, offset, timeout));
+    return 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* Log: life cycle                                                      */
 /* ------------------------------------------------------------------ */
@@ -466,63 +569,71 @@ static void log_release(lua_log *u) {
 }
 
 static int l_close(lua_State *L) {
-    log_release((lua_log *)luaL_checkudata(L, 1, LOG_MT));
+    lua_log *u = (lua_log *)luaL_checkudata(L, 1, LOG_MT);
+    if (u->busy) return luaL_error(L, "attempt to close a takhin.Log while a call using it "
+                                   "is in progress");
+    log_release(u);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int l_gc(lua_State *L) {
     lua_log *u = (lua_log *)lua_touserdata(L, 1);
-    if (u) log_release(u);
+    if (u && !u->busy) log_release(u);
     return 0;
 }
 
 static int l_tostring(lua_State *L) {
     lua_log *u = (lua_log *)luaL_checkudata(L, 1, LOG_MT);
+    static const char *const modes[] = { "", ", shared", ", read-only" };
+    char buf[160];
+    tk_err e;
     if (!u->log) {
         lua_pushliteral(L, "takhin.Log(closed)");
         return 1;
     }
-    char buf[128];
-    snprintf(buf, sizeof buf, "offsets %lld..%lld, %zu segments%s",
+    tk_log_refresh(u->log, &e);                     /* best effort: it is for display */
+    snprintf(buf, sizeof buf, "offsets [%lld, %lld), %zu segment%s%s",
              (long long)tk_log_base_offset(u->log), (long long)tk_log_high_water_mark(u->log),
-             tk_log_num_segments(u->log), tk_log_readonly(u->log) ? ", read-only" : "");
+             tk_log_num_segments(u->log), tk_log_num_segments(u->log) == 1 ? "" : "s",
+             modes[tk_log_get_mode(u->log)]);
     lua_pushfstring(L, "takhin.Log(%s, %s)", tk_log_dir(u->log), buf);
     return 1;
 }
-
 
 /* ------------------------------------------------------------------ */
 /* SnapshotManager                                                      */
 /* ------------------------------------------------------------------ */
 
-static lua_sm *check_sm(lua_State *L, int idx) {
-    lua_sm *u = (lua_sm *)luaL_checkudata(L, idx, SM_MT);
-    if (!u->mgr) luaL_error(L, "attempt to use a closed takhin.SnapshotManager");
-    return u;
-}
-
-static const char *check_id(lua_State *L, int idx) {
-    size_t len;
-    const char *id = check_string(L, idx, &len);
-    if (strlen(id) != len) return NULL;             /* NUL inside: INVALID below */
-    return id;
-}
-
 static void push_snapshot(lua_State *L, tk_snapmgr *mgr, const tk_snapshot *s) {
-    lua_createtable(L, 0, 10);
+    char path[4096];
+    tk_err e;
+    lua_createtable(L, 0, 12);
     lua_pushstring(L, s->id);
     lua_setfield(L, -2, "id");
     compat_pushint64(L, (int64_t)s->timestamp);
     lua_setfield(L, -2, "timestamp");
+    if (s->seq > 0) {
+        compat_pushint64(L, (int64_t)s->seq);
+        lua_setfield(L, -2, "seq");
+    }
+    compat_pushint64(L, (int64_t)s->total_size);
+    lua_setfield(L, -2, "total_size");
+    if (tk_snap_path(mgr, s->id, path, sizeof path, &e) == TK_OK) {
+        lua_pushstring(L, path);
+        lua_setfield(L, -2, "path");
+    }
+    if (s->damaged) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "damaged");
+        return;
+    }
     compat_pushint64(L, (int64_t)s->base_offset);
     lua_setfield(L, -2, "base_offset");
     compat_pushint64(L, (int64_t)s->high_water_mark);
     lua_setfield(L, -2, "high_water_mark");
     compat_pushint64(L, (int64_t)s->num_segments);
     lua_setfield(L, -2, "num_segments");
-    compat_pushint64(L, (int64_t)s->total_size);
-    lua_setfield(L, -2, "total_size");
     lua_createtable(L, (int)s->num_segments, 0);
     for (size_t i = 0; i < s->num_segments; i++) {
         compat_pushint64(L, (int64_t)s->segment_offsets[i]);
@@ -535,42 +646,31 @@ static void push_snapshot(lua_State *L, tk_snapmgr *mgr, const tk_snapshot *s) {
         lua_pushstring(L, s->label);
         lua_setfield(L, -2, "label");
     }
-    lua_pushfstring(L, "%s/snapshot-%s", tk_snapmgr_dir(mgr), s->id);
-    lua_setfield(L, -2, "path");
 }
 
 static const char *const sm_opt_names[] = { "dir", "mode", NULL };
 
 static int l_snapshot_manager(lua_State *L) {
-    size_t len;
-    const char *log_dir = check_string(L, 1, &len), *dir = NULL;
+    const char *log_dir = check_cstring(L, 1), *dir = NULL, *m;
     tk_snap_mode mode = TK_SNAP_LINK;
+    int bad = 0;
     lua_sm *u;
     tk_err e;
-    if (strlen(log_dir) != len) return push_invalid(L, "snapshot_manager: path contains a NUL byte");
-    if (!lua_isnoneornil(L, 2)) {
+    if (!log_dir) return push_invalid(L, "snapshot_manager: path contains a NUL byte");
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         check_field_names(L, 2, "snapshot_manager", sm_opt_names);
-        lua_getfield(L, 2, "dir");
-        if (!lua_isnil(L, -1)) {
-            if (lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "option 'dir': string expected, got %s", luaL_typename(L, -1));
-            dir = lua_tolstring(L, -1, &len);        /* the opts table keeps it alive */
-            if (strlen(dir) != len) return push_invalid(L, "snapshot_manager: dir contains a NUL byte");
-        }
-        lua_pop(L, 1);
-        lua_getfield(L, 2, "mode");
-        if (!lua_isnil(L, -1)) {
-            const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-            if (!m) luaL_error(L, "option 'mode': string expected, got %s", luaL_typename(L, -1));
-            if (strcmp(m, "copy") == 0) mode = TK_SNAP_COPY;
-            else if (strcmp(m, "link") != 0)
-                return push_invalid(L, "snapshot_manager: mode must be \"link\" or \"copy\"");
-        }
-        lua_pop(L, 1);
+        dir = field_string(L, 2, "dir", &bad);              /* stack: ..., dir (kept) */
+        if (bad) return push_invalid(L, "snapshot_manager: dir contains a NUL byte");
+        m = field_string(L, 2, "mode", &bad);               /* stack: ..., dir, mode */
+        if (m && strcmp(m, "copy") == 0) mode = TK_SNAP_COPY;
+        else if (m && strcmp(m, "link") != 0)
+            return push_invalid(L, "snapshot_manager: mode must be \"link\" or \"copy\"");
     }
     u = (lua_sm *)lua_newuserdata(L, sizeof *u);
     u->mgr = NULL;
+    u->busy = 0;
     luaL_setmetatable(L, SM_MT);
     if (tk_snapmgr_open(log_dir, dir, mode, &u->mgr, &e) != TK_OK) return push_error(L, &e);
     return 1;
@@ -625,12 +725,12 @@ static int l_sm_create(lua_State *L) {
     tk_snapshot snap;
     lua_progress pr;
     tk_err e;
-    int t = 0;
+    int t = 0, bad = 0;
     tk_code rc;
-    memset(&o, 0, sizeof o);
-    if (!lua_isnoneornil(L, 3)) {
+    tk_create_opts_init(&o);
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 3)) {
         int64_t v;
-        size_t len;
         luaL_checktype(L, 3, LUA_TTABLE);
         t = 3;
         check_field_names(L, 3, "create", create_opt_names);
@@ -638,17 +738,15 @@ static int l_sm_create(lua_State *L) {
             if (v < 0) return push_invalid(L, "create: min_interval must be >= 0");
             o.min_interval_ms = v;
         }
-        lua_getfield(L, 3, "label");
-        if (!lua_isnil(L, -1)) {
-            if (lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "option 'label': string expected, got %s", luaL_typename(L, -1));
-            o.label = lua_tolstring(L, -1, &len);
-            if (strlen(o.label) != len) return push_invalid(L, "create: label contains a NUL byte");
-        }
-        lua_pop(L, 1);                              /* the opts table keeps it alive */
+        o.label = field_string(L, 3, "label", &bad);     /* stays on the stack */
+        if (bad) return push_invalid(L, "create: label contains a NUL byte");
     }
     setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    u->busy++;
+    lg->busy++;
     rc = tk_snap_create(u->mgr, lg->log, &o, &snap, &e);
+    u->busy--;
+    lg->busy--;
     raise_progress_error(L, &pr);
     if (rc != TK_OK) return push_error(L, &e);
     push_snapshot(L, u->mgr, &snap);
@@ -662,48 +760,37 @@ static const char *const restore_opt_names[] = {
 
 static int l_sm_restore(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
-    const char *id = check_id(L, 2), *target;
-    size_t len;
+    const char *id = check_cstring(L, 2), *target = check_cstring(L, 3);
     tk_restore_opts o;
     lua_progress pr;
     tk_err e;
     int t = 0;
     tk_code rc;
-    target = check_string(L, 3, &len);
     if (!id) return push_invalid(L, "restore: id contains a NUL byte");
-    if (strlen(target) != len) return push_invalid(L, "restore: target contains a NUL byte");
-    memset(&o, 0, sizeof o);
-    o.upto_offset = -1;
-    o.upto_timestamp = -1;
-    if (!lua_isnoneornil(L, 4)) {
+    if (!target) return push_invalid(L, "restore: target contains a NUL byte");
+    tk_restore_opts_init(&o);
+    lua_settop(L, 4);
+    if (!lua_isnil(L, 4)) {
         int64_t v;
         luaL_checktype(L, 4, LUA_TTABLE);
         t = 4;
         check_field_names(L, 4, "restore", restore_opt_names);
-        lua_getfield(L, 4, "replace");
-        if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
-            luaL_error(L, "option 'replace': boolean expected, got %s", luaL_typename(L, -1));
-        o.replace = lua_toboolean(L, -1);
-        lua_pop(L, 1);
+        o.replace = field_bool(L, 4, "replace");
         if (field_int(L, 4, "upto_offset", &v)) {
             if (v < 0) {
                 char msg[160];
                 snprintf(msg, sizeof msg, "restore %s: upto_offset %lld is below the "
                          "snapshot's base offset", id, (long long)v);
-                lua_pushnil(L);
-                lua_pushstring(L, msg);
-                lua_pushstring(L, tk_code_name(TK_OUT_OF_RANGE));
-                return 3;
+                return push_fail(L, TK_OUT_OF_RANGE, msg);
             }
             o.upto_offset = v;
         }
-        if (field_int(L, 4, "upto_timestamp", &v)) {
-            o.upto_timestamp = v;
-            o.has_upto_timestamp = 1;
-        }
+        if (field_int(L, 4, "upto_timestamp", &v)) o.upto_timestamp = v == TK_NONE ? v + 1 : v;
     }
     setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    u->busy++;
     rc = tk_snap_restore(u->mgr, id, target, &o, &e);
+    u->busy--;
     raise_progress_error(L, &pr);
     if (rc != TK_OK) return push_error(L, &e);
     lua_pushboolean(L, 1);
@@ -727,7 +814,7 @@ static int l_sm_list(lua_State *L) {
 
 static int l_sm_get(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
-    const char *id = check_id(L, 2);
+    const char *id = check_cstring(L, 2);
     tk_snapshot snap;
     tk_err e;
     if (!id) return push_invalid(L, "get: id contains a NUL byte");
@@ -737,27 +824,29 @@ static int l_sm_get(lua_State *L) {
     return 1;
 }
 
+/* The newest healthy snapshot, in creation order. */
 static int l_sm_latest(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
     tk_snapshot *snaps;
-    size_t n;
+    size_t n, i;
     tk_err e;
     if (tk_snap_list(u->mgr, &snaps, &n, &e) != TK_OK) return push_error(L, &e);
-    if (n == 0) {
+    for (i = 0; i < n && snaps[i].damaged; i++) {}
+    if (i == n) {
         tk_snapshot_list_free(snaps, n);
         lua_pushnil(L);
         lua_pushfstring(L, "no snapshots in %s", tk_snapmgr_dir(u->mgr));
         lua_pushstring(L, tk_code_name(TK_NOT_FOUND));
         return 3;
     }
-    push_snapshot(L, u->mgr, &snaps[0]);
+    push_snapshot(L, u->mgr, &snaps[i]);
     tk_snapshot_list_free(snaps, n);
     return 1;
 }
 
 static int l_sm_delete(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
-    const char *id = check_id(L, 2);
+    const char *id = check_cstring(L, 2);
     tk_err e;
     if (!id) return push_invalid(L, "delete: id contains a NUL byte");
     if (tk_snap_delete(u->mgr, id, &e) != TK_OK) return push_error(L, &e);
@@ -765,20 +854,23 @@ static int l_sm_delete(lua_State *L) {
     return 1;
 }
 
-/* _delete_many(ids) -> number deleted: one metadata update (policies). */
+/* _delete_many(ids) -> number deleted: one metadata update (policies).
+ * The ids are anchored in the table itself, read raw. */
 static int l_sm_delete_many(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
     size_t n, deleted = 0;
     const char **ids;
     tk_err e;
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
     n = (size_t)compat_rawlen(L, 2);
     ids = (const char **)lua_newuserdata(L, (n ? n : 1) * sizeof *ids);
+    lua_createtable(L, (int)n, 0);                      /* stack: sm, ids, scratch, anchor */
     for (size_t i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, (lua_Integer)(i + 1));
+        compat_geti(L, 2, (int64_t)(i + 1));
         if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "_delete_many: ids must be strings");
-        ids[i] = lua_tostring(L, -1);               /* the table keeps it alive */
-        lua_pop(L, 1);
+        ids[i] = lua_tostring(L, -1);
+        lua_rawseti(L, 4, (lua_Integer)(i + 1));
     }
     if (tk_snap_delete_many(u->mgr, ids, n, &deleted, &e) != TK_OK) return push_error(L, &e);
     compat_pushint64(L, (int64_t)deleted);
@@ -803,19 +895,22 @@ static const char *const verify_opt_names[] = { "progress", NULL };
 
 static int l_sm_verify(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
-    const char *id = check_id(L, 2);
+    const char *id = check_cstring(L, 2);
     lua_progress pr;
     tk_progress_fn fn;
     void *ud;
     tk_err e;
     tk_code rc;
     if (!id) return push_invalid(L, "verify: id contains a NUL byte");
-    if (!lua_isnoneornil(L, 3)) {
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         check_field_names(L, 3, "verify", verify_opt_names);
     }
-    setup_progress(L, lua_isnoneornil(L, 3) ? 0 : 3, &pr, &fn, &ud);
+    setup_progress(L, lua_isnil(L, 3) ? 0 : 3, &pr, &fn, &ud);
+    u->busy++;
     rc = tk_snap_verify(u->mgr, id, fn, ud, &e);
+    u->busy--;
     raise_progress_error(L, &pr);
     if (rc != TK_OK) return push_error(L, &e);
     lua_pushboolean(L, 1);
@@ -838,6 +933,8 @@ static int l_sm_dir(lua_State *L) {
 
 static int l_sm_close(lua_State *L) {
     lua_sm *u = (lua_sm *)luaL_checkudata(L, 1, SM_MT);
+    if (u->busy) return luaL_error(L, "attempt to close a takhin.SnapshotManager while one of "
+                                   "its calls is in progress");
     tk_snapmgr_close(u->mgr);
     u->mgr = NULL;
     lua_pushboolean(L, 1);
@@ -846,7 +943,7 @@ static int l_sm_close(lua_State *L) {
 
 static int l_sm_gc(lua_State *L) {
     lua_sm *u = (lua_sm *)lua_touserdata(L, 1);
-    if (u) {
+    if (u && !u->busy) {
         tk_snapmgr_close(u->mgr);
         u->mgr = NULL;
     }
@@ -861,7 +958,7 @@ static int l_sm_tostring(lua_State *L) {
 }
 
 static int l_check_id(lua_State *L) {
-    const char *id = check_id(L, 1);
+    const char *id = check_cstring(L, 1);
     tk_err e;
     if (!id) return push_invalid(L, "snapshot id contains a NUL byte");
     if (tk_snap_check_id(id, &e) != TK_OK) return push_error(L, &e);
@@ -893,6 +990,40 @@ static const luaL_Reg sm_meta[] = {
 };
 
 /* ------------------------------------------------------------------ */
+/* The fault build's failure injection (sys.h), for the specs           */
+/* ------------------------------------------------------------------ */
+
+#ifdef TK_FAULT_INJECTION
+static int check_kind(lua_State *L, int idx) {
+    int k = tk_sys_kind_from_name(luaL_checkstring(L, idx));
+    if (k < 0) luaL_argerror(L, idx, "open, write, fsync, rename, link, ftruncate or malloc expected");
+    return k;
+}
+
+/* _fault_arm(kind, nth [, errno_name [, persist]]) */
+static int l_fault_arm(lua_State *L) {
+    int k = check_kind(L, 1), e = EIO;
+    const char *name = luaL_optstring(L, 3, "EIO");
+    if (strcmp(name, "ENOSPC") == 0) e = ENOSPC;
+    else if (strcmp(name, "ENOMEM") == 0) e = ENOMEM;
+    else if (strcmp(name, "EACCES") == 0) e = EACCES;
+    tk_sys_arm(k, (long)luaL_checkinteger(L, 2), e, lua_toboolean(L, 4));
+    return 0;
+}
+
+static int l_fault_calls(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)tk_sys_calls(check_kind(L, 1)));
+    return 1;
+}
+
+static int l_fault_reset(lua_State *L) {
+    (void)L;
+    tk_sys_reset();
+    return 0;
+}
+#endif
+
+/* ------------------------------------------------------------------ */
 /* Module                                                               */
 /* ------------------------------------------------------------------ */
 
@@ -920,6 +1051,7 @@ static const luaL_Reg log_methods[] = {
     { "flush", l_flush },
     { "sync", l_sync },
     { "truncate", l_truncate },
+    { "_wait", l_wait },
     { "close", l_close },
     { NULL, NULL }
 };
@@ -936,6 +1068,11 @@ static const luaL_Reg module_funcs[] = {
     { "snapshot_manager", l_snapshot_manager },
     { "check_snapshot_id", l_check_id },
     { "crc32c", l_crc32c },
+#ifdef TK_FAULT_INJECTION
+    { "_fault_arm", l_fault_arm },
+    { "_fault_calls", l_fault_calls },
+    { "_fault_reset", l_fault_reset },
+#endif
     { NULL, NULL }
 };
 

@@ -13,7 +13,9 @@
 #include "error.h"
 #include "fs.h"
 #include "manifest.h"
-#include "restore.h"
+#include "names.h"
+#include "sys.h"
+#include "internal.h"
 
 #define JSON_FORMAT 1
 
@@ -37,7 +39,7 @@ int tk_snapshot_copy(tk_snapshot *dst, const tk_snapshot *src) {
     *dst = *src;
     dst->segment_offsets = NULL;
     if (src->num_segments) {
-        dst->segment_offsets = malloc(src->num_segments * sizeof(int64_t));
+        dst->segment_offsets = tk_malloc(src->num_segments * sizeof(int64_t));
         if (!dst->segment_offsets) return -1;
         memcpy(dst->segment_offsets, src->segment_offsets, src->num_segments * sizeof(int64_t));
     }
@@ -49,22 +51,34 @@ void tk_manifest_free(tk_manifest *m) {
     free(m->files);
     m->files = NULL;
     m->nfiles = 0;
+    json_decref(m->cursors);
+    m->cursors = NULL;
 }
 
+/* A snapshot as JSON; NULL when out of memory.  A damaged snapshot (in
+ * the catalog only) carries what is known of it. */
 static json_t *snapshot_to_json(const tk_snapshot *s) {
     json_t *o = json_object(), *offs = json_array();
-    if (!o || !offs) { json_decref(o); json_decref(offs); return NULL; }
-    for (size_t i = 0; i < s->num_segments; i++)
-        json_array_append_new(offs, json_integer(s->segment_offsets[i]));
-    json_object_set_new(o, "id", json_string(s->id));
-    json_object_set_new(o, "timestamp", json_integer(s->timestamp));
-    json_object_set_new(o, "base_offset", json_integer(s->base_offset));
-    json_object_set_new(o, "high_water_mark", json_integer(s->high_water_mark));
-    json_object_set_new(o, "num_segments", json_integer((json_int_t)s->num_segments));
-    json_object_set_new(o, "total_size", json_integer((json_int_t)s->total_size));
-    json_object_set_new(o, "segment_offsets", offs);
-    json_object_set_new(o, "mode", json_string(s->mode == TK_SNAP_COPY ? "copy" : "link"));
-    if (s->label[0]) json_object_set_new(o, "label", json_string(s->label));
+    int bad = !o || !offs;
+    for (size_t i = 0; !bad && i < s->num_segments; i++)
+        bad = json_array_append_new(offs, json_integer(s->segment_offsets[i])) < 0;
+    bad = bad || json_object_set_new(o, "id", json_string(s->id)) < 0 ||
+          json_object_set_new(o, "timestamp", json_integer(s->timestamp)) < 0 ||
+          json_object_set_new(o, "total_size", json_integer((json_int_t)s->total_size)) < 0 ||
+          (s->seq > 0 && json_object_set_new(o, "seq", json_integer(s->seq)) < 0);
+    if (!bad && s->damaged) {
+        json_decref(offs);
+        if (json_object_set_new(o, "damaged", json_true()) < 0) { json_decref(o); return NULL; }
+        return o;
+    }
+    bad = bad || json_object_set_new(o, "base_offset", json_integer(s->base_offset)) < 0 ||
+          json_object_set_new(o, "high_water_mark", json_integer(s->high_water_mark)) < 0 ||
+          json_object_set_new(o, "num_segments", json_integer((json_int_t)s->num_segments)) < 0 ||
+          json_object_set(o, "segment_offsets", offs) < 0 ||
+          json_object_set_new(o, "mode", json_string(s->mode == TK_SNAP_COPY ? "copy" : "link")) < 0 ||
+          (s->label[0] && json_object_set_new(o, "label", json_string(s->label)) < 0);
+    json_decref(offs);
+    if (bad) { json_decref(o); return NULL; }
     return o;
 }
 
@@ -94,6 +108,15 @@ static int snapshot_from_json(json_t *o, tk_snapshot *s) {
     if (!json_is_object(o)) return -1;
     if (get_str(o, "id", s->id, sizeof s->id, 1) < 0 || tk_snap_check_id(s->id, NULL) != TK_OK)
         return -1;
+    if (json_object_get(o, "seq") && get_int(o, "seq", 1, &s->seq) < 0) return -1;
+    if (json_is_true(json_object_get(o, "damaged"))) {
+        s->damaged = 1;
+        if (get_int(o, "timestamp", INT64_MIN, &s->timestamp) < 0 ||
+            get_int(o, "total_size", 0, &v) < 0)
+            return -1;
+        s->total_size = (uint64_t)v;
+        return 0;
+    }
     if (get_str(o, "label", s->label, sizeof s->label, 0) < 0) return -1;
     if (get_str(o, "mode", mode, sizeof mode, 0) < 0) return -1;
     s->mode = strcmp(mode, "copy") == 0 ? TK_SNAP_COPY : TK_SNAP_LINK;
@@ -107,7 +130,7 @@ static int snapshot_from_json(json_t *o, tk_snapshot *s) {
     offs = json_object_get(o, "segment_offsets");
     if (!json_is_array(offs) || json_array_size(offs) != (size_t)v) return -1;
     s->num_segments = (size_t)v;
-    if (v > 0 && !(s->segment_offsets = malloc((size_t)v * sizeof(int64_t)))) return -1;
+    if (v > 0 && !(s->segment_offsets = tk_malloc((size_t)v * sizeof(int64_t)))) return -1;
     for (size_t i = 0; i < s->num_segments; i++) {
         json_t *e = json_array_get(offs, i);
         if (!json_is_integer(e) || json_integer_value(e) < 0) { tk_snapshot_free(s); return -1; }
@@ -146,19 +169,22 @@ static tk_code load_json(const char *path, json_t **root, tk_err *err) {
 
 tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err) {
     json_t *root = snapshot_to_json(&m->snap), *files = json_array();
-    if (!root || !files) {
-        json_decref(root); json_decref(files);
-        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
-    }
-    for (size_t i = 0; i < m->nfiles; i++) {
+    int bad = !root || !files;
+    for (size_t i = 0; !bad && i < m->nfiles; i++) {
         char crc[9];
         snprintf(crc, sizeof crc, "%08" PRIx32, m->files[i].crc);
-        json_array_append_new(files, json_pack("{s:s, s:I, s:s}", "name", m->files[i].name,
-                                               "size", (json_int_t)m->files[i].size,
-                                               "crc32c", crc));
+        bad = json_array_append_new(files, json_pack("{s:s, s:I, s:s}", "name", m->files[i].name,
+                                                     "size", (json_int_t)m->files[i].size,
+                                                     "crc32c", crc)) < 0;
     }
-    json_object_set_new(root, "files", files);
-    json_object_set_new(root, "format", json_integer(JSON_FORMAT));
+    bad = bad || json_object_set(root, "files", files) < 0 ||
+          (m->cursors && json_object_set(root, "cursors", m->cursors) < 0) ||
+          json_object_set_new(root, "format", json_integer(JSON_FORMAT)) < 0;
+    json_decref(files);
+    if (bad) {
+        json_decref(root);
+        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    }
     return write_json(path, root, err);
 }
 
@@ -179,14 +205,27 @@ static int file_from_json(json_t *o, tk_mfile *f) {
 }
 
 tk_code tk_manifest_read(const char *path, tk_manifest *m, tk_err *err) {
-    json_t *root, *files;
+    json_t *root, *files, *format;
     tk_code rc = load_json(path, &root, err);
     memset(m, 0, sizeof *m);
     if (rc != TK_OK) return rc;
+    format = json_object_get(root, "format");
+    if (!json_is_integer(format)) goto bad;
+    if (json_integer_value(format) != JSON_FORMAT) {
+        rc = tk_fail(err, TK_CORRUPT, "read %s: manifest format %" JSON_INTEGER_FORMAT " is not "
+                     "supported (this takhin reads format %d)", path, json_integer_value(format),
+                     JSON_FORMAT);
+        json_decref(root);
+        return rc;
+    }
     files = json_object_get(root, "files");
-    if (snapshot_from_json(root, &m->snap) < 0 || !json_is_array(files)) goto bad;
+    if (snapshot_from_json(root, &m->snap) < 0 || m->snap.damaged || !json_is_array(files)) goto bad;
+    if ((m->cursors = json_object_get(root, "cursors")) != NULL) {
+        if (!json_is_object(m->cursors)) goto bad;
+        json_incref(m->cursors);
+    }
     m->nfiles = json_array_size(files);
-    if (!(m->files = calloc(m->nfiles ? m->nfiles : 1, sizeof *m->files))) goto bad;
+    if (!(m->files = tk_calloc(m->nfiles ? m->nfiles : 1, sizeof *m->files))) goto bad;
     for (size_t i = 0; i < m->nfiles; i++)
         if (file_from_json(json_array_get(files, i), &m->files[i]) < 0) goto bad;
     json_decref(root);
@@ -199,13 +238,16 @@ bad:
 
 tk_code tk_catalog_write(const char *path, const tk_snapshot *snaps, size_t n, tk_err *err) {
     json_t *root = json_object(), *arr = json_array();
-    if (!root || !arr) {
-        json_decref(root); json_decref(arr);
+    int bad = !root || !arr;
+    for (size_t i = 0; !bad && i < n; i++)
+        bad = json_array_append_new(arr, snapshot_to_json(&snaps[i])) < 0;
+    bad = bad || json_object_set_new(root, "format", json_integer(JSON_FORMAT)) < 0 ||
+          json_object_set(root, "snapshots", arr) < 0;
+    json_decref(arr);
+    if (bad) {
+        json_decref(root);
         return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
     }
-    for (size_t i = 0; i < n; i++) json_array_append_new(arr, snapshot_to_json(&snaps[i]));
-    json_object_set_new(root, "format", json_integer(JSON_FORMAT));
-    json_object_set_new(root, "snapshots", arr);
     return write_json(path, root, err);
 }
 
@@ -217,7 +259,7 @@ tk_code tk_catalog_read(const char *path, tk_snapshot **out, size_t *n, tk_err *
     if (rc != TK_OK) return rc;
     arr = json_object_get(root, "snapshots");
     if (!json_is_array(arr)) goto bad;
-    if (!(snaps = calloc(json_array_size(arr) + 1, sizeof *snaps))) goto bad;
+    if (!(snaps = tk_calloc(json_array_size(arr) + 1, sizeof *snaps))) goto bad;
     for (count = 0; count < json_array_size(arr); count++)
         if (snapshot_from_json(json_array_get(arr, count), &snaps[count]) < 0) goto bad;
     json_decref(root);

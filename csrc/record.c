@@ -2,6 +2,7 @@
  * record.c -- framing and checking records.
  */
 #include "record.h"
+#include "internal.h"
 
 void tk_rec_encode(unsigned char *dst, int64_t offset, const tk_rec_in *r) {
     size_t klen = r->has_key ? r->key_len : 0;

@@ -20,23 +20,15 @@
 #include "error.h"
 #include "fault.h"
 #include "fs.h"
+#include "names.h"
 #include "restore.h"
-
-int tk_is_segment_file(const char *name) {
-    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
-    size_t n = strlen(name);
-    if (n < 21) return 0;
-    for (int i = 0; i < 20; i++)
-        if (name[i] < '0' || name[i] > '9') return 0;
-    for (int i = 0; i < 3; i++)
-        if (strcmp(name + 20, ext[i]) == 0) return 1;
-    return 0;
-}
+#include "sys.h"
+#include "internal.h"
 
 int tk_restore_pending(const char *dir) {
     char path[PATH_MAX];
     struct stat st;
-    if (snprintf(path, sizeof path, "%s" TK_RESTORE_READY "/" TK_RESTORE_LIST, dir) >= (int)sizeof path)
+    if (snprintf(path, sizeof path, "%s/" TK_RESTORE_READY "/" TK_RESTORE_LIST, dir) >= (int)sizeof path)
         return 0;
     return stat(path, &st) == 0;
 }
@@ -50,7 +42,7 @@ static tk_code read_list(const char *ready, char **text, tk_err *err) {
         return tk_fail_errno(err, errno, "open %s", ready);
     if (!(f = fopen(path, "rb"))) return tk_fail_errno(err, errno, "open %s", path);
     if (fseek(f, 0, SEEK_END) < 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) < 0 ||
-        !(*text = calloc(1, (size_t)len + 2)) || fread(*text, 1, (size_t)len, f) != (size_t)len) {
+        !(*text = tk_calloc(1, (size_t)len + 2)) || fread(*text, 1, (size_t)len, f) != (size_t)len) {
         int e = errno ? errno : EIO;
         fclose(f);
         return tk_fail_errno(err, e, "read %s", path);
@@ -104,7 +96,7 @@ static tk_code move_new(const char *dir, const char *ready, const char *list, tk
             name[len] = '\0';
             if (tk_is_segment_file(name) && exists_in(ready, name)) {
                 if (tk_path_join(from, sizeof from, ready, name) < 0 ||
-                    tk_path_join(to, sizeof to, dir, name) < 0 || rename(from, to) < 0)
+                    tk_path_join(to, sizeof to, dir, name) < 0 || tk_rename(from, to) < 0)
                     return tk_fail_errno(err, errno, "move %s into %s", from, dir);
                 TK_FAULT("inplace.moving");
             }
@@ -118,7 +110,7 @@ static tk_code move_new(const char *dir, const char *ready, const char *list, tk
 tk_code tk_restore_apply(const char *dir, tk_err *err) {
     char ready[PATH_MAX], *list = NULL;
     tk_code rc;
-    if (snprintf(ready, sizeof ready, "%s" TK_RESTORE_READY, dir) >= (int)sizeof ready)
+    if (tk_path_join(ready, sizeof ready, dir, TK_RESTORE_READY) < 0)
         return tk_fail_errno(err, ENAMETOOLONG, "restore %s", dir);
     if ((rc = read_list(ready, &list, err)) != TK_OK) return rc;
     rc = remove_old(dir, ready, list, err);

@@ -13,16 +13,10 @@
 
 #include "takhin.h"
 
-#define TK_RESTORE_READY "/.restore-ready"
-#define TK_RESTORE_LIST  "restore.list"
-
 /* 1 when dir holds a committed, unapplied in-place restore. */
 int tk_restore_pending(const char *dir);
 
 /* Applies a pending restore; the caller holds dir's writer lock. */
 tk_code tk_restore_apply(const char *dir, tk_err *err);
-
-/* 1 for a segment file name: 20 digits and .log, .index or .timeindex. */
-int tk_is_segment_file(const char *name);
 
 #endif

@@ -14,6 +14,8 @@
 #include "error.h"
 #include "fs.h"
 #include "segment.h"
+#include "sys.h"
+#include "internal.h"
 
 
 /* ------------------------------------------------------------------ */
@@ -46,7 +48,7 @@ static const unsigned char *cursor_get(tk_cursor *c, const tk_segment *s, int fd
     want = need > c->chunk ? need : c->chunk;
     if (want > end - pos) want = (size_t)(end - pos);
     if (want > c->cap) {
-        unsigned char *b = realloc(c->buf, want);
+        unsigned char *b = tk_realloc(c->buf, want);
         if (!b) { errno = ENOMEM; return NULL; }
         c->buf = b;
         c->cap = want;
@@ -65,16 +67,11 @@ static const unsigned char *cursor_get(tk_cursor *c, const tk_segment *s, int fd
 /* Life cycle                                                           */
 /* ------------------------------------------------------------------ */
 
-int tk_seg_path(char *out, size_t cap, const char *dir, int64_t base, const char *ext) {
-    int n = snprintf(out, cap, "%s/%020" PRId64 "%s", dir, base, ext);
-    if (n < 0 || (size_t)n >= cap) { errno = ENAMETOOLONG; return -1; }
-    return 0;
-}
-
-tk_segment *tk_seg_new(int64_t base) {
-    tk_segment *s = calloc(1, sizeof *s);
+tk_segment *tk_seg_new(int64_t base, tk_fdcache *cache) {
+    tk_segment *s = tk_calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->base = s->next = base;
+    s->base = s->next = s->held = base;
+    s->cache = cache;
     s->max_ts = TK_TS_NONE;
     s->crc_known = 1;                   /* of nothing: 0 */
     s->icrc_known = 1;
@@ -83,9 +80,22 @@ tk_segment *tk_seg_new(int64_t base) {
     return s;
 }
 
+/* The fd cache counts every open .log descriptor. */
+static void counted_open(tk_segment *s) {
+    if (s->cache) __atomic_fetch_add(&s->cache->open, 1, __ATOMIC_RELAXED);
+}
+
+void tk_seg_close_fd(tk_segment *s) {
+    if (s->log_fd < 0) return;
+    close(s->log_fd);
+    s->log_fd = -1;
+    s->writable = 0;
+    if (s->cache) __atomic_fetch_sub(&s->cache->open, 1, __ATOMIC_RELAXED);
+}
+
 void tk_seg_free(tk_segment *s) {
     if (!s) return;
-    if (s->log_fd >= 0) close(s->log_fd);
+    tk_seg_close_fd(s);
     if (s->idx_fd >= 0) close(s->idx_fd);
     if (s->tim_fd >= 0) close(s->tim_fd);
     tk_index_free(&s->ix);
@@ -95,16 +105,21 @@ void tk_seg_free(tk_segment *s) {
 tk_code tk_seg_fd(const char *dir, tk_segment *s, int *fd_out, tk_err *err) {
     char path[PATH_MAX];
     int fd = __atomic_load_n(&s->log_fd, __ATOMIC_ACQUIRE), expected = -1;
+    if (s->cache)
+        __atomic_store_n(&s->used, __atomic_add_fetch(&s->cache->tick, 1, __ATOMIC_RELAXED),
+                         __ATOMIC_RELAXED);
     if (fd >= 0) { *fd_out = fd; return TK_OK; }
-    if (tk_seg_path(path, sizeof path, dir, s->base, ".log") < 0)
+    if (tk_seg_path(path, sizeof path, dir, s->base, TK_EXT_LOG) < 0)
         return tk_fail_errno(err, errno, "open %s", dir);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = tk_open(path, O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
     /* Several readers may race to open a sealed segment: one wins. */
     if (!__atomic_compare_exchange_n(&s->log_fd, &expected, fd, 0,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         close(fd);
         fd = expected;
+    } else {
+        counted_open(s);
     }
     *fd_out = fd;
     return TK_OK;
@@ -118,7 +133,7 @@ tk_code tk_seg_fd(const char *dir, tk_segment *s, int *fd_out, tk_err *err) {
 static tk_code slurp(const char *path, unsigned char **buf, size_t *len, tk_err *err) {
     struct stat st;
     ssize_t n;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = tk_open(path, O_RDONLY | O_CLOEXEC, 0);
     *buf = NULL;
     *len = 0;
     if (fd < 0) {
@@ -127,7 +142,7 @@ static tk_code slurp(const char *path, unsigned char **buf, size_t *len, tk_err 
     }
     if (fstat(fd, &st) < 0) goto fail;
     if (st.st_size > 0) {
-        *buf = malloc((size_t)st.st_size);
+        *buf = tk_malloc((size_t)st.st_size);
         if (!*buf) { errno = ENOMEM; goto fail; }
         n = tk_pread_full(fd, *buf, (size_t)st.st_size, 0);
         if (n < 0) goto fail;
@@ -154,8 +169,8 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
     tk_code rc;
     int r;
 
-    if (tk_seg_path(p_off, sizeof p_off, dir, s->base, ".index") < 0 ||
-        tk_seg_path(p_tim, sizeof p_tim, dir, s->base, ".timeindex") < 0)
+    if (tk_seg_path(p_off, sizeof p_off, dir, s->base, TK_EXT_INDEX) < 0 ||
+        tk_seg_path(p_tim, sizeof p_tim, dir, s->base, TK_EXT_TIMEINDEX) < 0)
         return tk_fail_errno(err, errno, "open %s", dir);
     if ((rc = slurp(p_off, &off, &off_len, err)) != TK_OK) return rc;
     if ((rc = slurp(p_tim, &tim, &tim_len, err)) != TK_OK) { free(off); return rc; }
@@ -169,14 +184,17 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
     free(tim);
     if (r < 0) return tk_fail(err, TK_NOMEM, "load %s: out of memory", p_off);
     *whole = r;
+    s->idx_n = s->ix.n;
     s->crc_known = 0;
     if (r && sealed) {
         if (s->base + (int64_t)seal.last_rel + 1 != s->next) *whole = 0;
         if (log_size > 0 && seal.max_ts == TK_TS_NONE) *whole = 0;
+        if (seal.log_size != log_size) *whole = 0;
         if (*whole) {
             s->max_ts = seal.max_ts;
             s->log_crc = seal.log_crc;
             s->crc_known = 1;
+            s->held = s->next;
         }
     }
     return TK_OK;
@@ -185,13 +203,13 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
 static tk_code corrupt_at(tk_err *err, const char *dir, const tk_segment *s,
                           uint64_t pos, const char *what) {
     char path[PATH_MAX];
-    if (tk_seg_path(path, sizeof path, dir, s->base, ".log") < 0) path[0] = '\0';
+    if (tk_seg_path(path, sizeof path, dir, s->base, TK_EXT_LOG) < 0) path[0] = '\0';
     return tk_fail(err, TK_CORRUPT, "%s at byte %" PRIu64 " of %s", what, pos, path);
 }
 
 static tk_code read_failed(tk_err *err, const char *dir, const tk_segment *s, int e) {
     char path[PATH_MAX];
-    if (tk_seg_path(path, sizeof path, dir, s->base, ".log") < 0) path[0] = '\0';
+    if (tk_seg_path(path, sizeof path, dir, s->base, TK_EXT_LOG) < 0) path[0] = '\0';
     return tk_fail_errno(err, e, "read %s", path);
 }
 
@@ -284,7 +302,46 @@ tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
     s->max_ts = st.max_ts;
     s->ws = st;
     s->crc_known = 0;
+    s->idx_n = s->ix.n;
+    s->held = expect;
     return TK_OK;
+}
+
+tk_code tk_seg_load_index_tail(const char *dir, tk_segment *s, uint64_t n, tk_err *err) {
+    char p_off[PATH_MAX], p_tim[PATH_MAX];
+    unsigned char *off = NULL, *tim = NULL;
+    size_t have = s->ix.n, want, len;
+    int fo = -1, ft = -1;
+    tk_code rc = TK_OK;
+    if (n <= have) return TK_OK;
+    want = (size_t)(n - have);
+    if (tk_seg_path(p_off, sizeof p_off, dir, s->base, TK_EXT_INDEX) < 0 ||
+        tk_seg_path(p_tim, sizeof p_tim, dir, s->base, TK_EXT_TIMEINDEX) < 0)
+        return tk_fail_errno(err, errno, "open %s", dir);
+    off = tk_malloc(want * TK_OIDX_ENTRY);
+    tim = tk_malloc(want * TK_TIDX_ENTRY);
+    if (!off || !tim) { rc = tk_fail(err, TK_NOMEM, "load %s: out of memory", p_off); goto out; }
+    if ((fo = tk_open(p_off, O_RDONLY | O_CLOEXEC, 0)) < 0 ||
+        (ft = tk_open(p_tim, O_RDONLY | O_CLOEXEC, 0)) < 0) {
+        rc = tk_fail_errno(err, errno, "open %s", fo < 0 ? p_off : p_tim);
+        goto out;
+    }
+    len = want;
+    {
+        ssize_t a = tk_pread_full(fo, off, want * TK_OIDX_ENTRY, have * TK_OIDX_ENTRY);
+        ssize_t b = tk_pread_full(ft, tim, want * TK_TIDX_ENTRY, have * TK_TIDX_ENTRY);
+        if (a < 0 || b < 0) { rc = tk_fail_errno(err, errno, "read %s", p_off); goto out; }
+        if ((size_t)a / TK_OIDX_ENTRY < len) len = (size_t)a / TK_OIDX_ENTRY;
+        if ((size_t)b / TK_TIDX_ENTRY < len) len = (size_t)b / TK_TIDX_ENTRY;
+    }
+    if (tk_index_append_parsed(&s->ix, off, tim, len, s->size) < 0)
+        rc = tk_fail(err, TK_NOMEM, "load %s: out of memory", p_off);
+out:
+    if (fo >= 0) close(fo);
+    if (ft >= 0) close(ft);
+    free(off);
+    free(tim);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -403,41 +460,51 @@ tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t t
 /* Writing                                                              */
 /* ------------------------------------------------------------------ */
 
-static int open_at(const char *dir, int64_t base, const char *ext, int flags,
+static int open_at(const char *dir, int64_t base, tk_ext ext, int flags,
                    char *path, size_t cap) {
     if (tk_seg_path(path, cap, dir, base, ext) < 0) return -1;
-    return open(path, flags | O_CLOEXEC, 0644);
+    return tk_open(path, flags | O_CLOEXEC, 0644);
 }
 
-tk_code tk_seg_open_writable(const char *dir, tk_segment *s, tk_err *err) {
+tk_code tk_seg_open_index_fds(const char *dir, tk_segment *s, tk_err *err) {
     char path[PATH_MAX];
     int fd;
-    if (s->log_fd >= 0) close(s->log_fd);
-    s->log_fd = open_at(dir, s->base, ".log", O_RDWR, path, sizeof path);
-    if (s->log_fd < 0) return tk_fail_errno(err, errno, "open %s", path);
     if (s->idx_fd < 0) {
-        fd = open_at(dir, s->base, ".index", O_RDWR | O_CREAT, path, sizeof path);
+        fd = open_at(dir, s->base, TK_EXT_INDEX, O_RDWR | O_CREAT, path, sizeof path);
         if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
         s->idx_fd = fd;
     }
     if (s->tim_fd < 0) {
-        fd = open_at(dir, s->base, ".timeindex", O_RDWR | O_CREAT, path, sizeof path);
+        fd = open_at(dir, s->base, TK_EXT_TIMEINDEX, O_RDWR | O_CREAT, path, sizeof path);
         if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
         s->tim_fd = fd;
     }
     return TK_OK;
 }
 
-tk_code tk_seg_create(const char *dir, int64_t base, int durable, tk_segment **out,
-                      tk_err *err) {
-    static const char *const ext[3] = { ".index", ".timeindex", ".log" };
+tk_code tk_seg_open_writable(const char *dir, tk_segment *s, tk_err *err) {
     char path[PATH_MAX];
-    tk_segment *s = tk_seg_new(base);
+    if (!s->writable) {
+        int fd = open_at(dir, s->base, TK_EXT_LOG, O_RDWR, path, sizeof path);
+        if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+        tk_seg_close_fd(s);
+        s->log_fd = fd;
+        s->writable = 1;
+        counted_open(s);
+    }
+    return tk_seg_open_index_fds(dir, s, err);
+}
+
+tk_code tk_seg_create(const char *dir, int64_t base, int durable, tk_fdcache *cache,
+                      tk_segment **out, tk_err *err) {
+    static const tk_ext order[3] = { TK_EXT_INDEX, TK_EXT_TIMEINDEX, TK_EXT_LOG };
+    char path[PATH_MAX];
+    tk_segment *s = tk_seg_new(base, cache);
     tk_code rc;
     if (!s) return tk_fail(err, TK_NOMEM, "create segment %020" PRId64 ": out of memory", base);
     /* The .log comes last: a segment exists once its .log does. */
     for (int i = 0; i < 3; i++) {
-        int fd = open_at(dir, base, ext[i], O_RDWR | O_CREAT | O_TRUNC, path, sizeof path);
+        int fd = open_at(dir, base, order[i], O_RDWR | O_CREAT | O_TRUNC, path, sizeof path);
         if (fd < 0) {
             rc = tk_fail_errno(err, errno, "create %s", path);
             tk_seg_free(s);
@@ -459,48 +526,54 @@ tk_code tk_seg_create(const char *dir, int64_t base, int durable, tk_segment **o
 }
 
 /* Replaces the file behind *fd by a private copy of its first len bytes
- * when it has other hard links; *fd then refers to the copy. */
-static tk_code unshare_file(const char *dir, int64_t base, const char *ext, int *fd,
+ * when it has other hard links.  Once the copy has taken the name, *fd
+ * refers to the copy whatever happens next: a descriptor left on the old
+ * inode would write into the other link's file. */
+static tk_code unshare_file(const char *dir, int64_t base, tk_ext ext, int *fd,
                             uint64_t len, int durable, tk_err *err) {
     char path[PATH_MAX], tmp[PATH_MAX];
     int nfd, e;
     long links = tk_link_count(*fd);
-    if (links < 0) return tk_fail_errno(err, errno, "stat %020" PRId64 "%s", base, ext);
-    if (links <= 1) return TK_OK;
     if (tk_seg_path(path, sizeof path, dir, base, ext) < 0 ||
-        snprintf(tmp, sizeof tmp, "%s/.%020" PRId64 "%s.tmp", dir, base, ext) >= (int)sizeof tmp)
+        snprintf(tmp, sizeof tmp, "%s/.%020" PRId64 "%s" TK_TMP_SUFFIX, dir, base,
+                 tk_ext_name[ext]) >= (int)sizeof tmp)
         return tk_fail_errno(err, ENAMETOOLONG, "copy %s", dir);
+    if (links < 0) return tk_fail_errno(err, errno, "stat %s", path);
+    if (links <= 1) return TK_OK;
     unlink(tmp);
-    nfd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    nfd = tk_open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (nfd < 0) return tk_fail_errno(err, errno, "create %s", tmp);
-    if (tk_copy_range(*fd, nfd, len) < 0 || (durable && fsync(nfd) < 0) ||
-        rename(tmp, path) < 0) {
+    if (tk_copy_range(*fd, nfd, len) < 0 || (durable && tk_fsync(nfd) < 0) ||
+        tk_rename(tmp, path) < 0) {
         e = errno;
         close(nfd);
         unlink(tmp);
         return tk_fail_errno(err, e, "copy %s to %s", path, tmp);
     }
-    if (durable && tk_fsync_dir(dir) < 0) {
-        e = errno;
-        close(nfd);
-        return tk_fail_errno(err, e, "fsync %s", dir);
-    }
     close(*fd);
     *fd = nfd;
+    if (durable && tk_fsync_dir(dir) < 0) return tk_fail_errno(err, errno, "fsync %s", dir);
     return TK_OK;
 }
 
-tk_code tk_seg_unshare(const char *dir, tk_segment *s, int durable, tk_err *err) {
-    tk_code rc = unshare_file(dir, s->base, ".log", &s->log_fd, s->size, durable, err);
-    if (rc != TK_OK) return rc;
-    rc = unshare_file(dir, s->base, ".index", &s->idx_fd,
-                      (uint64_t)s->ix.n * TK_OIDX_ENTRY, durable, err);
-    if (rc != TK_OK) return rc;
-    return unshare_file(dir, s->base, ".timeindex", &s->tim_fd,
-                        (uint64_t)s->ix.n * TK_TIDX_ENTRY, durable, err);
+tk_code tk_seg_unshare(const char *dir, tk_segment *s, unsigned which, int durable,
+                       tk_err *err) {
+    tk_code rc = TK_OK;
+    if ((which & (1u << TK_EXT_LOG)) && s->log_fd >= 0)
+        rc = unshare_file(dir, s->base, TK_EXT_LOG, &s->log_fd, s->size, durable, err);
+    if (rc == TK_OK && (which & (1u << TK_EXT_INDEX)) && s->idx_fd >= 0)
+        rc = unshare_file(dir, s->base, TK_EXT_INDEX, &s->idx_fd,
+                          s->idx_n * TK_OIDX_ENTRY, durable, err);
+    if (rc == TK_OK && (which & (1u << TK_EXT_TIMEINDEX)) && s->tim_fd >= 0)
+        rc = unshare_file(dir, s->base, TK_EXT_TIMEINDEX, &s->tim_fd,
+                          s->idx_n * TK_TIDX_ENTRY, durable, err);
+    return rc;
 }
 
-static tk_code replace_index_file(const char *dir, int64_t base, const char *ext,
+/* Replaces an index file atomically.  The descriptor, if open, is closed:
+ * it refers to the old inode, and the writer reopens the name when it
+ * next writes an entry. */
+static tk_code replace_index_file(const char *dir, int64_t base, tk_ext ext,
                                   const unsigned char *buf, size_t len, int *fd,
                                   int durable, tk_err *err) {
     char path[PATH_MAX];
@@ -508,11 +581,8 @@ static tk_code replace_index_file(const char *dir, int64_t base, const char *ext
         tk_replace_file(path, buf, len, durable) < 0)
         return tk_fail_errno(err, errno, "write %s", path);
     if (fd && *fd >= 0) {
-        /* Re-open so the descriptor follows the new file. */
-        int nfd = open(path, O_RDWR | O_CLOEXEC);
-        if (nfd < 0) return tk_fail_errno(err, errno, "open %s", path);
         close(*fd);
-        *fd = nfd;
+        *fd = -1;
     }
     return TK_OK;
 }
@@ -530,8 +600,8 @@ tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durab
     unsigned char *off, *tim;
     tk_code rc;
     if (sealed && (rc = tk_seg_ensure_crc(dir, s, err)) != TK_OK) return rc;
-    off = malloc(n * TK_OIDX_ENTRY + 1);
-    tim = malloc(tlen + 1);
+    off = tk_malloc(n * TK_OIDX_ENTRY + 1);
+    tim = tk_malloc(tlen + 1);
     if (!off || !tim) {
         free(off); free(tim);
         return tk_fail(err, TK_NOMEM, "index %020" PRId64 ": out of memory", s->base);
@@ -544,10 +614,14 @@ tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durab
         tk_index_encode_seal(tim + n * TK_TIDX_ENTRY, &seal);
     }
     s->icrc_known = 0;
-    rc = replace_index_file(dir, s->base, ".index", off, n * TK_OIDX_ENTRY,
+    rc = replace_index_file(dir, s->base, TK_EXT_INDEX, off, n * TK_OIDX_ENTRY,
                             &s->idx_fd, durable, err);
     if (rc == TK_OK)
-        rc = replace_index_file(dir, s->base, ".timeindex", tim, tlen, &s->tim_fd, durable, err);
+        rc = replace_index_file(dir, s->base, TK_EXT_TIMEINDEX, tim, tlen, &s->tim_fd,
+                                durable, err);
+    if (rc == TK_OK) s->idx_n = n;
+    if (rc == TK_OK && s->idx_fd < 0 && s->writable)
+        rc = tk_seg_open_index_fds(dir, s, err);
     if (rc == TK_OK) {
         s->idx_size = n * TK_OIDX_ENTRY;
         s->tim_size = tlen;
@@ -568,12 +642,12 @@ tk_code tk_seg_seal(const char *dir, tk_segment *s, int durable, tk_err *err) {
     if (rc != TK_OK) return rc;
     make_seal(s, &seal);
     tk_index_encode_seal(buf, &seal);
-    if (tk_pwrite_all(s->tim_fd, buf, sizeof buf, (uint64_t)s->ix.n * TK_TIDX_ENTRY) < 0) {
+    if (tk_pwrite_all(s->tim_fd, buf, sizeof buf, s->idx_n * TK_TIDX_ENTRY) < 0) {
         int e = errno;
-        tk_seg_path(path, sizeof path, dir, s->base, ".timeindex");
+        tk_seg_path(path, sizeof path, dir, s->base, TK_EXT_TIMEINDEX);
         return tk_fail_errno(err, e, "write %s", path);
     }
-    if (s->icrc_known && s->tim_size == (uint64_t)s->ix.n * TK_TIDX_ENTRY) {
+    if (s->icrc_known && s->tim_size == s->idx_n * TK_TIDX_ENTRY) {
         s->tim_crc = tk_crc32c(s->tim_crc, buf, sizeof buf);
         s->tim_size += sizeof buf;
     } else {
@@ -590,21 +664,20 @@ tk_code tk_seg_seal(const char *dir, tk_segment *s, int durable, tk_err *err) {
 }
 
 tk_code tk_seg_sync(const char *dir, tk_segment *s, tk_err *err) {
-    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
-    int fds[3] = { s->log_fd, s->idx_fd, s->tim_fd };
+    int fds[TK_EXT_COUNT] = { s->log_fd, s->idx_fd, s->tim_fd };
     char path[PATH_MAX];
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < TK_EXT_COUNT; i++) {
         int fd = fds[i], own = 0;
         if (fd < 0) {
-            if (tk_seg_path(path, sizeof path, dir, s->base, ext[i]) < 0) continue;
-            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (tk_seg_path(path, sizeof path, dir, s->base, (tk_ext)i) < 0) continue;
+            fd = tk_open(path, O_RDONLY | O_CLOEXEC, 0);
             if (fd < 0) continue;                   /* derived files may be absent */
             own = 1;
         }
-        if (fdatasync(fd) < 0) {
+        if (tk_fdatasync(fd) < 0) {
             int e = errno;
             if (own) close(fd);
-            tk_seg_path(path, sizeof path, dir, s->base, ext[i]);
+            tk_seg_path(path, sizeof path, dir, s->base, (tk_ext)i);
             return tk_fail_errno(err, e, "fsync %s", path);
         }
         if (own) close(fd);

@@ -4,6 +4,7 @@
  * Layout (docs/FORMAT.md):
  *
  *     <snapdir>/.lock                   metadata lock (flock, waited for)
+ *     <snapdir>/.seq                    the last creation number handed out
  *     <snapdir>/snapshots.json          catalog, newest first; rebuildable
  *     <snapdir>/snapshot-<id>/          one complete snapshot:
  *         manifest.json                 its record, every file's size and CRC32C
@@ -12,11 +13,15 @@
  *     <snapdir>/.del-<id>/              a snapshot being removed
  *
  * Create.  Crash state after each step in brackets.
- *   1. Under the metadata lock, check min_interval, mkdir
- *      .tmp-<id> and flock it (a live build).                  [leftover]
+ *   1. Under the metadata lock, check min_interval, take the next
+ *      creation number from .seq, mkdir .tmp-<id> and flock it
+ *      (a live build).                                          [leftover]
  *   2. Release the metadata lock.
  *   3. Cut the log (appends wait only for this), link sealed
- *      segments, copy the active one up to the cut.             [leftover]
+ *      segments, copy the active one up to the cut.  If the log's
+ *      generation moved meanwhile (a truncate or restore can put
+ *      other files under the same names), empty .tmp-<id> and cut
+ *      again, three times at most, then fail with CONFLICT.    [leftover]
  *   4. Write manifest.json, fsync every file and the dir.       [leftover]
  *   5. Under the metadata lock, check min_interval again and
  *      rename .tmp-<id> -> snapshot-<id>; fsync <snapdir>.      [complete,
@@ -45,6 +50,8 @@
  *   3. Write restore.list, fsync, rename to .restore-ready.     [commit point]
  *   4. Apply (restore.c): remove old segment files, move the
  *      new ones in, remove .restore-ready.                      [restored]
+ *   5. Move the log's generation (state.h), so that read-only handles
+ *      still open reload what is there now.
  * A writer opening the log after a crash past step 3 applies it again, so
  * the log is either the old one or the restored one, never a mix.
  */
@@ -53,6 +60,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,12 +76,14 @@
 #include "fs.h"
 #include "lock.h"
 #include "manifest.h"
+#include "names.h"
 #include "restore.h"
 #include "segment.h"
+#include "state.h"
+#include "sys.h"
+#include "internal.h"
 
-#define CATALOG  "snapshots.json"
-#define MANIFEST "manifest.json"
-#define SNAP_PREFIX "snapshot-"
+#define CREATE_ATTEMPTS 3
 
 struct tk_snapmgr {
     char *log_dir;
@@ -98,24 +108,6 @@ static uint32_t random32(void) {
 /* Ids and paths                                                        */
 /* ------------------------------------------------------------------ */
 
-tk_code tk_snap_check_id(const char *id, tk_err *err) {
-    size_t n = id ? strlen(id) : 0;
-    if (n == 0) return tk_fail(err, TK_INVALID, "snapshot id is empty");
-    if (n >= TK_SNAP_ID_MAX)
-        return tk_fail(err, TK_INVALID, "snapshot id '%.80s' is longer than %d bytes", id,
-                       TK_SNAP_ID_MAX - 1);
-    if (id[0] == '.' || strstr(id, ".."))
-        return tk_fail(err, TK_INVALID, "snapshot id '%s' may not start with '.' or hold '..'", id);
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.'))
-            return tk_fail(err, TK_INVALID, "snapshot id '%s' holds '%c': only letters, "
-                           "digits, '-', '_' and '.' are allowed", id, c);
-    }
-    return TK_OK;
-}
-
 /* "<ms, 13 digits>-<8 hex>": sorts by time, unique across processes
  * (the final rename refuses to replace, and a clash is retried). */
 static void new_id(char *out, size_t cap, int64_t ts) {
@@ -124,10 +116,15 @@ static void new_id(char *out, size_t cap, int64_t ts) {
 
 static int snap_path(char *out, size_t cap, const tk_snapmgr *m, const char *prefix,
                      const char *id, const char *file) {
-    int n = file ? snprintf(out, cap, "%s/%s%s/%s", m->dir, prefix, id, file)
-                 : snprintf(out, cap, "%s/%s%s", m->dir, prefix, id);
-    if (n < 0 || (size_t)n >= cap) { errno = ENAMETOOLONG; return -1; }
-    return 0;
+    return tk_snapdir_path(out, cap, m->dir, prefix, id, file);
+}
+
+tk_code tk_snap_path(const tk_snapmgr *m, const char *id, char *out, size_t cap, tk_err *err) {
+    tk_code rc = tk_snap_check_id(id, err);
+    if (rc != TK_OK) return rc;
+    if (snap_path(out, cap, m, TK_SNAP_PREFIX, id, NULL) < 0)
+        return tk_fail_errno(err, errno, "snapshot %s", id);
+    return TK_OK;
 }
 
 /* Opens a directory and takes its flock: "someone is working here". */
@@ -143,12 +140,36 @@ static int claim_dir(const char *path, int wait) {
     return fd;
 }
 
+static int is_utf8(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2
+                : (*p & 0xF8) == 0xF0 ? 3 : -1;
+        uint32_t c;
+        if (n < 0 || (n == 1 && *p < 0xC2)) return 0;
+        c = n ? *p & (0x3F >> n) : *p;
+        p++;
+        for (int i = 0; i < n; i++, p++) {
+            if ((*p & 0xC0) != 0x80) return 0;
+            c = (c << 6) | (*p & 0x3F);
+        }
+        if ((n == 2 && c < 0x800) || (n == 3 && (c < 0x10000 || c > 0x10FFFF)) ||
+            (c >= 0xD800 && c <= 0xDFFF))
+            return 0;
+    }
+    return 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* The catalog                                                          */
 /* ------------------------------------------------------------------ */
 
+/* Newest first: by creation number, then (snapshots older than those
+ * numbers) by timestamp.  Never by the wall clock alone: one snapshot
+ * dated in the future must not stay "newest" for ever. */
 static int newest_first(const void *a, const void *b) {
     const tk_snapshot *x = a, *y = b;
+    if (x->seq != y->seq) return x->seq < y->seq ? 1 : -1;
     if (x->timestamp != y->timestamp) return x->timestamp < y->timestamp ? 1 : -1;
     return -strcmp(x->id, y->id);
 }
@@ -157,23 +178,31 @@ static int newest_first(const void *a, const void *b) {
 static tk_code list_snapshot_dirs(const tk_snapmgr *m, char ***ids, size_t *n, tk_err *err) {
     DIR *d = opendir(m->dir);
     struct dirent *de;
-    size_t cap = 0;
+    size_t cap = 0, plen = strlen(TK_SNAP_PREFIX);
+    tk_code rc = TK_OK;
     *ids = NULL;
     *n = 0;
     if (!d) return tk_fail_errno(err, errno, "open %s", m->dir);
     while ((de = readdir(d)) != NULL) {
-        const char *id = de->d_name + strlen(SNAP_PREFIX);
-        if (strncmp(de->d_name, SNAP_PREFIX, strlen(SNAP_PREFIX)) != 0) continue;
+        const char *id = de->d_name + plen;
+        if (strncmp(de->d_name, TK_SNAP_PREFIX, plen) != 0) continue;
         if (tk_snap_check_id(id, NULL) != TK_OK) continue;
         if (*n == cap) {
-            char **p = realloc(*ids, (cap = cap ? cap * 2 : 16) * sizeof *p);
-            if (!p) break;
+            char **p = tk_realloc(*ids, (cap = cap ? cap * 2 : 16) * sizeof *p);
+            if (!p) { rc = TK_NOMEM; break; }
             *ids = p;
         }
-        if (!((*ids)[*n] = strdup(id))) break;
+        if (!((*ids)[*n] = tk_strdup(id))) { rc = TK_NOMEM; break; }
         (*n)++;
     }
     closedir(d);
+    if (rc != TK_OK) {
+        for (size_t i = 0; i < *n; i++) free((*ids)[i]);
+        free(*ids);
+        *ids = NULL;
+        *n = 0;
+        return tk_fail(err, TK_NOMEM, "list %s: out of memory", m->dir);
+    }
     return TK_OK;
 }
 
@@ -192,30 +221,58 @@ static int catalog_matches(const tk_snapshot *snaps, size_t n, char **ids, size_
     return 1;
 }
 
+/* What can be known of a snapshot whose manifest cannot be read: its
+ * timestamp from its id (or the directory's), the bytes it holds.  It
+ * stays listed, counted and deletable; verify and restore say CORRUPT. */
+static void damaged_entry(const tk_snapmgr *m, const char *id, tk_snapshot *s) {
+    char path[PATH_MAX], file[PATH_MAX];
+    struct stat st;
+    DIR *d;
+    struct dirent *de;
+    memset(s, 0, sizeof *s);
+    snprintf(s->id, sizeof s->id, "%s", id);
+    s->damaged = 1;
+    if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, id, NULL) < 0) return;
+    if (strlen(id) > 13 && id[13] == '-' && strspn(id, "0123456789") == 13)
+        s->timestamp = strtoll(id, NULL, 10);
+    else if (stat(path, &st) == 0)
+        s->timestamp = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+    if (!(d = opendir(path))) return;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.' && tk_path_join(file, sizeof file, path, de->d_name) == 0 &&
+            lstat(file, &st) == 0 && S_ISREG(st.st_mode))
+            s->total_size += (uint64_t)st.st_size;
+    closedir(d);
+}
+
 /* Rebuilds the catalog from the manifests of the complete snapshots. */
 static tk_code rebuild_catalog(const tk_snapmgr *m, char **ids, size_t nids,
                                tk_snapshot **out, size_t *n, tk_err *err) {
-    tk_snapshot *snaps = calloc(nids + 1, sizeof *snaps);
-    size_t count = 0;
+    tk_snapshot *snaps = tk_calloc(nids + 1, sizeof *snaps);
     char path[PATH_MAX];
     tk_code rc;
-    if (!snaps) return tk_fail(err, TK_NOMEM, "rebuild %s/" CATALOG ": out of memory", m->dir);
+    if (!snaps) return tk_fail(err, TK_NOMEM, "rebuild %s/" TK_CATALOG_FILE ": out of memory", m->dir);
     for (size_t i = 0; i < nids; i++) {
         tk_manifest man;
-        if (snap_path(path, sizeof path, m, SNAP_PREFIX, ids[i], MANIFEST) < 0) continue;
-        if (tk_manifest_read(path, &man, NULL) != TK_OK) continue;     /* not ours */
-        if (strcmp(man.snap.id, ids[i]) == 0) {
-            snaps[count++] = man.snap;
-            man.snap.segment_offsets = NULL;
+        if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, ids[i], TK_MANIFEST_FILE) == 0 &&
+            tk_manifest_read(path, &man, NULL) == TK_OK) {
+            if (strcmp(man.snap.id, ids[i]) == 0) {
+                snaps[i] = man.snap;
+                man.snap.segment_offsets = NULL;
+            } else {
+                damaged_entry(m, ids[i], &snaps[i]);
+            }
+            tk_manifest_free(&man);
+        } else {
+            damaged_entry(m, ids[i], &snaps[i]);
         }
-        tk_manifest_free(&man);
     }
-    qsort(snaps, count, sizeof *snaps, newest_first);
-    if (tk_path_join(path, sizeof path, m->dir, CATALOG) < 0) path[0] = '\0';
-    rc = tk_catalog_write(path, snaps, count, err);
-    if (rc != TK_OK) { tk_snapshot_list_free(snaps, count); return rc; }
+    qsort(snaps, nids, sizeof *snaps, newest_first);
+    if (tk_path_join(path, sizeof path, m->dir, TK_CATALOG_FILE) < 0) path[0] = '\0';
+    rc = tk_catalog_write(path, snaps, nids, err);
+    if (rc != TK_OK) { tk_snapshot_list_free(snaps, nids); return rc; }
     *out = snaps;
-    *n = count;
+    *n = nids;
     return TK_OK;
 }
 
@@ -226,19 +283,19 @@ static tk_code load_catalog(const tk_snapmgr *m, tk_snapshot **out, size_t *n, t
     size_t nids;
     tk_err scratch;
     tk_code rc;
-    if (tk_path_join(path, sizeof path, m->dir, CATALOG) < 0)
+    if (tk_path_join(path, sizeof path, m->dir, TK_CATALOG_FILE) < 0)
         return tk_fail_errno(err, errno, "open %s", m->dir);
     if ((rc = list_snapshot_dirs(m, &ids, &nids, err)) != TK_OK) return rc;
     rc = tk_catalog_read(path, out, n, &scratch);
     if (rc == TK_OK && catalog_matches(*out, *n, ids, nids)) {
         free_ids(ids, nids);
+        qsort(*out, *n, sizeof **out, newest_first);
         return TK_OK;
     }
     if (rc == TK_OK) tk_snapshot_list_free(*out, *n);
     if (rc != TK_OK && rc != TK_NOT_FOUND && rc != TK_CORRUPT) {
         free_ids(ids, nids);
-        *err = scratch;
-        return rc;
+        return tk_fail_pass(err, &scratch);
     }
     rc = rebuild_catalog(m, ids, nids, out, n, err);
     free_ids(ids, nids);
@@ -248,16 +305,13 @@ static tk_code load_catalog(const tk_snapmgr *m, tk_snapshot **out, size_t *n, t
 static tk_code publish_catalog(const tk_snapmgr *m, const tk_snapshot *snaps, size_t n,
                                tk_err *err) {
     char path[PATH_MAX];
-    if (tk_path_join(path, sizeof path, m->dir, CATALOG) < 0)
+    if (tk_path_join(path, sizeof path, m->dir, TK_CATALOG_FILE) < 0)
         return tk_fail_errno(err, errno, "write %s", m->dir);
-    tk_code rc = tk_catalog_write(path, snaps, n, err);
-    if (rc == TK_OK && tk_fsync_dir(m->dir) < 0)
-        rc = tk_fail_errno(err, errno, "fsync %s", m->dir);
-    return rc;
+    return tk_catalog_write(path, snaps, n, err);       /* atomic and durable */
 }
 
 static tk_code meta_lock(const tk_snapmgr *m, int *fd, tk_err *err) {
-    return tk_dirlock_wait(m->dir, ".lock", fd, err);
+    return tk_dirlock_wait(m->dir, TK_LOCK_FILE, fd, err);
 }
 
 /* Under the lock: the catalog as it stands now. */
@@ -268,6 +322,30 @@ static tk_code locked_catalog(const tk_snapmgr *m, int *lock_fd, tk_snapshot **s
     rc = load_catalog(m, snaps, n, err);
     if (rc != TK_OK) tk_dirlock_release(*lock_fd);
     return rc;
+}
+
+/* The next creation number: one past both the counter file and every
+ * listed snapshot (the counter is a hint; a lost update is caught up).
+ * Caller holds the lock. */
+static tk_code next_seq(const tk_snapmgr *m, const tk_snapshot *snaps, size_t n, int64_t *seq,
+                        tk_err *err) {
+    char path[PATH_MAX], buf[32];
+    int64_t v = 0;
+    FILE *f;
+    if (tk_path_join(path, sizeof path, m->dir, TK_SNAP_SEQ_FILE) < 0)
+        return tk_fail_errno(err, errno, "snapshot %s", m->dir);
+    if ((f = fopen(path, "r")) != NULL) {
+        if (fgets(buf, sizeof buf, f)) v = strtoll(buf, NULL, 10);
+        fclose(f);
+    }
+    if (v < 0) v = 0;
+    for (size_t i = 0; i < n; i++)
+        if (snaps[i].seq > v) v = snaps[i].seq;
+    *seq = v + 1;
+    snprintf(buf, sizeof buf, "%" PRId64 "\n", *seq);
+    if (tk_replace_file(path, buf, strlen(buf), 0) < 0)
+        return tk_fail_errno(err, errno, "write %s", path);
+    return TK_OK;
 }
 
 /* ------------------------------------------------------------------ */
@@ -281,7 +359,8 @@ static void remove_leftovers(const tk_snapmgr *m) {
     if (!d) return;
     while ((de = readdir(d)) != NULL) {
         int fd;
-        if (strncmp(de->d_name, ".tmp-", 5) != 0 && strncmp(de->d_name, ".del-", 5) != 0)
+        if (strncmp(de->d_name, TK_SNAP_TMP, strlen(TK_SNAP_TMP)) != 0 &&
+            strncmp(de->d_name, TK_SNAP_DEL, strlen(TK_SNAP_DEL)) != 0)
             continue;
         if (tk_path_join(path, sizeof path, m->dir, de->d_name) < 0) continue;
         if ((fd = claim_dir(path, 0)) < 0) continue;    /* still being worked on */
@@ -289,6 +368,11 @@ static void remove_leftovers(const tk_snapmgr *m) {
         close(fd);
     }
     closedir(d);
+}
+
+static int same_dir(const char *a, const char *b) {
+    struct stat x, y;
+    return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
 }
 
 tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
@@ -305,11 +389,16 @@ tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
     if (stat(log_dir, &st) < 0) return tk_fail_errno(err, errno, "snapshot_manager %s", log_dir);
     if (!S_ISDIR(st.st_mode))
         return tk_fail(err, TK_INVALID, "snapshot_manager %s: not a directory", log_dir);
-    if (!(m = calloc(1, sizeof *m))) return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
+    /* The log's own directory: its .lock would be the metadata lock too,
+     * and snapshot directories would sit among the segments. */
+    if (dir && same_dir(dir, log_dir))
+        return tk_fail(err, TK_INVALID, "snapshot_manager %s: the snapshot directory %s is the "
+                       "log's own directory", log_dir, dir);
+    if (!(m = tk_calloc(1, sizeof *m))) return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
     m->mode = mode;
-    m->log_dir = strdup(log_dir);
-    if (dir) m->dir = strdup(dir);
-    else if (m->log_dir && asprintf(&m->dir, "%s/.snapshots", log_dir) < 0) m->dir = NULL;
+    m->log_dir = tk_strdup(log_dir);
+    if (dir) m->dir = tk_strdup(dir);
+    else if (m->log_dir && asprintf(&m->dir, "%s/" TK_SNAP_DEFAULT_DIR, log_dir) < 0) m->dir = NULL;
     if (!m->log_dir || !m->dir) {
         tk_snapmgr_close(m);
         return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
@@ -344,6 +433,17 @@ void tk_snapmgr_close(tk_snapmgr *m) {
 
 const char *tk_snapmgr_dir(const tk_snapmgr *m) { return m->dir; }
 
+void tk_create_opts_init(tk_create_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->min_interval_ms = -1;
+}
+
+void tk_restore_opts_init(tk_restore_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->upto_offset = TK_NONE;
+    o->upto_timestamp = TK_NONE;
+}
+
 /* ------------------------------------------------------------------ */
 /* Placing files                                                        */
 /* ------------------------------------------------------------------ */
@@ -359,128 +459,13 @@ static void advance(progress *p, uint64_t bytes) {
     if (p->fn) p->fn(p->ud, p->done, p->total);
 }
 
-/* Copies len bytes of src (a descriptor) into a new file dst. */
-static tk_code copy_fd_to(int src, const char *src_name, const char *dst, uint64_t len,
-                          tk_err *err) {
-    int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), e;
-    if (fd < 0) return tk_fail_errno(err, errno, "create %s", dst);
-    if (tk_copy_range(src, fd, len) < 0) {
-        e = errno;
-        close(fd);
-        return tk_fail_errno(err, e, "copy %s to %s", src_name, dst);
-    }
-    if (close(fd) < 0) return tk_fail_errno(err, errno, "write %s", dst);
-    return TK_OK;
-}
-
-#define WHOLE_FILE UINT64_MAX
-
-/* Links src to dst, or copies its first len bytes (WHOLE_FILE: all of it)
- * when linking is not possible (another filesystem) or not wanted (copy
- * mode). */
-static tk_code place(const char *src, const char *dst, uint64_t len, int link_ok, tk_err *err) {
-    int fd;
-    tk_code rc;
-    if (link_ok) {
-        if (link(src, dst) == 0) return TK_OK;
-        if (errno != EXDEV && errno != EPERM && errno != EMLINK && errno != ENOTSUP)
-            return tk_fail_errno(err, errno, "link %s to %s", src, dst);
-    }
-    if ((fd = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
-        return tk_fail_errno(err, errno, "open %s", src);
-    if (len == WHOLE_FILE) {
-        struct stat st;
-        if (fstat(fd, &st) < 0) {
-            rc = tk_fail_errno(err, errno, "stat %s", src);
-            close(fd);
-            return rc;
-        }
-        len = (uint64_t)st.st_size;
-    }
-    rc = copy_fd_to(fd, src, dst, len, err);
-    close(fd);
-    return rc;
-}
-
-static tk_code write_new(const char *path, const unsigned char *buf, size_t len, tk_err *err) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return tk_fail_errno(err, errno, "create %s", path);
-    if (tk_write_all(fd, buf, len) < 0) {
-        int e = errno;
-        close(fd);
-        return tk_fail_errno(err, e, "write %s", path);
-    }
-    if (close(fd) < 0) return tk_fail_errno(err, errno, "write %s", path);
-    return TK_OK;
-}
-
-/* Size and CRC32C of a whole file. */
-static tk_code file_sum(const char *path, uint64_t *size, uint32_t *crc, tk_err *err) {
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), e;
-    if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
-    if (fstat(fd, &st) < 0 || tk_file_crc(fd, (uint64_t)st.st_size, crc) < 0) {
-        e = errno;
-        close(fd);
-        return tk_fail_errno(err, e, "read %s", path);
-    }
-    close(fd);
-    *size = (uint64_t)st.st_size;
-    return TK_OK;
-}
-
-static tk_code fsync_path(const char *path, tk_err *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), e;
-    if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
-    if (fsync(fd) < 0) {
-        e = errno;
-        close(fd);
-        return tk_fail_errno(err, e, "fsync %s", path);
-    }
-    close(fd);
-    return TK_OK;
-}
-
-/* fsyncs every file of a directory, then the directory. */
-static tk_code fsync_each(const char *dir, tk_err *err) {
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    char path[PATH_MAX];
-    tk_code rc = TK_OK;
-    if (!d) return tk_fail_errno(err, errno, "open %s", dir);
-    while (rc == TK_OK && (de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.') continue;
-        if (tk_path_join(path, sizeof path, dir, de->d_name) < 0) continue;
-        rc = fsync_path(path, err);
-    }
-    closedir(d);
-    if (rc == TK_OK && tk_fsync_dir(dir) < 0) rc = tk_fail_errno(err, errno, "fsync %s", dir);
-    return rc;
-}
-
-/* Makes a freshly built directory durable: its files -- hard links to the
- * log's sealed segments among them, whose data a log with sync = "none"
- * may still hold in the page cache -- and their names.  One syncfs(2)
- * covers every file at once; an fsync per file costs a device cache flush
- * each, which made a link-mode snapshot's cost grow with the number of
- * segments.  The price: syncfs also writes back unrelated dirty data of
- * that filesystem.  Where syncfs is missing, fall back to fsync per file. */
-static tk_code sync_tree(const char *dir, tk_err *err) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), e;
-    if (fd < 0) return tk_fail_errno(err, errno, "open %s", dir);
-    if (syncfs(fd) < 0) {
-        e = errno;
-        close(fd);
-        if (e == ENOSYS) return fsync_each(dir, err);
-        return tk_fail_errno(err, e, "sync %s", dir);
-    }
-    if (fsync(fd) < 0) {
-        e = errno;
-        close(fd);
-        return tk_fail_errno(err, e, "fsync %s", dir);
-    }
-    close(fd);
-    return TK_OK;
+/* The message for a failed copy: a source that shrank under us was cut by
+ * someone else (errno ENODATA from fs.c), not a failing disk. */
+static tk_code copy_failed(tk_err *err, int e, const char *src, const char *dst) {
+    if (e == ENODATA)
+        return tk_fail(err, TK_CONFLICT, "copy %s to %s: the file shrank while it was being "
+                       "copied (was the log truncated?)", src, dst);
+    return tk_fail_errno(err, e, "copy %s to %s", src, dst);
 }
 
 /* ------------------------------------------------------------------ */
@@ -490,12 +475,14 @@ static tk_code sync_tree(const char *dir, tk_err *err) {
 typedef struct build {
     tk_manifest man;
     size_t cap;
+    int link_tried;             /* a sealed segment was to be linked */
+    int linked;                 /* ... and some file was */
 } build;
 
 static tk_code add_file(build *b, const char *name, uint64_t size, uint32_t crc, tk_err *err) {
     if (b->man.nfiles == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
-        tk_mfile *f = realloc(b->man.files, cap * sizeof *f);
+        tk_mfile *f = tk_realloc(b->man.files, cap * sizeof *f);
         if (!f) return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
         b->man.files = f;
         b->cap = cap;
@@ -508,78 +495,96 @@ static tk_code add_file(build *b, const char *name, uint64_t size, uint32_t crc,
     return TK_OK;
 }
 
-/* The size and CRC the log knows for a sealed segment's index file
- * (extension i: 1 .index, 2 .timeindex), when the placed file still has
- * that size; else 0 and the caller reads the file. */
-static int known_sum(const tk_cut_seg *cs, int i, const char *dst, uint64_t *size,
+/* Forgets what an attempt placed (the directory is emptied too). */
+static void reset_build(build *b) {
+    b->man.nfiles = 0;
+    b->man.snap.total_size = 0;
+    b->man.snap.num_segments = 0;
+    b->linked = b->link_tried = 0;
+}
+
+/* The size and CRC the log knows for a sealed segment's index file, when
+ * the placed file still has that size; else 0 and the caller reads it. */
+static int known_sum(const tk_cut_seg *cs, tk_ext ext, const char *dst, uint64_t *size,
                      uint32_t *crc) {
     struct stat st;
-    uint64_t want = i == 1 ? cs->idx_size : cs->tim_size;
+    uint64_t want = ext == TK_EXT_INDEX ? cs->idx_size : cs->tim_size;
     if (!cs->icrc_known || lstat(dst, &st) < 0 || (uint64_t)st.st_size != want) return 0;
     *size = want;
-    *crc = i == 1 ? cs->idx_crc : cs->tim_crc;
+    *crc = ext == TK_EXT_INDEX ? cs->idx_crc : cs->tim_crc;
     return 1;
 }
 
 static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut_seg *cs,
                             const char *tmp, build *b, progress *pg, tk_err *err) {
-    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
-    for (int i = 0; i < 3; i++) {
-        char src[PATH_MAX], dst[PATH_MAX], name[48];
+    for (int i = 0; i < TK_EXT_COUNT; i++) {
+        char src[PATH_MAX], dst[PATH_MAX], name[TK_SEG_NAME_MAX];
         uint64_t size = cs->size;
         uint32_t crc = cs->log_crc;
         tk_code rc;
-        snprintf(name, sizeof name, "%020" PRId64 "%s", cs->base, ext[i]);
+        int linked;
+        tk_seg_name(name, sizeof name, cs->base, (tk_ext)i);
         if (tk_path_join(src, sizeof src, cut->dir, name) < 0 ||
             tk_path_join(dst, sizeof dst, tmp, name) < 0)
             return tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", cut->dir);
-        rc = place(src, dst, i == 0 ? size : WHOLE_FILE, m->mode == TK_SNAP_LINK, err);
-        if (rc == TK_NOT_FOUND && i > 0) continue;     /* derived: rebuilt on restore */
-        if (rc != TK_OK) return rc;
-        if (i > 0 && !known_sum(cs, i, dst, &size, &crc) &&
-            (rc = file_sum(dst, &size, &crc, err)) != TK_OK)
-            return rc;
+        if (tk_place(src, dst, i == TK_EXT_LOG ? size : TK_WHOLE_FILE, m->mode == TK_SNAP_LINK,
+                     &linked) < 0) {
+            int e = errno;
+            if (e == ENOENT && i > 0) continue;        /* derived: rebuilt on restore */
+            return e == ENODATA ? copy_failed(err, e, src, dst)
+                                : tk_fail_errno(err, e, "place %s at %s", src, dst);
+        }
+        b->linked |= linked;
+        b->link_tried |= m->mode == TK_SNAP_LINK;
+        if (i > 0 && !known_sum(cs, (tk_ext)i, dst, &size, &crc) &&
+            tk_file_sum(dst, &size, &crc) < 0)
+            return tk_fail_errno(err, errno, "read %s", dst);
         if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
-        if (i == 0) advance(pg, size);             /* progress counts .log bytes */
+        if (i == TK_EXT_LOG) advance(pg, size);        /* progress counts .log bytes */
     }
     return TK_OK;
 }
 
 static tk_code place_active(const tk_cut *cut, const tk_cut_seg *cs, const char *tmp,
                             build *b, progress *pg, tk_err *err) {
-    static const char *const ext[3] = { ".log", ".index", ".timeindex" };
-    for (int i = 0; i < 3; i++) {
-        char dst[PATH_MAX], name[48];
+    for (int i = 0; i < TK_EXT_COUNT; i++) {
+        char dst[PATH_MAX], name[TK_SEG_NAME_MAX];
         tk_code rc;
         uint32_t crc;
         uint64_t size;
-        snprintf(name, sizeof name, "%020" PRId64 "%s", cs->base, ext[i]);
+        tk_seg_name(name, sizeof name, cs->base, (tk_ext)i);
         if (tk_path_join(dst, sizeof dst, tmp, name) < 0)
             return tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", cut->dir);
-        if (i == 0) {
-            rc = copy_fd_to(cs->log_fd, name, dst, cs->size, err);
+        if (i == TK_EXT_LOG) {
             size = cs->size;
             crc = cs->log_crc;
+            if (tk_copy_to_new(cs->log_fd, dst, cs->size) < 0) {
+                char src[PATH_MAX];
+                tk_path_join(src, sizeof src, cut->dir, name);
+                return copy_failed(err, errno, src, dst);
+            }
         } else {
-            const unsigned char *buf = i == 1 ? cs->idx : cs->tim;
-            size = i == 1 ? cs->idx_len : cs->tim_len;
-            rc = write_new(dst, buf, (size_t)size, err);
+            const unsigned char *buf = i == TK_EXT_INDEX ? cs->idx : cs->tim;
+            size = i == TK_EXT_INDEX ? cs->idx_len : cs->tim_len;
+            if (tk_write_new(dst, buf, (size_t)size) < 0)
+                return tk_fail_errno(err, errno, "write %s", dst);
             crc = tk_crc32c(0, buf, (size_t)size);
         }
-        if (rc != TK_OK) return rc;
         if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
-        if (i == 0) advance(pg, size);
+        if (i == TK_EXT_LOG) advance(pg, size);
     }
     return TK_OK;
 }
 
-static tk_code build_snapshot(const tk_snapmgr *m, const tk_cut *cut, const char *tmp,
-                              build *b, progress *pg, tk_err *err) {
+/* Step 3: every segment of the cut, placed in tmp. */
+static tk_code place_cut(const tk_snapmgr *m, const tk_cut *cut, const char *tmp, build *b,
+                         progress *pg, tk_err *err) {
     tk_snapshot *s = &b->man.snap;
     tk_code rc = TK_OK;
-    char path[PATH_MAX];
-    if (!(s->segment_offsets = calloc(cut->n + 1, sizeof(int64_t))))
+    free(s->segment_offsets);
+    if (!(s->segment_offsets = tk_calloc(cut->n + 1, sizeof(int64_t))))
         return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+    pg->done = pg->total = 0;
     for (size_t i = 0; i < cut->n; i++) pg->total += cut->segs[i].size;
     for (size_t i = 0; i < cut->n && rc == TK_OK; i++) {
         const tk_cut_seg *cs = &cut->segs[i];
@@ -589,24 +594,59 @@ static tk_code build_snapshot(const tk_snapmgr *m, const tk_cut *cut, const char
                         : place_active(cut, cs, tmp, b, pg, err);
         if (rc == TK_OK && i == 0) TK_FAULT("create.placing");
     }
-    if (rc != TK_OK) return rc;
-    TK_FAULT("create.placed");
     s->base_offset = cut->base_offset;
     s->high_water_mark = cut->high_water_mark;
-    if (tk_path_join(path, sizeof path, tmp, MANIFEST) < 0)
-        return tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", tmp);
-    if ((rc = tk_manifest_write(path, &b->man, err)) != TK_OK) return rc;
-    TK_FAULT("create.manifest");
-    return sync_tree(tmp, err);
+    return rc;
+}
+
+/* Removes what an attempt left in tmp (the directory itself stays: we
+ * hold its flock). */
+static void empty_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char path[PATH_MAX];
+    if (!d) return;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+            tk_path_join(path, sizeof path, dir, de->d_name) == 0)
+            tk_rmtree(path);
+    closedir(d);
+}
+
+/* Step 3, tried again while the log changes under it. */
+static tk_code place_log(const tk_snapmgr *m, tk_log *log, const char *tmp, build *b,
+                         progress *pg, tk_err *err) {
+    tk_code rc = TK_OK;
+    for (int attempt = 1;; attempt++) {
+        tk_cut cut;
+        int changed;
+        if ((rc = tk_log_cut(log, &cut, err)) != TK_OK) return rc;
+        TK_FAULT("create.cut");
+        rc = place_cut(m, &cut, tmp, b, pg, err);
+        changed = tk_cut_changed(&cut);
+        tk_cut_free(&cut);
+        if (!changed) return rc;
+        if (attempt == CREATE_ATTEMPTS)
+            return tk_fail(err, TK_CONFLICT, "snapshot of %s: the log was truncated or restored "
+                           "while the snapshot was being built, %d times in a row",
+                           m->log_dir, CREATE_ATTEMPTS);
+        empty_dir(tmp);
+        reset_build(b);
+    }
 }
 
 static tk_code too_soon(const tk_snapmgr *m, const tk_snapshot *snaps, size_t n,
                         int64_t min_interval, int64_t now, tk_err *err) {
-    if (min_interval <= 0 || n == 0) return TK_OK;
-    int64_t age = now - snaps[0].timestamp;
-    if (age >= min_interval) return TK_OK;
+    const tk_snapshot *newest = NULL;
+    for (size_t i = 0; i < n && !newest; i++)
+        if (!snaps[i].damaged) newest = &snaps[i];
+    if (min_interval <= 0 || !newest) return TK_OK;
+    int64_t age = now - newest->timestamp;
+    /* A newest snapshot dated after now means the clock stepped back:
+     * nothing can be measured, so nothing is refused. */
+    if (age >= min_interval || age < 0) return TK_OK;
     return tk_fail(err, TK_TOO_SOON, "snapshot of %s: the newest snapshot %s is %" PRId64
-                   " ms old, min_interval is %" PRId64 " ms", m->log_dir, snaps[0].id, age,
+                   " ms old, min_interval is %" PRId64 " ms", m->log_dir, newest->id, age,
                    min_interval);
 }
 
@@ -621,11 +661,11 @@ static tk_code publish(const tk_snapmgr *m, const tk_create_opts *o, const char 
     if (rc != TK_OK) return rc;
     rc = too_soon(m, snaps, n, o->min_interval_ms, b->man.snap.timestamp, err);
     for (int tries = 0; rc == TK_OK; tries++) {
-        if (snap_path(final, sizeof final, m, SNAP_PREFIX, b->man.snap.id, NULL) < 0) {
+        if (snap_path(final, sizeof final, m, TK_SNAP_PREFIX, b->man.snap.id, NULL) < 0) {
             rc = tk_fail_errno(err, errno, "snapshot %s", m->dir);
             break;
         }
-        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) == 0) break;
+        if (tk_rename_noreplace(tmp, final) == 0) break;
         if (errno != EEXIST || tries > 8) {
             rc = tk_fail_errno(err, errno, "rename %s to %s", tmp, final);
             break;
@@ -634,14 +674,15 @@ static tk_code publish(const tk_snapmgr *m, const tk_create_opts *o, const char 
          * manifest names the id, so it is rewritten. */
         char path[PATH_MAX];
         new_id(b->man.snap.id, sizeof b->man.snap.id, b->man.snap.timestamp);
-        if (tk_path_join(path, sizeof path, tmp, MANIFEST) < 0 ||
-            (rc = tk_manifest_write(path, &b->man, err)) != TK_OK)
-            rc = rc != TK_OK ? rc : tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", tmp);
+        if (tk_path_join(path, sizeof path, tmp, TK_MANIFEST_FILE) < 0)
+            rc = tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", tmp);
+        else
+            rc = tk_manifest_write(path, &b->man, err);
     }
     if (rc == TK_OK && tk_fsync_dir(m->dir) < 0) rc = tk_fail_errno(err, errno, "fsync %s", m->dir);
     if (rc == TK_OK) TK_FAULT("create.renamed");
     if (rc == TK_OK) {
-        if (!(all = calloc(n + 1, sizeof *all)) || tk_snapshot_copy(&all[0], &b->man.snap) < 0) {
+        if (!(all = tk_calloc(n + 1, sizeof *all)) || tk_snapshot_copy(&all[0], &b->man.snap) < 0) {
             free(all);
             rc = tk_fail(err, TK_NOMEM, "snapshot: out of memory");
         } else {
@@ -660,52 +701,78 @@ static tk_code publish(const tk_snapmgr *m, const tk_create_opts *o, const char 
     return rc;
 }
 
-tk_code tk_snap_create(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
-                       tk_snapshot *out, tk_err *err) {
-    tk_create_opts defaults = { 0, NULL, NULL, NULL };
-    build b;
-    tk_cut cut;
-    progress pg;
+/* Steps 1-2: under the metadata lock (a manager opening meanwhile sweeps
+ * .tmp-* directories, and must find ours already claimed). */
+static tk_code begin_build(const tk_snapmgr *m, const tk_create_opts *o, build *b, char *tmp,
+                           size_t cap, int *tmp_fd, tk_err *err) {
     tk_snapshot *snaps;
     size_t n;
-    int lock_fd, tmp_fd;
-    char tmp[PATH_MAX];
-    tk_code rc;
-
-    if (!opts) opts = &defaults;
-    if (opts->label && strlen(opts->label) >= TK_SNAP_LABEL_MAX)
-        return tk_fail(err, TK_INVALID, "snapshot: label is longer than %d bytes",
-                       TK_SNAP_LABEL_MAX - 1);
-    memset(&b, 0, sizeof b);
-    memset(&pg, 0, sizeof pg);
-    pg.fn = opts->progress;
-    pg.ud = opts->progress_ud;
-    b.man.snap.mode = m->mode;
-    if (opts->label) snprintf(b.man.snap.label, sizeof b.man.snap.label, "%s", opts->label);
-
-    /* Step 1-2 under the metadata lock: a manager opening meanwhile sweeps
-     * .tmp-* directories, and must find ours already claimed. */
-    if ((rc = locked_catalog(m, &lock_fd, &snaps, &n, err)) != TK_OK) return rc;
-    b.man.snap.timestamp = now_ms();
-    rc = too_soon(m, snaps, n, opts->min_interval_ms, b.man.snap.timestamp, err);
+    int lock_fd;
+    tk_code rc = locked_catalog(m, &lock_fd, &snaps, &n, err);
+    if (rc != TK_OK) return rc;
+    b->man.snap.timestamp = now_ms();
+    rc = too_soon(m, snaps, n, o->min_interval_ms, b->man.snap.timestamp, err);
+    if (rc == TK_OK) rc = next_seq(m, snaps, n, &b->man.snap.seq, err);
     tk_snapshot_list_free(snaps, n);
-    new_id(b.man.snap.id, sizeof b.man.snap.id, b.man.snap.timestamp);
-    if (rc == TK_OK && snap_path(tmp, sizeof tmp, m, ".tmp-", b.man.snap.id, NULL) < 0)
+    new_id(b->man.snap.id, sizeof b->man.snap.id, b->man.snap.timestamp);
+    if (rc == TK_OK && snap_path(tmp, cap, m, TK_SNAP_TMP, b->man.snap.id, NULL) < 0)
         rc = tk_fail_errno(err, errno, "snapshot %s", m->dir);
-    if (rc == TK_OK && mkdir(tmp, 0755) < 0) rc = tk_fail_errno(err, errno, "create %s", tmp);
-    if (rc == TK_OK && (tmp_fd = claim_dir(tmp, 0)) < 0) {
+    if (rc == TK_OK && tk_mkdir(tmp, 0755) < 0) rc = tk_fail_errno(err, errno, "create %s", tmp);
+    if (rc == TK_OK && (*tmp_fd = claim_dir(tmp, 0)) < 0) {
         rc = tk_fail_errno(err, errno, "lock %s", tmp);
         tk_rmtree(tmp);
     }
     tk_dirlock_release(lock_fd);
-    if (rc != TK_OK) return rc;
+    return rc;
+}
+
+static tk_code check_create(const tk_snapmgr *m, tk_log *log, const tk_create_opts *o,
+                            tk_err *err) {
+    int same;
+    tk_code rc;
+    if (o->label && strlen(o->label) >= TK_SNAP_LABEL_MAX)
+        return tk_fail(err, TK_INVALID, "snapshot of %s: label is longer than %d bytes",
+                       m->log_dir, TK_SNAP_LABEL_MAX - 1);
+    if (o->label && !is_utf8(o->label))
+        return tk_fail(err, TK_INVALID, "snapshot of %s: label is not valid UTF-8", m->log_dir);
+    if ((rc = tk_log_same_dir(log, m->log_dir, &same, err)) != TK_OK) return rc;
+    if (!same)
+        return tk_fail(err, TK_INVALID, "snapshot: the log %s is not this manager's log %s",
+                       tk_log_dir(log), m->log_dir);
+    return TK_OK;
+}
+
+tk_code tk_snap_create(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
+                       tk_snapshot *out, tk_err *err) {
+    tk_create_opts defaults;
+    build b;
+    progress pg;
+    int tmp_fd = -1;
+    char tmp[PATH_MAX], path[PATH_MAX];
+    tk_code rc;
+
+    if (!opts) { tk_create_opts_init(&defaults); opts = &defaults; }
+    if ((rc = check_create(m, log, opts, err)) != TK_OK) return rc;
+    memset(&b, 0, sizeof b);
+    memset(&pg, 0, sizeof pg);
+    pg.fn = opts->progress;
+    pg.ud = opts->progress_ud;
+    if (opts->label) snprintf(b.man.snap.label, sizeof b.man.snap.label, "%s", opts->label);
+    if ((rc = begin_build(m, opts, &b, tmp, sizeof tmp, &tmp_fd, err)) != TK_OK) return rc;
     TK_FAULT("create.tmpdir");
-    rc = tk_log_cut(log, &cut, err);
+    rc = place_log(m, log, tmp, &b, &pg, err);
     if (rc == TK_OK) {
-        TK_FAULT("create.cut");
-        rc = build_snapshot(m, &cut, tmp, &b, &pg, err);
-        tk_cut_free(&cut);
+        TK_FAULT("create.placed");
+        /* Link mode that could not link (another filesystem) is a copy. */
+        b.man.snap.mode = m->mode == TK_SNAP_COPY || (b.link_tried && !b.linked)
+                          ? TK_SNAP_COPY : TK_SNAP_LINK;
+        if (tk_path_join(path, sizeof path, tmp, TK_MANIFEST_FILE) < 0)
+            rc = tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", tmp);
+        else
+            rc = tk_manifest_write(path, &b.man, err);
     }
+    if (rc == TK_OK) TK_FAULT("create.manifest");
+    if (rc == TK_OK && tk_sync_tree(tmp) < 0) rc = tk_fail_errno(err, errno, "sync %s", tmp);
     if (rc == TK_OK) rc = publish(m, opts, tmp, &b, err);
     if (rc != TK_OK) tk_rmtree(tmp);
     close(tmp_fd);
@@ -767,37 +834,46 @@ tk_code tk_snap_total_size(tk_snapmgr *m, uint64_t *size, tk_err *err) {
 
 /* Removes the listed snapshots (by index into snaps, marked in doomed)
  * with one catalog update.  Caller holds the lock; on return the
- * renamed directories are named in *trash for removal after unlocking. */
+ * renamed directories are named in *trash for removal after unlocking.
+ * A snapshot that cannot be renamed stays listed; the others go on. */
 static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const int *doomed,
                       const char *step, char ***trash, size_t *ntrash, tk_err *err) {
-    tk_snapshot *keep = calloc(n + 1, sizeof *keep);
+    tk_snapshot *keep = tk_calloc(n + 1, sizeof *keep);
     size_t nkeep = 0;
     tk_code rc = TK_OK;
-    *trash = calloc(n + 1, sizeof **trash);
+    *trash = tk_calloc(n + 1, sizeof **trash);
     *ntrash = 0;
     if (!keep || !*trash) {
         free(keep);
+        free(*trash);
+        *trash = NULL;
         return tk_fail(err, TK_NOMEM, "delete: out of memory");
     }
-    for (size_t i = 0; i < n && rc == TK_OK; i++) {
-        char from[PATH_MAX], to[PATH_MAX];
+    for (size_t i = 0; i < n; i++) {
+        char from[PATH_MAX], to[PATH_MAX], *copy;
         if (!doomed[i]) { keep[nkeep++] = snaps[i]; continue; }
-        if (snap_path(from, sizeof from, m, SNAP_PREFIX, snaps[i].id, NULL) < 0 ||
-            snap_path(to, sizeof to, m, ".del-", snaps[i].id, NULL) < 0) {
-            rc = tk_fail_errno(err, errno, "delete %s", snaps[i].id);
-            break;
-        }
-        if (rename(from, to) < 0 && errno != ENOENT) {
-            rc = tk_fail_errno(err, errno, "rename %s to %s", from, to);
+        if (snap_path(from, sizeof from, m, TK_SNAP_PREFIX, snaps[i].id, NULL) < 0 ||
+            snap_path(to, sizeof to, m, TK_SNAP_DEL, snaps[i].id, NULL) < 0) {
+            if (rc == TK_OK) rc = tk_fail_errno(err, errno, "delete %s", snaps[i].id);
             keep[nkeep++] = snaps[i];
             continue;
         }
-        (*trash)[(*ntrash)++] = strdup(to);
+        if (tk_rename(from, to) < 0 && errno != ENOENT) {
+            if (rc == TK_OK) rc = tk_fail_errno(err, errno, "rename %s to %s", from, to);
+            keep[nkeep++] = snaps[i];
+            continue;
+        }
+        if (!(copy = tk_strdup(to))) {      /* gone from the catalog all the same */
+            if (rc == TK_OK) rc = tk_fail(err, TK_NOMEM, "delete: out of memory");
+            continue;
+        }
+        (*trash)[(*ntrash)++] = copy;
     }
-    if (*ntrash > 0) {
+    if (*ntrash > 0 || nkeep < n) {
+        tk_err scratch;
         TK_FAULT(step);
-        tk_code prc = publish_catalog(m, keep, nkeep, err);
-        if (rc == TK_OK) rc = prc;
+        tk_code prc = publish_catalog(m, keep, nkeep, &scratch);
+        if (rc == TK_OK && prc != TK_OK) rc = tk_fail_pass(err, &scratch);
     }
     free(keep);            /* the snapshots themselves still belong to snaps */
     return rc;
@@ -806,7 +882,6 @@ static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const i
 static void empty_trash(char **trash, size_t n, const char *step) {
     for (size_t i = 0; i < n; i++) {
         int fd;
-        if (!trash[i]) continue;
         if (i == 0) TK_FAULT(step);
         fd = claim_dir(trash[i], 1);
         tk_rmtree(trash[i]);
@@ -830,7 +905,7 @@ static tk_code delete_marked(tk_snapmgr *m, tk_snapshot *snaps, size_t n, int *d
     tk_dirlock_release(lock_fd);
     if (deleted) *deleted = ntrash;
     snprintf(step, sizeof step, "%s.removing", what);
-    empty_trash(trash, ntrash, step);
+    if (trash) empty_trash(trash, ntrash, step);
     return rc;
 }
 
@@ -843,7 +918,7 @@ tk_code tk_snap_delete_many(tk_snapmgr *m, const char *const *ids, size_t nids,
     for (size_t i = 0; i < nids; i++)
         if ((rc = tk_snap_check_id(ids[i], err)) != TK_OK) return rc;
     if ((rc = locked_catalog(m, &lock_fd, &snaps, &n, err)) != TK_OK) return rc;
-    if (!(doomed = calloc(n + 1, sizeof *doomed))) {
+    if (!(doomed = tk_calloc(n + 1, sizeof *doomed))) {
         tk_dirlock_release(lock_fd);
         tk_snapshot_list_free(snaps, n);
         return tk_fail(err, TK_NOMEM, "delete: out of memory");
@@ -868,20 +943,26 @@ tk_code tk_snap_delete(tk_snapmgr *m, const char *id, tk_err *err) {
 tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
                         size_t *deleted, tk_err *err) {
     tk_snapshot *snaps;
-    size_t n;
+    size_t n, rank = 0;
     int lock_fd, *doomed;
+    const tk_snapshot *newest = NULL;
     tk_code rc = locked_catalog(m, &lock_fd, &snaps, &n, err);
     if (rc != TK_OK) return rc;
-    if (!(doomed = calloc(n + 1, sizeof *doomed))) {
+    if (!(doomed = tk_calloc(n + 1, sizeof *doomed))) {
         tk_dirlock_release(lock_fd);
         tk_snapshot_list_free(snaps, n);
         return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
     }
-    /* snaps is newest first; index 0, the newest, is never a victim. */
-    for (size_t i = 1; i < n; i++) {
-        if (max_snapshots > 0 && i >= max_snapshots) doomed[i] = 1;
-        if (retention_ms >= 0 && snaps[0].timestamp - snaps[i].timestamp > retention_ms)
+    /* snaps is newest first; the newest healthy one is never a victim, a
+     * damaged one always is; ages count from the newest, and a snapshot
+     * dated after it (the clock stepped back) has age 0. */
+    for (size_t i = 0; i < n; i++) {
+        if (snaps[i].damaged) { doomed[i] = 1; continue; }
+        if (!newest) { newest = &snaps[i]; rank = 1; continue; }
+        if (max_snapshots > 0 && rank >= max_snapshots) doomed[i] = 1;
+        if (retention_ms >= 0 && newest->timestamp - snaps[i].timestamp > retention_ms)
             doomed[i] = 1;
+        rank++;
     }
     rc = delete_marked(m, snaps, n, doomed, lock_fd, "cleanup", deleted, err);
     free(doomed);
@@ -896,20 +977,17 @@ tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_m
 static int snapshot_exists(const tk_snapmgr *m, const char *id) {
     char path[PATH_MAX];
     struct stat st;
-    return snap_path(path, sizeof path, m, SNAP_PREFIX, id, NULL) == 0 &&
+    return snap_path(path, sizeof path, m, TK_SNAP_PREFIX, id, NULL) == 0 &&
            lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 static tk_code read_manifest(const tk_snapmgr *m, const char *id, tk_manifest *man,
                              tk_err *err) {
     char path[PATH_MAX];
-    struct stat st;
     tk_code rc = tk_snap_check_id(id, err);
     if (rc != TK_OK) return rc;
-    if (snap_path(path, sizeof path, m, SNAP_PREFIX, id, NULL) < 0)
-        return tk_fail_errno(err, errno, "snapshot %s", id);
-    if (lstat(path, &st) < 0 || !S_ISDIR(st.st_mode)) return not_found(m, id, err);
-    if (snap_path(path, sizeof path, m, SNAP_PREFIX, id, MANIFEST) < 0)
+    if (!snapshot_exists(m, id)) return not_found(m, id, err);
+    if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, id, TK_MANIFEST_FILE) < 0)
         return tk_fail_errno(err, errno, "snapshot %s", id);
     rc = tk_manifest_read(path, man, err);
     if (rc == TK_NOT_FOUND && !snapshot_exists(m, id)) return not_found(m, id, err);
@@ -931,14 +1009,15 @@ static tk_code check_file(const tk_snapmgr *m, const char *id, const tk_mfile *f
     char path[PATH_MAX];
     uint64_t size;
     uint32_t crc;
-    tk_err scratch;
-    if (snap_path(path, sizeof path, m, SNAP_PREFIX, id, f->name) < 0)
+    if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, id, f->name) < 0)
         return tk_fail_errno(err, errno, "verify %s", id);
-    tk_code rc = file_sum(path, &size, &crc, &scratch);
-    if (rc == TK_NOT_FOUND && !snapshot_exists(m, id))
-        return tk_fail(err, TK_NOT_FOUND, "snapshot %s was deleted while being read", id);
-    if (rc == TK_NOT_FOUND) return tk_fail(err, TK_CORRUPT, "verify %s: %s is missing", id, path);
-    if (rc != TK_OK) { *err = scratch; return rc; }
+    if (tk_file_sum(path, &size, &crc) < 0) {
+        int e = errno;
+        if (e == ENOENT && !snapshot_exists(m, id))
+            return tk_fail(err, TK_NOT_FOUND, "snapshot %s was deleted while being read", id);
+        if (e == ENOENT) return tk_fail(err, TK_CORRUPT, "verify %s: %s is missing", id, path);
+        return tk_fail_errno(err, e, "read %s", path);
+    }
     if (size != f->size)
         return tk_fail(err, TK_CORRUPT, "verify %s: %s has %" PRIu64 " bytes, the manifest "
                        "says %" PRIu64, id, path, size, f->size);
@@ -974,17 +1053,16 @@ static tk_code fill_restore(const tk_snapmgr *m, const tk_manifest *man, const c
     for (size_t i = 0; i < man->nfiles; i++) {
         const tk_mfile *f = &man->files[i];
         char src[PATH_MAX], dst[PATH_MAX];
+        int linked;
         tk_code rc = check_file(m, id, f, pg, err);
-        if (rc == TK_CORRUPT) {
-            char why[sizeof err->msg];
-            snprintf(why, sizeof why, "%s", err->msg);
-            return tk_fail(err, TK_CORRUPT, "restore %s refused: %s", id, why);
-        }
+        if (rc == TK_CORRUPT) return tk_fail_prefix(err, TK_CORRUPT, "restore %s refused", id);
         if (rc != TK_OK) return rc;
-        if (snap_path(src, sizeof src, m, SNAP_PREFIX, id, f->name) < 0 ||
+        if (snap_path(src, sizeof src, m, TK_SNAP_PREFIX, id, f->name) < 0 ||
             tk_path_join(dst, sizeof dst, dir, f->name) < 0)
             return tk_fail_errno(err, ENAMETOOLONG, "restore %s", id);
-        if ((rc = place(src, dst, f->size, m->mode == TK_SNAP_LINK, err)) != TK_OK) return rc;
+        if (tk_place(src, dst, f->size, m->mode == TK_SNAP_LINK, &linked) < 0)
+            return errno == ENODATA ? copy_failed(err, errno, src, dst)
+                                    : tk_fail_errno(err, errno, "place %s at %s", src, dst);
         if (i == 0) TK_FAULT("restore.placing");
     }
     TK_FAULT("restore.placed");
@@ -998,16 +1076,16 @@ static tk_code apply_upto(const tk_manifest *man, const char *dir, const tk_rest
     tk_log *log;
     int64_t cut = -1;
     tk_code rc;
-    if (o->upto_offset < 0 && !o->has_upto_timestamp) return TK_OK;
+    if (o->upto_offset == TK_NONE && o->upto_timestamp == TK_NONE) return TK_OK;
     if ((rc = tk_log_open(dir, NULL, &log, err)) != TK_OK) return rc;
-    if (o->upto_offset >= 0) {
+    if (o->upto_offset != TK_NONE) {
         cut = o->upto_offset;
         if (cut < man->snap.base_offset || cut > man->snap.high_water_mark)
             rc = tk_fail(err, TK_OUT_OF_RANGE, "restore %s: upto_offset %" PRId64 " is outside "
                          "[%" PRId64 ", %" PRId64 "]", man->snap.id, cut,
                          man->snap.base_offset, man->snap.high_water_mark);
     }
-    if (rc == TK_OK && o->has_upto_timestamp) {
+    if (rc == TK_OK && o->upto_timestamp != TK_NONE) {
         int64_t t;
         rc = o->upto_timestamp == INT64_MAX ? (t = man->snap.high_water_mark, TK_OK)
              : tk_log_offset_for_time(log, o->upto_timestamp + 1, &t, err);
@@ -1016,6 +1094,12 @@ static tk_code apply_upto(const tk_manifest *man, const char *dir, const tk_rest
     if (rc == TK_OK && cut >= 0) rc = tk_log_truncate(log, cut, err);
     if (rc == TK_OK) rc = tk_log_sync(log, err);
     tk_log_close(log);
+    if (rc == TK_OK) {
+        /* The state file is the log's, not the snapshot's: a restored
+         * directory starts without one. */
+        char path[PATH_MAX];
+        if (tk_path_join(path, sizeof path, dir, TK_STATE_FILE) == 0) unlink(path);
+    }
     TK_FAULT("restore.truncated");
     return rc;
 }
@@ -1025,7 +1109,7 @@ static tk_code build_restore(const tk_snapmgr *m, const tk_manifest *man, const 
     progress pg = { o->progress, o->progress_ud, 0, 0 };
     tk_code rc = fill_restore(m, man, dir, &pg, err);
     if (rc == TK_OK) rc = apply_upto(man, dir, o, err);
-    if (rc == TK_OK) rc = sync_tree(dir, err);
+    if (rc == TK_OK && tk_sync_tree(dir) < 0) rc = tk_fail_errno(err, errno, "sync %s", dir);
     return rc;
 }
 
@@ -1038,6 +1122,15 @@ static tk_code check_target(const char *target, int *exists, tk_err *err) {
     if (lstat(target, &st) < 0) {
         if (errno == ENOENT) return TK_OK;
         return tk_fail_errno(err, errno, "restore to %s", target);
+    }
+    if (S_ISLNK(st.st_mode)) {
+        /* Renaming onto it would replace the link, not fill what it points
+         * at; following it would write wherever it points.  Neither. */
+        char to[PATH_MAX];
+        ssize_t n = readlink(target, to, sizeof to - 1);
+        to[n > 0 ? n : 0] = '\0';
+        return tk_fail(err, TK_EXISTS, "restore to %s: it is a symbolic link (to %s); give the "
+                       "directory itself", target, to);
     }
     if (!S_ISDIR(st.st_mode))
         return tk_fail(err, TK_EXISTS, "restore to %s: it exists and is not a directory", target);
@@ -1073,10 +1166,9 @@ static tk_code restore_new(const tk_snapmgr *m, const tk_manifest *man, const ch
     if (rc != TK_OK) return rc;
     split_path(target, parent, sizeof parent, base, sizeof base);
     if (tk_mkdir_p(parent, 0755) < 0) return tk_fail_errno(err, errno, "create %s", parent);
-    if (snprintf(tmp, sizeof tmp, "%s/.%s.restore-%s-%08" PRIx32, parent, base, man->snap.id,
-                 random32()) >= (int)sizeof tmp)
+    if (tk_restore_tmp_path(tmp, sizeof tmp, parent, base, man->snap.id, random32()) < 0)
         return tk_fail_errno(err, ENAMETOOLONG, "restore to %s", target);
-    if (mkdir(tmp, 0755) < 0) return tk_fail_errno(err, errno, "create %s", tmp);
+    if (tk_mkdir(tmp, 0755) < 0) return tk_fail_errno(err, errno, "create %s", tmp);
     if ((fd = claim_dir(tmp, 0)) < 0) {
         rc = tk_fail_errno(err, errno, "lock %s", tmp);
         tk_rmtree(tmp);
@@ -1084,7 +1176,7 @@ static tk_code restore_new(const tk_snapmgr *m, const tk_manifest *man, const ch
     }
     TK_FAULT("restore.tmpdir");
     rc = build_restore(m, man, tmp, o, err);
-    if (rc == TK_OK && rename(tmp, target) < 0)
+    if (rc == TK_OK && tk_rename(tmp, target) < 0)
         rc = (errno == ENOTEMPTY || errno == EEXIST)
              ? tk_fail(err, TK_NOT_EMPTY, "restore to %s: the directory is not empty", target)
              : tk_fail_errno(err, errno, "rename %s to %s", tmp, target);
@@ -1125,19 +1217,19 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
                                 const char *target, const tk_restore_opts *o, tk_err *err) {
     char tmp[PATH_MAX], ready[PATH_MAX];
     int lock_fd;
-    tk_code rc = tk_dirlock_try(target, ".lock", &lock_fd, err);
+    tk_code rc = tk_dirlock_try(target, TK_LOCK_FILE, &lock_fd, err);
     if (rc != TK_OK) return rc;
     if (tk_restore_pending(target) && (rc = tk_restore_apply(target, err)) != TK_OK) {
         tk_dirlock_release(lock_fd);
         return rc;
     }
-    if (snprintf(tmp, sizeof tmp, "%s/.restore-tmp-%08" PRIx32, target, random32()) >= (int)sizeof tmp ||
-        snprintf(ready, sizeof ready, "%s" TK_RESTORE_READY, target) >= (int)sizeof ready) {
+    if (snprintf(tmp, sizeof tmp, "%s/" TK_RESTORE_TMP "%08" PRIx32, target, random32()) >= (int)sizeof tmp ||
+        tk_path_join(ready, sizeof ready, target, TK_RESTORE_READY) < 0) {
         tk_dirlock_release(lock_fd);
         return tk_fail_errno(err, ENAMETOOLONG, "restore to %s", target);
     }
     tk_rmtree(ready);                   /* an uncommitted leftover cannot be here, but */
-    if (mkdir(tmp, 0755) < 0) {
+    if (tk_mkdir(tmp, 0755) < 0) {
         rc = tk_fail_errno(err, errno, "create %s", tmp);
         tk_dirlock_release(lock_fd);
         return rc;
@@ -1146,7 +1238,7 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
     rc = build_restore(m, man, tmp, o, err);
     if (rc == TK_OK) rc = write_list(tmp, err);
     if (rc == TK_OK) TK_FAULT("inplace.built");
-    if (rc == TK_OK && rename(tmp, ready) < 0) rc = tk_fail_errno(err, errno, "rename %s", tmp);
+    if (rc == TK_OK && tk_rename(tmp, ready) < 0) rc = tk_fail_errno(err, errno, "rename %s", tmp);
     if (rc == TK_OK && tk_fsync_dir(target) < 0) rc = tk_fail_errno(err, errno, "fsync %s", target);
     if (rc != TK_OK) {
         tk_rmtree(tmp);
@@ -1155,20 +1247,21 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
     }
     TK_FAULT("inplace.committed");
     rc = tk_restore_apply(target, err);
+    if (rc == TK_OK) rc = tk_state_invalidate(target, err);
     tk_dirlock_release(lock_fd);
     return rc;
 }
 
 tk_code tk_snap_restore(tk_snapmgr *m, const char *id, const char *target,
                         const tk_restore_opts *opts, tk_err *err) {
-    tk_restore_opts defaults = { 0, -1, -1, 0, NULL, NULL };
+    tk_restore_opts defaults;
     tk_manifest man;
     struct stat st;
     tk_code rc;
-    if (!opts) opts = &defaults;
+    if (!opts) { tk_restore_opts_init(&defaults); opts = &defaults; }
     if (!target || !*target) return tk_fail(err, TK_INVALID, "restore %s: empty target", id ? id : "");
     if ((rc = read_manifest(m, id, &man, err)) != TK_OK) return rc;
-    if (opts->replace && stat(target, &st) == 0 && S_ISDIR(st.st_mode))
+    if (opts->replace && lstat(target, &st) == 0 && S_ISDIR(st.st_mode))
         rc = restore_in_place(m, &man, target, opts, err);
     else
         rc = restore_new(m, &man, target, opts, err);
@@ -1177,7 +1270,6 @@ tk_code tk_snap_restore(tk_snapmgr *m, const char *id, const char *target,
 }
 
 #ifdef TK_FAULT_INJECTION
-#include <signal.h>
 void tk_fault_point(const char *name) {
     const char *want = getenv("TAKHIN_FAULT");
     if (want && strcmp(want, name) == 0) raise(SIGKILL);

@@ -26,13 +26,14 @@
  * serialized; reads run alongside appends and each other.  tk_log_close must
  * not race with any other call on the same handle.
  *
- * Processes: one writer per directory, enforced with flock(2) on
- * <dir>/.lock; any number of read-only handles, which see what the writer
- * has appended (every append reaches the kernel before it returns).  In
- * shared mode several processes write: each holds the lock only while it
- * appends (or truncates, or is cut for a snapshot).  Shared and exclusive
- * writers must not be mixed on one directory: an exclusive writer holds
- * the lock for as long as it is open, and shared appends wait for it.
+ * Processes: a log has one exclusive writer (flock(LOCK_EX) on <dir>/.lock)
+ * or any number of shared writers (LOCK_SH: nginx workers), never both --
+ * the one that comes second gets TK_LOCKED naming the holders; and any
+ * number of read-only handles.  All of them meet in <dir>/.state, a
+ * memory-mapped page holding the layout every append publishes and the
+ * lock every change to the files takes (csrc/state.h, docs/FORMAT.md).
+ * Every append reaches the kernel before it returns, so a SIGKILL loses
+ * nothing acknowledged and other processes see the record at once.
  */
 #ifndef TAKHIN_H
 #define TAKHIN_H
@@ -44,7 +45,19 @@
 extern "C" {
 #endif
 
-#define TAKHIN_VERSION "0.1.0"
+/* TK_API marks the engine's public functions.  In libtakhin they have
+ * default visibility, so that only they are exported whatever flags the
+ * build uses; inside the Lua module (built with TK_LUA_MODULE) none are:
+ * the module exports luaopen_takhin_core alone. */
+#if defined(TK_LUA_MODULE) && defined(__GNUC__)
+#define TK_API __attribute__((visibility("hidden")))
+#elif defined(__GNUC__)
+#define TK_API __attribute__((visibility("default")))
+#else
+#define TK_API
+#endif
+
+#define TAKHIN_VERSION "0.2.0"
 #define TK_FORMAT_VERSION 1           /* record magic byte, docs/FORMAT.md */
 
 /* ------------------------------------------------------------------ */
@@ -65,6 +78,10 @@ typedef enum tk_code {
     TK_IO,              /* any other system error */
     TK_READONLY,        /* write attempted on a read-only handle */
     TK_NOMEM,
+    TK_CONFLICT,        /* a concurrent change got there first (compare-and-set,
+                           a log truncated under a snapshot being built) */
+    TK_FULL,            /* the log's retention budget refuses the append */
+    TK_CANCELED,        /* a background job was canceled */
     TK_CODE_COUNT
 } tk_code;
 
@@ -75,7 +92,7 @@ typedef struct tk_err {
 } tk_err;
 
 /* Stable upper-case name of a code: "NOT_FOUND", "CORRUPT", ... */
-const char *tk_code_name(tk_code code);
+TK_API const char *tk_code_name(tk_code code);
 
 /* ------------------------------------------------------------------ */
 /* Log                                                                  */
@@ -83,21 +100,26 @@ const char *tk_code_name(tk_code code);
 
 typedef enum tk_sync { TK_SYNC_NONE = 0, TK_SYNC_ALWAYS = 1 } tk_sync;
 
+typedef enum tk_log_mode {
+    TK_LOG_EXCLUSIVE = 0,           /* the one writer of the directory */
+    TK_LOG_SHARED,                  /* one of several writer processes */
+    TK_LOG_READONLY                 /* no writes; follows the writers */
+} tk_log_mode;
+
 typedef struct tk_log_opts {
     uint64_t max_segment_size;      /* roll when a record would not fit; default 64 MiB */
     uint32_t index_interval_bytes;  /* bytes between index entries; default 4096 */
     uint32_t max_record_size;       /* framed size limit; default 16 MiB */
     tk_sync sync;                   /* TK_SYNC_ALWAYS: fdatasync before append returns */
-    int readonly;                   /* no lock, no writes, follows the writer */
-    int shared;                     /* several writer processes: each append takes
-                                       the lock for its own duration and first
-                                       catches up with the others' appends */
+    tk_log_mode mode;
+    uint32_t max_open_segments;     /* sealed segments whose .log stays open (an LRU);
+                                       0: a default from RLIMIT_NOFILE */
 } tk_log_opts;
 
 #define TK_MAX_SEGMENT_SIZE_LIMIT  (1u << 30)  /* positions are uint32 */
 #define TK_MAX_RECORD_SIZE_LIMIT   (1u << 30)
 
-void tk_log_opts_init(tk_log_opts *opts);
+TK_API void tk_log_opts_init(tk_log_opts *opts);
 
 typedef struct tk_log tk_log;
 
@@ -128,43 +150,55 @@ typedef struct tk_record {
     size_t cap;
 } tk_record;
 
-void tk_record_free(tk_record *rec);
+TK_API void tk_record_free(tk_record *rec);
 
 /* Open (creating when not read-only) the log in dir. */
-tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_err *err);
+TK_API tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out,
+                           tk_err *err);
 
 /* Release everything; never fails.  NULL is accepted. */
-void tk_log_close(tk_log *log);
+TK_API void tk_log_close(tk_log *log);
 
 /* Append n records as one batch; *first gets the first record's offset.
  * The batch is written with one write(2) per segment it touches. */
-tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n,
-                      int64_t *first, tk_err *err);
+TK_API tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n,
+                             int64_t *first, tk_err *err);
 
-tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err);
+TK_API tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err);
 
 /* First offset whose timestamp is >= ts; base_offset when every record is
  * at or after ts, high_water_mark when none is. */
-tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset, tk_err *err);
+TK_API tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset,
+                                      tk_err *err);
 
 /* Remove every record at or after offset (base_offset <= offset <= hwm). */
-tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err);
+TK_API tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err);
 
-/* Every appended record already reached the kernel; flush re-checks that
- * index files are written.  sync makes all of it durable (fsync). */
-tk_code tk_log_flush(tk_log *log, tk_err *err);
-tk_code tk_log_sync(tk_log *log, tk_err *err);
+/* Every appended record already reached the kernel, so flush has nothing
+ * to do.  sync makes all of it durable (fsync). */
+TK_API tk_code tk_log_flush(tk_log *log, tk_err *err);
+TK_API tk_code tk_log_sync(tk_log *log, tk_err *err);
 
-/* A read-only handle re-reads the writer's progress; a writer returns at
- * once.  Called by the readers below, exposed for tail-followers. */
-tk_code tk_log_refresh(tk_log *log, tk_err *err);
+/* Brings the handle's view of the files up to date with what other
+ * handles and processes did.  Reads, iterators and tk_log_cut do it
+ * themselves; the accessors below do not (they never touch the disk), so
+ * a caller that wants another process's latest segments or size calls
+ * this first.  Costs a few memory loads when nothing changed. */
+TK_API tk_code tk_log_refresh(tk_log *log, tk_err *err);
 
-int64_t tk_log_high_water_mark(tk_log *log);
-int64_t tk_log_base_offset(tk_log *log);
-size_t tk_log_num_segments(tk_log *log);
-uint64_t tk_log_size(tk_log *log);             /* bytes of all .log files */
-const char *tk_log_dir(const tk_log *log);
-int tk_log_readonly(const tk_log *log);
+/* Sleeps until the high water mark is above offset (1) or timeout_ms
+ * passes (0; < 0 waits forever).  Woken by appends from any process. */
+TK_API int tk_log_wait(tk_log *log, int64_t offset, int64_t timeout_ms);
+
+/* Accessors: memory only, never an error.  The high water mark and the
+ * base offset are the log's as published by its writers; the others
+ * describe the handle's view (see tk_log_refresh). */
+TK_API int64_t tk_log_high_water_mark(tk_log *log);
+TK_API int64_t tk_log_base_offset(tk_log *log);
+TK_API size_t tk_log_num_segments(tk_log *log);
+TK_API uint64_t tk_log_size(tk_log *log);             /* bytes of all .log files */
+TK_API const char *tk_log_dir(const tk_log *log);
+TK_API tk_log_mode tk_log_get_mode(const tk_log *log);
 
 typedef struct tk_segment_info {
     int64_t base_offset;
@@ -174,7 +208,7 @@ typedef struct tk_segment_info {
 } tk_segment_info;
 
 /* Copies up to cap entries into out and returns the segment count. */
-size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap);
+TK_API size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap);
 
 /* ------------------------------------------------------------------ */
 /* Sequential reading                                                   */
@@ -183,11 +217,13 @@ size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap);
 typedef struct tk_iter tk_iter;
 
 /* Iterate [from, to); to < 0 means the high water mark at creation. */
-tk_code tk_iter_open(tk_log *log, int64_t from, int64_t to, tk_iter **out, tk_err *err);
+TK_API tk_code tk_iter_open(tk_log *log, int64_t from, int64_t to, tk_iter **out,
+                            tk_err *err);
 
-/* TK_OK with *done == 0 and rec filled, or *done == 1 at the end. */
-tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err);
-void tk_iter_close(tk_iter *it);
+/* TK_OK with *done == 0 and rec filled, or *done == 1 at the end.  rec's
+ * key and value point into the iterator's buffer until the next call. */
+TK_API tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err);
+TK_API void tk_iter_close(tk_iter *it);
 
 /* ------------------------------------------------------------------ */
 /* Snapshots                                                            */
@@ -208,83 +244,106 @@ typedef enum tk_snap_mode { TK_SNAP_LINK = 0, TK_SNAP_COPY = 1 } tk_snap_mode;
 typedef struct tk_snapshot {
     char id[TK_SNAP_ID_MAX];
     int64_t timestamp;              /* ms since the epoch, when taken */
+    int64_t seq;                    /* creation order in its directory: larger is
+                                       newer, whatever the clocks said; 0 for a
+                                       snapshot made before takhin 0.2 */
     int64_t base_offset;
     int64_t high_water_mark;        /* holds records [base_offset, high_water_mark) */
-    uint64_t total_size;            /* bytes of its segment files */
+    uint64_t total_size;            /* bytes of its files, index files included */
     size_t num_segments;
     int64_t *segment_offsets;       /* base offset of each segment (malloc'd) */
     char label[TK_SNAP_LABEL_MAX];
-    tk_snap_mode mode;
+    tk_snap_mode mode;              /* TK_SNAP_COPY when no file was linked */
+    int damaged;                    /* its manifest cannot be read: only id,
+                                       timestamp (from the id), total_size and
+                                       path are known; restore/verify say CORRUPT */
 } tk_snapshot;
 
-void tk_snapshot_free(tk_snapshot *snap);
-void tk_snapshot_list_free(tk_snapshot *snaps, size_t n);
+TK_API void tk_snapshot_free(tk_snapshot *snap);
+TK_API void tk_snapshot_list_free(tk_snapshot *snaps, size_t n);
 
-/* dir may be NULL for the default. */
-tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
-                        tk_snapmgr **out, tk_err *err);
-void tk_snapmgr_close(tk_snapmgr *mgr);
-const char *tk_snapmgr_dir(const tk_snapmgr *mgr);
+/* dir may be NULL for the default.  INVALID when dir is the log's own
+ * directory. */
+TK_API tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
+                               tk_snapmgr **out, tk_err *err);
+TK_API void tk_snapmgr_close(tk_snapmgr *mgr);
+TK_API const char *tk_snapmgr_dir(const tk_snapmgr *mgr);
+
+/* The directory of snapshot id (whether or not it exists) into out. */
+TK_API tk_code tk_snap_path(const tk_snapmgr *mgr, const char *id, char *out, size_t cap,
+                            tk_err *err);
 
 typedef void (*tk_progress_fn)(void *ud, uint64_t done, uint64_t total);
 
 typedef struct tk_create_opts {
-    int64_t min_interval_ms;        /* TOO_SOON when the newest snapshot is younger */
-    const char *label;              /* optional */
+    int64_t min_interval_ms;        /* TOO_SOON when the newest snapshot is younger;
+                                       < 0: no check */
+    const char *label;              /* optional; UTF-8 */
     tk_progress_fn progress;        /* optional: bytes placed so far */
     void *progress_ud;
 } tk_create_opts;
 
-/* Snapshots log (a writer or a read-only handle of the manager's log). */
-tk_code tk_snap_create(tk_snapmgr *mgr, tk_log *log, const tk_create_opts *opts,
-                       tk_snapshot *out, tk_err *err);
+TK_API void tk_create_opts_init(tk_create_opts *opts);
+
+/* Snapshots log (a writer or a read-only handle of the manager's log;
+ * INVALID for a handle of another log).  Either the snapshot verifies, or
+ * the call fails: CONFLICT when the log was truncated or restored while
+ * the snapshot was being built, three times in a row. */
+TK_API tk_code tk_snap_create(tk_snapmgr *mgr, tk_log *log, const tk_create_opts *opts,
+                              tk_snapshot *out, tk_err *err);
 
 typedef struct tk_restore_opts {
     int replace;                    /* restore into an existing log, in place */
-    int64_t upto_offset;            /* < 0: all; else keep offsets < upto_offset */
-    int64_t upto_timestamp;         /* < 0: all; else keep records up to the first
+    int64_t upto_offset;            /* TK_NONE: all; else keep offsets < upto_offset */
+    int64_t upto_timestamp;         /* TK_NONE: all; else keep records up to the first
                                        one with timestamp > upto_timestamp */
-    int has_upto_timestamp;
     tk_progress_fn progress;
     void *progress_ud;
 } tk_restore_opts;
 
-tk_code tk_snap_restore(tk_snapmgr *mgr, const char *id, const char *target,
-                        const tk_restore_opts *opts, tk_err *err);
+/* "No value" for an optional int64_t option. */
+#define TK_NONE INT64_MIN
 
-/* Newest first. */
-tk_code tk_snap_list(tk_snapmgr *mgr, tk_snapshot **out, size_t *n, tk_err *err);
-tk_code tk_snap_get(tk_snapmgr *mgr, const char *id, tk_snapshot *out, tk_err *err);
-tk_code tk_snap_delete(tk_snapmgr *mgr, const char *id, tk_err *err);
+TK_API void tk_restore_opts_init(tk_restore_opts *opts);
+
+TK_API tk_code tk_snap_restore(tk_snapmgr *mgr, const char *id, const char *target,
+                               const tk_restore_opts *opts, tk_err *err);
+
+/* Newest first: in creation order (seq), so a clock stepped back never
+ * makes an old snapshot look newest. */
+TK_API tk_code tk_snap_list(tk_snapmgr *mgr, tk_snapshot **out, size_t *n, tk_err *err);
+TK_API tk_code tk_snap_get(tk_snapmgr *mgr, const char *id, tk_snapshot *out, tk_err *err);
+TK_API tk_code tk_snap_delete(tk_snapmgr *mgr, const char *id, tk_err *err);
 
 /* Deletes the given snapshots in one metadata update; unknown ids are
  * skipped.  *deleted counts what was removed. */
-tk_code tk_snap_delete_many(tk_snapmgr *mgr, const char *const *ids, size_t n,
-                            size_t *deleted, tk_err *err);
+TK_API tk_code tk_snap_delete_many(tk_snapmgr *mgr, const char *const *ids, size_t n,
+                                   size_t *deleted, tk_err *err);
 
 /* Re-reads every file and compares size and CRC32C with the manifest;
  * CORRUPT names the first file that differs. */
-tk_code tk_snap_verify(tk_snapmgr *mgr, const char *id, tk_progress_fn progress,
-                       void *progress_ud, tk_err *err);
+TK_API tk_code tk_snap_verify(tk_snapmgr *mgr, const char *id, tk_progress_fn progress,
+                              void *progress_ud, tk_err *err);
 
 /* Count and age rules; max_snapshots 0 and retention_ms < 0 turn a rule
- * off.  Age is measured from the newest snapshot, which is always kept. */
-tk_code tk_snap_cleanup(tk_snapmgr *mgr, size_t max_snapshots, int64_t retention_ms,
-                        size_t *deleted, tk_err *err);
+ * off.  Age is measured from the newest snapshot, which is always kept.
+ * Damaged snapshots are always deleted. */
+TK_API tk_code tk_snap_cleanup(tk_snapmgr *mgr, size_t max_snapshots, int64_t retention_ms,
+                               size_t *deleted, tk_err *err);
 
 /* Sum of total_size over all snapshots. */
-tk_code tk_snap_total_size(tk_snapmgr *mgr, uint64_t *size, tk_err *err);
+TK_API tk_code tk_snap_total_size(tk_snapmgr *mgr, uint64_t *size, tk_err *err);
 
 /* INVALID unless id is a plausible snapshot id (no '/', no "..", ...). */
-tk_code tk_snap_check_id(const char *id, tk_err *err);
+TK_API tk_code tk_snap_check_id(const char *id, tk_err *err);
 
 /* ------------------------------------------------------------------ */
 /* Checksums                                                            */
 /* ------------------------------------------------------------------ */
 
-uint32_t tk_crc32c(uint32_t crc, const void *buf, size_t len);
-uint32_t tk_crc32c_sw(uint32_t crc, const void *buf, size_t len);
-int tk_crc32c_hw_available(void);
+TK_API uint32_t tk_crc32c(uint32_t crc, const void *buf, size_t len);
+TK_API uint32_t tk_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+TK_API int tk_crc32c_hw_available(void);
 
 #ifdef __cplusplus
 }

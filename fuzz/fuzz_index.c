@@ -239,7 +239,7 @@ static void init(void) {
 
     /* The answers with the correct index files ... */
     tk_log_opts_init(&o);
-    o.readonly = 1;
+    o.mode = TK_LOG_READONLY;
     FZ_CHECK(tk_log_open(g.pristine, &o, &log, &e) == TK_OK, "open pristine: %s", e.msg);
     ask(log, &g.want);
     iterate("pristine", log, 0);
@@ -356,7 +356,7 @@ static tk_log *open_log(const char *who, uint32_t interval, int readonly) {
     tk_err e;
     tk_log_opts_init(&o);
     o.index_interval_bytes = interval;
-    o.readonly = readonly;
+    o.mode = readonly ? TK_LOG_READONLY : TK_LOG_EXCLUSIVE;
     tk_code rc = tk_log_open(g.work, &o, &log, &e);
     FZ_CHECK(rc == TK_OK, "%s: open: %s: %s", who, tk_code_name(rc), e.msg);
     return log;

@@ -4,7 +4,7 @@
  * The input is written to a file that both tk_manifest_read (manifest.json)
  * and tk_catalog_read (snapshots.json) parse.  Neither may crash or leak
  * (LeakSanitizer checks every input).  When one accepts the file:
- *   - every file name passes tk_is_segment_file (restore.h) and every id
+ *   - every file name passes tk_is_segment_file (names.h) and every id
  *     tk_snap_check_id: nothing read from disk can name a path outside the
  *     snapshot directory;
  *   - the fields are in range: base_offset >= 0, high_water_mark >=
@@ -17,7 +17,7 @@
 
 #include "takhin.h"
 #include "manifest.h"
-#include "restore.h"
+#include "names.h"
 
 static char in_path[PATH_MAX], out_path[PATH_MAX];
 

@@ -683,8 +683,8 @@ static tk_log *open_log(const char *who, uint32_t interval, int readonly) {
     tk_err e;
     tk_log_opts_init(&o);
     o.index_interval_bytes = interval;
-    o.readonly = readonly;
-    o.shared = !readonly && g.shared && strcmp(who, "w1") != 0;
+    o.mode = readonly ? TK_LOG_READONLY
+             : g.shared && strcmp(who, "w1") != 0 ? TK_LOG_SHARED : TK_LOG_EXCLUSIVE;
     tk_code rc = tk_log_open(g.dir, &o, &log, &e);
     FZ_CHECK(rc == TK_OK, "%s: open: %s: %s", who, tk_code_name(rc), e.msg);
     return log;

@@ -59,7 +59,7 @@ describe("the rockspec", function()
         assert.are.equal("builtin", spec.build.type)
         local core = spec.build.modules["takhin.core"]
         assert.are.same(listed("csrc", ".c"), sorted({ util.unpack(core.sources) }))
-        assert.are.same({ "_GNU_SOURCE" }, core.defines)
+        assert.are.same({ "_GNU_SOURCE", "TK_LUA_MODULE" }, core.defines)
         assert.are.equal("csrc", core.incdirs[1])
         assert.are.same({ "jansson", "pthread" }, core.libraries)
     end)

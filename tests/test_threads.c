@@ -916,7 +916,7 @@ static int check_restored(const char *dir, const tk_snapshot *sn, int64_t want,
     int done = 0, good = 1;
 
     tk_log_opts_init(&o);
-    o.readonly = 1;
+    o.mode = TK_LOG_READONLY;
     tk_code rc = tk_log_open(dir, &o, &ro, &err);
     if (rc != TK_OK) {
         snprintf(why, whylen, "restored %s: tk_log_open(readonly): %s: %.500s",
@@ -990,9 +990,7 @@ static int restore_one(tk_snapmgr *m, uint64_t *st, const tk_snapshot *sn,
     tk_err err;
     int64_t want = sn->high_water_mark;
 
-    memset(&o, 0, sizeof o);
-    o.upto_offset = -1;
-    o.upto_timestamp = -1;
+    tk_restore_opts_init(&o);
     if (rng(st) % 3 == 0) {
         o.upto_offset = (int64_t)(rng(st) % (uint64_t)(want + 1));
         want = o.upto_offset;
@@ -1003,7 +1001,7 @@ static int restore_one(tk_snapmgr *m, uint64_t *st, const tk_snapshot *sn,
     if (rc != TK_OK)
         return lost_race(m, CK_RESTORE, "tk_snap_restore", sn->id, rc, &err,
                          &restores_lost);
-    int good = check_restored(target, sn, want, o.upto_offset < 0, NULL, rec,
+    int good = check_restored(target, sn, want, o.upto_offset == TK_NONE, NULL, rec,
                               why, sizeof why);
     if (!good)
         fail(CK_RESTORE, "%s (upto_offset %" PRId64 ")", why, o.upto_offset);
@@ -1013,7 +1011,7 @@ static int restore_one(tk_snapmgr *m, uint64_t *st, const tk_snapshot *sn,
     }
     if (good) {
         atomic_fetch_add(&restores_done, 1);
-        if (o.upto_offset >= 0)
+        if (o.upto_offset != TK_NONE)
             atomic_fetch_add(&restores_upto, 1);
     }
     return good;
@@ -1471,15 +1469,15 @@ static void check_readonly(const char *dir) {
     char why[WHY_LEN] = "";
 
     tk_log_opts_init(&o);
-    o.readonly = 1;
+    o.mode = TK_LOG_READONLY;
     tk_code rc = tk_log_open(dir, &o, &ro, &err);
     int good = rc == TK_OK;
     if (!good)
         snprintf(why, sizeof why, "tk_log_open(readonly): %s: %s",
                  code_name(rc), err.msg);
-    else if (tk_log_high_water_mark(ro) != TOTAL || !tk_log_readonly(ro)) {
+    else if (tk_log_high_water_mark(ro) != TOTAL || !(tk_log_get_mode(ro) == TK_LOG_READONLY)) {
         snprintf(why, sizeof why, "read-only hwm %" PRId64 ", readonly %d",
-                 tk_log_high_water_mark(ro), tk_log_readonly(ro));
+                 tk_log_high_water_mark(ro), (tk_log_get_mode(ro) == TK_LOG_READONLY));
         good = 0;
     } else {
         good = check_all_reads(ro, why, sizeof why);

@@ -34,16 +34,17 @@ M.is_luajit = type(rawget(_G, "jit")) == "table"
 M.unpack = table.unpack or rawget(_G, "unpack")
 
 -- Largest and smallest integer the takhin binding takes and gives:
--- math.maxinteger / math.mininteger on Lua 5.4, +-2^53 on LuaJIT.
-M.maxinteger = math.maxinteger or 2 ^ 53
-M.mininteger = math.mininteger or -2 ^ 53
+-- math.maxinteger / math.mininteger on Lua 5.4, +-(2^53 - 1) on LuaJIT:
+-- 2^53 itself is refused there, since 2^53 + 1 arrives rounded to it.
+M.maxinteger = math.maxinteger or 2 ^ 53 - 1
+M.mininteger = math.mininteger or -(2 ^ 53 - 1)
 
 -- math.type: "integer", "float" or nil.  On LuaJIT a number is "integer"
--- when it has an integer value the binding takes (|x| <= 2^53).
+-- when it has an integer value the binding takes (|x| < 2^53).
 function M.math_type(x)
     if math.type then return math.type(x) end
     if type(x) ~= "number" then return nil end
-    if x == math.floor(x) and x >= -2 ^ 53 and x <= 2 ^ 53 then return "integer" end
+    if x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then return "integer" end
     return "float"
 end
 

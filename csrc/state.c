@@ -1,0 +1,459 @@
+/*
+ * state.c -- the log's shared state (state.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "fs.h"
+#include "names.h"
+#include "state.h"
+#include "sys.h"
+#include "internal.h"
+
+_Static_assert(sizeof(tk_shared) <= TK_STATE_SIZE, "tk_shared must fit in one page");
+
+#define MAGIC "takhinST"
+
+#define LOAD(p)      __atomic_load_n(p, __ATOMIC_RELAXED)
+#define LOAD_ACQ(p)  __atomic_load_n(p, __ATOMIC_ACQUIRE)
+#define STORE(p, v)  __atomic_store_n(p, v, __ATOMIC_RELAXED)
+
+/* ------------------------------------------------------------------ */
+/* futex                                                                */
+/* ------------------------------------------------------------------ */
+
+/* Not FUTEX_PRIVATE_FLAG: sleepers and wakers are in different processes,
+ * meeting in the same page of the same file. */
+static int futex_wait(uint32_t *word, uint32_t val, const struct timespec *rel) {
+    return (int)syscall(SYS_futex, word, FUTEX_WAIT, val, rel, NULL, 0);
+}
+
+static void futex_wake_all(uint32_t *word) {
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening                                                              */
+/* ------------------------------------------------------------------ */
+
+static int init_mutex(pthread_mutex_t *mu, int shared) {
+    pthread_mutexattr_t a;
+    int rc;
+    pthread_mutexattr_init(&a);
+    if (shared) {
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    }
+    rc = pthread_mutex_init(mu, &a);
+    pthread_mutexattr_destroy(&a);
+    return rc;
+}
+
+static uint64_t random64(void) {
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
+        v = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    return v;
+}
+
+static int header_ok(const tk_shared *sh) {
+    return memcmp(sh->magic, MAGIC, 8) == 0 && sh->version == TK_STATE_VERSION &&
+           sh->size == TK_STATE_SIZE && sh->struct_size == sizeof(tk_shared) &&
+           sh->mutex_size == sizeof(pthread_mutex_t);
+}
+
+static tk_code open_private(tk_state *st, tk_err *err) {
+    st->sh = tk_calloc(1, sizeof *st->sh);
+    if (!st->sh) return tk_fail(err, TK_NOMEM, "state: out of memory");
+    st->fd = -1;
+    st->is_private = 1;
+    st->writable = 1;
+    st->created = 1;
+    init_mutex(&st->sh->mu, 0);
+    return TK_OK;
+}
+
+/* We hold the file exclusively: give it its size (allocated, so that a
+ * full disk fails here and not as SIGBUS on a later store), map it and
+ * reset everything but the generation, which only moves on. */
+static tk_code init_file(tk_state *st, const char *path, tk_err *err) {
+    struct stat sb;
+    int rc;
+    void *p;
+    if (fstat(st->fd, &sb) < 0) return tk_fail_errno(err, errno, "stat %s", path);
+    if ((rc = posix_fallocate(st->fd, 0, TK_STATE_SIZE)) != 0)
+        return tk_fail_errno(err, rc, "allocate %s", path);
+    p = mmap(NULL, TK_STATE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, st->fd, 0);
+    if (p == MAP_FAILED) return tk_fail_errno(err, errno, "map %s", path);
+    st->sh = p;
+    st->old_gen = (uint64_t)sb.st_size >= TK_STATE_SIZE && header_ok(st->sh) ? st->sh->gen : 0;
+    memset(st->sh, 0, TK_STATE_SIZE);
+    if (init_mutex(&st->sh->mu, 1) != 0)
+        return tk_fail(err, TK_IO, "state %s: cannot make a process-shared mutex", path);
+    st->created = 1;
+    st->writable = 1;
+    return TK_OK;
+}
+
+static tk_code map_live(tk_state *st, const char *path, tk_err *err) {
+    void *p = mmap(NULL, TK_STATE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, st->fd, 0);
+    if (p == MAP_FAILED) return tk_fail_errno(err, errno, "map %s", path);
+    st->sh = p;
+    st->writable = 1;
+    if (!header_ok(st->sh))
+        return tk_fail(err, TK_INVALID, "open %s: in use by a takhin of another version or "
+                       "build (state version %u); close the other handles first", path,
+                       st->sh->version);
+    return TK_OK;
+}
+
+/* 1 when fd still is the file at path (nobody replaced or removed it). */
+static int same_file(int fd, const char *path) {
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+           a.st_dev == b.st_dev && (uint64_t)a.st_size >= TK_STATE_SIZE;
+}
+
+tk_code tk_state_open(const char *dir, tk_state *st, tk_err *err) {
+    char path[PATH_MAX];
+    tk_code rc;
+    memset(st, 0, sizeof *st);
+    st->fd = -1;
+    st->slot = -1;
+    if (tk_path_join(path, sizeof path, dir, TK_STATE_FILE) < 0)
+        return tk_fail_errno(err, errno, "open %s", dir);
+    for (int tries = 0;; tries++) {
+        st->fd = tk_open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (st->fd < 0) {
+            int e = errno;
+            if (e == EACCES || e == EROFS || e == EPERM) return open_private(st, err);
+            return tk_fail_errno(err, e, "open %s", path);
+        }
+        if (flock(st->fd, LOCK_EX | LOCK_NB) == 0) {
+            rc = init_file(st, path, err);
+            if (rc != TK_OK) tk_state_close(st);
+            return rc;
+        }
+        while (flock(st->fd, LOCK_SH) < 0) {
+            if (errno != EINTR) {
+                rc = tk_fail_errno(err, errno, "lock %s", path);
+                tk_state_close(st);
+                return rc;
+            }
+        }
+        /* Someone may have removed or replaced the file, or an initializer
+         * died before publishing: start over. */
+        if (same_file(st->fd, path)) {
+            if ((rc = map_live(st, path, err)) != TK_OK) { tk_state_close(st); return rc; }
+            if (LOAD_ACQ(&st->sh->ready)) return TK_OK;
+            munmap(st->sh, TK_STATE_SIZE);
+            st->sh = NULL;
+        }
+        close(st->fd);
+        st->fd = -1;
+        if (tries > 1000) return tk_fail(err, TK_IO, "open %s: never initialized", path);
+        sched_yield();
+    }
+}
+
+void tk_state_ready(tk_state *st, tk_layout *l) {
+    tk_shared *sh = st->sh;
+    l->gen = (st->old_gen + 2) & ~(uint64_t)1;
+    if (l->gen == 0) l->gen = 2;
+    sh->gen = l->gen;
+    tk_state_publish(st, l);
+    memcpy(sh->magic, MAGIC, 8);
+    sh->version = TK_STATE_VERSION;
+    sh->size = TK_STATE_SIZE;
+    sh->struct_size = sizeof(tk_shared);
+    sh->mutex_size = sizeof(pthread_mutex_t);
+    sh->boot = random64();
+    __atomic_store_n(&sh->ready, 1, __ATOMIC_RELEASE);
+    st->created = 0;
+    if (st->fd >= 0) {
+        if (msync(sh, TK_STATE_SIZE, MS_ASYNC) < 0) { /* advisory */ }
+        /* Converting EX to SH is not atomic: another opener may slip in
+         * and initialize again from the same files -- same layout, next
+         * generation, which only makes us reload. */
+        while (flock(st->fd, LOCK_SH) < 0 && errno == EINTR) {}
+    }
+}
+
+void tk_state_close(tk_state *st) {
+    if (!st->sh && st->fd < 0) return;
+    tk_state_remove_writer(st);
+    if (st->is_private) {
+        if (st->sh) pthread_mutex_destroy(&st->sh->mu);
+        free(st->sh);
+    } else if (st->sh) {
+        munmap(st->sh, TK_STATE_SIZE);
+    }
+    if (st->fd >= 0) close(st->fd);       /* drops our flock */
+    st->sh = NULL;
+    st->fd = -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* The lock                                                             */
+/* ------------------------------------------------------------------ */
+
+tk_code tk_state_lock(tk_state *st, const char *dir, int *repair, tk_err *err) {
+    int rc;
+    *repair = 0;
+    while ((rc = pthread_mutex_lock(&st->sh->mu)) == EINTR) {}
+    if (rc == EOWNERDEAD) {
+        *repair = 1;                    /* a holder died: caller repairs */
+        return TK_OK;
+    }
+    if (rc != 0) return tk_fail_errno(err, rc, "lock %s/" TK_STATE_FILE, dir);
+    if (LOAD(&st->sh->stale) || (LOAD(&st->sh->seq) & 1)) *repair = 1;
+    return TK_OK;
+}
+
+void tk_state_repaired(tk_state *st, tk_layout *l, int ok) {
+    tk_shared *sh = st->sh;
+    /* Whatever the dead holder was doing, every handle must reload. */
+    l->gen = (LOAD(&sh->gen) | 1) + 1;
+    if (LOAD(&sh->seq) & 1) STORE(&sh->seq, LOAD(&sh->seq) + 1);
+    STORE(&sh->gen, l->gen);
+    tk_state_publish(st, l);
+    STORE(&sh->stale, ok ? 0u : 1u);
+    pthread_mutex_consistent(&sh->mu);      /* EINVAL when it was not owner-dead */
+}
+
+void tk_state_unlock(tk_state *st) {
+    pthread_mutex_unlock(&st->sh->mu);
+}
+
+/* ------------------------------------------------------------------ */
+/* The seqlock                                                          */
+/* ------------------------------------------------------------------ */
+
+static void copy_layout(const tk_shared *sh, tk_layout *l) {
+    l->gen = LOAD(&sh->gen);
+    l->start = LOAD(&sh->start);
+    l->active_base = LOAD(&sh->active_base);
+    l->next = LOAD(&sh->next);
+    l->size = LOAD(&sh->size_);
+    l->idx_n = LOAD(&sh->idx_n);
+    l->since = LOAD(&sh->since);
+    l->max_ts = LOAD(&sh->max_ts);
+    l->log_crc = LOAD(&sh->log_crc);
+    l->idx_crc = LOAD(&sh->idx_crc);
+    l->tim_crc = LOAD(&sh->tim_crc);
+    l->flags = LOAD(&sh->flags);
+}
+
+/* Tries to copy the layout; 0 when the sequence stayed odd or moved for
+ * a long while (a writer died inside it, or is very slow). */
+static int try_read(const tk_shared *sh, tk_layout *l) {
+    for (int spin = 0; spin < 2000; spin++) {
+        uint64_t s1 = LOAD_ACQ(&sh->seq), s2;
+        if (s1 & 1) {
+            if (spin > 100) sched_yield();
+            continue;
+        }
+        copy_layout(sh, l);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        s2 = LOAD(&sh->seq);
+        if (s1 == s2) return 1;
+    }
+    return 0;
+}
+
+void tk_state_copy(const tk_state *st, tk_layout *l) { copy_layout(st->sh, l); }
+
+int tk_state_try_read(const tk_state *st, tk_layout *l) {
+    return !LOAD(&st->sh->stale) && try_read(st->sh, l);
+}
+
+void tk_state_set_stale(tk_state *st) {
+    STORE(&st->sh->stale, 1u);
+}
+
+void tk_state_publish(tk_state *st, const tk_layout *l) {
+    tk_shared *sh = st->sh;
+    uint64_t s = LOAD(&sh->seq) | 1;
+    int64_t old_next = LOAD(&sh->next);
+    STORE(&sh->seq, s);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    STORE(&sh->gen, l->gen);
+    STORE(&sh->start, l->start);
+    STORE(&sh->active_base, l->active_base);
+    STORE(&sh->size_, l->size);
+    STORE(&sh->idx_n, l->idx_n);
+    STORE(&sh->since, l->since);
+    STORE(&sh->max_ts, l->max_ts);
+    STORE(&sh->log_crc, l->log_crc);
+    STORE(&sh->idx_crc, l->idx_crc);
+    STORE(&sh->tim_crc, l->tim_crc);
+    STORE(&sh->flags, l->flags);
+    __atomic_store_n(&sh->next, l->next, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&sh->seq, s + 1, __ATOMIC_RELEASE);
+    /* Followers: see tk_state_wait for why this is race-free. */
+    if (l->next != old_next && __atomic_load_n(&sh->waiters, __ATOMIC_SEQ_CST) > 0) {
+        __atomic_fetch_add(&sh->wake, 1, __ATOMIC_SEQ_CST);
+        if (!st->is_private) futex_wake_all(&sh->wake);
+    }
+}
+
+void tk_state_begin_change(tk_state *st, tk_layout *l) {
+    l->gen |= 1;
+    if (l->gen == LOAD(&st->sh->gen)) l->gen += 2;
+    tk_state_publish(st, l);
+}
+
+void tk_state_end_change(tk_state *st, tk_layout *l) {
+    l->gen = (l->gen | 1) + 1;
+    tk_state_publish(st, l);
+    if (__atomic_load_n(&st->sh->waiters, __ATOMIC_SEQ_CST) > 0) {
+        __atomic_fetch_add(&st->sh->wake, 1, __ATOMIC_SEQ_CST);
+        if (!st->is_private) futex_wake_all(&st->sh->wake);
+    }
+}
+
+int64_t tk_state_next(const tk_state *st) { return __atomic_load_n(&st->sh->next, __ATOMIC_ACQUIRE); }
+int64_t tk_state_start(const tk_state *st) { return __atomic_load_n(&st->sh->start, __ATOMIC_ACQUIRE); }
+uint64_t tk_state_gen(const tk_state *st) { return __atomic_load_n(&st->sh->gen, __ATOMIC_ACQUIRE); }
+
+/* ------------------------------------------------------------------ */
+/* Following                                                            */
+/* ------------------------------------------------------------------ */
+
+/* The waiter registers (waiters++) before it reads `wake` and checks
+ * next; the appender stores next before it reads waiters.  All four are
+ * sequentially consistent, so either the appender sees the waiter and
+ * bumps `wake` (the waiter's FUTEX_WAIT then returns at once or is woken),
+ * or the waiter registered after the appender's check and so sees the new
+ * next itself. */
+int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms) {
+    tk_shared *sh = st->sh;
+    struct timespec end, now;
+    int result = 0;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    if (timeout_ms >= 0) {
+        end.tv_sec += timeout_ms / 1000;
+        end.tv_nsec += (timeout_ms % 1000) * 1000000;
+        if (end.tv_nsec >= 1000000000) { end.tv_sec++; end.tv_nsec -= 1000000000; }
+    }
+    __atomic_fetch_add(&sh->waiters, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint32_t w = __atomic_load_n(&sh->wake, __ATOMIC_SEQ_CST);
+        struct timespec rel, *relp = NULL;
+        if (__atomic_load_n(&sh->next, __ATOMIC_SEQ_CST) > offset) { result = 1; break; }
+        if (timeout_ms >= 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            rel.tv_sec = end.tv_sec - now.tv_sec;
+            rel.tv_nsec = end.tv_nsec - now.tv_nsec;
+            if (rel.tv_nsec < 0) { rel.tv_sec--; rel.tv_nsec += 1000000000; }
+            if (rel.tv_sec < 0) break;
+            relp = &rel;
+        }
+        if (st->is_private) {
+            /* Nobody else can wake us: poll the files' owner (log.c
+             * refreshes a private state before calling). */
+            struct timespec nap = { 0, 2000000 };
+            if (relp && (relp->tv_sec == 0 && relp->tv_nsec < nap.tv_nsec)) nap = *relp;
+            nanosleep(&nap, NULL);
+            result = -1;                /* caller refreshes and asks again */
+            break;
+        }
+        futex_wait(&sh->wake, w, relp);
+    }
+    __atomic_fetch_sub(&sh->waiters, 1, __ATOMIC_SEQ_CST);
+    return result;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writers' pids                                                        */
+/* ------------------------------------------------------------------ */
+
+void tk_state_add_writer(tk_state *st) {
+    int32_t pid = (int32_t)getpid();
+    if (st->is_private || !st->sh) return;
+    for (int i = 0; i < TK_STATE_WRITERS; i++) {
+        int32_t cur = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);
+        /* A slot of a process that died without closing is free too. */
+        if (cur != 0 && (kill(cur, 0) == 0 || errno == EPERM)) continue;
+        if (__atomic_compare_exchange_n(&st->sh->writers[i], &cur, pid, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED)) {
+            st->slot = i;
+            return;
+        }
+    }
+}
+
+void tk_state_remove_writer(tk_state *st) {
+    if (st->slot < 0 || !st->sh) return;
+    __atomic_store_n(&st->sh->writers[st->slot], 0, __ATOMIC_RELEASE);
+    st->slot = -1;
+}
+
+void tk_state_describe_writers(const char *dir, char *out, size_t cap) {
+    char path[PATH_MAX];
+    tk_shared *sh;
+    size_t len = 0;
+    int fd;
+    out[0] = '\0';
+    if (tk_path_join(path, sizeof path, dir, TK_STATE_FILE) < 0) return;
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) return;
+    sh = mmap(NULL, TK_STATE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (sh == MAP_FAILED) return;
+    if (header_ok(sh)) {
+        for (int i = 0; i < TK_STATE_WRITERS && len + 16 < cap; i++) {
+            int32_t pid = __atomic_load_n(&sh->writers[i], __ATOMIC_RELAXED);
+            if (pid <= 0 || (kill(pid, 0) < 0 && errno != EPERM)) continue;
+            len += (size_t)snprintf(out + len, cap - len, "%spid %d", len ? ", " : "", pid);
+        }
+    }
+    munmap(sh, TK_STATE_SIZE);
+}
+
+tk_code tk_state_invalidate(const char *dir, tk_err *err) {
+    char path[PATH_MAX];
+    tk_shared *sh;
+    int fd, repair;
+    tk_state st;
+    if (tk_path_join(path, sizeof path, dir, TK_STATE_FILE) < 0)
+        return tk_fail_errno(err, errno, "open %s", dir);
+    if ((fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)) < 0)
+        return errno == ENOENT ? TK_OK : tk_fail_errno(err, errno, "open %s", path);
+    /* Nobody maps it: the next opener rebuilds it anyway. */
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) { close(fd); return TK_OK; }
+    sh = mmap(NULL, TK_STATE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (sh == MAP_FAILED) return tk_fail_errno(err, errno, "map %s", path);
+    if (!header_ok(sh) || !LOAD_ACQ(&sh->ready)) { munmap(sh, TK_STATE_SIZE); return TK_OK; }
+    memset(&st, 0, sizeof st);
+    st.sh = sh;
+    st.fd = -1;
+    st.slot = -1;
+    if (tk_state_lock(&st, dir, &repair, err) == TK_OK) {
+        tk_layout l;
+        copy_layout(sh, &l);
+        tk_state_begin_change(&st, &l);
+        tk_state_end_change(&st, &l);
+        STORE(&sh->stale, 1u);
+        if (repair) pthread_mutex_consistent(&sh->mu);
+        tk_state_unlock(&st);
+    }
+    munmap(sh, TK_STATE_SIZE);
+    return TK_OK;
+}

@@ -1,0 +1,180 @@
+/*
+ * state.h -- the log's shared state: <dir>/.state, one page that every
+ * handle of a log maps (writers, shared writers, read-only followers, in
+ * any process).  docs/FORMAT.md, "The shared state", documents every field.
+ *
+ * What it holds, and why it lives in shared memory:
+ *
+ *   - the layout: generation, log start offset, the active segment's base,
+ *     size, next offset (the high water mark) and writer bookkeeping.
+ *     Every append publishes it, so any handle learns what changed with a
+ *     few memory loads instead of stat(2) calls, and high_water_mark() is
+ *     a load.  The generation is bumped by every change that moves or
+ *     replaces files under their names (truncate, in-place restore,
+ *     delete_before, retention): a handle whose generation differs reloads
+ *     its view of the files, so no handle ever trusts a stale one --
+ *     (inode, size) is not enough, a truncate followed by appends can
+ *     bring both back.  An odd generation means such a change is under
+ *     way.
+ *   - the write lock: a process-shared robust mutex.  Every change to the
+ *     log's files happens under it, in any mode.  A process killed while
+ *     holding it leaves it "owner died": the next locker repairs the log
+ *     from its files before going on, so a crashed nginx worker never
+ *     wedges the others.
+ *   - a word followers sleep on (futex) and the counters behind metrics.
+ *
+ * It is derived data, never the only copy of anything: the first handle
+ * to open a log (nobody else maps the file) rebuilds it from the segment
+ * files, whatever it holds -- after a reboot, a crash, a copy of the
+ * directory, or a file of another version.
+ *
+ * Who initializes.  Every handle holds flock(LOCK_SH) on .state for as
+ * long as it is open.  An opener first tries LOCK_EX without waiting: when
+ * it gets it nobody else has the file mapped, so it (re)initializes the
+ * file, loads the log, publishes the layout and only then drops to
+ * LOCK_SH.  Otherwise it waits for LOCK_SH -- that is, for any initializer
+ * to finish -- and maps what is there.
+ *
+ * Publishing.  The layout is written under the mutex, inside a seqlock:
+ * readers copy it without any lock and retry while the sequence is odd or
+ * moved.  A writer that dies inside the seqlock leaves it odd; a reader
+ * that finds it odd for long takes the mutex, which hands it the repair.
+ *
+ * When the file cannot be opened for writing and nobody maps it (a
+ * read-only handle on a read-only filesystem), the handle keeps a private
+ * copy instead and follows the log through the files (log.c).
+ */
+#ifndef TK_STATE_H
+#define TK_STATE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "takhin.h"
+
+#define TK_STATE_VERSION 1
+#define TK_STATE_SIZE    4096u
+#define TK_STATE_WRITERS 32         /* pid slots for shared writers */
+#define TK_STATE_COUNTERS 96
+
+/* A consistent copy of the published fields. */
+typedef struct tk_layout {
+    uint64_t gen;           /* even: stable; odd: a truncate/restore/... is under way */
+    int64_t start;          /* log start offset: first readable offset */
+    int64_t active_base;    /* base offset of the active segment */
+    int64_t next;           /* one past the last record: the high water mark */
+    uint64_t size;          /* bytes of records in the active .log */
+    uint64_t idx_n;         /* index entries of the active segment */
+    uint64_t since;         /* record bytes since its last index entry */
+    int64_t max_ts;         /* largest timestamp in the active segment */
+    uint32_t log_crc;       /* CRC32C of the active .log's [0, size) */
+    uint32_t idx_crc;       /* ... and of its index files' entries */
+    uint32_t tim_crc;
+    uint32_t flags;         /* TK_LAYOUT_* */
+} tk_layout;
+
+#define TK_LAYOUT_CRC     1u    /* log_crc is known */
+#define TK_LAYOUT_ICRC    2u    /* idx_crc and tim_crc are known */
+#define TK_LAYOUT_CHECKED 4u    /* a writer validated the files as published (a
+                                   layout a reader built makes the next writer
+                                   run recovery first) */
+
+/* The mapped file.  Fixed layout for one build: the header names the
+ * version and the sizes that must agree. */
+typedef struct tk_shared {
+    char magic[8];                  /* "takhinST" */
+    uint32_t version;               /* TK_STATE_VERSION */
+    uint32_t size;                  /* TK_STATE_SIZE */
+    uint32_t struct_size;           /* sizeof(tk_shared) */
+    uint32_t mutex_size;            /* sizeof(pthread_mutex_t) */
+    uint32_t ready;                 /* 1 once the initializer has published */
+    uint32_t stale;                 /* 1: the next locker rebuilds the layout */
+    uint64_t boot;                  /* random tag of this initialization */
+    uint64_t pad0[3];
+    pthread_mutex_t mu __attribute__((aligned(64)));
+    /* published under mu, read through the seqlock */
+    uint64_t seq __attribute__((aligned(64)));
+    uint64_t gen;
+    int64_t start, active_base, next;
+    uint64_t size_, idx_n, since;
+    int64_t max_ts;
+    uint32_t log_crc, idx_crc, tim_crc, flags;
+    /* follow: appends bump `wake` and wake sleepers when there are some */
+    uint32_t wake __attribute__((aligned(64)));
+    uint32_t waiters;
+    /* group commit: records below `synced` are durable */
+    int64_t synced __attribute__((aligned(64)));
+    uint32_t syncing, sync_wake, sync_waiters, pad2;
+    int32_t writers[TK_STATE_WRITERS] __attribute__((aligned(64)));
+    uint64_t counters[TK_STATE_COUNTERS] __attribute__((aligned(64)));
+} tk_shared;
+
+typedef struct tk_state {
+    tk_shared *sh;
+    int fd;                 /* -1 when private */
+    int is_private;         /* no file: this handle's own copy */
+    int writable;           /* mapped read-write */
+    int created;            /* this open initializes it: call tk_state_ready */
+    uint64_t old_gen;       /* the generation the file held before */
+    int slot;               /* our pid slot, -1 */
+} tk_state;
+
+/* Opens (creating) and maps <dir>/.state.  When st->created is set the
+ * caller holds the file exclusively: it loads the log, then calls
+ * tk_state_ready with the layout.  Falls back to a private copy when the
+ * file cannot be created or written and nobody maps it. */
+tk_code tk_state_open(const char *dir, tk_state *st, tk_err *err);
+void tk_state_ready(tk_state *st, tk_layout *l);
+void tk_state_close(tk_state *st);
+
+/* The write lock.  *repair is set when the last holder died holding it
+ * (or left the layout marked stale): the caller rebuilds the layout from
+ * the files, publishes it with tk_state_repaired, and goes on. */
+tk_code tk_state_lock(tk_state *st, const char *dir, int *repair, tk_err *err);
+void tk_state_repaired(tk_state *st, tk_layout *l, int ok);
+void tk_state_unlock(tk_state *st);
+
+/* Copies the layout lock-free: 1, or 0 when that is not possible -- the
+ * seqlock stayed odd (a writer died inside it, or is very slow) or the
+ * layout is marked stale: then take the lock, which hands over the repair. */
+int tk_state_try_read(const tk_state *st, tk_layout *l);
+
+/* Makes the next locker rebuild the layout (caller holds the lock). */
+void tk_state_set_stale(tk_state *st);
+
+/* The layout, for a caller that holds the lock. */
+void tk_state_copy(const tk_state *st, tk_layout *l);
+
+/* Publishes l (caller holds the lock), waking followers when next moved. */
+void tk_state_publish(tk_state *st, const tk_layout *l);
+
+/* Marks a generation change under way (gen odd) / done (gen even): around
+ * every change that removes or replaces segment files.  Caller holds the
+ * lock; l->gen is updated. */
+void tk_state_begin_change(tk_state *st, tk_layout *l);
+void tk_state_end_change(tk_state *st, tk_layout *l);
+
+int64_t tk_state_next(const tk_state *st);
+int64_t tk_state_start(const tk_state *st);
+uint64_t tk_state_gen(const tk_state *st);
+
+/* Sleeps until next > offset or timeout_ms passes (< 0: forever): 1 when
+ * next > offset, 0 on timeout.  A private state cannot be woken by other
+ * processes: it naps briefly and returns -1, and the caller refreshes
+ * from the files and asks again. */
+int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms);
+
+/* Shared writers: record our pid (for LOCKED messages) / forget it. */
+void tk_state_add_writer(tk_state *st);
+void tk_state_remove_writer(tk_state *st);
+
+/* The live pids of shared writers of dir, as "pid 1, pid 2" (best effort:
+ * empty when nobody maps the state). */
+void tk_state_describe_writers(const char *dir, char *out, size_t cap);
+
+/* For an in-place restore done while no writer has the log open: marks
+ * the layout stale and moves the generation, so that every read-only
+ * handle reloads and the next locker rebuilds the layout. */
+tk_code tk_state_invalidate(const char *dir, tk_err *err);
+
+#endif
