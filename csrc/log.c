@@ -671,9 +671,25 @@ static tk_code prepare_dir(tk_log *log, tk_err *err) {
 /* The first opener builds the view by recovery and publishes it; the
  * others adopt what is published (a writer checking it first when no
  * writer has since the state was built). */
+/* 1 when dir holds a segment's .log or the state file: a log. */
+static int holds_log(const tk_log *log) {
+    DIR *d = opendir(log->dir);
+    struct dirent *de;
+    tk_ext ext;
+    int found = 0;
+    if (!d) return 0;
+    while (!found && (de = readdir(d)) != NULL)
+        found = strcmp(de->d_name, TK_STATE_FILE) == 0 ||
+                (tk_parse_seg_name(de->d_name, NULL, &ext) && ext == TK_EXT_LOG);
+    closedir(d);
+    return found;
+}
+
 static tk_code join_state(tk_log *log, tk_err *err) {
     tk_code rc;
-    if ((rc = tk_state_open(log->dir, &log->st, err)) != TK_OK) return rc;
+    rc = is_writer(log) || holds_log(log) ? tk_state_open(log->dir, &log->st, err)
+                                          : tk_state_open_private(&log->st, err);
+    if (rc != TK_OK) return rc;
     if (log->st.is_private && is_writer(log))
         return tk_fail(err, TK_IO, "open %s: cannot create %s/" TK_STATE_FILE, log->dir, log->dir);
     if (log->st.created) {

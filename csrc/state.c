@@ -65,6 +65,8 @@ static int init_mutex(pthread_mutex_t *mu, int shared) {
     return rc;
 }
 
+static tk_code open_private(tk_state *st, tk_err *err);
+
 static uint64_t random64(void) {
     uint64_t v = 0;
     if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
@@ -76,6 +78,12 @@ static int header_ok(const tk_shared *sh) {
     return memcmp(sh->magic, MAGIC, 8) == 0 && sh->version == TK_STATE_VERSION &&
            sh->size == TK_STATE_SIZE && sh->struct_size == sizeof(tk_shared) &&
            sh->mutex_size == sizeof(pthread_mutex_t);
+}
+
+tk_code tk_state_open_private(tk_state *st, tk_err *err) {
+    memset(st, 0, sizeof *st);
+    st->slot = -1;
+    return open_private(st, err);
 }
 
 static tk_code open_private(tk_state *st, tk_err *err) {

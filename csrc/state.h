@@ -124,6 +124,11 @@ typedef struct tk_state {
  * tk_state_ready with the layout.  Falls back to a private copy when the
  * file cannot be created or written and nobody maps it. */
 tk_code tk_state_open(const char *dir, tk_state *st, tk_err *err);
+
+/* A private copy from the start: for a read-only handle on a directory
+ * that holds no log yet, where creating .state would leave a file behind
+ * in what may be a mistyped path. */
+tk_code tk_state_open_private(tk_state *st, tk_err *err);
 void tk_state_ready(tk_state *st, tk_layout *l);
 void tk_state_close(tk_state *st);
 
