@@ -8,6 +8,7 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 require("helpers.assertions")
 
 local FS_SIZE = "2m"
@@ -86,11 +87,7 @@ describe("a full filesystem", function()
     end
 
     local function open(opts)
-        local o = { dir = logdir }
-        for k, v in pairs(opts or LOG_OPTS) do o[k] = v end
-        local log, msg, code = takhin.open_log(o)
-        assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-        return track(log)
+        return track(logs.open({ dir = logdir }, opts or LOG_OPTS))
     end
 
     -- A log holding records 0 .. n-1.

@@ -2,6 +2,7 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 require("helpers.assertions")
 
 -- Assert that fn raises an error whose text contains each plain string.
@@ -37,11 +38,7 @@ describe("takhin.Log", function()
     end)
 
     local function open(given)
-        local opts = { dir = dir }
-        for k, v in pairs(given or {}) do opts[k] = v end
-        local log, msg, code = takhin.open_log(opts)
-        assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-        return log
+        return logs.open({ dir = dir }, given)
     end
 
     describe("open_log", function()

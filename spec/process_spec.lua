@@ -3,13 +3,10 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 require("helpers.assertions")
 
-local function open(opts)
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.open
 
 -- A child that tries to open the log as a writer and prints the outcome
 -- as three lines: "opened" or "nil", the message, the code.

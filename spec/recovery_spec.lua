@@ -3,15 +3,12 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 require("helpers.assertions")
 
 local SEG0 = util.segment_name(0, "log")
 
-local function open(opts)
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.open
 
 local function with(opts, dir)
     local o = { dir = dir }

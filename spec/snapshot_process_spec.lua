@@ -4,6 +4,7 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 local cjson = require("cjson")
 
 -- Shared by parent and child: what the record at offset o holds.
@@ -26,11 +27,7 @@ local function ok(v, msg, code)
     return v
 end
 
-local function open(opts)
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.open
 
 local function expect_record(rec, o, where)
     assert.are.equal(o, rec.offset, where)

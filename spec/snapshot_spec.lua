@@ -8,6 +8,7 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 require("helpers.assertions")
 local cjson = require("cjson")
 
@@ -29,14 +30,7 @@ local function value_for(i)
 end
 local function ts_for(i) return 1600000000000 + i * 10 end
 
-local function open(dir, extra)
-    local opts = { dir = dir }
-    for k, v in pairs(OPTS) do opts[k] = v end
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log " .. dir .. ": " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.opener(OPTS)
 
 local function manager(log_dir, opts)
     local sm, msg, code = takhin.snapshot_manager(log_dir, opts)
