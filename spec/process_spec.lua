@@ -39,7 +39,7 @@ describe("a log shared between processes", function()
         pid = nil
     end)
     after_each(function()
-        if pid and util.alive(pid) then util.kill9(pid); util.wait_exit(pid) end
+        util.stop(pid)
         collectgarbage(); collectgarbage()
         util.rmtree(tmp)
     end)
@@ -121,19 +121,13 @@ describe("a log shared between processes", function()
                 local takhin = require("takhin")
                 local util = require("helpers.util")
                 local dir, report_path, go_path, want = arg[1], arg[2], arg[3], tonumber(arg[4])
-                local report = assert(io.open(report_path, "w"))
-                local function say(...)
-                    local t = {}
-                    for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
-                    report:write(table.concat(t, "\t"), "\n")
-                    report:flush()
-                end
+                local say = util.reporter(report_path)
                 local ro, msg, code = takhin.open_log({ dir = dir, readonly = true })
                 if not ro then say("error", msg, code); os.exit(1) end
                 say("hwm", ro:high_water_mark())
                 for rec in ro:records() do say("rec", rec.offset, rec.value) end
                 say("ready")
-                util.wait_until(function() return util.exists(go_path) end, 3000)
+                util.wait_for_file(go_path, 3000)
                 util.wait_until(function() return ro:high_water_mark() >= want end, 3000)
                 say("hwm", ro:high_water_mark())
                 say("segments", ro:num_segments())

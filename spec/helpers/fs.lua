@@ -105,14 +105,22 @@ function M.file_size(path)
     return size
 end
 
--- Number of complete lines in a file (0 when missing).
-function M.count_lines(path)
+-- The complete lines of a file, without their newlines; a last line with
+-- no newline yet (a writer in the middle of it) is left out.  An empty
+-- list when the file does not exist.
+function M.lines(path)
+    local out = {}
     local f = io.open(path, "rb")
-    if not f then return 0 end
+    if not f then return out end
     local data = f:read("a")
     f:close()
-    local _, n = data:gsub("\n", "")
-    return n
+    for line in data:gmatch("([^\n]*)\n") do out[#out + 1] = line end
+    return out
+end
+
+-- Number of complete lines in a file (0 when missing).
+function M.count_lines(path)
+    return #M.lines(path)
 end
 
 -------------------------------------------------------------------------

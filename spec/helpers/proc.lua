@@ -1,15 +1,18 @@
 -- Child processes for the specs, and what those children use themselves:
 -- running a Lua script to its end or in the background, watching and
--- killing it, and running as another user.
+-- killing it, reporting from inside it, and running as another user.
 --
 --     local proc = require("helpers.proc")
 --     local pid, out = proc.spawn_lua(tmp, CHILD, { dir, report })
+--     ...
+--     proc.stop(pid)                      -- in after_each
 --
 -- Children run os.getenv("TAKHIN_LUA") (default lua5.4) with LUA_PATH and
 -- LUA_CPATH set explicitly, so they load the same takhin the spec does,
--- and these helpers.  This module loads no busted code, so children can
--- require it.  Waiting is always bounded polling on a condition; nothing
--- asserts on elapsed time.
+-- and these helpers: a child reports to its parent through a file
+-- (proc.reporter), and waits for a go file (proc.wait_for_file).  This
+-- module loads no busted code, so children can require it.  Waiting is
+-- always bounded polling on a condition; nothing asserts on elapsed time.
 
 local compat = require("helpers.compat")
 local sh = require("helpers.sh")
@@ -154,6 +157,15 @@ function M.wait_exit(pid, tries)
     return sh.wait_until(function() return not M.alive(pid) end, tries or 1000) and true or false
 end
 
+-- Kill pid (nil: nothing) with SIGKILL if it still runs and wait for it
+-- to go: what an after_each does with the children a test started.
+function M.stop(pid)
+    if pid and M.alive(pid) then
+        M.kill9(pid)
+        M.wait_exit(pid)
+    end
+end
+
 -- Wait until path holds `pattern` (a plain substring); returns the content.
 function M.wait_for_content(path, pattern, tries)
     local data
@@ -167,12 +179,49 @@ function M.wait_for_content(path, pattern, tries)
     return data
 end
 
+-- Wait until path has n complete lines (a child's acknowledgements) or
+-- pid is gone; returns the number of lines.
+function M.wait_lines(path, n, pid, tries)
+    sh.wait_until(function()
+        return fs.count_lines(path) >= n or not M.alive(pid)
+    end, tries or 3000, 0.005)
+    return fs.count_lines(path)
+end
+
 -- This process's pid.
 function M.getpid()
     local f = assert(io.open("/proc/self/stat", "r"))
     local pid = tonumber(f:read("a"):match("^(%d+)"))
     f:close()
     return pid
+end
+
+-------------------------------------------------------------------------
+-- Inside a child
+-------------------------------------------------------------------------
+
+-- A function that appends its arguments to the file at path as one line,
+-- tab-separated (tostring of each), and flushes it: a child's report.
+function M.reporter(path)
+    local report = assert(io.open(path, "w"))
+    return function(...)
+        local t = {}
+        for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
+        report:write(table.concat(t, "\t"), "\n")
+        report:flush()
+    end
+end
+
+-- Wait (bounded, tries polls of pause seconds) for a file to exist, as a
+-- child waits for its parent's go; true when it does.
+function M.wait_for_file(path, tries, pause)
+    local function present()
+        local f = io.open(path, "r")
+        if f then f:close() end
+        return f ~= nil
+    end
+    sh.wait_until(present, tries, pause)
+    return present()
 end
 
 -------------------------------------------------------------------------

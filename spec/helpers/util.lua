@@ -12,7 +12,11 @@
 --   helpers.sh          quoting, running commands, bounded polling
 --   helpers.fs          temporary directories, files, byte-level damage,
 --                       log directory names
---   helpers.proc        Lua children: run, spawn, watch, kill
+--   helpers.proc        Lua children: run, spawn, watch, stop, report
+--
+-- Not here, because they load more than plain Lua: helpers.log (opening
+-- logs with options, records derived from their offset; loads takhin) and
+-- helpers.assertions (assert.fails_with; loads luassert).
 
 local M = {}
 
