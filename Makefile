@@ -58,7 +58,7 @@ $(BUILD)/takhin/core.so: $(BINDING) $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -I$(LUA_INC) -shared $(BINDING) $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libtakhin.a $(HEADERS)
+$(BUILD)/tests/%: tests/%.c tests/tap.h $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Icsrc $< $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
 
