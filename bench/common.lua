@@ -157,7 +157,7 @@ end
 
 -- Repetition r of a pair: fa then fb when r is odd, fb then fa when it is
 -- even, so neither side always runs first.  Returns what each returned.
-function M.alternate(r, fa, fb)
+local function alternate(r, fa, fb)
     local a, b
     if r % 2 == 1 then a = fa(r); b = fb(r) else b = fb(r); a = fa(r) end
     return a, b
@@ -166,9 +166,27 @@ end
 -- A row of a result table from the repetitions: row.a and row.b the
 -- medians of each side, row.ratio the median of the per-repetition
 -- ratios, row.lo and row.hi their smallest and largest.
-function M.summarize(row, as, bs, ratios)
+local function summarize(row, as, bs, ratios)
     row.a, row.b, row.ratio = M.median(as), M.median(bs), M.median(ratios)
     row.lo, row.hi = M.quantile(ratios, 0), M.quantile(ratios, 1)
+end
+
+-- Run the pair fa (takhin) and fb (baseline) reps times, alternating
+-- which goes first; ratio(a, b) is the ratio of one repetition's results.
+-- Then summarize the row.  With fmt, each repetition is printed as it
+-- ends, its two results formatted by fmt.
+function M.run_pair(row, reps, fa, fb, ratio, fmt)
+    local as, bs, ratios = {}, {}, {}
+    for r = 1, reps do
+        as[r], bs[r] = alternate(r, fa, fb)
+        ratios[r] = ratio(as[r], bs[r])
+        if fmt then
+            io.write(("  %-34s rep %d: %s | %s | x%.2f\n"):format(row.name, r, fmt(as[r]), fmt(bs[r]),
+                                                                 ratios[r]))
+            io.flush()
+        end
+    end
+    summarize(row, as, bs, ratios)
 end
 
 -- 1234567 -> "1,234,567" (rounded to an integer).

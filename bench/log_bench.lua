@@ -371,21 +371,12 @@ end
 -- ------------------------------------------------------------------ pairs
 local results = {}   -- rows in print order
 
--- Run fa and fb alternately REPS times (odd reps fa first, even reps fb
--- first).  rec_a/rec_b: records per run.  prep(r) / done(r) bracket a rep.
+-- Run fa and fb, each returning its elapsed seconds, alternately REPS
+-- times (odd reps fa first, even reps fb first); the row shows rates of
+-- rec_a / rec_b records per run.
 local function run_pair(row, fa, fb, rec_a, rec_b)
-    local ra, rb, ratios = {}, {}, {}
-    for r = 1, REPS do
-        local ta, tb = C.alternate(r, fa, fb)
-        ra[r], rb[r] = rec_a / ta, rec_b / tb
-        ratios[r] = ra[r] / rb[r]
-        if VERBOSE then
-            io.write(format("  %-34s rep %d: %s | %s | x%.2f\n", row.name, r,
-                            fmt_rate(ra[r]), fmt_rate(rb[r]), ratios[r]))
-            io.flush()
-        end
-    end
-    C.summarize(row, ra, rb, ratios)
+    C.run_pair(row, REPS, function(r) return rec_a / fa(r) end, function(r) return rec_b / fb(r) end,
+               function(ra, rb) return ra / rb end, VERBOSE and fmt_rate)
 end
 
 -- Only one side (the other is missing): still report its rate.

@@ -193,17 +193,7 @@ end
 -- first, even reps fb first).  Each returns its elapsed seconds and cleans
 -- up after itself outside the timed interval.  ratio(ta, tb) is per rep.
 local function run_pair_(row, fa, fb, ratio)
-    local ta, tb, ratios = {}, {}, {}
-    for r = 1, REPS do
-        ta[r], tb[r] = C.alternate(r, fa, fb)
-        ratios[r] = ratio(ta[r], tb[r])
-        if VERBOSE then
-            io.write(format("  %-34s rep %d: %s | %s | x%.2f\n", row.name, r,
-                            fmt_time(ta[r]), fmt_time(tb[r]), ratios[r]))
-            io.flush()
-        end
-    end
-    C.summarize(row, ta, tb, ratios)
+    C.run_pair(row, REPS, fa, fb, ratio, VERBOSE and fmt_time)
 end
 
 -- A row whose takhin side fails is reported as ERROR (and makes the exit
