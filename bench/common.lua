@@ -7,6 +7,16 @@
 --     local t0 = C.now()
 --     ...
 --     row.a, row.b = C.median(ta), C.median(tb)
+--
+-- Quoting, running commands and reading files are the specs' own
+-- (spec/helpers/sh.lua, fs.lua: one home for every Lua test tool); this
+-- file puts the tree's spec/ on package.path to reach them, so
+-- require("helpers.proc") works after it too.
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+package.path = here .. "/../spec/?.lua;" .. package.path
+local sh = require("helpers.sh")
+local fs = require("helpers.fs")
 
 local M = {}
 
@@ -44,15 +54,9 @@ end
 -- Shell and files
 -------------------------------------------------------------------------
 
--- Quote s for /bin/sh.
-function M.q(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- Run a shell command; true when it exits 0.
-function M.sh(cmd)
-    return os.execute(cmd) == true
-end
+-- q(s): s quoted for /bin/sh; sh(cmd): true when cmd exits 0;
+-- capture(cmd): its standard output; read_file(path): the whole file.
+M.q, M.sh, M.capture, M.read_file = sh.q, sh.sh, sh.capture, fs.read_file
 
 -- Run a shell command; raise, naming it, when it fails.
 function M.run(cmd)
@@ -62,25 +66,12 @@ function M.run(cmd)
     end
 end
 
--- Run a shell command and return its standard output.
-function M.capture(cmd)
-    local p = assert(io.popen(cmd, "r"))
-    local out = p:read("a")
-    p:close()
-    return out
-end
-
+-- True when path can be opened (spec/helpers/fs.lua's exists forks a
+-- `test -e`; the soak's writer asks this between appends).
 function M.exists(path)
     local f = io.open(path, "r")
     if f then f:close() end
     return f ~= nil
-end
-
-function M.read_file(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("a")
-    f:close()
-    return s
 end
 
 -- Sorted paths dir/name of the names in dir that match pattern.

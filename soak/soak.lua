@@ -5,7 +5,7 @@
 -- SOAK_SEED (the clock), SOAK_RATE (writer bytes/s, 1500000), SOAK_LOG_CAP
 -- (bytes, 24 MiB), SOAK_DISK_LIMIT (bytes, 500 MB), SOAK_VERBOSE (1: print
 -- every step), TAKHIN_LUA (lua5.4).  LUA_PATH/LUA_CPATH must find takhin
--- and spec/helpers (the Makefile sets them).
+-- (the Makefile sets them).
 --
 -- Exit status: 0 when no invariant was violated, 1 otherwise.
 
@@ -14,7 +14,7 @@ local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
 local R = dofile(here .. "/child.lua")
 SOAK_LIBRARY = nil
 local C = dofile(here .. "/../bench/common.lua")   -- the shell, the clock
-local proc = require("helpers.proc")               -- processes: spec/helpers/proc.lua
+local proc = require("helpers.proc")   -- spec/helpers/proc.lua (common.lua puts spec/ on the path)
 
 local takhin = require("takhin")
 
