@@ -37,7 +37,8 @@ help:
 	@echo "make test-valgrind  the C tests and specs under valgrind memcheck ($(VG_BUILD)); ends with valgrind's verdict and 'N passed, N failed'"
 	@echo "make soak       randomized writer/kill/snapshot/restore run checked against a model (SOAK_SECONDS=$(SOAK_SECONDS), SOAK_DIR=temp); not in CI"
 	@echo "make fuzz       build the libFuzzer harnesses (clang) into $(FUZZ_BUILD)/ and run each for FUZZ_SECONDS=$(FUZZ_SECONDS); -j2 for two at once"
-	@echo "make fuzz-short each harness on its seed corpus plus ~10 s (TAP; part of make test)"
+	@echo "make fuzz-replay each harness on its seed corpus and fuzz/findings/, no fuzzing (TAP; part of make test)"
+	@echo "make fuzz-short each harness on its seed corpus plus ~10 s of fuzzing (TAP; random, not in make test)"
 	@echo "make fault      the crash-point build ($(BUILD)-fault) used by spec/fault_spec.lua"
 	@echo "make bench      benchmarks with ratios against baselines run side by side"
 	@echo "make demo       run examples/quickstart.lua"
@@ -59,7 +60,7 @@ $(BUILD)/takhin/core.so: $(BINDING) $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -I$(LUA_INC) -shared $(BINDING) $(BUILD)/libtakhin.a -o $@ -Wl,--exclude-libs,ALL $(LDLIBS_ALL)
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libtakhin.a $(HEADERS)
+$(BUILD)/tests/%: tests/%.c tests/tap.h $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Icsrc $< $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
 
@@ -84,7 +85,7 @@ fault: deps
 FAULT_BUILD ?= $(BUILD)-fault
 
 test: deps
-	@$(MAKE) --no-print-directory all fault fuzz-short-wrapper
+	@$(MAKE) --no-print-directory all fault fuzz-replay-wrapper
 	@$(MAKE) --no-print-directory luajit
 	@LUAJIT_BUILD=build/luajit TAKHIN_FAULT_BUILD=$(FAULT_BUILD) sh scripts/run-tests.sh $(BUILD) $(LUA)
 
@@ -177,7 +178,7 @@ FUZZ_OBJ      = $(ENGINE_SRC:csrc/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_BINS     = $(FUZZ_NAMES:%=$(FUZZ_BUILD)/%)
 FUZZ_RUNS     = $(FUZZ_NAMES:%=fuzz-run-%)
 
-.PHONY: fuzz fuzz-build fuzz-short fuzz-short-wrapper $(FUZZ_RUNS)
+.PHONY: fuzz fuzz-build fuzz-replay fuzz-short fuzz-replay-wrapper $(FUZZ_RUNS)
 
 fuzz-build: $(FUZZ_BINS)
 .SECONDARY: $(FUZZ_OBJ)
@@ -201,21 +202,29 @@ $(FUZZ_RUNS): fuzz-run-%: $(FUZZ_BUILD)/%
 	  sh scripts/fuzz-short.sh --summary $* $(FUZZ_BUILD)/logs/$*.log; \
 	  [ $$rc -eq 0 ] || { echo "fuzz $*: FAILED (exit $$rc): see $(FUZZ_BUILD)/logs/$*.log, $(FUZZ_BUILD)/artifacts/$*/"; exit 1; }
 
-# Seed corpus plus ~10 s of fuzzing per harness, as TAP ("ok N - fuzz <name>").
+# Each harness runs its seed corpus and its fuzz/findings/ once, without
+# fuzzing (deterministic), as TAP ("ok N - fuzz <name>").
+fuzz-replay: $(FUZZ_BINS)
+	@sh scripts/fuzz-short.sh --replay $(FUZZ_BUILD)
+
+# Seed corpus plus ~10 s of fuzzing per harness, as TAP (random: not part
+# of `make test`).
 fuzz-short: $(FUZZ_BINS)
 	@sh scripts/fuzz-short.sh $(FUZZ_BUILD)
 
-# For `make test`: $(BUILD)/tests/test_fuzz_short runs fuzz-short inside
+# For `make test`: $(BUILD)/tests/test_fuzz_replay runs fuzz-replay inside
 # scripts/run-tests.sh, which counts its TAP lines.  Without a clang that
 # links -fsanitize=fuzzer it prints "ok N - fuzz <name> # SKIP ..." lines.
-fuzz-short-wrapper:
+# (test_fuzz_short, which fuzzed for ~30 s, is removed from older builds.)
+fuzz-replay-wrapper:
 	@mkdir -p $(BUILD)/tests
-	@w=$(BUILD)/tests/test_fuzz_short; \
+	@rm -f $(BUILD)/tests/test_fuzz_short
+	@w=$(BUILD)/tests/test_fuzz_replay; \
 	if printf 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }\n' | \
 	    $(FUZZ_CC) -x c -fsanitize=fuzzer,address,undefined - -o $$w.probe >/dev/null 2>&1; then \
 	  rm -f $$w.probe; \
 	  $(MAKE) -s --no-print-directory fuzz-build || exit 1; \
-	  printf '#!/bin/sh\nexec sh "%s/scripts/fuzz-short.sh" "%s"\n' "$(CURDIR)" "$(abspath $(FUZZ_BUILD))" > $$w; \
+	  printf '#!/bin/sh\nexec sh "%s/scripts/fuzz-short.sh" --replay "%s"\n' "$(CURDIR)" "$(abspath $(FUZZ_BUILD))" > $$w; \
 	else \
 	  rm -f $$w.probe; \
 	  printf '#!/bin/sh\nfor n in $(FUZZ_NAMES); do i=$$((i + 1)); echo "ok $$i - fuzz $$n # SKIP $(FUZZ_CC) cannot link -fsanitize=fuzzer"; done\n' > $$w; \

@@ -24,16 +24,11 @@
 local pack, unpack, sub, format = string.pack, string.unpack, string.sub, string.format
 local concat = table.concat
 
-local function env_int(name, default, min)
-    local v = os.getenv(name)
-    if v == nil or v == "" then return default end
-    local n = math.tointeger(tonumber(v))
-    if not n or n < (min or 1) then
-        io.stderr:write(format("bench: %s=%q is not an integer >= %d\n", name, v, min or 1))
-        os.exit(2)
-    end
-    return n
-end
+-- median, the clock, the shell: bench/common.lua
+local C = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local median, fmt_int = C.median, C.fmt_int
+
+local function env_int(name, default, min) return C.env_num(name, default, min or 1, true) end
 
 local N       = env_int("BENCH_RECORDS", 200000)
 local BATCH   = env_int("BENCH_BATCH", 1000)
@@ -53,7 +48,7 @@ if not ({ OFF = 1, NORMAL = 1, FULL = 1, EXTRA = 1 })[SQLITE_SYNC] then
 end
 
 -- ------------------------------------------------------------------ clock
-local now, CLOCK = dofile((arg[0]:match("^(.*)/") or ".") .. "/clock.lua")
+local now, CLOCK = C.now, C.CLOCK
 
 -- ------------------------------------------------------------------ modules
 local takhin, takhin_err
@@ -102,29 +97,7 @@ do
 end
 
 -- ------------------------------------------------------------------ helpers
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function rm_rf(path)
-    assert(path:match("^/.+/takhin%-bench%.") or path:match("^/.+/takhin%-bench%.[^/]+/.+"),
-           "refusing to remove " .. path)
-    os.execute("rm -rf " .. sh_quote(path))
-end
-
-local function median(t)
-    local s = {}
-    for i = 1, #t do s[i] = t[i] end
-    table.sort(s)
-    local n = #s
-    if n == 0 then return nil end
-    if n % 2 == 1 then return s[(n + 1) // 2] end
-    return (s[n // 2] + s[n // 2 + 1]) / 2
-end
-
-local function fmt_int(n)
-    local s = format("%d", math.floor(n + 0.5))
-    local out = s:reverse():gsub("(%d%d%d)", "%1,"):reverse()
-    return (out:gsub("^,", ""))
-end
+local function rm_rf(path) C.rm_rf(path, "takhin-bench.") end
 
 local function fmt_rate(rps)
     if not rps then return "-" end
@@ -136,32 +109,13 @@ local function hex(s)
     return ("%02X"):rep(#s):format(s:byte(1, -1))
 end
 
-local function file_read_all(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("a")
-    f:close()
-    return s
-end
-
+-- The segment files of a log, in offset order.
 local function list_logs(dir)
-    local p = io.popen("ls -1 " .. sh_quote(dir))
-    local out = {}
-    for name in p:lines() do
-        if name:match("^%d+%.log$") and #name == 24 then out[#out + 1] = dir .. "/" .. name end
-    end
-    p:close()
-    table.sort(out)
-    return out
+    return C.list_dir(dir, "^" .. ("%d"):rep(20) .. "%.log$")
 end
 
 -- ------------------------------------------------------------------ data
-local TMP
-do
-    local p = io.popen("mktemp -d \"${TMPDIR:-/tmp}/takhin-bench.XXXXXX\"")
-    TMP = p:read("l")
-    p:close()
-    assert(TMP and TMP:match("^/.+/takhin%-bench%.[%w]+$"), "mktemp -d failed")
-end
+local TMP = C.mktemp_dir("takhin-bench.")
 
 math.randomseed(42)
 local TS0 = os.time() * 1000
@@ -417,26 +371,12 @@ end
 -- ------------------------------------------------------------------ pairs
 local results = {}   -- rows in print order
 
--- Run fa and fb alternately REPS times (odd reps fa first, even reps fb
--- first).  rec_a/rec_b: records per run.  prep(r) / done(r) bracket a rep.
+-- Run fa and fb, each returning its elapsed seconds, alternately REPS
+-- times (odd reps fa first, even reps fb first); the row shows rates of
+-- rec_a / rec_b records per run.
 local function run_pair(row, fa, fb, rec_a, rec_b)
-    local ra, rb, ratios = {}, {}, {}
-    for r = 1, REPS do
-        local ta, tb
-        if r % 2 == 1 then ta = fa(r); tb = fb(r) else tb = fb(r); ta = fa(r) end
-        ra[r], rb[r] = rec_a / ta, rec_b / tb
-        ratios[r] = ra[r] / rb[r]
-        if VERBOSE then
-            io.write(format("  %-34s rep %d: %s | %s | x%.2f\n", row.name, r,
-                            fmt_rate(ra[r]), fmt_rate(rb[r]), ratios[r]))
-            io.flush()
-        end
-    end
-    row.a, row.b = median(ra), median(rb)
-    row.ratio = median(ratios)
-    local lo, hi = math.huge, -math.huge
-    for _, x in ipairs(ratios) do lo = math.min(lo, x); hi = math.max(hi, x) end
-    row.lo, row.hi = lo, hi
+    C.run_pair(row, REPS, function(r) return rec_a / fa(r) end, function(r) return rec_b / fb(r) end,
+               function(ra, rb) return ra / rb end, VERBOSE and fmt_rate)
 end
 
 -- Only one side (the other is missing): still report its rate.
@@ -479,8 +419,8 @@ local function main()
         raw_append_batch(raw_path("check", 0))
         local logs = list_logs(d)
         local tk = {}
-        for i, p in ipairs(logs) do tk[i] = file_read_all(p) end
-        local same = concat(tk) == file_read_all(raw_path("check", 0))
+        for i, p in ipairs(logs) do tk[i] = C.read_file(p) end
+        local same = concat(tk) == C.read_file(raw_path("check", 0))
         print(format("  raw frames byte-identical to takhin's .log: %s (%d segment(s))",
                      same and "yes" or "NO", #logs))
         if not same then error("raw framing differs from takhin's .log: fix the bench or the docs") end

@@ -30,18 +30,10 @@
 
 local format, concat = string.format, table.concat
 
-local function env_num(name, default, min, integer)
-    local v = os.getenv(name)
-    if v == nil or v == "" then return default end
-    local n = tonumber(v)
-    if integer then n = n and math.tointeger(n) end
-    if not n or n < min then
-        io.stderr:write(format("bench: %s=%q is not %s >= %s\n", name, v,
-                               integer and "an integer" or "a number", tostring(min)))
-        os.exit(2)
-    end
-    return n
-end
+-- median, the clock, the shell: bench/common.lua
+local C = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local env_num, median, fmt_int, exists = C.env_num, C.median, C.fmt_int, C.exists
+local sh_quote, sh, list_dir = C.q, C.run, C.list_dir
 
 local GB      = env_num("BENCH_SNAP_GB", 1, 0.01)
 local FACTOR  = env_num("BENCH_SNAP_FACTOR", 4, 1, true)
@@ -59,7 +51,7 @@ local GIB     = 1024 * 1024 * 1024
 assert(FRAMED <= 16 * 1024 * 1024, "BENCH_SNAP_VALUE: a record must fit max_record_size (16 MiB)")
 
 -- ------------------------------------------------------------------ clock
-local now, CLOCK = dofile((arg[0]:match("^(.*)/") or ".") .. "/clock.lua")
+local now, CLOCK = C.now, C.CLOCK
 
 -- ------------------------------------------------------------------ module
 local ok_tk, takhin = pcall(require, "takhin")
@@ -71,40 +63,7 @@ if not ok_tk then
 end
 
 -- ------------------------------------------------------------------ helpers
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function sh(cmd)
-    local ok, how, code = os.execute(cmd)
-    if not ok then error(format("command failed (%s %s): %s", tostring(how), tostring(code), cmd)) end
-end
-
-local function rm_rf(path)
-    assert(path:match("^/.+/takhin%-bench%.") or path:match("^/.+/takhin%-bench%.[^/]+/.+"),
-           "refusing to remove " .. path)
-    os.execute("rm -rf " .. sh_quote(path))
-end
-
-local function exists(path)
-    local f = io.open(path, "rb")
-    if f then f:close() return true end
-    return false
-end
-
-local function median(t)
-    local s = {}
-    for i = 1, #t do s[i] = t[i] end
-    table.sort(s)
-    local n = #s
-    if n == 0 then return nil end
-    if n % 2 == 1 then return s[(n + 1) // 2] end
-    return (s[n // 2] + s[n // 2 + 1]) / 2
-end
-
-local function fmt_int(n)
-    local s = format("%d", math.floor(n + 0.5))
-    local out = s:reverse():gsub("(%d%d%d)", "%1,"):reverse()
-    return (out:gsub("^,", ""))
-end
+local function rm_rf(path) C.rm_rf(path, "takhin-bench.") end
 
 local function fmt_time(t)
     if t < 1 then return format("%.2f ms", t * 1e3) end
@@ -120,17 +79,6 @@ end
 local function fmt_size(b)
     if b >= GIB then return format("%.2f GiB", b / GIB) end
     return format("%.1f MiB", b / (1024 * 1024))
-end
-
-local function list_dir(dir, pattern)
-    local p = io.popen("ls -1 " .. sh_quote(dir))
-    local out = {}
-    for name in p:lines() do
-        if name:match(pattern) then out[#out + 1] = dir .. "/" .. name end
-    end
-    p:close()
-    table.sort(out)
-    return out
 end
 
 -- takhin's (msg, code) failures become errors naming the call
@@ -180,10 +128,7 @@ do
                                best, fmt_size(best_avail), fmt_size(NEED)))
         os.exit(2)
     end
-    local p = io.popen("mktemp -d " .. sh_quote(best .. "/takhin-bench.XXXXXX"))
-    TMP = p:read("l")
-    p:close()
-    assert(TMP and TMP:match("^/.+/takhin%-bench%.[%w]+$"), "mktemp -d failed")
+    TMP = C.mktemp_dir("takhin-bench.", best)
     TMP_AVAIL = best_avail
 end
 
@@ -248,20 +193,7 @@ end
 -- first, even reps fb first).  Each returns its elapsed seconds and cleans
 -- up after itself outside the timed interval.  ratio(ta, tb) is per rep.
 local function run_pair_(row, fa, fb, ratio)
-    local ta, tb, ratios = {}, {}, {}
-    for r = 1, REPS do
-        if r % 2 == 1 then ta[r] = fa(r); tb[r] = fb(r) else tb[r] = fb(r); ta[r] = fa(r) end
-        ratios[r] = ratio(ta[r], tb[r])
-        if VERBOSE then
-            io.write(format("  %-34s rep %d: %s | %s | x%.2f\n", row.name, r,
-                            fmt_time(ta[r]), fmt_time(tb[r]), ratios[r]))
-            io.flush()
-        end
-    end
-    row.a, row.b, row.ratio = median(ta), median(tb), median(ratios)
-    local lo, hi = math.huge, -math.huge
-    for _, x in ipairs(ratios) do lo = math.min(lo, x); hi = math.max(hi, x) end
-    row.lo, row.hi = lo, hi
+    C.run_pair(row, REPS, fa, fb, ratio, VERBOSE and fmt_time)
 end
 
 -- A row whose takhin side fails is reported as ERROR (and makes the exit

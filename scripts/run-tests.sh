@@ -12,7 +12,7 @@
 # LUAJIT_BUILD/takhin/core.so is missing.  In it the specs' children run
 # LuaJIT too (TAKHIN_LUA), except the programs that are Lua 5.4 programs
 # (bin/takhin, the crash-point build): those run LUA against BUILD_DIR
-# (TAKHIN_LUA54, TAKHIN_LUA54_BUILD; spec/helpers/util.lua).
+# (TAKHIN_LUA54, TAKHIN_LUA54_BUILD; spec/helpers/proc.lua).
 BUILD=${1:-build}; LUA=${2:-lua5.4}
 LUAJIT=${LUAJIT:-luajit}; LJ_BUILD=${LUAJIT_BUILD:-$BUILD/luajit}
 SPEC_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;"

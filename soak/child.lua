@@ -57,16 +57,10 @@ function M.open_opts(dir, extra)
     return o
 end
 
--- Monotonic-enough clock and a sleep: LuaSocket when installed.
-local has_socket, socket = pcall(require, "socket")
-function M.now()
-    if has_socket then return socket.gettime() end
-    return os.time()
-end
-function M.sleep(s)
-    if s <= 0 then return end
-    if has_socket then socket.sleep(s) else os.execute(("sleep %.3f"):format(s)) end
-end
+-- The clock and a sleep, and exists: bench/common.lua (this file is in
+-- soak/ both as a process and when soak.lua loads it).
+local C = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/../bench/common.lua")
+M.now, M.sleep = C.now, C.sleep
 
 if SOAK_LIBRARY then return M end
 
@@ -104,11 +98,7 @@ if snapshots then
     end
 end
 
-local function exists(path)
-    local f = io.open(path, "r")
-    if f then f:close() end
-    return f ~= nil
-end
+local exists = C.exists
 
 local started = M.now()
 local written = 0

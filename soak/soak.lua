@@ -13,6 +13,8 @@ SOAK_LIBRARY = true
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
 local R = dofile(here .. "/child.lua")
 SOAK_LIBRARY = nil
+local C = dofile(here .. "/../bench/common.lua")   -- the shell, the clock
+local proc = require("helpers.proc")   -- spec/helpers/proc.lua (common.lua puts spec/ on the path)
 
 local takhin = require("takhin")
 
@@ -35,33 +37,8 @@ if LUA == nil or LUA == "" then LUA = "lua5.4" end
 -- Shell helpers
 -------------------------------------------------------------------------
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function sh(cmd) return os.execute(cmd) == true end
-local function capture(cmd)
-    local p = assert(io.popen(cmd, "r"))
-    local out = p:read("a")
-    p:close()
-    return out
-end
-local function exists(path)
-    local f = io.open(path, "r")
-    if f then f:close() end
-    return f ~= nil
-end
-local function getpid()
-    local f = assert(io.open("/proc/self/stat", "r"))
-    local pid = tonumber(f:read("a"):match("^(%d+)"))
-    f:close()
-    return pid
-end
-local function alive(pid)
-    local f = io.open("/proc/" .. pid .. "/stat", "r")
-    if not f then return false end
-    local stat = f:read("a") or ""
-    f:close()
-    local state = stat:match("^%d+ %b() (%a)")
-    return state ~= nil and state ~= "Z" and state ~= "X"
-end
+local q, sh, capture = C.q, C.sh, C.capture
+local getpid, alive = proc.getpid, proc.alive
 local function disk_usage(dir)
     return tonumber(capture("du -sb " .. q(dir) .. " 2>/dev/null"):match("^(%d+)")) or 0
 end
@@ -73,10 +50,7 @@ end
 local WORK = os.getenv("SOAK_DIR")
 local own_work = false
 if WORK == nil or WORK == "" then
-    local base = os.getenv("TMPDIR")
-    if base == nil or base == "" then base = "/tmp" end
-    WORK = capture("mktemp -d " .. q(base .. "/takhin-soak.XXXXXX")):gsub("%s+$", "")
-    assert(WORK ~= "", "mktemp -d failed")
+    WORK = C.mktemp_dir("takhin-soak.")
     own_work = true
 else
     assert(sh("mkdir -p " .. q(WORK)), "cannot create " .. WORK)

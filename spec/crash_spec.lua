@@ -9,28 +9,14 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 
--- Shared by parent and child: what the record at offset o holds.
-local RECORD = [[
-local function key_for(o)
-    if o % 5 == 0 then return nil end
-    return "key-" .. o
-end
-local function value_for(o)
-    return ("%d:"):format(o) .. string.rep(string.char(65 + o % 26), (o * 7919) % 300)
-end
-local function ts_for(o) return 1600000000000 + o * 3 end
-return key_for, value_for, ts_for
-]]
-
-local CHILD = "local key_for, value_for, ts_for = (function() " .. RECORD .. " end)()\n" .. [[
-local takhin = require("takhin")
+-- Parent and child derive each record from its offset the same way.
+local CHILD = [[
+local logs = require("helpers.log")
+local key_for, value_for, ts_for = logs.derived_records(300)
 local dir, ack_path, seed = arg[1], arg[2], tonumber(arg[3])
-local log, msg, code = takhin.open_log({ dir = dir, max_segment_size = 8192, index_interval_bytes = 256 })
-if not log then
-    io.stderr:write("open_log: ", tostring(msg), " ", tostring(code), "\n")
-    os.exit(3)
-end
+local log = logs.open_or_exit({ dir = dir, max_segment_size = 8192, index_interval_bytes = 256 })
 local ack = assert(io.open(ack_path, "w"))
 math.randomseed(seed)
 local function fail(...)
@@ -61,7 +47,7 @@ while true do
 end
 ]]
 
-local key_for, value_for, ts_for = load(RECORD)()
+local key_for, value_for, ts_for = logs.derived_records(300)
 
 local ROUNDS = 15
 
@@ -70,7 +56,7 @@ describe("a writer killed with SIGKILL", function()
 
     before_each(function() tmp = util.tmpdir() end)
     after_each(function()
-        if pid and util.alive(pid) then util.kill9(pid); util.wait_exit(pid) end
+        util.stop(pid)
         collectgarbage(); collectgarbage()
         util.rmtree(tmp)
     end)
@@ -108,9 +94,7 @@ describe("a writer killed with SIGKILL", function()
             local target = math.random(1, 300)
             local out
             pid, out = util.spawn_lua(tmp, CHILD, { dir, ack, seed * 100 + round })
-            util.wait_until(function()
-                return util.count_lines(ack) >= target or not util.alive(pid)
-            end, 3000, 0.005)
+            util.wait_lines(ack, target, pid)
             util.kill9(pid)
             assert.is_true(util.wait_exit(pid), where .. ": child did not die")
             local lines = util.count_lines(ack)
@@ -118,8 +102,7 @@ describe("a writer killed with SIGKILL", function()
                            where .. ": child stopped after " .. lines .. " acks: " .. util.read_file(out))
 
             local acked = {}
-            local data = util.read_file(ack)
-            for line in data:gmatch("([^\n]*)\n") do acked[#acked + 1] = tonumber(line) end
+            for _, line in ipairs(util.lines(ack)) do acked[#acked + 1] = tonumber(line) end
             assert.are.equal(lines, #acked)
             acked_total = acked_total + #acked
 

@@ -8,6 +8,8 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
+require("helpers.assertions")
 
 local FS_SIZE = "2m"
 local SEGMENT = 64 * 1024
@@ -52,13 +54,6 @@ local function needs_page(size, grow)
     return math.ceil((size + grow) / PAGE) > math.ceil(size / PAGE)
 end
 
-local function failed_with(codes, v, msg, code)
-    assert.is_nil(v, "expected a failure, got a value")
-    assert.is_string(msg)
-    assert.truthy(codes[code], "code " .. tostring(code) .. ": " .. tostring(msg))
-    return msg
-end
-
 local NOSPC = { NOSPC = true }
 local NOSPC_OR_IO = { NOSPC = true, IO = true }
 
@@ -92,11 +87,7 @@ describe("a full filesystem", function()
     end
 
     local function open(opts)
-        local o = { dir = logdir }
-        for k, v in pairs(opts or LOG_OPTS) do o[k] = v end
-        local log, msg, code = takhin.open_log(o)
-        assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-        return track(log)
+        return track(logs.open({ dir = logdir }, opts or LOG_OPTS))
     end
 
     -- A log holding records 0 .. n-1.
@@ -159,7 +150,7 @@ describe("a full filesystem", function()
             assert.are.equal(n, log:high_water_mark())
 
             -- Still full: the next try fails the same way and changes nothing.
-            failed_with(NOSPC, log:append(key(n), value(n), n))
+            assert.fails_with(NOSPC, log:append(key(n), value(n), n))
             assert.are.equal(n, log:high_water_mark())
             assert_records(log, n)
             -- No torn record: the .log files hold exactly n whole records.
@@ -228,7 +219,7 @@ describe("a full filesystem", function()
                 local listing = util.ls(logdir)
                 fill(ballast, mnt, 0)
 
-                local msg = failed_with(NOSPC, log:append(key(n), small(n), n))
+                local msg = assert.fails_with(NOSPC, log:append(key(n), small(n), n))
                 local file = logdir .. "/" .. util.segment_name(f.base, case.ext:sub(2))
                 assert.truthy(msg:find(file, 1, true), msg)
                 assert.are.same(f, active_files(log))
@@ -256,12 +247,12 @@ describe("a full filesystem", function()
         local bytes = util.log_bytes(logdir)
 
         -- 400 records of about 1 KB: several segments, twice the free space.
-        local msg = failed_with(NOSPC, log:append_batch(batch(20, 400)))
+        local msg = assert.fails_with(NOSPC, log:append_batch(batch(20, 400)))
         assert.truthy(msg:find(logdir, 1, true), msg)
         assert.are.equal(20, log:high_water_mark())
         assert.are.equal(bytes, util.log_bytes(logdir))
         assert.are.same(files, util.ls(logdir))
-        failed_with({ OUT_OF_RANGE = true }, log:read(20))
+        assert.fails_with({ OUT_OF_RANGE = true }, log:read(20))
         assert_records(log, 20)
 
         assert.is_true(os.remove(ballast))
@@ -298,7 +289,7 @@ describe("a full filesystem", function()
             fill(ballast, mnt, 100 * 1024)
             local before = util.ls(snapdir)
 
-            local msg = failed_with(NOSPC_OR_IO, sm:create(log, { label = "too big" }))
+            local msg = assert.fails_with(NOSPC_OR_IO, sm:create(log, { label = "too big" }))
             assert.truthy(msg:find(snapdir, 1, true), msg)
             assert.are.same(before, util.ls(snapdir))
             local list = assert(sm:list())
@@ -329,7 +320,7 @@ describe("a full filesystem", function()
             fill(ballast, mnt, 100 * 1024)
 
             local target = mnt .. "/restored"
-            local msg = failed_with(NOSPC_OR_IO, sm:restore(s1.id, target))
+            local msg = assert.fails_with(NOSPC_OR_IO, sm:restore(s1.id, target))
             assert.truthy(msg:find(mnt .. "/", 1, true) and msg:find("restored", 1, true), msg)
             assert.is_false(util.exists(target))
             assert.are.same({}, restore_leftovers(target))
@@ -337,7 +328,7 @@ describe("a full filesystem", function()
             -- An empty directory as target stays as it was: there and empty.
             local empty = mnt .. "/empty"
             assert(util.sh("mkdir " .. util.q(empty)))
-            failed_with(NOSPC_OR_IO, sm:restore(s1.id, empty))
+            assert.fails_with(NOSPC_OR_IO, sm:restore(s1.id, empty))
             assert.is_true(util.is_dir(empty))
             assert.are.same({}, util.ls(empty))
             assert.are.same({}, restore_leftovers(empty))
@@ -360,7 +351,7 @@ describe("a full filesystem", function()
             local files = util.ls(logdir)
             fill(ballast, mnt, 100 * 1024)
 
-            local msg = failed_with(NOSPC_OR_IO, sm:restore(s1.id, logdir, { replace = true }))
+            local msg = assert.fails_with(NOSPC_OR_IO, sm:restore(s1.id, logdir, { replace = true }))
             assert.truthy(msg:find(logdir, 1, true), msg)
             assert.are.same(files, util.ls(logdir))
             log = open()

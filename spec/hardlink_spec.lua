@@ -4,17 +4,11 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 
 local OPTS = { max_segment_size = 4000, index_interval_bytes = 64 }
 
-local function open(dir, extra)
-    local opts = { dir = dir }
-    for k, v in pairs(OPTS) do opts[k] = v end
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.opener(OPTS)
 
 local function value(i) return ("%05d|"):format(i) .. ("abcdefgh"):rep(i % 5 + 1) end
 

@@ -11,18 +11,12 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+require("helpers.assertions")
 
 local OPTS = { max_segment_size = 300, index_interval_bytes = 64 }
 local N = 10                                -- records 0 .. N-1, timestamps 1000 + i
 
 local function value(i) return ("value-%03d-"):format(i) .. ("x"):rep(50) end
-
-local function failed_with(code, v, msg, got)
-    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
-    assert.is_string(msg)
-    assert.are.equal(code, got, "message: " .. tostring(msg))
-    return msg
-end
 
 -- f raises an error with a message (it is misuse, not a failure).
 local function raises(what, f)
@@ -276,18 +270,18 @@ describe("hostile input", function()
 
         it("read returns OUT_OF_RANGE naming the offset", function()
             for _, o in ipairs(EDGES) do
-                local msg = failed_with("OUT_OF_RANGE", log:read(o))
+                local msg = assert.fails_with("OUT_OF_RANGE", log:read(o))
                 assert.truthy(msg:find(util.int_str(o), 1, true), msg)
             end
-            failed_with("OUT_OF_RANGE", log:read(N))
+            assert.fails_with("OUT_OF_RANGE", log:read(N))
             -- A float with an exact integer value is that integer.
-            failed_with("OUT_OF_RANGE", log:read(MIN + 0.0))                 -- -2.0^63 on Lua 5.4
+            assert.fails_with("OUT_OF_RANGE", log:read(MIN + 0.0))                 -- -2.0^63 on Lua 5.4
             assert.are.equal(value(3), log:read(3.0).value)
             assert_unchanged()
         end)
 
         it("truncate returns OUT_OF_RANGE and keeps every record", function()
-            for _, o in ipairs(EDGES) do failed_with("OUT_OF_RANGE", log:truncate(o)) end
+            for _, o in ipairs(EDGES) do assert.fails_with("OUT_OF_RANGE", log:truncate(o)) end
             assert.is_true(log:truncate(N))                -- the high water mark: nothing to remove
             assert_unchanged()
         end)
@@ -321,8 +315,8 @@ describe("hostile input", function()
 
         it("append refuses negative timestamps with INVALID and writes nothing", function()
             for _, ts in ipairs({ -1, MIN }) do
-                failed_with("INVALID", log:append("k", "v", ts))
-                failed_with("INVALID", log:append_batch({ { value = "a" }, { value = "b", timestamp = ts } }))
+                assert.fails_with("INVALID", log:append("k", "v", ts))
+                assert.fails_with("INVALID", log:append_batch({ { value = "a" }, { value = "b", timestamp = ts } }))
             end
             assert_unchanged()
         end)
@@ -331,7 +325,7 @@ describe("hostile input", function()
             local target = tmp .. "/target"
             local unnamed = {}
             for _, o in ipairs(EDGES) do
-                local msg = failed_with("OUT_OF_RANGE", sm:restore(snap.id, target, { upto_offset = o }))
+                local msg = assert.fails_with("OUT_OF_RANGE", sm:restore(snap.id, target, { upto_offset = o }))
                 if not msg:find(util.int_str(o), 1, true) then unnamed[#unnamed + 1] = util.int_str(o) .. ": " .. msg end
                 assert.is_false(util.exists(target))
             end
@@ -380,7 +374,7 @@ describe("hostile input", function()
 
         it("a min_interval that is not a finite duration is INVALID", function()
             for _, bad in ipairs({ 0 / 0, math.huge, -math.huge, -1, {}, true, "1x" }) do
-                failed_with("INVALID", sm:create(log, { min_interval = bad }))
+                assert.fails_with("INVALID", sm:create(log, { min_interval = bad }))
             end
             assert_unchanged()
         end)
@@ -437,24 +431,24 @@ describe("hostile input", function()
     describe("NUL bytes", function()
         it("in a log directory, a snapshot directory, an id, a target or a label are INVALID and create nothing", function()
             local id, target = snap.id, tmp .. "/target"
-            failed_with("INVALID", takhin.open_log({ dir = tmp .. "/a\0b" }))
-            failed_with("INVALID", takhin.open_log({ dir = tmp .. "/a\0b", readonly = true }))
-            failed_with("INVALID", takhin.open_log({ dir = dir .. "\0" }))
-            failed_with("INVALID", takhin.snapshot_manager(tmp .. "/a\0b"))
-            failed_with("INVALID", takhin.snapshot_manager(dir .. "\0/../outside"))
-            failed_with("INVALID", takhin.snapshot_manager(dir, { dir = tmp .. "/s\0x" }))
-            failed_with("INVALID", takhin.check_snapshot_id("a\0b"))
+            assert.fails_with("INVALID", takhin.open_log({ dir = tmp .. "/a\0b" }))
+            assert.fails_with("INVALID", takhin.open_log({ dir = tmp .. "/a\0b", readonly = true }))
+            assert.fails_with("INVALID", takhin.open_log({ dir = dir .. "\0" }))
+            assert.fails_with("INVALID", takhin.snapshot_manager(tmp .. "/a\0b"))
+            assert.fails_with("INVALID", takhin.snapshot_manager(dir .. "\0/../outside"))
+            assert.fails_with("INVALID", takhin.snapshot_manager(dir, { dir = tmp .. "/s\0x" }))
+            assert.fails_with("INVALID", takhin.check_snapshot_id("a\0b"))
             -- An id that is a real one up to the NUL is not that one.
             for _, bad in ipairs({ "a\0b", id .. "\0", id .. "\0/../../outside", "\0" .. id }) do
-                failed_with("INVALID", sm:get(bad))
-                failed_with("INVALID", sm:verify(bad))
-                failed_with("INVALID", sm:delete(bad))
-                failed_with("INVALID", sm:restore(bad, target))
+                assert.fails_with("INVALID", sm:get(bad))
+                assert.fails_with("INVALID", sm:verify(bad))
+                assert.fails_with("INVALID", sm:delete(bad))
+                assert.fails_with("INVALID", sm:restore(bad, target))
             end
-            failed_with("INVALID", sm:restore(id, target .. "\0"))
-            failed_with("INVALID", sm:restore(id, target .. "\0/../outside/x"))
-            failed_with("INVALID", sm:restore(id, ""))
-            failed_with("INVALID", sm:create(log, { label = "a\0b" }))
+            assert.fails_with("INVALID", sm:restore(id, target .. "\0"))
+            assert.fails_with("INVALID", sm:restore(id, target .. "\0/../outside/x"))
+            assert.fails_with("INVALID", sm:restore(id, ""))
+            assert.fails_with("INVALID", sm:create(log, { label = "a\0b" }))
             assert.is_false(util.exists(tmp .. "/a"))
             assert.is_false(util.exists(target))
             assert.are.equal(before, tree(tmp))
@@ -475,12 +469,12 @@ describe("hostile input", function()
             }
             for _, id in ipairs(hostile) do
                 local what = describe_value(id)
-                failed_with("INVALID", takhin.check_snapshot_id(id))
-                local msg = failed_with("INVALID", sm:get(id))
+                assert.fails_with("INVALID", takhin.check_snapshot_id(id))
+                local msg = assert.fails_with("INVALID", sm:get(id))
                 assert.is_true(#msg < 1024, "a message of " .. #msg .. " bytes for " .. what)
-                failed_with("INVALID", sm:verify(id))
-                failed_with("INVALID", sm:restore(id, target))
-                if id ~= "/etc" then failed_with("INVALID", sm:delete(id)) end
+                assert.fails_with("INVALID", sm:verify(id))
+                assert.fails_with("INVALID", sm:restore(id, target))
+                if id ~= "/etc" then assert.fails_with("INVALID", sm:delete(id)) end
             end
             assert.is_false(util.exists(target))
             assert.are.equal(before, tree(tmp))
@@ -490,8 +484,8 @@ describe("hostile input", function()
         it("that are well formed but unknown are NOT_FOUND, up to 63 bytes", function()
             for _, id in ipairs({ "a", "a.b", "snapshot-x", "x_y-z", ("a"):rep(63) }) do
                 assert.is_true(takhin.check_snapshot_id(id))
-                failed_with("NOT_FOUND", sm:get(id))
-                failed_with("NOT_FOUND", sm:delete(id))
+                assert.fails_with("NOT_FOUND", sm:get(id))
+                assert.fails_with("NOT_FOUND", sm:delete(id))
             end
             assert.are.equal(before, tree(tmp))
         end)
@@ -512,9 +506,9 @@ describe("hostile input", function()
                 assert.is_string(code)
                 assert.truthy(msg:find(file, 1, true), msg)
             end
-            local msg = failed_with("INVALID", takhin.snapshot_manager(file))
+            local msg = assert.fails_with("INVALID", takhin.snapshot_manager(file))
             assert.truthy(msg:find(file, 1, true), msg)
-            msg = failed_with("INVALID", takhin.snapshot_manager(dir, { dir = file }))
+            msg = assert.fails_with("INVALID", takhin.snapshot_manager(dir, { dir = file }))
             assert.truthy(msg:find(file, 1, true), msg)
             assert.are.equal("just a file\n", util.read_file(file))
         end)
@@ -522,7 +516,7 @@ describe("hostile input", function()
         it("a restore target that is a symlink to a directory is refused with EXISTS; the directory stays empty", function()
             local empty = outside .. "/empty"
             assert(util.sh("mkdir " .. util.q(empty) .. " && ln -s " .. util.q(empty) .. " " .. util.q(tmp .. "/link")))
-            local msg = failed_with("EXISTS", sm:restore(snap.id, tmp .. "/link"))
+            local msg = assert.fails_with("EXISTS", sm:restore(snap.id, tmp .. "/link"))
             -- It says what the path is (it used to say "not a directory").
             assert.truthy(msg:find("symbolic link", 1, true) and msg:find(empty, 1, true), msg)
             assert.are.same({}, util.ls(empty))
@@ -572,14 +566,14 @@ describe("hostile input", function()
             it("a manifest naming " .. describe_value(name) .. " is CORRUPT for verify and restore", function()
                 edit_manifest(name)
                 local target = tmp .. "/target"
-                local msg = failed_with("CORRUPT", sm:verify(snap.id))
+                local msg = assert.fails_with("CORRUPT", sm:verify(snap.id))
                 assert.truthy(msg:find(manifest, 1, true) or msg:find(snap.id, 1, true), msg)
-                failed_with("CORRUPT", sm:restore(snap.id, target))
+                assert.fails_with("CORRUPT", sm:restore(snap.id, target))
                 assert.is_false(util.exists(target))
                 -- A new manager, a listing and a cleanup do not trip over it.
                 local sm2 = assert(takhin.snapshot_manager(dir))
                 assert.are.equal(1, #assert(sm2:list()))
-                failed_with("CORRUPT", sm2:verify(snap.id))
+                assert.fails_with("CORRUPT", sm2:verify(snap.id))
                 sm2:close()
                 assert_outside_untouched()
             end)
@@ -588,8 +582,8 @@ describe("hostile input", function()
         it("a manifest naming an absolute path is CORRUPT for verify and restore", function()
             edit_manifest(copy)
             local target = tmp .. "/target"
-            failed_with("CORRUPT", sm:verify(snap.id))
-            failed_with("CORRUPT", sm:restore(snap.id, target))
+            assert.fails_with("CORRUPT", sm:verify(snap.id))
+            assert.fails_with("CORRUPT", sm:restore(snap.id, target))
             assert.is_false(util.exists(target))
             assert_outside_untouched()
         end)

@@ -2,14 +2,8 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
-
--- Assert that a call returned nil, message, code; return the message.
-local function failed_with(code, v, msg, got)
-    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
-    assert.is_string(msg)
-    assert.are.equal(code, got, "message: " .. tostring(msg))
-    return msg
-end
+local logs = require("helpers.log")
+require("helpers.assertions")
 
 -- Assert that fn raises an error whose text contains each plain string.
 local function raises(fn, ...)
@@ -44,11 +38,7 @@ describe("takhin.Log", function()
     end)
 
     local function open(given)
-        local opts = { dir = dir }
-        for k, v in pairs(given or {}) do opts[k] = v end
-        local log, msg, code = takhin.open_log(opts)
-        assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-        return log
+        return logs.open({ dir = dir }, given)
     end
 
     describe("open_log", function()
@@ -73,7 +63,7 @@ describe("takhin.Log", function()
 
         it("returns NOT_FOUND naming the path when read-only and the directory is missing", function()
             local missing = dir .. "/nope"
-            local msg = failed_with("NOT_FOUND", takhin.open_log({ dir = missing, readonly = true }))
+            local msg = assert.fails_with("NOT_FOUND", takhin.open_log({ dir = missing, readonly = true }))
             assert.truthy(msg:find(missing, 1, true), msg)
             assert.is_false(util.exists(missing))
         end)
@@ -94,7 +84,7 @@ describe("takhin.Log", function()
             }
             for _, opts in ipairs(bad) do
                 opts.dir = dir .. "/bad"
-                failed_with("INVALID", takhin.open_log(opts))
+                assert.fails_with("INVALID", takhin.open_log(opts))
             end
         end)
 
@@ -212,14 +202,14 @@ describe("takhin.Log", function()
 
         it("returns OUT_OF_RANGE naming the offset when reading at the high water mark or below zero", function()
             local log = open()
-            failed_with("OUT_OF_RANGE", log:read(0))
+            assert.fails_with("OUT_OF_RANGE", log:read(0))
             log:append("k", "v")
             log:append("k", "v")
-            local msg = failed_with("OUT_OF_RANGE", log:read(2))
+            local msg = assert.fails_with("OUT_OF_RANGE", log:read(2))
             assert.truthy(msg:find("2", 1, true), msg)
-            msg = failed_with("OUT_OF_RANGE", log:read(-1))
+            msg = assert.fails_with("OUT_OF_RANGE", log:read(-1))
             assert.truthy(msg:find("-1", 1, true), msg)
-            msg = failed_with("OUT_OF_RANGE", log:read(123456789))
+            msg = assert.fails_with("OUT_OF_RANGE", log:read(123456789))
             assert.truthy(msg:find("123456789", 1, true), msg)
             log:close()
         end)
@@ -229,9 +219,9 @@ describe("takhin.Log", function()
             log:append(nil, "first")
             local size, hwm = log:size(), log:high_water_mark()
             -- 34 header bytes + 94 value bytes == 128: the largest allowed.
-            failed_with("INVALID", log:append(nil, ("x"):rep(95)))
-            failed_with("INVALID", log:append("k", ("x"):rep(94)))
-            failed_with("INVALID", log:append_batch({ { value = "ok" }, { value = ("x"):rep(1000) } }))
+            assert.fails_with("INVALID", log:append(nil, ("x"):rep(95)))
+            assert.fails_with("INVALID", log:append("k", ("x"):rep(94)))
+            assert.fails_with("INVALID", log:append_batch({ { value = "ok" }, { value = ("x"):rep(1000) } }))
             assert.are.equal(size, log:size())
             assert.are.equal(hwm, log:high_water_mark())
             assert.are.equal(size, util.log_bytes(dir))
@@ -281,7 +271,7 @@ describe("takhin.Log", function()
 
         it("returns INVALID for an empty array", function()
             local log = open()
-            failed_with("INVALID", log:append_batch({}))
+            assert.fails_with("INVALID", log:append_batch({}))
             assert.are.equal(0, log:high_water_mark())
             log:close()
         end)
@@ -533,7 +523,7 @@ describe("takhin.Log", function()
             assert.is_true(log:truncate(cut))
             assert.are.equal(cut, log:high_water_mark())
             assert.are.equal(2, log:num_segments())
-            failed_with("OUT_OF_RANGE", log:read(cut))
+            assert.fails_with("OUT_OF_RANGE", log:read(cut))
             assert.are.equal(("v%03d"):format(cut - 1):rep(5), log:read(cut - 1).value)
             local after = log:segments()
             assert.are.equal(cut, after[#after].next_offset)
@@ -583,9 +573,9 @@ describe("takhin.Log", function()
         it("returns OUT_OF_RANGE outside [base_offset, high_water_mark]", function()
             local log = open(opts)
             fill(log, 10)
-            local msg = failed_with("OUT_OF_RANGE", log:truncate(11))
+            local msg = assert.fails_with("OUT_OF_RANGE", log:truncate(11))
             assert.truthy(msg:find("11", 1, true), msg)
-            failed_with("OUT_OF_RANGE", log:truncate(-1))
+            assert.fails_with("OUT_OF_RANGE", log:truncate(-1))
             assert.are.equal(10, log:high_water_mark())
             log:close()
         end)
@@ -600,7 +590,7 @@ describe("takhin.Log", function()
 
         it("releases the lock so that another writer can open", function()
             local log = open()
-            failed_with("LOCKED", takhin.open_log({ dir = dir }))
+            assert.fails_with("LOCKED", takhin.open_log({ dir = dir }))
             log:close()
             local again = open()
             again:close()
@@ -610,13 +600,13 @@ describe("takhin.Log", function()
             if util.is_luajit then return pending("Lua 5.4 only (log_spec, closing at the end of a <close> scope): LuaJIT has no <close> variables") end
             -- Compiled here: `<close>` is a syntax error for LuaJIT.
             assert(load([[
-                local open, takhin, dir, failed_with = ...
+                local open, takhin, dir, assert = ...
                 do
                     local log <close> = open()
                     log:append("k", "v")
-                    failed_with("LOCKED", takhin.open_log({ dir = dir }))
+                    assert.fails_with("LOCKED", takhin.open_log({ dir = dir }))
                 end
-            ]], "=<close> scope", "t"))(open, takhin, dir, failed_with)
+            ]], "=<close> scope", "t"))(open, takhin, dir, assert)
             local again = open()
             assert.are.equal(1, again:high_water_mark())
             again:close()

@@ -3,19 +3,10 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
+require("helpers.assertions")
 
-local function failed_with(code, v, msg, got)
-    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
-    assert.is_string(msg)
-    assert.are.equal(code, got, "message: " .. tostring(msg))
-    return msg
-end
-
-local function open(opts)
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.open
 
 -- A child that tries to open the log as a writer and prints the outcome
 -- as three lines: "opened" or "nil", the message, the code.
@@ -48,7 +39,7 @@ describe("a log shared between processes", function()
         pid = nil
     end)
     after_each(function()
-        if pid and util.alive(pid) then util.kill9(pid); util.wait_exit(pid) end
+        util.stop(pid)
         collectgarbage(); collectgarbage()
         util.rmtree(tmp)
     end)
@@ -69,7 +60,7 @@ describe("a log shared between processes", function()
 
         it("refuses a second writer in the same process with LOCKED", function()
             local log = open({ dir = dir })
-            local msg = failed_with("LOCKED", takhin.open_log({ dir = dir }))
+            local msg = assert.fails_with("LOCKED", takhin.open_log({ dir = dir }))
             assert.truthy(msg:find(tostring(util.getpid()), 1, true), msg)
             log:append("k", "still mine")
             assert.are.equal("still mine", log:read(0).value)
@@ -107,7 +98,7 @@ describe("a log shared between processes", function()
             ]], { dir, ready, never })
             util.wait_for_content(ready, "ready")
             assert.are.equal("ready\n", util.read_file(ready) or "", util.read_file(out))
-            local msg = failed_with("LOCKED", takhin.open_log({ dir = dir }))
+            local msg = assert.fails_with("LOCKED", takhin.open_log({ dir = dir }))
             assert.truthy(msg:find(tostring(pid), 1, true), msg)
             util.kill9(pid)
             assert.is_true(util.wait_exit(pid))
@@ -130,19 +121,13 @@ describe("a log shared between processes", function()
                 local takhin = require("takhin")
                 local util = require("helpers.util")
                 local dir, report_path, go_path, want = arg[1], arg[2], arg[3], tonumber(arg[4])
-                local report = assert(io.open(report_path, "w"))
-                local function say(...)
-                    local t = {}
-                    for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
-                    report:write(table.concat(t, "\t"), "\n")
-                    report:flush()
-                end
+                local say = util.reporter(report_path)
                 local ro, msg, code = takhin.open_log({ dir = dir, readonly = true })
                 if not ro then say("error", msg, code); os.exit(1) end
                 say("hwm", ro:high_water_mark())
                 for rec in ro:records() do say("rec", rec.offset, rec.value) end
                 say("ready")
-                util.wait_until(function() return util.exists(go_path) end, 3000)
+                util.wait_for_file(go_path, 3000)
                 util.wait_until(function() return ro:high_water_mark() >= want end, 3000)
                 say("hwm", ro:high_water_mark())
                 say("segments", ro:num_segments())
@@ -201,9 +186,9 @@ describe("a log shared between processes", function()
             local w = open({ dir = dir })
             w:append("k", "v")
             local ro = open({ dir = dir, readonly = true })
-            failed_with("READONLY", ro:append("k", "v"))
-            failed_with("READONLY", ro:append_batch({ { value = "v" } }))
-            failed_with("READONLY", ro:truncate(0))
+            assert.fails_with("READONLY", ro:append("k", "v"))
+            assert.fails_with("READONLY", ro:append_batch({ { value = "v" } }))
+            assert.fails_with("READONLY", ro:truncate(0))
             assert.are.equal(1, w:high_water_mark())
             assert.are.equal(1, ro:high_water_mark())
             assert.are.equal("v", ro:read(0).value)
@@ -211,8 +196,8 @@ describe("a log shared between processes", function()
             w:close()
             -- Without a writer present, too.
             ro = open({ dir = dir, readonly = true })
-            failed_with("READONLY", ro:append("k", "v"))
-            failed_with("READONLY", ro:truncate(1))
+            assert.fails_with("READONLY", ro:append("k", "v"))
+            assert.fails_with("READONLY", ro:truncate(1))
             ro:close()
             w = open({ dir = dir })
             assert.are.equal(1, w:high_water_mark())

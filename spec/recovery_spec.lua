@@ -3,21 +3,12 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
+require("helpers.assertions")
 
 local SEG0 = util.segment_name(0, "log")
 
-local function failed_with(code, v, msg, got)
-    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
-    assert.is_string(msg)
-    assert.are.equal(code, got, "message: " .. tostring(msg))
-    return msg
-end
-
-local function open(opts)
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.open
 
 local function with(opts, dir)
     local o = { dir = dir }
@@ -71,7 +62,7 @@ describe("a log being opened", function()
                     assert.are.same({ offset = i, key = "k" .. i, value = value(i), timestamp = 1000 * (i + 1) },
                                     log:read(i), where)
                 end
-                failed_with("OUT_OF_RANGE", log:read(2))
+                assert.fails_with("OUT_OF_RANGE", log:read(2))
                 assert.are.equal(1, log:offset_for_time(1500), where)
                 assert.are.equal(2, log:offset_for_time(2500), where)
                 assert.are.equal(2, log:offset_for_time(3500), where)
@@ -356,7 +347,7 @@ describe("a log being opened", function()
 
             local log = open(with(FOPTS, dir))
             assert.are.equal(30, log:high_water_mark())
-            local msg = failed_with("CORRUPT", log:read(bad))
+            local msg = assert.fails_with("CORRUPT", log:read(bad))
             assert.truthy(msg:find(name, 1, true), msg)
             for i = 0, 29 do
                 if i ~= bad then assert.are.equal(fvalue(i), log:read(i).value, "offset " .. i) end
@@ -375,7 +366,7 @@ describe("a log being opened", function()
             assert.are.equal(before, util.read_file(path), "a sealed segment was modified")
 
             local ro = open(with({ readonly = true }, dir))
-            failed_with("CORRUPT", ro:read(bad))
+            assert.fails_with("CORRUPT", ro:read(bad))
             assert.are.equal(fvalue(bad + 1), ro:read(bad + 1).value)
             ro:close()
         end)
@@ -400,7 +391,7 @@ describe("a log being opened", function()
         local log = open({ dir = dir, readonly = true })
         assert.are.equal(2, log:high_water_mark())
         assert.are.equal(value(1), log:read(1).value)
-        failed_with("OUT_OF_RANGE", log:read(2))
+        assert.fails_with("OUT_OF_RANGE", log:read(2))
         assert.are.equal(2, log:offset_for_time(2500))
         log:close()
         assert.are.equal(2 * REC + 25, util.file_size(path))

@@ -4,33 +4,18 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
 local cjson = require("cjson")
 
--- Shared by parent and child: what the record at offset o holds.
-local RECORD = [[
-local function key_for(o)
-    if o % 5 == 0 then return nil end
-    return "key-" .. o
-end
-local function value_for(o)
-    return ("%d:"):format(o) .. string.rep(string.char(65 + o % 26), (o * 7919) % 200)
-end
-local function ts_for(o) return 1600000000000 + o * 3 end
-return key_for, value_for, ts_for
-]]
-
-local key_for, value_for, ts_for = load(RECORD)()
+-- Parent and children derive each record from its offset the same way.
+local key_for, value_for, ts_for = logs.derived_records(200)
 
 local function ok(v, msg, code)
     assert(v, tostring(msg) .. " " .. tostring(code))
     return v
 end
 
-local function open(opts)
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log: " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.open
 
 local function expect_record(rec, o, where)
     assert.are.equal(o, rec.offset, where)
@@ -39,43 +24,20 @@ local function expect_record(rec, o, where)
     assert.are.equal(ts_for(o), rec.timestamp, where .. ": timestamp at " .. o)
 end
 
--- Lines of a file (complete ones only).
-local function lines(path)
-    local out = {}
-    local f = io.open(path, "rb")
-    if not f then return out end
-    local data = f:read("a")
-    f:close()
-    for line in data:gmatch("([^\n]*)\n") do out[#out + 1] = line end
-    return out
-end
-
 -- A child that opens the log read-only, makes a manager, says "ready",
 -- waits for the go file, then creates `n` snapshots and reports each id.
 local CREATOR = [[
 local takhin = require("takhin")
 local util = require("helpers.util")
 local dir, go, report_path, n = arg[1], arg[2], arg[3], tonumber(arg[4])
-local report = assert(io.open(report_path, "w"))
-local function say(...)
-    local t = {}
-    for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
-    report:write(table.concat(t, "\t"), "\n")
-    report:flush()
-end
+local say = util.reporter(report_path)
 local log, msg, code = takhin.open_log({ dir = dir, readonly = true })
 if not log then say("error", msg, code); os.exit(1) end
 local sm
 sm, msg, code = takhin.snapshot_manager(dir)
 if not sm then say("error", msg, code); os.exit(1) end
 say("ready")
-local function go_exists()
-    local f = io.open(go, "r")
-    if f then f:close() end
-    return f ~= nil
-end
-util.wait_until(go_exists, 3000, 0.005)
-if not go_exists() then say("error", "no go file"); os.exit(1) end
+if not util.wait_for_file(go, 3000, 0.005) then say("error", "no go file"); os.exit(1) end
 for i = 1, n do
     local s, m, c = sm:create(log, { label = arg[5] .. "-" .. i })
     if s then say("id", s.id, s.high_water_mark) else say("error", m, c) end
@@ -88,14 +50,11 @@ say("done")
 -- stays below the offset in the budget file, waiting for the file to
 -- change when it gets there (so the parent sets the pace and the log
 -- stays small), and stops when the budget file says "stop".
-local APPENDER = "local key_for, value_for, ts_for = (function() " .. RECORD .. " end)()\n" .. [[
-local takhin = require("takhin")
+local APPENDER = [[
+local logs = require("helpers.log")
+local key_for, value_for, ts_for = logs.derived_records(200)
 local dir, ack_path, budget_path = arg[1], arg[2], arg[3]
-local log, msg, code = takhin.open_log({ dir = dir, max_segment_size = 32768, index_interval_bytes = 1024 })
-if not log then
-    io.stderr:write("open_log: ", tostring(msg), " ", tostring(code), "\n")
-    os.exit(3)
-end
+local log = logs.open_or_exit({ dir = dir, max_segment_size = 32768, index_interval_bytes = 1024 })
 local function budget()
     local f = io.open(budget_path, "r")
     if not f then return 0 end
@@ -137,9 +96,7 @@ describe("snapshots shared between processes", function()
         pids = {}
     end)
     after_each(function()
-        for _, pid in ipairs(pids) do
-            if util.alive(pid) then util.kill9(pid); util.wait_exit(pid) end
-        end
+        for _, pid in ipairs(pids) do util.stop(pid) end
         collectgarbage(); collectgarbage()
         util.rmtree(tmp)
     end)
@@ -170,7 +127,7 @@ describe("snapshots shared between processes", function()
 
             local ids, seen = {}, {}
             for c = 1, CHILDREN do
-                local got = lines(reports[c])
+                local got = util.lines(reports[c])
                 local where = "child " .. c .. ": " .. table.concat(got, " | ") .. util.read_file(outs[c])
                 assert.are.equal("done", got[#got], where)
                 local made = 0
@@ -234,7 +191,7 @@ describe("snapshots shared between processes", function()
             local pid, out = util.spawn_lua(tmp, APPENDER, { dir, ack, budget })
             pids[1] = pid
             local function n_acked() return util.count_lines(ack) end
-            util.wait_until(function() return n_acked() >= 200 or not util.alive(pid) end, 3000, 0.005)
+            util.wait_lines(ack, 200, pid)
             assert.are.equal(200, n_acked(), "the child did not start: " .. (util.read_file(out) or ""))
 
             local ro = open({ dir = dir, readonly = true })
@@ -261,7 +218,7 @@ describe("snapshots shared between processes", function()
             end
             util.write_file(budget, "stop\n")
             assert.is_true(util.wait_exit(pid, 3000), "the child did not stop")
-            local acks = lines(ack)
+            local acks = util.lines(ack)
             assert.are.equal("done", acks[#acks], util.read_file(out) or "")
             local acked = #acks - 1
             assert.are.equal(tostring(acked - 1), acks[acked])

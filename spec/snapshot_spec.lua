@@ -8,6 +8,8 @@
 
 local takhin = require("takhin")
 local util = require("helpers.util")
+local logs = require("helpers.log")
+require("helpers.assertions")
 local cjson = require("cjson")
 
 -- Small segments and a dense index, so a few dozen records make several
@@ -28,14 +30,7 @@ local function value_for(i)
 end
 local function ts_for(i) return 1600000000000 + i * 10 end
 
-local function open(dir, extra)
-    local opts = { dir = dir }
-    for k, v in pairs(OPTS) do opts[k] = v end
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    local log, msg, code = takhin.open_log(opts)
-    assert(log, "open_log " .. dir .. ": " .. tostring(msg) .. " " .. tostring(code))
-    return log
-end
+local open = logs.opener(OPTS)
 
 local function manager(log_dir, opts)
     local sm, msg, code = takhin.snapshot_manager(log_dir, opts)
@@ -48,13 +43,6 @@ local function fill(log, from, to)
     for i = from, to do
         assert.are.equal(i, log:append(key_for(i), value_for(i), ts_for(i)))
     end
-end
-
-local function failed_with(code, v, msg, got)
-    assert.is_nil(v, "expected a failure " .. code .. ", got a value")
-    assert.is_string(msg)
-    assert.are.equal(code, got, "message: " .. tostring(msg))
-    return msg
 end
 
 local function ok(v, msg, code)
@@ -304,8 +292,8 @@ describe("a snapshot manager", function()
             assert.is_true(sm:delete(made[2].id))
             assert.are.same({ made[3].id, made[1].id }, ids_of(sm:list()))
             assert.is_false(util.exists(made[2].path))
-            failed_with("NOT_FOUND", sm:get(made[2].id))
-            failed_with("NOT_FOUND", sm:delete(made[2].id))
+            assert.fails_with("NOT_FOUND", sm:get(made[2].id))
+            assert.fails_with("NOT_FOUND", sm:delete(made[2].id))
             assert.are.same({ made[3].id, made[1].id }, catalog_ids(sm))
             assert.is_true(sm:verify(made[1].id))
             assert.is_true(sm:verify(made[3].id))
@@ -317,7 +305,7 @@ describe("a snapshot manager", function()
 
         it("reports NOT_FOUND from latest when there are no snapshots", function()
             local log, sm = setup(3)
-            failed_with("NOT_FOUND", sm:latest())
+            assert.fails_with("NOT_FOUND", sm:latest())
             log:close()
         end)
 
@@ -493,7 +481,7 @@ describe("a snapshot manager", function()
                 { retention_time = "" },
                 { max_snapshots = 1, retention_time = "soon" },
             }) do
-                failed_with("INVALID", sm:cleanup(rules))
+                assert.fails_with("INVALID", sm:cleanup(rules))
                 assert.are.same(all, ids_of(sm:list()))
             end
             log:close()
@@ -504,8 +492,8 @@ describe("a snapshot manager", function()
         it("refuses a snapshot with TOO_SOON while the newest is younger, and lists nothing new", function()
             local log, sm = setup(5)
             local first = ok(sm:create(log))
-            failed_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
-            failed_with("TOO_SOON", sm:create(log, { min_interval = 3600 }))
+            assert.fails_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
+            assert.fails_with("TOO_SOON", sm:create(log, { min_interval = 3600 }))
             assert.are.same({ first.id }, ids_of(sm:list()))
             assert.are.same({ first.id }, catalog_ids(sm))
             local names = {}
@@ -524,7 +512,7 @@ describe("a snapshot manager", function()
             sm = manager(dir)
             local second = ok(sm:create(log, { min_interval = "1h" }))
             assert.are.same({ second.id, first.id }, ids_of(sm:list()))
-            failed_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
+            assert.fails_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
             log:close()
         end)
     end)
@@ -616,7 +604,7 @@ describe("a snapshot manager", function()
             log:close()
             for i, cut in ipairs({ 21, 1000 }) do
                 local target = tmp .. "/bad" .. i
-                local msg = failed_with("OUT_OF_RANGE", sm:restore(s.id, target, { upto_offset = cut }))
+                local msg = assert.fails_with("OUT_OF_RANGE", sm:restore(s.id, target, { upto_offset = cut }))
                 assert.is_false(util.exists(target), msg)
             end
             assert.are.same({ "log" }, util.ls(tmp))
@@ -628,7 +616,7 @@ describe("a snapshot manager", function()
             local s = ok(sm:create(log))
             log:close()
             local target = tmp .. "/bad"
-            local msg = failed_with("OUT_OF_RANGE", sm:restore(s.id, target, { upto_offset = -1 }))
+            local msg = assert.fails_with("OUT_OF_RANGE", sm:restore(s.id, target, { upto_offset = -1 }))
             assert.is_false(util.exists(target), msg)
             assert.are.same({ "log" }, util.ls(tmp))
         end)
@@ -637,7 +625,7 @@ describe("a snapshot manager", function()
             local log, sm = setup(5)
             ok(sm:create(log))
             local target = tmp .. "/restored"
-            failed_with("NOT_FOUND", sm:restore("1600000000000-deadbeef", target))
+            assert.fails_with("NOT_FOUND", sm:restore("1600000000000-deadbeef", target))
             assert.is_false(util.exists(target))
             log:close()
         end)
@@ -651,13 +639,13 @@ describe("a snapshot manager", function()
             util.write_file(target .. "/keep.txt", "precious\n")
             util.write_file(target .. "/sub/" .. util.segment_name(0, "log"), "not a segment")
             local before = tree(target)
-            failed_with("NOT_EMPTY", sm:restore(s.id, target))
+            assert.fails_with("NOT_EMPTY", sm:restore(s.id, target))
             assert.are.same(before, tree(target))
             -- A lone dot file is enough to make it not empty.
             local dotted = tmp .. "/dotted"
             assert.is_true(util.sh("mkdir " .. util.q(dotted)))
             util.write_file(dotted .. "/.hidden", "x")
-            failed_with("NOT_EMPTY", sm:restore(s.id, dotted))
+            assert.fails_with("NOT_EMPTY", sm:restore(s.id, dotted))
             assert.are.same({ ".hidden" }, util.ls(dotted))
         end)
 
@@ -667,7 +655,7 @@ describe("a snapshot manager", function()
             log:close()
             local target = tmp .. "/afile"
             util.write_file(target, "just a file\n")
-            failed_with("EXISTS", sm:restore(s.id, target))
+            assert.fails_with("EXISTS", sm:restore(s.id, target))
             assert.are.equal("just a file\n", util.read_file(target))
         end)
 
@@ -677,7 +665,7 @@ describe("a snapshot manager", function()
                 local s = ok(sm:create(log))
                 fill(log, 30, 50)
                 local want = records_of(log)
-                local msg = failed_with("LOCKED", sm:restore(s.id, dir, { replace = true }))
+                local msg = assert.fails_with("LOCKED", sm:restore(s.id, dir, { replace = true }))
                 assert.truthy(msg:find(tostring(util.getpid()), 1, true), msg)
                 assert.are.equal(51, log:high_water_mark())
                 assert.are.equal(51, log:append("k", "still writing", 1))
@@ -816,10 +804,10 @@ describe("a snapshot manager", function()
                     local pos = math.floor(size / 2)
                     util.flip_byte(path, pos)
 
-                    local msg = failed_with("CORRUPT", sm:verify(s.id))
+                    local msg = assert.fails_with("CORRUPT", sm:verify(s.id))
                     assert.truthy(msg:find(path, 1, true), kind .. ": " .. msg)
                     local target = tmp .. "/restored"
-                    msg = failed_with("CORRUPT", sm:restore(s.id, target))
+                    msg = assert.fails_with("CORRUPT", sm:restore(s.id, target))
                     assert.truthy(msg:find(path, 1, true), kind .. ": " .. msg)
                     assert.is_false(util.exists(target), kind .. ": the target was created")
                     assert.are.same({ "log" }, util.ls(tmp), kind .. ": something was left beside the target")
@@ -837,7 +825,7 @@ describe("a snapshot manager", function()
             log:close()
             local path = s.path .. "/" .. util.segment_name(s.segment_offsets[s.num_segments], "log")
             util.append_file(path, "extra")
-            local msg = failed_with("CORRUPT", sm:verify(s.id))
+            local msg = assert.fails_with("CORRUPT", sm:verify(s.id))
             assert.truthy(msg:find(path, 1, true), msg)
         end)
 
@@ -901,10 +889,10 @@ describe("a snapshot manager", function()
             log:close()
             local target = tmp .. "/restored"
             for _, id in ipairs({ "1600000000000-deadbeef", "nope", "snapshot-x" }) do
-                failed_with("NOT_FOUND", sm:get(id))
-                failed_with("NOT_FOUND", sm:delete(id))
-                failed_with("NOT_FOUND", sm:verify(id))
-                failed_with("NOT_FOUND", sm:restore(id, target))
+                assert.fails_with("NOT_FOUND", sm:get(id))
+                assert.fails_with("NOT_FOUND", sm:delete(id))
+                assert.fails_with("NOT_FOUND", sm:verify(id))
+                assert.fails_with("NOT_FOUND", sm:restore(id, target))
                 assert.is_false(util.exists(target))
             end
             assert.are.equal(1, #sm:list())
@@ -984,9 +972,9 @@ describe("a snapshot manager", function()
         end)
 
         it("reports a missing log directory with NOT_FOUND and a bad mode with INVALID", function()
-            failed_with("NOT_FOUND", takhin.snapshot_manager(tmp .. "/no-such-log"))
+            assert.fails_with("NOT_FOUND", takhin.snapshot_manager(tmp .. "/no-such-log"))
             local log = open(dir)
-            failed_with("INVALID", takhin.snapshot_manager(dir, { mode = "hardlink" }))
+            assert.fails_with("INVALID", takhin.snapshot_manager(dir, { mode = "hardlink" }))
             log:close()
         end)
 

@@ -7,33 +7,13 @@
  * mistake shared by both cannot pass unnoticed.
  */
 #include "takhin.h"
+#include "tap.h"
 
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ------------------------------------------------------------------ */
-/* TAP                                                                  */
-/* ------------------------------------------------------------------ */
-
-static int n_run, n_failed;
-
-__attribute__((format(printf, 2, 3)))
-static void ok(int cond, const char *fmt, ...) {
-    va_list ap;
-    n_run++;
-    if (!cond)
-        n_failed++;
-    printf("%sok %d - ", cond ? "" : "not ", n_run);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    putchar('\n');
-    fflush(stdout);
-}
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                              */
@@ -263,8 +243,5 @@ int main(void) {
     test_agreement();
     test_continuation();
     test_large();
-    printf("1..%d\n", n_run);
-    if (n_failed)
-        printf("# %d of %d failed\n", n_failed, n_run);
-    return n_failed ? 1 : 0;
+    return tap_done();
 }

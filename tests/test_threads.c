@@ -54,6 +54,7 @@
 #define _GNU_SOURCE
 #endif
 #include "takhin.h"
+#include "tap.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -98,29 +99,8 @@
 #define TS_BASE       INT64_C(1700000000000)
 
 /* ------------------------------------------------------------------ */
-/* TAP and failure bookkeeping                                          */
+/* Failure bookkeeping (TAP: tap.h)                                     */
 /* ------------------------------------------------------------------ */
-
-static int n_run, n_failed;
-
-__attribute__((format(printf, 2, 3)))
-static void ok(int cond, const char *fmt, ...) {
-    va_list ap;
-    n_run++;
-    if (!cond)
-        n_failed++;
-    printf("%sok %d - ", cond ? "" : "not ", n_run);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    putchar('\n');
-    fflush(stdout);
-}
-
-static void diag(const char *msg) {
-    if (msg[0] != '\0')
-        printf("#   %s\n", msg);
-}
 
 /*
  * What the threads of phase 1 check, each with a failure count and the
@@ -1669,8 +1649,5 @@ int main(void) {
     int rm = nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     int rm2 = nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     ok(rm == 0 && rm2 == 0, "remove %s and %s", dir, root);
-    printf("1..%d\n", n_run);
-    if (n_failed)
-        printf("# %d of %d failed\n", n_failed, n_run);
-    return n_failed ? 1 : 0;
+    return tap_done();
 }
