@@ -42,13 +42,15 @@ typedef struct tk_cut {
     int64_t base_offset, high_water_mark;
     uint64_t gen;               /* the log's generation at the cut */
     const struct tk_state *state;   /* the log's shared state (the log stays open) */
+    tk_cursor_info *cursors;    /* the cursors at the cut */
+    size_t ncursors;
 } tk_cut;
 
 tk_code tk_log_cut(tk_log *log, tk_cut *cut, tk_err *err);
 void tk_cut_free(tk_cut *cut);
 
-/* 1 when the log was truncated, restored or had segments deleted since
- * the cut: files linked by name since then may be other files than the
+/* 1 when the log was truncated, restored or had segments deleted
+ * (delete_before, retention) since the cut: files linked by name since then may be other files than the
  * cut described. */
 int tk_cut_changed(const tk_cut *cut);
 

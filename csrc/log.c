@@ -58,6 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cursors.h"
 #include "cut.h"
 #include "error.h"
 #include "fs.h"
@@ -85,6 +86,9 @@ struct tk_log {
     tk_segment **segs;                  /* oldest first; last is active */
     size_t nsegs, cap;
     uint64_t vgen;                      /* bumped when positions may move (iterators) */
+    int64_t start;                      /* log start offset: first readable */
+    uint64_t sealed_bytes;              /* .log bytes of the sealed segments */
+    tk_cursors cur;                     /* .cursors, mapped when first needed */
     tk_fdcache fds;
     unsigned char *wbuf;                /* writer's framing buffer */
     size_t wcap;
@@ -97,11 +101,12 @@ struct tk_iter {
     size_t si;
     uint64_t pos;
     int positioned;
-    tk_cursor c;
+    tk_window c;
 };
 
 static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err);
 static tk_code refresh_private(tk_log *log, tk_err *err);
+static tk_code retention_locked(tk_log *log, size_t *deleted, tk_err *err);
 
 /* ------------------------------------------------------------------ */
 /* Options                                                              */
@@ -114,6 +119,7 @@ void tk_log_opts_init(tk_log_opts *o) {
     o->max_record_size = 16u << 20;
     o->sync = TK_SYNC_NONE;
     o->mode = TK_LOG_EXCLUSIVE;
+    o->retention_max_age_ms = TK_NONE;
 }
 
 static tk_code check_opts(const char *dir, const tk_log_opts *o, tk_err *err) {
@@ -131,6 +137,11 @@ static tk_code check_opts(const char *dir, const tk_log_opts *o, tk_err *err) {
         return tk_fail(err, TK_INVALID, "open_log %s: bad sync mode", dir);
     if (o->mode != TK_LOG_EXCLUSIVE && o->mode != TK_LOG_SHARED && o->mode != TK_LOG_READONLY)
         return tk_fail(err, TK_INVALID, "open_log %s: bad mode", dir);
+    if (o->retention_max_age_ms != TK_NONE && o->retention_max_age_ms < 0)
+        return tk_fail(err, TK_INVALID, "open_log %s: retention max_age must be >= 0", dir);
+    if (o->retention_discard_new && !o->retention_max_bytes)
+        return tk_fail(err, TK_INVALID, "open_log %s: retention discard = \"new\" needs "
+                       "max_bytes", dir);
     return TK_OK;
 }
 
@@ -188,13 +199,13 @@ static size_t find_segment(const tk_log *log, int64_t offset) {
 }
 
 static int64_t hwm_locked(const tk_log *log) { return active(log)->next; }
-static int64_t base_locked(const tk_log *log) { return log->segs[0]->base; }
+static int64_t base_locked(const tk_log *log) { return log->start; }
 
 /* The layout this view describes (what a writer publishes). */
 static void view_layout(const tk_log *log, tk_layout *l) {
     const tk_segment *a = active(log);
     l->gen = log->gen;
-    l->start = base_locked(log);
+    l->start = log->start;
     l->active_base = a->base;
     l->next = a->next;
     l->size = a->size;
@@ -314,7 +325,7 @@ static tk_code load_sealed(tk_log *log, tk_segment *s, int fix, tk_err *err) {
 
 /* Drops trailing index entries until the last one leads to an intact
  * record with the expected offset and a plausible timestamp. */
-static tk_code verify_last_entry(tk_log *log, tk_segment *s, tk_cursor *c, uint64_t end,
+static tk_code verify_last_entry(tk_log *log, tk_segment *s, tk_window *c, uint64_t end,
                                  tk_err *err) {
     while (s->ix.n > 0) {
         const tk_ientry *e = &s->ix.e[s->ix.n - 1];
@@ -334,7 +345,7 @@ static tk_code verify_last_entry(tk_log *log, tk_segment *s, tk_cursor *c, uint6
  * tail is validated from the last index entry that checks out; a writer
  * cuts a torn tail and rewrites index files that did not match. */
 static tk_code recover_active(tk_log *log, tk_segment *s, int writer, tk_err *err) {
-    tk_cursor c = { .chunk = ITER_CHUNK };
+    tk_window c = { .chunk = ITER_CHUNK };
     uint64_t size, pos;
     int whole;
     size_t loaded, kept;
@@ -385,7 +396,7 @@ static tk_code recover_active(tk_log *log, tk_segment *s, int writer, tk_err *er
     if (!whole || kept != loaded || s->ix.n != kept)
         rc = tk_seg_write_index(log->dir, s, 0, durable(log), err);
 out:
-    tk_cursor_free(&c);
+    tk_window_free(&c);
     return rc;
 }
 
@@ -439,6 +450,35 @@ static tk_code load_listed(tk_log *log, const int64_t *bases, size_t n, int64_t 
     return rc;
 }
 
+/* The log start offset delete_before persisted (docs/FORMAT.md), or
+ * TK_NONE. */
+static int64_t read_start(const tk_log *log) {
+    char path[PATH_MAX], buf[32], *end;
+    int64_t v = TK_NONE;
+    FILE *f;
+    if (tk_path_join(path, sizeof path, log->dir, TK_START_FILE) < 0 || !(f = fopen(path, "r")))
+        return TK_NONE;
+    if (fgets(buf, sizeof buf, f)) {
+        long long x = strtoll(buf, &end, 10);
+        if (end != buf && (*end == '\n' || *end == '\0') && x >= 0) v = x;
+    }
+    fclose(f);
+    return v;
+}
+
+/* After the segments are loaded: the start offset -- the layout's, or the
+ * one .start keeps, never below the first segment nor past the end -- and
+ * the bytes of the sealed segments. */
+static void settle_view(tk_log *log, const tk_layout *l) {
+    int64_t first = log->segs[0]->base, hwm = hwm_locked(log);
+    int64_t start = l ? l->start : read_start(log);
+    if (start < first) start = first;
+    if (start > hwm) start = hwm;
+    log->start = start;
+    log->sealed_bytes = 0;
+    for (size_t i = 0; i + 1 < log->nsegs; i++) log->sealed_bytes += log->segs[i]->size;
+}
+
 /* The whole view from the files: by recovery (l NULL: the first opener,
  * or a repair) or as the layout l says. */
 static tk_code load_view(tk_log *log, const tk_layout *l, int writer, tk_err *err) {
@@ -460,11 +500,13 @@ static tk_code load_view(tk_log *log, const tk_layout *l, int writer, tk_err *er
             tk_seg_free(s);
             return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
         }
+        settle_view(log, l);
         return TK_OK;
     }
     rc = load_listed(log, bases, n, INT64_MIN, l, writer, err);
     free(bases);
     if (rc == TK_OK && log->nsegs == 0) rc = TK_RETRY;
+    if (rc == TK_OK) settle_view(log, l);
     return rc;
 }
 
@@ -480,6 +522,7 @@ static tk_code reload_from(tk_log *log, size_t k, const tk_layout *l, int writer
     rc = load_listed(log, bases, n, from, l, writer, err);
     free(bases);
     if (rc == TK_OK && log->nsegs == k) rc = TK_RETRY;
+    if (rc == TK_OK) settle_view(log, l);
     return rc;
 }
 
@@ -487,16 +530,34 @@ static tk_code reload_from(tk_log *log, size_t k, const tk_layout *l, int writer
 /* Following the published layout                                       */
 /* ------------------------------------------------------------------ */
 
+/* The log start moved (delete_before, retention): forget the segments
+ * wholly below it.  Caller holds rw exclusively. */
+static void drop_below(tk_log *log, int64_t start) {
+    size_t k = 0;
+    while (k + 1 < log->nsegs && log->segs[k]->next <= start) {
+        log->sealed_bytes -= log->segs[k]->size;
+        tk_seg_free(log->segs[k++]);
+    }
+    if (k > 0) {
+        memmove(log->segs, log->segs + k, (log->nsegs - k) * sizeof *log->segs);
+        log->nsegs -= k;
+        log->vgen++;
+    }
+    if (start > log->start) log->start = start;
+}
+
 /* Brings the view to what l describes.  Caller holds wmu (and, when it is
  * a writer about to write, the state's lock); takes rw itself. */
 static tk_code catch_up(tk_log *log, const tk_layout *l, int writer, tk_err *err) {
     tk_segment *a = log->nsegs ? active(log) : NULL;
     tk_code rc = TK_OK;
     if (a && l->gen == log->gen && l->active_base == a->base && l->next == a->next &&
-        l->size == a->size)
+        l->size == a->size && l->start == log->start)
         return TK_OK;
     pthread_rwlock_wrlock(&log->rw);
+    if (a && l->gen == log->gen && l->start > log->start) drop_below(log, l->start);
     if (!a || l->gen != log->gen) {
+        tk_cursors_close(&log->cur);        /* a restore may have replaced it */
         rc = load_view(log, l, writer, err);
     } else if (l->active_base != a->base) {
         rc = reload_from(log, log->nsegs - 1, l, writer, err);
@@ -588,7 +649,7 @@ static void load_index_tail(tk_log *log) {
 static int view_current(const tk_log *log, const tk_layout *l) {
     const tk_segment *a = log->nsegs ? active(log) : NULL;
     return a && l->gen == log->gen && l->active_base == a->base && l->next == a->next &&
-           a->ix.n >= a->idx_n;
+           l->start == log->start && a->ix.n >= a->idx_n;
 }
 
 tk_code tk_log_refresh(tk_log *log, tk_err *err) {
@@ -735,6 +796,7 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
     log->lock_fd = -1;
     log->st.fd = -1;
     log->st.slot = -1;
+    log->cur.fd = -1;
     log->fds.max = opts->max_open_segments ? opts->max_open_segments : default_max_open();
     pthread_mutex_init(&log->wmu, NULL);
     pthread_rwlock_init(&log->rw, NULL);
@@ -757,6 +819,7 @@ void tk_log_close(tk_log *log) {
     if (!log) return;
     drop_segments_from(log, 0);
     free(log->segs);
+    tk_cursors_close(&log->cur);
     tk_state_close(&log->st);
     tk_dirlock_release(log->lock_fd);
     pthread_rwlock_destroy(&log->rw);
@@ -820,9 +883,18 @@ static tk_code roll(tk_log *log, tk_err *err) {
         int pushed;
         pthread_rwlock_wrlock(&log->rw);
         pushed = push_segment(log, s) == 0;
-        if (pushed) publish(log);
+        if (pushed) {
+            log->sealed_bytes += old->size;
+            publish(log);
+        }
         pthread_rwlock_unlock(&log->rw);
-        if (pushed) return TK_OK;
+        if (pushed) {
+            /* Retention runs when a segment rolls; its failure is not the
+             * append's (the record is written): the next roll tries again. */
+            tk_err scratch;
+            retention_locked(log, NULL, &scratch);
+            return TK_OK;
+        }
         rc = tk_fail(err, TK_NOMEM, "roll %s: out of memory", log->dir);
         tk_seg_free(s);
     }
@@ -978,13 +1050,28 @@ static tk_code check_batch(const tk_log *log, const tk_rec_in *recs, size_t n, t
     return TK_OK;
 }
 
+/* retention discard = "new": the budget is back-pressure.  An append that
+ * would take the log past max_bytes is refused whole. */
+static tk_code check_budget(tk_log *log, const tk_rec_in *recs, size_t n, tk_err *err) {
+    uint64_t have, add = 0;
+    if (!log->o.retention_discard_new) return TK_OK;
+    have = log->sealed_bytes + active(log)->size;
+    for (size_t i = 0; i < n; i++) add += tk_rec_size(recs[i].has_key ? recs[i].key_len : 0,
+                                                      recs[i].value_len);
+    if (have + add <= log->o.retention_max_bytes) return TK_OK;
+    return tk_fail(err, TK_FULL, "append to %s: the log holds %" PRIu64 " bytes; %" PRIu64
+                   " more would pass retention max_bytes %" PRIu64 " (discard = \"new\")",
+                   log->dir, have, add, log->o.retention_max_bytes);
+}
+
 /* Under wmu and the state's lock. */
 static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
                              tk_err *err) {
     pending pd = { { NULL, 0, 0 }, { 0, 0 } };
     int64_t start = active(log)->next, now = now_ms();
     size_t i = 0;
-    tk_code rc = unshare_active(log, 1u << TK_EXT_LOG, err);
+    tk_code rc = check_budget(log, recs, n, err);
+    if (rc == TK_OK) rc = unshare_active(log, 1u << TK_EXT_LOG, err);
     while (rc == TK_OK && i < n) {
         tk_segment *s = active(log);
         size_t j = i, len = 0;
@@ -1037,7 +1124,7 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
 /* Cuts segment s (now the active one) at offset, which is inside it or
  * one past its end.  Caller holds wmu, the lock and rw exclusively. */
 static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *err) {
-    tk_cursor c = { .chunk = ITER_CHUNK };
+    tk_window c = { .chunk = ITER_CHUNK };
     uint64_t pos = s->size, from;
     int64_t at;
     long k;
@@ -1076,7 +1163,7 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
     rc = tk_seg_write_index(log->dir, s, 0, durable(log), err);
     if (rc == TK_OK && durable(log)) rc = tk_seg_sync(log->dir, s, err);
 out:
-    tk_cursor_free(&c);
+    tk_window_free(&c);
     return rc;
 }
 
@@ -1098,6 +1185,8 @@ static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     rc = cut_segment(log, active(log), offset, err);
     if (rc == TK_OK && durable(log) && tk_fsync_dir(log->dir) < 0)
         rc = tk_fail_errno(err, errno, "fsync %s", log->dir);
+    log->sealed_bytes = 0;
+    for (size_t i = 0; i + 1 < log->nsegs; i++) log->sealed_bytes += log->segs[i]->size;
     log->vgen++;
     pthread_rwlock_unlock(&log->rw);
     if (rc != TK_OK) {
@@ -1143,7 +1232,7 @@ tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
 static tk_code follow_segment(tk_log *log, tk_segment *s, int *reload_needed, tk_err *err) {
     char path[PATH_MAX];
     struct stat st, fst;
-    tk_cursor c = { .chunk = ITER_CHUNK };
+    tk_window c = { .chunk = ITER_CHUNK };
     uint64_t pos = s->size;
     tk_code rc;
 
@@ -1166,7 +1255,7 @@ static tk_code follow_segment(tk_log *log, tk_segment *s, int *reload_needed, tk
     s->held = s->next;
     s->idx_n = s->ix.n;
     s->max_ts = s->ws.max_ts;
-    tk_cursor_free(&c);
+    tk_window_free(&c);
     return rc;
 }
 
@@ -1336,7 +1425,7 @@ typedef struct read_arg {
 
 static tk_code read_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
     read_arg *a = arg;
-    tk_cursor c = { .buf = a->rec->buf, .cap = a->rec->cap,
+    tk_window c = { .buf = a->rec->buf, .cap = a->rec->cap,
                     .chunk = log->o.index_interval_bytes + 4096 };
     int64_t base = base_locked(log), hwm = hwm_locked(log);
     tk_segment *s;
@@ -1375,7 +1464,7 @@ typedef struct time_arg {
 
 static tk_code time_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
     time_arg *a = arg;
-    tk_cursor c = { .chunk = log->o.index_interval_bytes + 4096 };
+    tk_window c = { .chunk = log->o.index_interval_bytes + 4096 };
     tk_code rc = TK_OK;
     *a->offset = hwm_locked(log);
     for (size_t i = 0; i < log->nsegs; i++) {
@@ -1391,7 +1480,7 @@ static tk_code time_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
         }
         break;
     }
-    tk_cursor_free(&c);
+    tk_window_free(&c);
     return rc;
 }
 
@@ -1433,7 +1522,7 @@ static tk_code iter_position(tk_iter *it, tk_err *err) {
         return out_of_range(log, "records", it->next, base_locked(log), hwm_locked(log), err);
     it->si = find_segment(log, it->next);
     s = log->segs[it->si];
-    tk_cursor_reset(&it->c);
+    tk_window_reset(&it->c);
     it->vgen = log->vgen;
     it->positioned = 1;
     if (it->next >= s->held) return missing(log, "records", s, it->next, err);
@@ -1493,13 +1582,13 @@ static tk_code iter_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
 
 tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err) {
     iter_arg a = { it, rec, done };
-    if (it->c.cap > TRIM_ABOVE) tk_cursor_free(&it->c);     /* the last record was big */
+    if (it->c.cap > TRIM_ABOVE) tk_window_free(&it->c);     /* the last record was big */
     return with_view(it->log, iter_fn, &a, "records", err);
 }
 
 void tk_iter_close(tk_iter *it) {
     if (!it) return;
-    tk_cursor_free(&it->c);
+    tk_window_free(&it->c);
     free(it);
 }
 
@@ -1602,6 +1691,213 @@ size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Retention: moving the log start offset                               */
+/* ------------------------------------------------------------------ */
+
+/* Moves the log start to new_start (start <= new_start <= hwm) and
+ * deletes the segments wholly below it.  Caller holds wmu and the lock.
+ *
+ * Crash states: 1. .start names the new start when it falls inside a
+ * segment (atomic replace) [a reopen starts there: records below are
+ * gone]; 2. the layout publishes it [other handles drop those segments];
+ * 3. the segments' files are removed oldest first, .log before its index
+ * files [a reopen starts at the first .log left; orphan index files are
+ * removed]; 4. .start is removed when the start is a segment's base. */
+static tk_code move_start(tk_log *log, int64_t new_start, size_t *deleted, tk_err *err) {
+    char path[PATH_MAX], buf[32];
+    size_t k = 0, n;
+    int64_t *gone;
+    tk_code rc = TK_OK;
+    while (k + 1 < log->nsegs && log->segs[k]->next <= new_start) k++;
+    if (deleted) *deleted = k;
+    if (new_start <= log->start && k == 0) return TK_OK;
+    if (tk_path_join(path, sizeof path, log->dir, TK_START_FILE) < 0)
+        return tk_fail_errno(err, errno, "delete_before %s", log->dir);
+    if (new_start > log->segs[k]->base) {
+        n = (size_t)snprintf(buf, sizeof buf, "%" PRId64 "\n", new_start);
+        if (tk_replace_file(path, buf, n, durable(log)) < 0)
+            return tk_fail_errno(err, errno, "write %s", path);
+    }
+    if (!(gone = tk_malloc((k + 1) * sizeof *gone)))
+        return tk_fail(err, TK_NOMEM, "delete_before %s: out of memory", log->dir);
+    pthread_rwlock_wrlock(&log->rw);
+    for (size_t i = 0; i < k; i++) gone[i] = log->segs[i]->base;
+    drop_below(log, new_start);
+    log->start = new_start;
+    publish(log);
+    pthread_rwlock_unlock(&log->rw);
+    for (size_t i = 0; i < k; i++) remove_segment_files(log, gone[i]);
+    free(gone);
+    if (k > 0 && durable(log) && tk_fsync_dir(log->dir) < 0)
+        rc = tk_fail_errno(err, errno, "fsync %s", log->dir);
+    if (rc == TK_OK && new_start == log->segs[0]->base) unlink(path);
+    return rc;
+}
+
+/* The lowest committed cursor, or TK_NONE when there is none. */
+static int64_t lowest_cursor(tk_log *log) {
+    tk_cursor_info buf[64], *all = buf;
+    size_t n;
+    int64_t low = TK_NONE;
+    tk_cursors_refresh(log->dir, &log->cur);
+    n = tk_cursors_list(&log->cur, buf, 64);
+    if (n > 64 && (all = malloc(n * sizeof *all)) != NULL) tk_cursors_list(&log->cur, all, n);
+    else if (n > 64) return log->start;         /* out of memory: delete nothing */
+    for (size_t i = 0; i < n; i++)
+        if (low == TK_NONE || all[i].offset < low) low = all[i].offset;
+    if (all != buf) free(all);
+    return low;
+}
+
+/* Whole sealed segments, oldest first: by total bytes (unless the budget
+ * is back-pressure), by age of their newest record; never at or above the
+ * lowest cursor with keep_uncommitted.  Caller holds wmu and the lock. */
+static tk_code retention_locked(tk_log *log, size_t *deleted, tk_err *err) {
+    const tk_log_opts *o = &log->o;
+    uint64_t total = log->sealed_bytes + active(log)->size;
+    int64_t limit = INT64_MAX, now = now_ms(), new_start = log->start;
+    size_t k = 0;
+    if (deleted) *deleted = 0;
+    if (!o->retention_max_bytes && o->retention_max_age_ms == TK_NONE) return TK_OK;
+    if (o->retention_keep_uncommitted) {
+        limit = lowest_cursor(log);
+        if (limit == TK_NONE) return TK_OK;     /* nothing committed: nothing goes */
+    }
+    for (; k + 1 < log->nsegs; k++) {
+        const tk_segment *s = log->segs[k];
+        int by_bytes = o->retention_max_bytes && !o->retention_discard_new &&
+                       total > o->retention_max_bytes;
+        int by_age = o->retention_max_age_ms != TK_NONE && s->max_ts != TK_TS_NONE &&
+                     s->max_ts < now - o->retention_max_age_ms;
+        if ((!by_bytes && !by_age) || s->next > limit) break;
+        total -= s->size;
+        new_start = s->next;
+    }
+    if (k == 0) return TK_OK;
+    return move_start(log, new_start, deleted, err);
+}
+
+tk_code tk_log_delete_before(tk_log *log, int64_t offset, int64_t *base, tk_err *err) {
+    tk_code rc;
+    if (!is_writer(log))
+        return tk_fail(err, TK_READONLY, "delete_before %s: log is open read-only", log->dir);
+    pthread_mutex_lock(&log->wmu);
+    if ((rc = writer_enter(log, err)) == TK_OK) {
+        if (offset > hwm_locked(log))
+            rc = tk_fail(err, TK_OUT_OF_RANGE, "delete_before %s: offset %" PRId64 " is past "
+                         "the high water mark %" PRId64, log->dir, offset, hwm_locked(log));
+        else if (offset > log->start)
+            rc = move_start(log, offset, NULL, err);
+        if (base) *base = log->start;
+        writer_leave(log);
+    }
+    pthread_mutex_unlock(&log->wmu);
+    return rc;
+}
+
+tk_code tk_log_apply_retention(tk_log *log, size_t *deleted, tk_err *err) {
+    tk_code rc;
+    if (deleted) *deleted = 0;
+    if (!is_writer(log))
+        return tk_fail(err, TK_READONLY, "apply_retention %s: log is open read-only", log->dir);
+    pthread_mutex_lock(&log->wmu);
+    if ((rc = writer_enter(log, err)) == TK_OK) {
+        rc = retention_locked(log, deleted, err);
+        writer_leave(log);
+    }
+    pthread_mutex_unlock(&log->wmu);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Cursors                                                              */
+/* ------------------------------------------------------------------ */
+
+/* The cursor file mapped for writing (created when missing).  Caller
+ * holds wmu and the lock. */
+static tk_code writable_cursors(tk_log *log, tk_err *err) {
+    if (log->cur.map && log->cur.writable) return TK_OK;
+    tk_cursors_close(&log->cur);
+    return tk_cursors_open(log->dir, 1, &log->cur, err);
+}
+
+tk_code tk_log_commit(tk_log *log, const char *name, int64_t offset, const tk_commit_opts *o,
+                      tk_err *err) {
+    static const tk_commit_opts none = { 0, 0, 0 };
+    int64_t have = 0;
+    int found;
+    tk_code rc = tk_cursor_check_name(name, err);
+    if (rc != TK_OK) return rc;
+    if (!o) o = &none;
+    if (!is_writer(log))
+        return tk_fail(err, TK_READONLY, "commit %s: log is open read-only", log->dir);
+    pthread_mutex_lock(&log->wmu);
+    if ((rc = writer_enter(log, err)) != TK_OK) goto out;
+    if ((rc = writable_cursors(log, err)) != TK_OK) goto leave;
+    found = tk_cursors_get(&log->cur, name, &have);
+    if (offset < log->start || offset > hwm_locked(log))
+        rc = tk_fail(err, TK_OUT_OF_RANGE, "commit %s to %s: offset %" PRId64 " is outside [%"
+                     PRId64 ", %" PRId64 "]", name, log->dir, offset, log->start,
+                     hwm_locked(log));
+    else if (o->has_expect && (o->expect == TK_NONE ? found : !found || have != o->expect)) {
+        char now[40], want[40];
+        snprintf(now, sizeof now, found ? "%" PRId64 : "none", have);
+        snprintf(want, sizeof want, o->expect == TK_NONE ? "none" : "%" PRId64, o->expect);
+        rc = tk_fail(err, TK_CONFLICT, "commit %s to %s: the committed offset is %s, not the "
+                     "expected %s", name, log->dir, now, want);
+    } else if (found && offset < have && !o->force)
+        rc = tk_fail(err, TK_INVALID, "commit %s to %s: offset %" PRId64 " is behind the "
+                     "committed %" PRId64 " (force = true moves a cursor back)", name,
+                     log->dir, offset, have);
+    else
+        rc = tk_cursors_put(&log->cur, log->dir, name, offset, durable(log), err);
+leave:
+    writer_leave(log);
+out:
+    pthread_mutex_unlock(&log->wmu);
+    return rc;
+}
+
+tk_code tk_log_committed(tk_log *log, const char *name, int64_t *offset, int *found,
+                         tk_err *err) {
+    tk_code rc = tk_cursor_check_name(name, err);
+    *found = 0;
+    if (rc != TK_OK) return rc;
+    pthread_mutex_lock(&log->wmu);              /* the mapping may be made or remade */
+    tk_cursors_refresh(log->dir, &log->cur);
+    *found = tk_cursors_get(&log->cur, name, offset);
+    pthread_mutex_unlock(&log->wmu);
+    return TK_OK;
+}
+
+size_t tk_log_cursors(tk_log *log, tk_cursor_info *out, size_t cap) {
+    size_t n;
+    pthread_mutex_lock(&log->wmu);
+    tk_cursors_refresh(log->dir, &log->cur);
+    n = tk_cursors_list(&log->cur, out, cap);
+    pthread_mutex_unlock(&log->wmu);
+    return n;
+}
+
+tk_code tk_log_delete_cursor(tk_log *log, const char *name, tk_err *err) {
+    int found = 0;
+    tk_code rc = tk_cursor_check_name(name, err);
+    if (rc != TK_OK) return rc;
+    if (!is_writer(log))
+        return tk_fail(err, TK_READONLY, "delete_cursor %s: log is open read-only", log->dir);
+    pthread_mutex_lock(&log->wmu);
+    if ((rc = writer_enter(log, err)) == TK_OK) {
+        rc = writable_cursors(log, err);
+        if (rc == TK_OK) rc = tk_cursors_remove(&log->cur, log->dir, name, durable(log), &found, err);
+        writer_leave(log);
+    }
+    pthread_mutex_unlock(&log->wmu);
+    if (rc == TK_OK && !found)
+        rc = tk_fail(err, TK_NOT_FOUND, "delete_cursor %s: no cursor %s", log->dir, name);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* Cutting (snapshots, cut.h)                                           */
 /* ------------------------------------------------------------------ */
 
@@ -1613,6 +1909,7 @@ void tk_cut_free(tk_cut *cut) {
     }
     free(cut->segs);
     free(cut->dir);
+    free(cut->cursors);
     memset(cut, 0, sizeof *cut);
 }
 
@@ -1662,6 +1959,13 @@ static tk_code cut_locked(tk_log *log, tk_cut *cut, tk_err *err) {
     cut->high_water_mark = hwm_locked(log);
     cut->gen = log->gen;
     cut->state = &log->st;
+    if (rc == TK_OK) {                  /* the cursors as they are at the cut */
+        tk_cursors_refresh(log->dir, &log->cur);
+        cut->ncursors = tk_cursors_list(&log->cur, NULL, 0);
+        if (cut->ncursors && !(cut->cursors = tk_malloc(cut->ncursors * sizeof *cut->cursors)))
+            return tk_fail(err, TK_NOMEM, "snapshot %s: out of memory", log->dir);
+        cut->ncursors = tk_cursors_list(&log->cur, cut->cursors, cut->ncursors);
+    }
     return rc;
 }
 
@@ -1689,7 +1993,9 @@ tk_code tk_log_cut(tk_log *log, tk_cut *cut, tk_err *err) {
 }
 
 int tk_cut_changed(const tk_cut *cut) {
-    return cut->state && !cut->state->is_private && tk_state_gen(cut->state) != cut->gen;
+    return cut->state && !cut->state->is_private &&
+           (tk_state_gen(cut->state) != cut->gen ||
+            tk_state_start(cut->state) != cut->base_offset);
 }
 
 tk_code tk_log_same_dir(const tk_log *log, const char *dir, int *same, tk_err *err) {

@@ -193,8 +193,48 @@ static const char *field_string(lua_State *L, int t, const char *name, int *bad)
 
 static const char *const log_opt_names[] = {
     "dir", "max_segment_size", "index_interval_bytes", "max_record_size", "sync",
-    "readonly", "shared", "max_open_segments", NULL
+    "readonly", "shared", "max_open_segments", "retention", NULL
 };
+
+/* takhin/init.lua turns retention.max_age (a duration) into max_age_ms. */
+static const char *const retention_opt_names[] = {
+    "max_bytes", "max_age_ms", "discard", "keep_uncommitted", NULL
+};
+
+/* The retention sub-table; NULL or an INVALID message. */
+static const char *read_retention(lua_State *L, int t, tk_log_opts *o, char *buf, size_t cap) {
+    int64_t v;
+    int bad = 0, r;
+    const char *s;
+    lua_getfield(L, t, "retention");                    /* stack: ..., retention (kept) */
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+    if (lua_type(L, -1) != LUA_TTABLE)
+        luaL_error(L, "option 'retention': table expected, got %s", luaL_typename(L, -1));
+    r = lua_gettop(L);
+    check_field_names(L, r, "open_log: retention", retention_opt_names);
+    if (field_int(L, r, "max_bytes", &v)) {
+        if (v < 1) {
+            snprintf(buf, cap, "open_log: retention max_bytes %lld must be >= 1", (long long)v);
+            return buf;
+        }
+        o->retention_max_bytes = (uint64_t)v;
+    }
+    if (field_int(L, r, "max_age_ms", &v)) {
+        if (v < 0) return "open_log: retention max_age must be >= 0";
+        o->retention_max_age_ms = v;
+    }
+    s = field_string(L, r, "discard", &bad);            /* stack: ..., retention, discard */
+    if (s && strcmp(s, "new") == 0) o->retention_discard_new = 1;
+    else if (s && strcmp(s, "old") != 0) {
+        snprintf(buf, cap, "open_log: retention discard must be \"old\" or \"new\", not \"%.40s\"", s);
+        return buf;
+    }
+    if (o->retention_discard_new && !o->retention_max_bytes)
+        return "open_log: retention discard = \"new\" needs max_bytes";
+    o->retention_keep_uncommitted = field_bool(L, r, "keep_uncommitted");
+    lua_pop(L, 2);
+    return NULL;
+}
 
 /* Fills o from the options table; returns NULL or an INVALID message. */
 static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf, size_t cap) {
@@ -249,7 +289,7 @@ static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf,
     shared = field_bool(L, t, "shared");
     if (readonly && shared) return "open_log: shared and readonly exclude each other";
     o->mode = readonly ? TK_LOG_READONLY : shared ? TK_LOG_SHARED : TK_LOG_EXCLUSIVE;
-    return NULL;
+    return read_retention(L, t, o, buf, cap);
 }
 
 static int l_open_log(lua_State *L) {
@@ -545,6 +585,104 @@ static int l_segments(lua_State *L) {
         lua_setfield(L, -2, "active");
         lua_rawseti(L, -2, (lua_Integer)(i + 1));
     }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Log: retention and cursors                                           */
+/* ------------------------------------------------------------------ */
+
+static int l_delete_before(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    int64_t base;
+    tk_err e;
+    if (tk_log_delete_before(u->log, check_int64(L, 2), &base, &e) != TK_OK) return push_error(L, &e);
+    compat_pushint64(L, base);
+    return 1;
+}
+
+static int l_apply_retention(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    size_t n;
+    tk_err e;
+    if (tk_log_apply_retention(u->log, &n, &e) != TK_OK) return push_error(L, &e);
+    compat_pushint64(L, (int64_t)n);
+    return 1;
+}
+
+static const char *const commit_opt_names[] = { "expect", "force", NULL };
+
+/* commit(name, offset [, { expect = offset | false, force = bool }]) -> true.
+ * expect = false: only when the cursor was never committed. */
+static int l_commit(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    const char *name = check_cstring(L, 2);
+    int64_t offset = check_int64(L, 3);
+    tk_commit_opts o = { 0, 0, 0 };
+    tk_err e;
+    if (!name) return push_invalid(L, "commit: cursor name contains a NUL byte");
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        check_field_names(L, 4, "commit", commit_opt_names);
+        lua_getfield(L, 4, "expect");
+        if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            o.has_expect = 1;
+            o.expect = TK_NONE;
+        } else if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TNUMBER || !compat_toint64(L, -1, &o.expect))
+                luaL_error(L, "option 'expect': integer or false expected, got %s",
+                           luaL_typename(L, -1));
+            if (o.expect == TK_NONE) o.expect++;
+            o.has_expect = 1;
+        }
+        lua_pop(L, 1);
+        o.force = field_bool(L, 4, "force");
+    }
+    if (tk_log_commit(u->log, name, offset, &o, &e) != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* committed(name) -> offset | nil (never committed) | nil, msg, code */
+static int l_committed(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    const char *name = check_cstring(L, 2);
+    int64_t offset;
+    int found;
+    tk_err e;
+    if (!name) return push_invalid(L, "committed: cursor name contains a NUL byte");
+    if (tk_log_committed(u->log, name, &offset, &found, &e) != TK_OK) return push_error(L, &e);
+    if (!found) lua_pushnil(L);
+    else compat_pushint64(L, offset);
+    return 1;
+}
+
+static int l_cursors(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    size_t n = tk_log_cursors(u->log, NULL, 0), got;
+    tk_cursor_info *list;
+    for (;;) {                      /* another process may add one meanwhile */
+        list = (tk_cursor_info *)lua_newuserdata(L, (n ? n : 1) * sizeof *list);
+        got = tk_log_cursors(u->log, list, n);
+        if (got <= n) break;
+        lua_pop(L, 1);
+        n = got;
+    }
+    lua_createtable(L, 0, (int)got);
+    for (size_t i = 0; i < got; i++) {
+        compat_pushint64(L, list[i].offset);
+        lua_setfield(L, -2, list[i].name);
+    }
+    return 1;
+}
+
+static int l_delete_cursor(lua_State *L) {
+    lua_log *u = check_log(L, 1);
+    const char *name = check_cstring(L, 2);
+    tk_err e;
+    if (!name) return push_invalid(L, "delete_cursor: cursor name contains a NUL byte");
+    if (tk_log_delete_cursor(u->log, name, &e) != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -1052,6 +1190,12 @@ static const luaL_Reg log_methods[] = {
     { "sync", l_sync },
     { "truncate", l_truncate },
     { "_wait", l_wait },
+    { "delete_before", l_delete_before },
+    { "apply_retention", l_apply_retention },
+    { "commit", l_commit },
+    { "committed", l_committed },
+    { "cursors", l_cursors },
+    { "delete_cursor", l_delete_cursor },
     { "close", l_close },
     { NULL, NULL }
 };

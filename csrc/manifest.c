@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "fs.h"
+#include "cursors.h"
 #include "manifest.h"
 #include "names.h"
 #include "sys.h"
@@ -51,8 +52,9 @@ void tk_manifest_free(tk_manifest *m) {
     free(m->files);
     m->files = NULL;
     m->nfiles = 0;
-    json_decref(m->cursors);
+    free(m->cursors);
     m->cursors = NULL;
+    m->ncursors = 0;
 }
 
 /* A snapshot as JSON; NULL when out of memory.  A damaged snapshot (in
@@ -177,15 +179,41 @@ tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err) {
                                                      "size", (json_int_t)m->files[i].size,
                                                      "crc32c", crc)) < 0;
     }
-    bad = bad || json_object_set(root, "files", files) < 0 ||
-          (m->cursors && json_object_set(root, "cursors", m->cursors) < 0) ||
-          json_object_set_new(root, "format", json_integer(JSON_FORMAT)) < 0;
+    bad = bad || json_object_set(root, "files", files) < 0;
+    if (!bad && m->ncursors > 0) {
+        json_t *cur = json_object();
+        bad = !cur;
+        for (size_t i = 0; !bad && i < m->ncursors; i++)
+            bad = json_object_set_new(cur, m->cursors[i].name, json_integer(m->cursors[i].offset)) < 0;
+        bad = bad || json_object_set_new(root, "cursors", cur) < 0;
+    }
+    bad = bad || json_object_set_new(root, "format", json_integer(JSON_FORMAT)) < 0;
     json_decref(files);
     if (bad) {
         json_decref(root);
         return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
     }
     return write_json(path, root, err);
+}
+
+/* "cursors": { "name": offset, ... }, optional; names checked, offsets
+ * inside the snapshot's range. */
+static int cursors_from_json(json_t *o, tk_manifest *m) {
+    const char *name;
+    json_t *v;
+    size_t i = 0;
+    if (!o) return 0;
+    if (!json_is_object(o) || json_object_size(o) > 1024) return -1;
+    if (!(m->cursors = tk_calloc(json_object_size(o) + 1, sizeof *m->cursors))) return -1;
+    json_object_foreach(o, name, v) {
+        if (tk_cursor_check_name(name, NULL) != TK_OK || !json_is_integer(v) ||
+            json_integer_value(v) < 0)
+            return -1;
+        snprintf(m->cursors[i].name, sizeof m->cursors[i].name, "%s", name);
+        m->cursors[i++].offset = json_integer_value(v);
+    }
+    m->ncursors = i;
+    return 0;
 }
 
 static int file_from_json(json_t *o, tk_mfile *f) {
@@ -220,10 +248,7 @@ tk_code tk_manifest_read(const char *path, tk_manifest *m, tk_err *err) {
     }
     files = json_object_get(root, "files");
     if (snapshot_from_json(root, &m->snap) < 0 || m->snap.damaged || !json_is_array(files)) goto bad;
-    if ((m->cursors = json_object_get(root, "cursors")) != NULL) {
-        if (!json_is_object(m->cursors)) goto bad;
-        json_incref(m->cursors);
-    }
+    if (cursors_from_json(json_object_get(root, "cursors"), m) < 0) goto bad;
     m->nfiles = json_array_size(files);
     if (!(m->files = tk_calloc(m->nfiles ? m->nfiles : 1, sizeof *m->files))) goto bad;
     for (size_t i = 0; i < m->nfiles; i++)

@@ -16,13 +16,12 @@ typedef struct tk_mfile {
     uint32_t crc;               /* CRC32C of the whole file */
 } tk_mfile;
 
-struct json_t;
-
 typedef struct tk_manifest {
     tk_snapshot snap;
     tk_mfile *files;
     size_t nfiles;
-    struct json_t *cursors;     /* {"name": offset, ...} at the cut, or NULL */
+    tk_cursor_info *cursors;    /* the log's cursors at the cut (malloc'd) */
+    size_t ncursors;
 } tk_manifest;
 
 void tk_manifest_free(tk_manifest *m);

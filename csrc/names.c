@@ -46,6 +46,11 @@ int tk_is_segment_file(const char *name) {
     return tk_parse_seg_name(name, NULL, NULL);
 }
 
+int tk_is_log_data_file(const char *name) {
+    return tk_is_segment_file(name) || strcmp(name, TK_START_FILE) == 0 ||
+           strcmp(name, TK_CURSORS_FILE) == 0;
+}
+
 int tk_is_log_leftover(const char *name) {
     size_t n = strlen(name), t = strlen(TK_TMP_SUFFIX);
     if (strncmp(name, TK_RESTORE_TMP, strlen(TK_RESTORE_TMP)) == 0) return 1;

@@ -68,6 +68,10 @@ int tk_parse_seg_name(const char *name, int64_t *base, tk_ext *ext);
 /* 1 for a segment file name (any of the three extensions). */
 int tk_is_segment_file(const char *name);
 
+/* 1 for the files that make up a log's data: its segment files, .start
+ * and .cursors (what an in-place restore replaces). */
+int tk_is_log_data_file(const char *name);
+
 /* What a crash can leave in a log directory and a writer removes: temp
  * files of an atomic replace or a copy-on-write, an in-place restore
  * that never committed. */

@@ -2,7 +2,8 @@
  * restore.c -- applying a committed in-place restore (restore.h).
  *
  * Redo rule, safe to run any number of times after a crash at any point:
- *   1. every segment file of <dir> is removed unless it is in the new set
+ *   1. every data file of <dir> (segment files, .start, .cursors:
+ *      tk_is_log_data_file) is removed unless it is in the new set
  *      and no longer waiting in .restore-ready (it was already moved in);
  *   2. every file still waiting in .restore-ready is renamed into <dir>;
  *   3. <dir> is fsynced and .restore-ready removed.
@@ -74,7 +75,7 @@ static tk_code remove_old(const char *dir, const char *ready, const char *list, 
     struct dirent *de;
     if (!d) return tk_fail_errno(err, errno, "open %s", dir);
     while ((de = readdir(d)) != NULL) {
-        if (!tk_is_segment_file(de->d_name)) continue;
+        if (!tk_is_log_data_file(de->d_name)) continue;
         if (in_list(list, de->d_name) && !exists_in(ready, de->d_name)) continue;
         if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
             int e = errno;
@@ -94,7 +95,7 @@ static tk_code move_new(const char *dir, const char *ready, const char *list, tk
         if (len > 0 && len < sizeof name) {
             memcpy(name, p, len);
             name[len] = '\0';
-            if (tk_is_segment_file(name) && exists_in(ready, name)) {
+            if (tk_is_log_data_file(name) && exists_in(ready, name)) {
                 if (tk_path_join(from, sizeof from, ready, name) < 0 ||
                     tk_path_join(to, sizeof to, dir, name) < 0 || tk_rename(from, to) < 0)
                     return tk_fail_errno(err, errno, "move %s into %s", from, dir);

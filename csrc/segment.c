@@ -22,23 +22,23 @@
 /* Cursor                                                               */
 /* ------------------------------------------------------------------ */
 
-void tk_cursor_reset(tk_cursor *c) {
+void tk_window_reset(tk_window *c) {
     c->seg = NULL;
     c->len = 0;
     c->at = 0;
 }
 
-void tk_cursor_free(tk_cursor *c) {
+void tk_window_free(tk_window *c) {
     free(c->buf);
     c->buf = NULL;
     c->cap = 0;
-    tk_cursor_reset(c);
+    tk_window_reset(c);
 }
 
 /* Makes bytes [pos, pos+need) of fd available and returns them.  NULL with
  * errno == 0 means they lie (partly) beyond end; NULL with errno set is a
  * read error. */
-static const unsigned char *cursor_get(tk_cursor *c, const tk_segment *s, int fd,
+static const unsigned char *cursor_get(tk_window *c, const tk_segment *s, int fd,
                                        uint64_t pos, size_t need, uint64_t end) {
     size_t want;
     ssize_t n;
@@ -218,7 +218,7 @@ static tk_code read_failed(tk_err *err, const char *dir, const tk_segment *s, in
  * damaged record means damage inside the log, not a torn tail, and must
  * not be cut off or left unindexed.  Garbage passes all three checks only
  * by a 2^-32 accident on top of a plausible header. */
-static int resync(tk_segment *s, tk_cursor *c, int fd, uint64_t *pos, int64_t *expect,
+static int resync(tk_segment *s, tk_window *c, int fd, uint64_t *pos, int64_t *expect,
                   uint64_t end, int64_t limit) {
     for (uint64_t q = *pos + 1; q + TK_REC_HEADER <= end; q++) {
         tk_rec_hdr h;
@@ -235,7 +235,7 @@ static int resync(tk_segment *s, tk_cursor *c, int fd, uint64_t *pos, int64_t *e
     return 0;
 }
 
-tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
+tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_window *c, uint64_t *pos,
                     int64_t *expect, tk_idxstate *st, uint32_t interval,
                     uint64_t end, int check_crc, tk_err *err) {
     /* Relative offsets are uint32: a segment never holds more records. */
@@ -290,14 +290,14 @@ tk_code tk_seg_ensure_crc(const char *dir, tk_segment *s, tk_err *err) {
 
 tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
                        uint64_t end, int check_crc, tk_err *err) {
-    tk_cursor c = { .chunk = 1 << 16 };
+    tk_window c = { .chunk = 1 << 16 };
     tk_idxstate st = { 0, TK_TS_NONE };
     uint64_t pos = 0;
     int64_t expect = s->base;
     tk_code rc;
     tk_index_truncate(&s->ix, 0);
     rc = tk_seg_scan(dir, s, &c, &pos, &expect, &st, interval, end, check_crc, err);
-    tk_cursor_free(&c);
+    tk_window_free(&c);
     if (rc != TK_OK) return rc;
     s->max_ts = st.max_ts;
     s->ws = st;
@@ -350,7 +350,7 @@ out:
 
 /* Walks record headers from index entry k (the segment start for k < 0)
  * to offset.  On a header that does not check out, *bad is its position. */
-static tk_code walk_from(const char *dir, tk_segment *s, tk_cursor *c, int fd, uint64_t pos,
+static tk_code walk_from(const char *dir, tk_segment *s, tk_window *c, int fd, uint64_t pos,
                          int64_t at, int64_t offset, uint64_t end, uint64_t *pos_out,
                          uint64_t *bad, int64_t *bad_at, tk_err *err) {
     for (;;) {
@@ -368,7 +368,7 @@ static tk_code walk_from(const char *dir, tk_segment *s, tk_cursor *c, int fd, u
     }
 }
 
-static tk_code walk(const char *dir, tk_segment *s, tk_cursor *c, int fd, long k,
+static tk_code walk(const char *dir, tk_segment *s, tk_window *c, int fd, long k,
                     int64_t offset, uint64_t end, uint64_t *pos_out, uint64_t *bad,
                     int64_t *bad_at, tk_err *err) {
     return walk_from(dir, s, c, fd, k >= 0 ? s->ix.e[k].pos : 0,
@@ -381,7 +381,7 @@ static tk_code walk(const char *dir, tk_segment *s, tk_cursor *c, int fd, long k
  * Walking again from earlier entries tells them apart: failing at the same
  * place means damaged data (CORRUPT, nothing to repair); reaching the
  * offset means an entry lied (TK_STALE: rebuild the index and retry). */
-tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
+tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_window *c, int64_t offset,
                       uint64_t end, uint64_t *pos_out, tk_err *err) {
     long k = tk_index_floor_rel(&s->ix, (uint32_t)(offset - s->base));
     uint64_t bad = 0, first_bad = 0, q;
@@ -409,7 +409,7 @@ tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offs
     return corrupt_at(err, dir, s, first_bad, "damaged record header");
 }
 
-tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_cursor *c, uint64_t pos,
+tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_window *c, uint64_t pos,
                        int64_t expect, uint64_t end, tk_rec_hdr *h,
                        const unsigned char **rec, tk_err *err) {
     const unsigned char *p;
@@ -428,7 +428,7 @@ tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_cursor *c, uint64_t po
     return TK_OK;
 }
 
-tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t ts,
+tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_window *c, int64_t ts,
                          uint64_t end, int64_t *offset, tk_err *err) {
     /* Entry k says: no record up to offset base+rel_k is newer than
      * max_ts_k.  So start after the last entry whose max_ts < ts. */

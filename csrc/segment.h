@@ -53,17 +53,17 @@ typedef struct tk_segment {
     int dirty;              /* writer: written since the last sync */
 } tk_segment;
 
-/* Reads a window of a segment's .log, reusing its buffer between calls. */
-typedef struct tk_cursor {
+/* A window onto a segment's .log: the bytes last read, reused between calls. */
+typedef struct tk_window {
     unsigned char *buf;
     size_t cap, len;
     size_t chunk;           /* bytes to read ahead */
     uint64_t at;            /* file position of buf[0] */
     const tk_segment *seg;  /* whose bytes buf holds (NULL: none) */
-} tk_cursor;
+} tk_window;
 
-void tk_cursor_reset(tk_cursor *c);
-void tk_cursor_free(tk_cursor *c);
+void tk_window_reset(tk_window *c);
+void tk_window_free(tk_window *c);
 
 tk_segment *tk_seg_new(int64_t base, tk_fdcache *cache);
 void tk_seg_free(tk_segment *s);
@@ -84,7 +84,7 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
  * pushing index entries as the writer would have.  check_crc == 0 walks by
  * sound headers only (indexing a sealed segment around a damaged payload).
  * On return *pos / *expect are one past the last valid record. */
-tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_cursor *c, uint64_t *pos,
+tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_window *c, uint64_t *pos,
                     int64_t *expect, tk_idxstate *st, uint32_t interval,
                     uint64_t end, int check_crc, tk_err *err);
 
@@ -104,17 +104,17 @@ tk_code tk_seg_rebuild(const char *dir, tk_segment *s, uint32_t interval,
                        uint64_t end, int check_crc, tk_err *err);
 
 /* Byte position of `offset` (TK_STALE when an index entry is wrong). */
-tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_cursor *c, int64_t offset,
+tk_code tk_seg_locate(const char *dir, tk_segment *s, tk_window *c, int64_t offset,
                       uint64_t end, uint64_t *pos, tk_err *err);
 
 /* The record at pos, which must be offset `expect`, CRC checked. */
-tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_cursor *c, uint64_t pos,
+tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_window *c, uint64_t pos,
                        int64_t expect, uint64_t end, tk_rec_hdr *h,
                        const unsigned char **rec, tk_err *err);
 
 /* Position of the first record with timestamp >= ts (the segment's
  * max_ts must be >= ts); *offset gets its offset. */
-tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_cursor *c, int64_t ts,
+tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_window *c, int64_t ts,
                          uint64_t end, int64_t *offset, tk_err *err);
 
 /* ---- writer side ---- */

@@ -70,6 +70,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cursors.h"
 #include "cut.h"
 #include "error.h"
 #include "fault.h"
@@ -497,6 +498,9 @@ static tk_code add_file(build *b, const char *name, uint64_t size, uint32_t crc,
 
 /* Forgets what an attempt placed (the directory is emptied too). */
 static void reset_build(build *b) {
+    free(b->man.cursors);
+    b->man.cursors = NULL;
+    b->man.ncursors = 0;
     b->man.nfiles = 0;
     b->man.snap.total_size = 0;
     b->man.snap.num_segments = 0;
@@ -623,6 +627,12 @@ static tk_code place_log(const tk_snapmgr *m, tk_log *log, const char *tmp, buil
         if ((rc = tk_log_cut(log, &cut, err)) != TK_OK) return rc;
         TK_FAULT("create.cut");
         rc = place_cut(m, &cut, tmp, b, pg, err);
+        if (rc == TK_OK && cut.ncursors) {         /* the cursors travel with it */
+            b->man.cursors = cut.cursors;
+            b->man.ncursors = cut.ncursors;
+            cut.cursors = NULL;
+            cut.ncursors = 0;
+        }
         changed = tk_cut_changed(&cut);
         tk_cut_free(&cut);
         if (!changed) return rc;
@@ -1069,13 +1079,46 @@ static tk_code fill_restore(const tk_snapmgr *m, const tk_manifest *man, const c
     return TK_OK;
 }
 
+/* A restored log starts where the snapshot does: .start when that is
+ * inside its first segment (docs/FORMAT.md). */
+static tk_code write_start(const tk_manifest *man, const char *dir, tk_err *err) {
+    char path[PATH_MAX], buf[32];
+    int n;
+    if (man->snap.num_segments == 0 || man->snap.base_offset <= man->snap.segment_offsets[0])
+        return TK_OK;
+    n = snprintf(buf, sizeof buf, "%" PRId64 "\n", man->snap.base_offset);
+    if (tk_path_join(path, sizeof path, dir, TK_START_FILE) < 0 ||
+        tk_replace_file(path, buf, (size_t)n, 0) < 0)
+        return tk_fail_errno(err, errno, "write %s/" TK_START_FILE, dir);
+    return TK_OK;
+}
+
+/* The cursors as they were at the cut, clamped to what the restored log
+ * holds ([base, end]: with upto_*, end is below the snapshot's). */
+static tk_code write_cursors(const tk_manifest *man, const char *dir, int64_t end, tk_err *err) {
+    tk_cursor_info *list;
+    tk_code rc;
+    if (man->ncursors == 0) return TK_OK;
+    if (!(list = tk_calloc(man->ncursors, sizeof *list)))
+        return tk_fail(err, TK_NOMEM, "restore %s: out of memory", man->snap.id);
+    for (size_t i = 0; i < man->ncursors; i++) {
+        list[i] = man->cursors[i];
+        if (list[i].offset > end) list[i].offset = end;
+        if (list[i].offset < man->snap.base_offset) list[i].offset = man->snap.base_offset;
+    }
+    rc = tk_cursors_write(dir, list, man->ncursors, err);
+    free(list);
+    return rc;
+}
+
 /* upto_*: open the new directory as a log and cut it.  The log copies
  * any file it shares with the snapshot before changing it. */
 static tk_code apply_upto(const tk_manifest *man, const char *dir, const tk_restore_opts *o,
-                          tk_err *err) {
+                          int64_t *end, tk_err *err) {
     tk_log *log;
     int64_t cut = -1;
     tk_code rc;
+    *end = man->snap.high_water_mark;
     if (o->upto_offset == TK_NONE && o->upto_timestamp == TK_NONE) return TK_OK;
     if ((rc = tk_log_open(dir, NULL, &log, err)) != TK_OK) return rc;
     if (o->upto_offset != TK_NONE) {
@@ -1093,6 +1136,7 @@ static tk_code apply_upto(const tk_manifest *man, const char *dir, const tk_rest
     }
     if (rc == TK_OK && cut >= 0) rc = tk_log_truncate(log, cut, err);
     if (rc == TK_OK) rc = tk_log_sync(log, err);
+    if (rc == TK_OK) *end = tk_log_high_water_mark(log);
     tk_log_close(log);
     if (rc == TK_OK) {
         /* The state file is the log's, not the snapshot's: a restored
@@ -1107,8 +1151,11 @@ static tk_code apply_upto(const tk_manifest *man, const char *dir, const tk_rest
 static tk_code build_restore(const tk_snapmgr *m, const tk_manifest *man, const char *dir,
                              const tk_restore_opts *o, tk_err *err) {
     progress pg = { o->progress, o->progress_ud, 0, 0 };
+    int64_t end;
     tk_code rc = fill_restore(m, man, dir, &pg, err);
-    if (rc == TK_OK) rc = apply_upto(man, dir, o, err);
+    if (rc == TK_OK) rc = write_start(man, dir, err);
+    if (rc == TK_OK) rc = apply_upto(man, dir, o, &end, err);
+    if (rc == TK_OK) rc = write_cursors(man, dir, end, err);
     if (rc == TK_OK && tk_sync_tree(dir) < 0) rc = tk_fail_errno(err, errno, "sync %s", dir);
     return rc;
 }
@@ -1201,7 +1248,7 @@ static tk_code write_list(const char *dir, tk_err *err) {
         return tk_fail(err, TK_NOMEM, "restore: out of memory");
     }
     while ((de = readdir(d)) != NULL)
-        if (tk_is_segment_file(de->d_name)) fprintf(mem, "%s\n", de->d_name);
+        if (tk_is_log_data_file(de->d_name)) fprintf(mem, "%s\n", de->d_name);
     closedir(d);
     fclose(mem);
     if (tk_path_join(path, sizeof path, dir, TK_RESTORE_LIST) < 0 ||

@@ -98,6 +98,9 @@ TK_API const char *tk_code_name(tk_code code);
 /* Log                                                                  */
 /* ------------------------------------------------------------------ */
 
+/* "No value" for an optional int64_t option or result. */
+#define TK_NONE INT64_MIN
+
 typedef enum tk_sync { TK_SYNC_NONE = 0, TK_SYNC_ALWAYS = 1 } tk_sync;
 
 typedef enum tk_log_mode {
@@ -114,6 +117,14 @@ typedef struct tk_log_opts {
     tk_log_mode mode;
     uint32_t max_open_segments;     /* sealed segments whose .log stays open (an LRU);
                                        0: a default from RLIMIT_NOFILE */
+    /* Retention (docs/API.md): whole sealed segments, oldest first, when a
+     * segment rolls and on tk_log_apply_retention. */
+    uint64_t retention_max_bytes;   /* 0: no byte budget */
+    int64_t retention_max_age_ms;   /* TK_NONE: no age limit */
+    int retention_discard_new;      /* past max_bytes, appends fail with TK_FULL
+                                       instead of old segments being deleted */
+    int retention_keep_uncommitted; /* never delete records at or above the lowest
+                                       committed cursor (no cursor: nothing goes) */
 } tk_log_opts;
 
 #define TK_MAX_SEGMENT_SIZE_LIMIT  (1u << 30)  /* positions are uint32 */
@@ -211,6 +222,53 @@ typedef struct tk_segment_info {
 TK_API size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap);
 
 /* ------------------------------------------------------------------ */
+/* Retention                                                            */
+/* ------------------------------------------------------------------ */
+
+/* Records below offset are gone from then on (OUT_OF_RANGE; also after a
+ * reopen or a crash); whole segments below it are deleted.  offset must
+ * be <= the high water mark; below the base offset nothing happens.
+ * *base gets the new base offset. */
+TK_API tk_code tk_log_delete_before(tk_log *log, int64_t offset, int64_t *base, tk_err *err);
+
+/* Applies the retention options now; *deleted counts the segments. */
+TK_API tk_code tk_log_apply_retention(tk_log *log, size_t *deleted, tk_err *err);
+
+/* ------------------------------------------------------------------ */
+/* Cursors: consumer offsets                                            */
+/* ------------------------------------------------------------------ */
+
+#define TK_CURSOR_NAME_MAX 128
+
+typedef struct tk_cursor_info {
+    char name[TK_CURSOR_NAME_MAX + 1];
+    int64_t offset;                 /* the next offset its consumer reads */
+} tk_cursor_info;
+
+typedef struct tk_commit_opts {
+    int has_expect;                 /* commit only when the stored value is expect... */
+    int64_t expect;                 /* ... TK_NONE: only when there is none yet */
+    int force;                      /* may move backwards */
+} tk_commit_opts;
+
+/* Stores offset (base_offset <= offset <= high water mark) as cursor
+ * name's: INVALID when it would move backwards (unless force), CONFLICT
+ * when expect does not hold.  Atomic, durable against SIGKILL (and power
+ * loss with TK_SYNC_ALWAYS), shared by every process. */
+TK_API tk_code tk_log_commit(tk_log *log, const char *name, int64_t offset,
+                             const tk_commit_opts *opts, tk_err *err);
+
+/* *found = 0 when name was never committed (or was deleted). */
+TK_API tk_code tk_log_committed(tk_log *log, const char *name, int64_t *offset, int *found,
+                                tk_err *err);
+
+/* Every cursor: up to cap into out; returns how many there are. */
+TK_API size_t tk_log_cursors(tk_log *log, tk_cursor_info *out, size_t cap);
+
+/* NOT_FOUND when there is no such cursor. */
+TK_API tk_code tk_log_delete_cursor(tk_log *log, const char *name, tk_err *err);
+
+/* ------------------------------------------------------------------ */
 /* Sequential reading                                                   */
 /* ------------------------------------------------------------------ */
 
@@ -300,9 +358,6 @@ typedef struct tk_restore_opts {
     tk_progress_fn progress;
     void *progress_ud;
 } tk_restore_opts;
-
-/* "No value" for an optional int64_t option. */
-#define TK_NONE INT64_MIN
 
 TK_API void tk_restore_opts_init(tk_restore_opts *opts);
 

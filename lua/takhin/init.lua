@@ -12,7 +12,6 @@ local scheduler = require("takhin.scheduler")
 local M = {
     version = core.version,
     format_version = core.format_version,
-    open_log = core.open_log,
     snapshot_manager = core.snapshot_manager,
     check_snapshot_id = core.check_snapshot_id,
     crc32c = core.crc32c,
@@ -29,6 +28,59 @@ M.default_snapshot_config = policy.defaults
 local check_options = policy._check_options
 
 local function invalid(msg) return nil, msg, "INVALID" end
+
+-------------------------------------------------------------------------
+-- Logs
+-------------------------------------------------------------------------
+
+local LOG_KEYS = { "dir", "max_segment_size", "index_interval_bytes", "max_record_size", "sync",
+                   "readonly", "shared", "max_open_segments", "retention" }
+local RETENTION_KEYS = { "max_bytes", "max_age", "discard", "keep_uncommitted" }
+
+-- A plain copy of an option table, proxies (__index) included.
+local function copy_options(t, keys)
+    local c = {}
+    for k, v in pairs(t) do c[k] = v end
+    for _, k in ipairs(keys) do
+        if c[k] == nil then c[k] = t[k] end
+    end
+    return c
+end
+
+--- takhin.open_log(opts) -> log | nil, msg, code: the C core's, with
+-- retention.max_age given as a duration ("7d", seconds).
+function M.open_log(opts)
+    if type(opts) ~= "table" or opts.retention == nil or type(opts.retention) ~= "table" then
+        return core.open_log(opts)          -- the core words every misuse
+    end
+    local o = copy_options(opts, LOG_KEYS)
+    local r = copy_options(opts.retention, RETENTION_KEYS)
+    if r.max_age_ms ~= nil then error("open_log: retention: unknown option 'max_age_ms'", 2) end
+    if r.max_age ~= nil then
+        local ms, err = duration.parse(r.max_age)
+        if not ms then return invalid("open_log: retention max_age: " .. err) end
+        r.max_age, r.max_age_ms = nil, ms
+    end
+    o.retention = r
+    return core.open_log(o)
+end
+
+local Log = core.Log
+
+--- log:wait(offset [, timeout]) -> true | false, "timeout"
+-- Sleeps until high_water_mark() > offset, woken by appends from any
+-- process; timeout is a duration ("250ms", seconds), default: for ever.
+-- In nginx it blocks the worker: poll high_water_mark() with ngx.sleep.
+function Log:wait(offset, timeout)
+    local ms = -1
+    if timeout ~= nil then
+        local t, err = duration.parse(timeout)
+        if not t then return invalid("wait: timeout: " .. err) end
+        ms = t
+    end
+    if self:_wait(offset, ms) then return true end
+    return false, "timeout"
+end
 
 -- Methods written in Lua are added to the C metatable's method table;
 -- doing it again (a second require in another state) is harmless.
