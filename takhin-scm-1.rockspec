@@ -49,6 +49,7 @@ build = {
         ["takhin.core"] = {
             sources = {
                 "csrc/crc32c.c",
+                "csrc/cursors.c",
                 "csrc/error.c",
                 "csrc/fs.c",
                 "csrc/index.c",
