@@ -26,6 +26,7 @@
 
 #include "cursors.h"
 #include "error.h"
+#include "fault.h"
 #include "fs.h"
 #include "names.h"
 #include "record.h"
@@ -107,6 +108,7 @@ static void write_copy(unsigned char *slot, int which, uint64_t seq, int64_t off
     uint32_t crc = copy_crc(slot, seq, offset, live);
     store64(p + 16, 0);                             /* invalid while it changes */
     store64(p, seq);
+    TK_FAULT("cursor.writing");
     store64(p + 8, (uint64_t)offset);
     store64(p + 16, (uint64_t)live | ((uint64_t)crc << 32));
 }
@@ -268,11 +270,13 @@ tk_code tk_cursors_put(tk_cursors *c, const char *dir, const char *name, int64_t
          * name); the one written below is the only valid one. */
         store64(s, len);
         for (int w = 0; w < 16; w++) store64(s + NAME_AT + 8 * w, words[w]);
+        TK_FAULT("cursor.named");
     } else {
         s = slot_at(c, (size_t)i);
         k = current(s, &which);
     }
     write_copy(s, !which, (k.valid ? k.seq : 0) + 1, offset, 1);
+    TK_FAULT("cursor.written");
     return finish(c, dir, durable, err);
 }
 

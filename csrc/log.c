@@ -61,6 +61,7 @@
 #include "cursors.h"
 #include "cut.h"
 #include "error.h"
+#include "fault.h"
 #include "fs.h"
 #include "lock.h"
 #include "names.h"
@@ -1717,6 +1718,7 @@ static tk_code move_start(tk_log *log, int64_t new_start, size_t *deleted, tk_er
         n = (size_t)snprintf(buf, sizeof buf, "%" PRId64 "\n", new_start);
         if (tk_replace_file(path, buf, n, durable(log)) < 0)
             return tk_fail_errno(err, errno, "write %s", path);
+        TK_FAULT("retention.start");
     }
     if (!(gone = tk_malloc((k + 1) * sizeof *gone)))
         return tk_fail(err, TK_NOMEM, "delete_before %s: out of memory", log->dir);
@@ -1726,8 +1728,13 @@ static tk_code move_start(tk_log *log, int64_t new_start, size_t *deleted, tk_er
     log->start = new_start;
     publish(log);
     pthread_rwlock_unlock(&log->rw);
-    for (size_t i = 0; i < k; i++) remove_segment_files(log, gone[i]);
+    TK_FAULT("retention.published");
+    for (size_t i = 0; i < k; i++) {
+        remove_segment_files(log, gone[i]);
+        if (i == 0) TK_FAULT("retention.removing");
+    }
     free(gone);
+    if (k > 0) TK_FAULT("retention.removed");
     if (k > 0 && durable(log) && tk_fsync_dir(log->dir) < 0)
         rc = tk_fail_errno(err, errno, "fsync %s", log->dir);
     if (rc == TK_OK && new_start == log->segs[0]->base) unlink(path);
