@@ -657,7 +657,13 @@ tk_code tk_log_refresh(tk_log *log, tk_err *err) {
     tk_layout l;
     tk_code rc = TK_OK;
     if (log->st.is_private) return refresh_private(log, err);
-    if (tk_state_try_read(&log->st, &l) && view_current(log, &l)) return TK_OK;
+    if (tk_state_try_read(&log->st, &l)) {
+        int current;
+        pthread_rwlock_rdlock(&log->rw);
+        current = view_current(log, &l);
+        pthread_rwlock_unlock(&log->rw);
+        if (current) return TK_OK;
+    }
     pthread_mutex_lock(&log->wmu);
     for (int tries = 0;; tries++) {
         /* A writer's view holds writable descriptors and may cut what a

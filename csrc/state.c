@@ -30,9 +30,13 @@ _Static_assert(sizeof(tk_shared) <= TK_STATE_SIZE, "tk_shared must fit in one pa
 
 #define MAGIC "takhinST"
 
-#define LOAD(p)      __atomic_load_n(p, __ATOMIC_RELAXED)
+/* The seqlock's fields are read with acquire and written with release
+ * loads and stores rather than around fences (ThreadSanitizer does not
+ * understand fences): a reader that sees a new field value also sees the
+ * odd sequence stored before it, and retries. */
+#define LOAD(p)      __atomic_load_n(p, __ATOMIC_ACQUIRE)
 #define LOAD_ACQ(p)  __atomic_load_n(p, __ATOMIC_ACQUIRE)
-#define STORE(p, v)  __atomic_store_n(p, v, __ATOMIC_RELAXED)
+#define STORE(p, v)  __atomic_store_n(p, v, __ATOMIC_RELEASE)
 
 /* ------------------------------------------------------------------ */
 /* futex                                                                */
@@ -278,7 +282,6 @@ static int try_read(const tk_shared *sh, tk_layout *l) {
             continue;
         }
         copy_layout(sh, l);
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
         s2 = LOAD(&sh->seq);
         if (s1 == s2) return 1;
     }
@@ -300,7 +303,6 @@ void tk_state_publish(tk_state *st, const tk_layout *l) {
     uint64_t s = LOAD(&sh->seq) | 1;
     int64_t old_next = LOAD(&sh->next);
     STORE(&sh->seq, s);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
     STORE(&sh->gen, l->gen);
     STORE(&sh->start, l->start);
     STORE(&sh->active_base, l->active_base);
