@@ -93,6 +93,12 @@ struct tk_log {
     tk_fdcache fds;
     unsigned char *wbuf;                /* writer's framing buffer */
     size_t wcap;
+    /* sync = "interval": the engine thread that fdatasyncs */
+    pthread_t syncer;
+    int syncer_running, syncer_stop;
+    pthread_mutex_t smu;
+    pthread_cond_t scv;
+    int sync_errno;                     /* a background fsync failed: the next call says so */
 };
 
 struct tk_iter {
@@ -108,6 +114,8 @@ struct tk_iter {
 static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err);
 static tk_code refresh_private(tk_log *log, tk_err *err);
 static tk_code retention_locked(tk_log *log, size_t *deleted, tk_err *err);
+static tk_code start_syncer(tk_log *log, tk_err *err);
+static void stop_syncer(tk_log *log);
 
 /* ------------------------------------------------------------------ */
 /* Options                                                              */
@@ -119,6 +127,7 @@ void tk_log_opts_init(tk_log_opts *o) {
     o->index_interval_bytes = 4096;
     o->max_record_size = 16u << 20;
     o->sync = TK_SYNC_NONE;
+    o->sync_interval_ms = 100;
     o->mode = TK_LOG_EXCLUSIVE;
     o->retention_max_age_ms = TK_NONE;
 }
@@ -134,8 +143,11 @@ static tk_code check_opts(const char *dir, const tk_log_opts *o, tk_err *err) {
     if (o->max_record_size < 64 || o->max_record_size > TK_MAX_RECORD_SIZE_LIMIT)
         return tk_fail(err, TK_INVALID, "open_log %s: max_record_size %u is outside 64 .. %u",
                        dir, o->max_record_size, TK_MAX_RECORD_SIZE_LIMIT);
-    if (o->sync != TK_SYNC_NONE && o->sync != TK_SYNC_ALWAYS)
+    if (o->sync != TK_SYNC_NONE && o->sync != TK_SYNC_ALWAYS && o->sync != TK_SYNC_INTERVAL)
         return tk_fail(err, TK_INVALID, "open_log %s: bad sync mode", dir);
+    if (o->sync == TK_SYNC_INTERVAL && (o->sync_interval_ms < 1 || o->sync_interval_ms > 3600000))
+        return tk_fail(err, TK_INVALID, "open_log %s: sync_interval %u ms is outside 1 .. 3600000",
+                       dir, o->sync_interval_ms);
     if (o->mode != TK_LOG_EXCLUSIVE && o->mode != TK_LOG_SHARED && o->mode != TK_LOG_READONLY)
         return tk_fail(err, TK_INVALID, "open_log %s: bad mode", dir);
     if (o->retention_max_age_ms != TK_NONE && o->retention_max_age_ms < 0)
@@ -164,7 +176,18 @@ static int64_t now_ms(void) {
 }
 
 static int is_writer(const tk_log *log) { return log->o.mode != TK_LOG_READONLY; }
+/* Counts a failed call by its code (tk_log_stats). */
+static tk_code counted(tk_log *log, tk_code rc) {
+    if (rc != TK_OK && (unsigned)rc < TK_CODE_COUNT) tk_state_count(&log->st, TK_C_ERROR0 + rc, 1);
+    return rc;
+}
+
+/* The appends of this handle are fsynced before they return. */
 static int durable(const tk_log *log) { return log->o.sync == TK_SYNC_ALWAYS; }
+/* This handle's records must reach the disk: at once, or within an interval. */
+static int keeps_durable(const tk_log *log) {
+    return is_writer(log) && log->o.sync != TK_SYNC_NONE;
+}
 
 /* ------------------------------------------------------------------ */
 /* The segment array                                                    */
@@ -818,12 +841,19 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
         return rc;
     }
     if (log->o.mode == TK_LOG_SHARED) tk_state_add_writer(&log->st);
+    if (keeps_durable(log)) tk_state_durable_writer(&log->st, 1);
+    if (keeps_durable(log) && log->o.sync == TK_SYNC_INTERVAL && (rc = start_syncer(log, err)) != TK_OK) {
+        tk_log_close(log);
+        return rc;
+    }
     *out = log;
     return TK_OK;
 }
 
 void tk_log_close(tk_log *log) {
     if (!log) return;
+    stop_syncer(log);
+    if (keeps_durable(log) && log->st.sh) tk_state_durable_writer(&log->st, -1);
     drop_segments_from(log, 0);
     free(log->segs);
     tk_cursors_close(&log->cur);
@@ -881,11 +911,19 @@ static void remove_segment_files(const tk_log *log, int64_t base) {
  * this handle may be in pread on it. */
 static tk_code roll(tk_log *log, tk_err *err) {
     tk_segment *old = active(log), *s = NULL;
+    /* While some handle keeps its records durable, a sealed segment is
+     * made durable when it is sealed, and the new one's name too: the
+     * group commit then only ever fsyncs the active segment. */
+    int sync = keeps_durable(log) || tk_state_durable_writers(&log->st) > 0;
     tk_code rc = TK_OK;
     if (old->idx_fd < 0 || old->tim_fd < 0) rc = tk_seg_open_index_fds(log->dir, old, err);
-    if (rc == TK_OK) rc = tk_seg_unshare(log->dir, old, 1u << TK_EXT_TIMEINDEX, durable(log), err);
-    if (rc == TK_OK) rc = tk_seg_seal(log->dir, old, durable(log), err);
-    if (rc == TK_OK) rc = tk_seg_create(log->dir, old->next, durable(log), &log->fds, &s, err);
+    if (rc == TK_OK) rc = tk_seg_unshare(log->dir, old, 1u << TK_EXT_TIMEINDEX, sync, err);
+    if (rc == TK_OK) rc = tk_seg_seal(log->dir, old, sync, err);
+    if (rc == TK_OK) rc = tk_seg_create(log->dir, old->next, sync, &log->fds, &s, err);
+    if (rc == TK_OK && sync) {
+        tk_state_synced_to(&log->st, old->next);
+        tk_state_dir_synced_to(&log->st, old->next);
+    }
     if (rc == TK_OK) {
         int pushed;
         pthread_rwlock_wrlock(&log->rw);
@@ -899,6 +937,7 @@ static tk_code roll(tk_log *log, tk_err *err) {
             /* Retention runs when a segment rolls; its failure is not the
              * append's (the record is written): the next roll tries again. */
             tk_err scratch;
+            tk_state_count(&log->st, TK_C_ROLLS, 1);
             retention_locked(log, NULL, &scratch);
             return TK_OK;
         }
@@ -1003,11 +1042,9 @@ static tk_code write_chunk(tk_log *log, tk_segment *s, size_t len, const pending
             s->tim_size += n * TK_TIDX_ENTRY;
         }
     }
-    if (durable(log) && (tk_fdatasync(s->log_fd) < 0 ||
-                         (n > 0 && (tk_fdatasync(s->tim_fd) < 0 || tk_fdatasync(s->idx_fd) < 0)))) {
-        rc = write_failed(log, s, TK_EXT_LOG, errno, err);
-        goto undo;
-    }
+    /* No fsync here, under the lock: a durable append fsyncs after it,
+     * sharing the fsync with the others (group_commit).  Index files are
+     * derived: recovery rebuilds what a power loss takes of them. */
     if (eb != ebuf) free(eb);
     return TK_OK;
 undo:
@@ -1104,24 +1141,152 @@ static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64
     return rc;
 }
 
+/* ------------------------------------------------------------------ */
+/* Durability: group commit and the interval thread                     */
+/* ------------------------------------------------------------------ */
+
+typedef struct commit {
+    tk_log *log;
+    int fd;                 /* a dup of the .log that was written */
+    int64_t base, end;      /* its segment; one past the records to make durable */
+} commit;
+
+/* The leader's fsync: it covers every record of the segment published
+ * before it starts (they were written before they were published). */
+static int commit_sync(void *ud, int64_t *target) {
+    commit *c = ud;
+    tk_layout l;
+    *target = c->end;
+    if (tk_state_try_read(&c->log->st, &l) && l.active_base == c->base && l.next > c->end)
+        *target = l.next;
+    if (c->base > tk_state_dir_synced(&c->log->st)) {       /* a segment made by a roll */
+        if (tk_fsync_dir(c->log->dir) < 0) return -1;
+        tk_state_dir_synced_to(&c->log->st, c->base);
+    }
+    return tk_state_fsync(&c->log->st, c->fd, 0);
+}
+
+/* Makes the records below end (in the active segment as of the call)
+ * durable, with one fsync for everyone waiting.  Caller holds wmu, which
+ * is released while waiting (other threads of this handle append then,
+ * and share the next fsync). */
+static tk_code group_commit(tk_log *log, int64_t end, tk_err *err) {
+    tk_segment *a = active(log);
+    commit c = { log, -1, a->base, end };
+    int rc, e;
+    if (tk_state_synced(&log->st) >= end) return TK_OK;
+    if ((c.fd = fcntl(a->log_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        return tk_fail_errno(err, errno, "fsync %s/%020" PRId64 ".log", log->dir, a->base);
+    pthread_mutex_unlock(&log->wmu);
+    rc = tk_state_group_commit(&log->st, end, commit_sync, &c);
+    e = errno;
+    close(c.fd);
+    pthread_mutex_lock(&log->wmu);
+    if (rc < 0) return tk_fail_errno(err, e, "fsync %s/%020" PRId64 ".log", log->dir, c.base);
+    return TK_OK;
+}
+
+static tk_code take_sync_error(tk_log *log, tk_err *err) {
+    int e = log->sync_errno;
+    if (!e) return TK_OK;
+    log->sync_errno = 0;
+    return tk_fail_errno(err, e, "background fsync of %s failed; records appended before "
+                         "this call may not be durable", log->dir);
+}
+
+/* sync = "interval": every sync_interval_ms, what was appended reaches the
+ * disk (shared with other handles through the group commit). */
+static void interval_sync(tk_log *log) {
+    tk_err scratch;
+    tk_code rc;
+    pthread_mutex_lock(&log->wmu);
+    if (log->nsegs > 0 && active(log)->log_fd >= 0 && active(log)->writable &&
+        tk_state_synced(&log->st) < active(log)->next) {
+        rc = group_commit(log, active(log)->next, &scratch);
+        if (rc != TK_OK && !log->sync_errno) log->sync_errno = scratch.sys_errno ? scratch.sys_errno : EIO;
+    }
+    pthread_mutex_unlock(&log->wmu);
+}
+
+static void *syncer_main(void *arg) {
+    tk_log *log = arg;
+    pthread_mutex_lock(&log->smu);
+    while (!log->syncer_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += log->o.sync_interval_ms / 1000;
+        until.tv_nsec += (long)(log->o.sync_interval_ms % 1000) * 1000000;
+        if (until.tv_nsec >= 1000000000) { until.tv_sec++; until.tv_nsec -= 1000000000; }
+        while (!log->syncer_stop &&
+               pthread_cond_timedwait(&log->scv, &log->smu, &until) != ETIMEDOUT) {}
+        if (log->syncer_stop) break;
+        pthread_mutex_unlock(&log->smu);
+        interval_sync(log);
+        pthread_mutex_lock(&log->smu);
+    }
+    pthread_mutex_unlock(&log->smu);
+    interval_sync(log);                 /* what was appended before close */
+    return NULL;
+}
+
+static tk_code start_syncer(tk_log *log, tk_err *err) {
+    pthread_condattr_t a;
+    int rc;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&log->scv, &a);
+    pthread_condattr_destroy(&a);
+    pthread_mutex_init(&log->smu, NULL);
+    if ((rc = pthread_create(&log->syncer, NULL, syncer_main, log)) != 0) {
+        pthread_cond_destroy(&log->scv);
+        pthread_mutex_destroy(&log->smu);
+        return tk_fail_errno(err, rc, "open %s: start the sync thread", log->dir);
+    }
+    log->syncer_running = 1;
+    return TK_OK;
+}
+
+static void stop_syncer(tk_log *log) {
+    if (!log->syncer_running) return;
+    pthread_mutex_lock(&log->smu);
+    log->syncer_stop = 1;
+    pthread_cond_signal(&log->scv);
+    pthread_mutex_unlock(&log->smu);
+    pthread_join(log->syncer, NULL);
+    pthread_cond_destroy(&log->scv);
+    pthread_mutex_destroy(&log->smu);
+    log->syncer_running = 0;
+}
+
 tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
                       tk_err *err) {
     tk_code rc;
+    int64_t end = 0;
     if (!is_writer(log))
         return tk_fail(err, TK_READONLY, "append to %s: log is open read-only", log->dir);
     if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
     pthread_mutex_lock(&log->wmu);
-    if ((rc = writer_enter(log, err)) == TK_OK) {
+    if ((rc = take_sync_error(log, err)) == TK_OK && (rc = writer_enter(log, err)) == TK_OK) {
         rc = append_locked(log, recs, n, first, err);
+        end = active(log)->next;
         writer_leave(log);
     }
+    if (rc == TK_OK && durable(log)) rc = group_commit(log, end, err);
     if (log->wcap > TRIM_ABOVE) {           /* an idle handle keeps no big buffer */
         free(log->wbuf);
         log->wbuf = NULL;
         log->wcap = 0;
     }
     pthread_mutex_unlock(&log->wmu);
-    return rc;
+    if (rc == TK_OK) {
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < n; i++)
+            bytes += tk_rec_size(recs[i].has_key ? recs[i].key_len : 0, recs[i].value_len);
+        tk_state_count(&log->st, TK_C_APPENDS, 1);
+        tk_state_count(&log->st, TK_C_RECORDS, n);
+        tk_state_count(&log->st, TK_C_BYTES, bytes);
+    }
+    return counted(log, rc);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1227,7 +1392,8 @@ tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
         rc = truncate_locked(log, offset, err);
     writer_leave(log);
     pthread_mutex_unlock(&log->wmu);
-    return rc;
+    if (rc == TK_OK) tk_state_count(&log->st, TK_C_TRUNCATES, 1);
+    return counted(log, rc);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1456,7 +1622,9 @@ static tk_code read_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
 
 tk_code tk_log_read(tk_log *log, int64_t offset, tk_record *rec, tk_err *err) {
     read_arg a = { offset, rec };
-    return with_view(log, read_fn, &a, "read", err);
+    tk_code rc = with_view(log, read_fn, &a, "read", err);
+    if (rc == TK_OK) tk_state_count(&log->st, TK_C_READS, 1);
+    return counted(log, rc);
 }
 
 void tk_record_free(tk_record *rec) {
@@ -1493,7 +1661,7 @@ static tk_code time_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
 
 tk_code tk_log_offset_for_time(tk_log *log, int64_t ts, int64_t *offset, tk_err *err) {
     time_arg a = { ts, offset };
-    return with_view(log, time_fn, &a, "offset_for_time", err);
+    return counted(log, with_view(log, time_fn, &a, "offset_for_time", err));
 }
 
 /* ------------------------------------------------------------------ */
@@ -1589,8 +1757,11 @@ static tk_code iter_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
 
 tk_code tk_iter_next(tk_iter *it, tk_record *rec, int *done, tk_err *err) {
     iter_arg a = { it, rec, done };
+    tk_code rc;
     if (it->c.cap > TRIM_ABOVE) tk_window_free(&it->c);     /* the last record was big */
-    return with_view(it->log, iter_fn, &a, "records", err);
+    rc = with_view(it->log, iter_fn, &a, "records", err);
+    if (rc == TK_OK && !*done) tk_state_count(&it->log->st, TK_C_READS, 1);
+    return counted(it->log, rc);
 }
 
 void tk_iter_close(tk_iter *it) {
@@ -1615,8 +1786,11 @@ tk_code tk_log_sync(tk_log *log, tk_err *err) {
     for (size_t i = 0; i < log->nsegs && rc == TK_OK; i++)
         if (log->segs[i]->dirty || i + 1 == log->nsegs)
             rc = tk_seg_sync(log->dir, log->segs[i], err);
+    if (rc == TK_OK) tk_state_count(&log->st, TK_C_FSYNCS, 1);
     if (rc == TK_OK && tk_fsync_dir(log->dir) < 0)
         rc = tk_fail_errno(err, errno, "fsync %s", log->dir);
+    if (rc == TK_OK && log->nsegs > 0) tk_state_synced_to(&log->st, active(log)->next);
+    if (rc == TK_OK) rc = take_sync_error(log, err);
     pthread_mutex_unlock(&log->wmu);
     return rc;
 }
@@ -1735,6 +1909,7 @@ static tk_code move_start(tk_log *log, int64_t new_start, size_t *deleted, tk_er
     publish(log);
     pthread_rwlock_unlock(&log->rw);
     TK_FAULT("retention.published");
+    tk_state_count(&log->st, TK_C_SEGMENTS_DELETED, k);
     for (size_t i = 0; i < k; i++) {
         remove_segment_files(log, gone[i]);
         if (i == 0) TK_FAULT("retention.removing");
@@ -1864,11 +2039,12 @@ tk_code tk_log_commit(tk_log *log, const char *name, int64_t offset, const tk_co
                      log->dir, offset, have);
     else
         rc = tk_cursors_put(&log->cur, log->dir, name, offset, durable(log), err);
+    if (rc == TK_OK) tk_state_count(&log->st, TK_C_CURSOR_COMMITS, 1);
 leave:
     writer_leave(log);
 out:
     pthread_mutex_unlock(&log->wmu);
-    return rc;
+    return counted(log, rc);
 }
 
 tk_code tk_log_committed(tk_log *log, const char *name, int64_t *offset, int *found,
@@ -2017,4 +2193,32 @@ tk_code tk_log_same_dir(const tk_log *log, const char *dir, int *same, tk_err *e
     if (stat(dir, &b) < 0) return tk_fail_errno(err, errno, "stat %s", dir);
     *same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
     return TK_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Metrics                                                              */
+/* ------------------------------------------------------------------ */
+
+void tk_log_stats_get(tk_log *log, tk_log_stats *o) {
+    const tk_state *st = &log->st;
+    memset(o, 0, sizeof *o);
+    o->appends = tk_state_counter(st, TK_C_APPENDS);
+    o->records = tk_state_counter(st, TK_C_RECORDS);
+    o->bytes = tk_state_counter(st, TK_C_BYTES);
+    o->reads = tk_state_counter(st, TK_C_READS);
+    o->fsyncs = tk_state_counter(st, TK_C_FSYNCS);
+    o->fsync_us = tk_state_counter(st, TK_C_FSYNC_US);
+    for (int k = 0; k < TK_FSYNC_BUCKETS; k++)
+        o->fsync_buckets[k] = tk_state_counter(st, TK_C_FSYNC_BUCKET0 + k);
+    o->rolls = tk_state_counter(st, TK_C_ROLLS);
+    o->truncates = tk_state_counter(st, TK_C_TRUNCATES);
+    o->segments_deleted = tk_state_counter(st, TK_C_SEGMENTS_DELETED);
+    o->cursor_commits = tk_state_counter(st, TK_C_CURSOR_COMMITS);
+    for (int c = 0; c < TK_CODE_COUNT; c++) o->errors[c] = tk_state_counter(st, TK_C_ERROR0 + c);
+    o->base_offset = tk_log_base_offset(log);
+    o->high_water_mark = tk_log_high_water_mark(log);
+    o->synced = tk_state_synced(st);
+    o->size = tk_log_size(log);
+    o->num_segments = tk_log_num_segments(log);
+    o->writers = tk_state_writer_count(st);
 }

@@ -193,7 +193,7 @@ static const char *field_string(lua_State *L, int t, const char *name, int *bad)
 
 static const char *const log_opt_names[] = {
     "dir", "max_segment_size", "index_interval_bytes", "max_record_size", "sync",
-    "readonly", "shared", "max_open_segments", "retention", NULL
+    "readonly", "shared", "max_open_segments", "retention", "sync_interval_ms", NULL
 };
 
 /* takhin/init.lua turns retention.max_age (a duration) into max_age_ms. */
@@ -278,13 +278,22 @@ static const char *read_log_opts(lua_State *L, int t, tk_log_opts *o, char *buf,
     if (s) {
         if (strcmp(s, "none") == 0) o->sync = TK_SYNC_NONE;
         else if (strcmp(s, "always") == 0) o->sync = TK_SYNC_ALWAYS;
+        else if (strcmp(s, "interval") == 0) o->sync = TK_SYNC_INTERVAL;
         else {
-            snprintf(buf, cap, "open_log: sync must be \"none\" or \"always\", not \"%.40s\"", s);
+            snprintf(buf, cap, "open_log: sync must be \"none\", \"always\" or \"interval\", "
+                     "not \"%.40s\"", s);
             lua_pop(L, 1);
             return buf;
         }
     }
     lua_pop(L, 1);
+    if (field_int(L, t, "sync_interval_ms", &v)) {
+        if (v < 1 || v > 3600000) {
+            snprintf(buf, cap, "open_log: sync_interval %lld ms is outside 1 ms .. 1 h", (long long)v);
+            return buf;
+        }
+        o->sync_interval_ms = (uint32_t)v;
+    }
     readonly = field_bool(L, t, "readonly");
     shared = field_bool(L, t, "shared");
     if (readonly && shared) return "open_log: shared and readonly exclude each other";
@@ -683,6 +692,61 @@ static int l_delete_cursor(lua_State *L) {
     if (!name) return push_invalid(L, "delete_cursor: cursor name contains a NUL byte");
     if (tk_log_delete_cursor(u->log, name, &e) != TK_OK) return push_error(L, &e);
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void set_count(lua_State *L, const char *name, uint64_t v) {
+    compat_pushint64(L, (int64_t)(v & INT64_MAX));
+    lua_setfield(L, -2, name);
+}
+
+/* stats() -> { appends =, ..., fsync_seconds = { sum =, buckets = { { le =, count = }, ... } },
+ *              errors = { CODE = n, ... }, base_offset =, high_water_mark =, ... } */
+static int l_stats(lua_State *L) {
+    static const uint64_t bounds[TK_FSYNC_BUCKETS] = TK_FSYNC_BUCKET_BOUNDS_US;
+    lua_log *u = check_log(L, 1);
+    tk_log_stats st;
+    uint64_t cum = 0;
+    tk_err e;
+    tk_log_refresh(u->log, &e);                 /* best effort: gauges of the view */
+    tk_log_stats_get(u->log, &st);
+    lua_createtable(L, 0, 20);
+    set_count(L, "appends", st.appends);
+    set_count(L, "records", st.records);
+    set_count(L, "bytes", st.bytes);
+    set_count(L, "reads", st.reads);
+    set_count(L, "fsyncs", st.fsyncs);
+    set_count(L, "rolls", st.rolls);
+    set_count(L, "truncates", st.truncates);
+    set_count(L, "segments_deleted", st.segments_deleted);
+    set_count(L, "cursor_commits", st.cursor_commits);
+    lua_createtable(L, 0, 2);                               /* fsync_seconds */
+    lua_pushnumber(L, (lua_Number)st.fsync_us / 1e6);
+    lua_setfield(L, -2, "sum");
+    lua_createtable(L, TK_FSYNC_BUCKETS, 0);
+    for (int k = 0; k < TK_FSYNC_BUCKETS; k++) {
+        cum += st.fsync_buckets[k];
+        lua_createtable(L, 0, 2);
+        lua_pushnumber(L, k + 1 < TK_FSYNC_BUCKETS ? (lua_Number)bounds[k] / 1e6 : HUGE_VAL);
+        lua_setfield(L, -2, "le");
+        set_count(L, "count", cum);
+        lua_rawseti(L, -2, k + 1);
+    }
+    lua_setfield(L, -2, "buckets");
+    set_count(L, "count", cum);
+    lua_setfield(L, -2, "fsync_seconds");
+    lua_createtable(L, 0, TK_CODE_COUNT);                   /* errors */
+    for (int c = 1; c < TK_CODE_COUNT; c++) set_count(L, tk_code_name((tk_code)c), st.errors[c]);
+    lua_setfield(L, -2, "errors");
+    compat_pushint64(L, st.base_offset);
+    lua_setfield(L, -2, "base_offset");
+    compat_pushint64(L, st.high_water_mark);
+    lua_setfield(L, -2, "high_water_mark");
+    compat_pushint64(L, st.synced);
+    lua_setfield(L, -2, "synced_offset");
+    set_count(L, "size", st.size);
+    set_count(L, "num_segments", st.num_segments);
+    set_count(L, "writers", st.writers);
     return 1;
 }
 
@@ -1190,6 +1254,7 @@ static const luaL_Reg log_methods[] = {
     { "sync", l_sync },
     { "truncate", l_truncate },
     { "_wait", l_wait },
+    { "stats", l_stats },
     { "delete_before", l_delete_before },
     { "apply_retention", l_apply_retention },
     { "commit", l_commit },

@@ -27,6 +27,7 @@
 #include "internal.h"
 
 _Static_assert(sizeof(tk_shared) <= TK_STATE_SIZE, "tk_shared must fit in one page");
+_Static_assert(TK_C_END <= TK_STATE_COUNTERS, "the counters must fit");
 
 #define MAGIC "takhinST"
 
@@ -190,6 +191,10 @@ void tk_state_ready(tk_state *st, tk_layout *l) {
     if (l->gen == 0) l->gen = 2;
     sh->gen = l->gen;
     tk_state_publish(st, l);
+    /* What is on disk when a log is first opened counts as durable: the
+     * group commit only ever waits for records appended since. */
+    sh->synced = l->next;
+    sh->dir_synced = l->active_base;
     memcpy(sh->magic, MAGIC, 8);
     sh->version = TK_STATE_VERSION;
     sh->size = TK_STATE_SIZE;
@@ -391,6 +396,110 @@ int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Group commit                                                         */
+/* ------------------------------------------------------------------ */
+
+void tk_state_synced_to(tk_state *st, int64_t to) {
+    int64_t cur = __atomic_load_n(&st->sh->synced, __ATOMIC_ACQUIRE);
+    while (cur < to && !__atomic_compare_exchange_n(&st->sh->synced, &cur, to, 1,
+                                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
+}
+
+int64_t tk_state_synced(const tk_state *st) {
+    return __atomic_load_n(&st->sh->synced, __ATOMIC_ACQUIRE);
+}
+
+int64_t tk_state_dir_synced(const tk_state *st) {
+    return __atomic_load_n(&st->sh->dir_synced, __ATOMIC_ACQUIRE);
+}
+
+void tk_state_dir_synced_to(tk_state *st, int64_t base) {
+    int64_t cur = __atomic_load_n(&st->sh->dir_synced, __ATOMIC_ACQUIRE);
+    while (cur < base && !__atomic_compare_exchange_n(&st->sh->dir_synced, &cur, base, 1,
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
+}
+
+void tk_state_durable_writer(tk_state *st, int delta) {
+    if (delta > 0) __atomic_fetch_add(&st->sh->durable_writers, 1, __ATOMIC_ACQ_REL);
+    else if (__atomic_load_n(&st->sh->durable_writers, __ATOMIC_ACQUIRE) > 0)
+        __atomic_fetch_sub(&st->sh->durable_writers, 1, __ATOMIC_ACQ_REL);
+}
+
+uint32_t tk_state_durable_writers(const tk_state *st) {
+    return __atomic_load_n(&st->sh->durable_writers, __ATOMIC_ACQUIRE);
+}
+
+static int alive(int32_t pid) {
+    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) {
+    tk_shared *sh = st->sh;
+    int32_t me = (int32_t)getpid();
+    for (;;) {
+        int32_t holder = 0;
+        uint32_t w = __atomic_load_n(&sh->sync_wake, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&sh->synced, __ATOMIC_SEQ_CST) >= end) return 0;
+        if (__atomic_compare_exchange_n(&sh->syncing, &holder, me, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            int64_t target = end;
+            int rc = sync(ud, &target), e = errno;
+            if (rc == 0) tk_state_synced_to(st, target);
+            __atomic_store_n(&sh->syncing, 0, __ATOMIC_SEQ_CST);
+            __atomic_fetch_add(&sh->sync_wake, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&sh->sync_waiters, __ATOMIC_SEQ_CST) > 0 && !st->is_private)
+                futex_wake_all(&sh->sync_wake);
+            if (rc < 0) { errno = e; return -1; }
+            continue;
+        }
+        /* Another writer's fsync is under way: it may cover our records
+         * (it started after they were published) or not; sleep until it
+         * ends, then look again.  A leader that died is replaced. */
+        __atomic_fetch_add(&sh->sync_waiters, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&sh->syncing, __ATOMIC_SEQ_CST) == holder &&
+            __atomic_load_n(&sh->synced, __ATOMIC_SEQ_CST) < end) {
+            struct timespec nap = { 0, 50 * 1000000 };
+            if (st->is_private) nanosleep(&(struct timespec){ 0, 100000 }, NULL);
+            else if (futex_wait(&sh->sync_wake, w, &nap) < 0 && errno == ETIMEDOUT &&
+                     !alive(holder))
+                __atomic_compare_exchange_n(&sh->syncing, &holder, 0, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE);
+        }
+        __atomic_fetch_sub(&sh->sync_waiters, 1, __ATOMIC_SEQ_CST);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Counters                                                             */
+/* ------------------------------------------------------------------ */
+
+void tk_state_count(tk_state *st, int counter, uint64_t n) {
+    if (st->sh) __atomic_fetch_add(&st->sh->counters[counter], n, __ATOMIC_RELAXED);
+}
+
+uint64_t tk_state_counter(const tk_state *st, int counter) {
+    return st->sh ? __atomic_load_n(&st->sh->counters[counter], __ATOMIC_RELAXED) : 0;
+}
+
+int tk_state_fsync(tk_state *st, int fd, int full) {
+    static const uint64_t bounds[TK_FSYNC_BUCKETS] = TK_FSYNC_BUCKET_BOUNDS_US;
+    struct timespec a, b;
+    uint64_t us;
+    int rc, e, k;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    rc = full ? tk_fsync(fd) : tk_fdatasync(fd);
+    e = errno;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    us = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000u + (uint64_t)((b.tv_nsec - a.tv_nsec) / 1000);
+    for (k = 0; k < TK_FSYNC_BUCKETS - 1 && us > bounds[k]; k++) {}
+    tk_state_count(st, TK_C_FSYNCS, 1);
+    tk_state_count(st, TK_C_FSYNC_US, us);
+    tk_state_count(st, TK_C_FSYNC_BUCKET0 + k, 1);
+    errno = e;
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* Writers' pids                                                        */
 /* ------------------------------------------------------------------ */
 
@@ -413,6 +522,16 @@ void tk_state_remove_writer(tk_state *st) {
     if (st->slot < 0 || !st->sh) return;
     __atomic_store_n(&st->sh->writers[st->slot], 0, __ATOMIC_RELEASE);
     st->slot = -1;
+}
+
+uint64_t tk_state_writer_count(const tk_state *st) {
+    uint64_t n = 0;
+    if (!st->sh || st->is_private) return 0;
+    for (int i = 0; i < TK_STATE_WRITERS; i++) {
+        int32_t pid = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);
+        if (pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)) n++;
+    }
+    return n;
 }
 
 void tk_state_describe_writers(const char *dir, char *out, size_t cap) {

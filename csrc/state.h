@@ -57,6 +57,15 @@
 #define TK_STATE_WRITERS 32         /* pid slots for shared writers */
 #define TK_STATE_COUNTERS 96
 
+/* The counters behind tk_log_stats, by index into tk_shared.counters. */
+enum {
+    TK_C_APPENDS, TK_C_RECORDS, TK_C_BYTES, TK_C_READS, TK_C_FSYNCS, TK_C_FSYNC_US,
+    TK_C_ROLLS, TK_C_TRUNCATES, TK_C_SEGMENTS_DELETED, TK_C_CURSOR_COMMITS,
+    TK_C_FSYNC_BUCKET0,                             /* TK_FSYNC_BUCKETS of them */
+    TK_C_ERROR0 = TK_C_FSYNC_BUCKET0 + TK_FSYNC_BUCKETS,   /* TK_CODE_COUNT of them */
+    TK_C_END = TK_C_ERROR0 + TK_CODE_COUNT
+};
+
 /* A consistent copy of the published fields. */
 typedef struct tk_layout {
     uint64_t gen;           /* even: stable; odd: a truncate/restore/... is under way */
@@ -102,9 +111,17 @@ typedef struct tk_shared {
     /* follow: appends bump `wake` and wake sleepers when there are some */
     uint32_t wake __attribute__((aligned(64)));
     uint32_t waiters;
-    /* group commit: records below `synced` are durable */
+    /* group commit (tk_state_group_commit): records below `synced` are
+     * durable; `syncing` is the pid of the writer whose fdatasync is under
+     * way, 0 when none; the others sleep on sync_wake. */
     int64_t synced __attribute__((aligned(64)));
-    uint32_t syncing, sync_wake, sync_waiters, pad2;
+    int64_t dir_synced;             /* newest segment whose directory entry is durable */
+    int32_t syncing;
+    uint32_t sync_wake, sync_waiters;
+    uint32_t durable_writers;       /* handles with sync "always" or "interval": while
+                                       there is one, a roll makes the sealed segment
+                                       durable (an over-count after a crash only costs
+                                       fsyncs) */
     int32_t writers[TK_STATE_WRITERS] __attribute__((aligned(64)));
     uint64_t counters[TK_STATE_COUNTERS] __attribute__((aligned(64)));
 } tk_shared;
@@ -169,9 +186,37 @@ uint64_t tk_state_gen(const tk_state *st);
  * from the files and asks again. */
 int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms);
 
+/* Group commit.  A durable append calls this after its records are
+ * written and published, outside the lock: when `synced` is below end it
+ * either becomes the leader -- sync(ud, &target) runs one fdatasync that
+ * covers every record published when it started, and `synced` moves to
+ * target -- or sleeps until a leader moves `synced`.  A leader that dies is
+ * replaced.  Returns 0, or -1 with errno from the leader's own fsync. */
+typedef int (*tk_sync_fn)(void *ud, int64_t *target);
+int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud);
+
+/* Records below `to` are durable (a roll, an interval sync). */
+void tk_state_synced_to(tk_state *st, int64_t to);
+int64_t tk_state_synced(const tk_state *st);
+int64_t tk_state_dir_synced(const tk_state *st);
+void tk_state_dir_synced_to(tk_state *st, int64_t base);
+void tk_state_durable_writer(tk_state *st, int delta);
+uint32_t tk_state_durable_writers(const tk_state *st);
+
+/* Counters (tk_log_stats): atomic adds, shared by every process. */
+void tk_state_count(tk_state *st, int counter, uint64_t n);
+uint64_t tk_state_counter(const tk_state *st, int counter);
+
+/* Runs fdatasync (or fsync when full) on fd and counts it, with its
+ * latency. */
+int tk_state_fsync(tk_state *st, int fd, int full);
+
 /* Shared writers: record our pid (for LOCKED messages) / forget it. */
 void tk_state_add_writer(tk_state *st);
 void tk_state_remove_writer(tk_state *st);
+
+/* How many shared writers have the log open (live pid slots). */
+uint64_t tk_state_writer_count(const tk_state *st);
 
 /* The live pids of shared writers of dir, as "pid 1, pid 2" (best effort:
  * empty when nobody maps the state). */

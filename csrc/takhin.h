@@ -101,7 +101,12 @@ TK_API const char *tk_code_name(tk_code code);
 /* "No value" for an optional int64_t option or result. */
 #define TK_NONE INT64_MIN
 
-typedef enum tk_sync { TK_SYNC_NONE = 0, TK_SYNC_ALWAYS = 1 } tk_sync;
+typedef enum tk_sync {
+    TK_SYNC_NONE = 0,               /* appends reach the kernel; sync() makes them durable */
+    TK_SYNC_ALWAYS = 1,             /* fdatasync before append returns, shared by
+                                       concurrent appenders (group commit) */
+    TK_SYNC_INTERVAL = 2            /* an engine thread fdatasyncs every sync_interval_ms */
+} tk_sync;
 
 typedef enum tk_log_mode {
     TK_LOG_EXCLUSIVE = 0,           /* the one writer of the directory */
@@ -113,7 +118,8 @@ typedef struct tk_log_opts {
     uint64_t max_segment_size;      /* roll when a record would not fit; default 64 MiB */
     uint32_t index_interval_bytes;  /* bytes between index entries; default 4096 */
     uint32_t max_record_size;       /* framed size limit; default 16 MiB */
-    tk_sync sync;                   /* TK_SYNC_ALWAYS: fdatasync before append returns */
+    tk_sync sync;
+    uint32_t sync_interval_ms;      /* TK_SYNC_INTERVAL: default 100 */
     tk_log_mode mode;
     uint32_t max_open_segments;     /* sealed segments whose .log stays open (an LRU);
                                        0: a default from RLIMIT_NOFILE */
@@ -220,6 +226,43 @@ typedef struct tk_segment_info {
 
 /* Copies up to cap entries into out and returns the segment count. */
 TK_API size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap);
+
+/* ------------------------------------------------------------------ */
+/* Metrics                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Upper bounds of the fsync latency histogram's buckets, in microseconds
+ * (the last bucket counts everything slower). */
+#define TK_FSYNC_BUCKETS 14
+#define TK_FSYNC_BUCKET_BOUNDS_US { 100, 250, 500, 1000, 2500, 5000, 10000, 25000, \
+                                    50000, 100000, 250000, 500000, 1000000, 0 }
+
+typedef struct tk_log_stats {
+    /* Counters: for the log, across every process that has it open
+     * (they live in its shared state, and start again from zero when the
+     * last handle closes -- as a restarted process's would). */
+    uint64_t appends;               /* append calls that succeeded */
+    uint64_t records;               /* records they appended */
+    uint64_t bytes;                 /* framed bytes they appended */
+    uint64_t reads;                 /* records read (read, iterators) */
+    uint64_t fsyncs;                /* fdatasync/fsync calls made for durability */
+    uint64_t fsync_us;              /* time spent in them */
+    uint64_t fsync_buckets[TK_FSYNC_BUCKETS];   /* by latency, not cumulative */
+    uint64_t rolls;                 /* segments sealed */
+    uint64_t truncates;
+    uint64_t segments_deleted;      /* by retention and delete_before */
+    uint64_t cursor_commits;
+    uint64_t errors[TK_CODE_COUNT]; /* failed calls by code */
+    /* Gauges: the log as it is now. */
+    int64_t base_offset, high_water_mark;
+    int64_t synced;                 /* records below are known durable */
+    uint64_t size;                  /* bytes of the .log files */
+    uint64_t num_segments;
+    uint64_t writers;               /* shared writers with the log open */
+} tk_log_stats;
+
+/* Fills out; never fails (a view not refreshed reports what it knows). */
+TK_API void tk_log_stats_get(tk_log *log, tk_log_stats *out);
 
 /* ------------------------------------------------------------------ */
 /* Retention                                                            */

@@ -34,7 +34,7 @@ local function invalid(msg) return nil, msg, "INVALID" end
 -------------------------------------------------------------------------
 
 local LOG_KEYS = { "dir", "max_segment_size", "index_interval_bytes", "max_record_size", "sync",
-                   "readonly", "shared", "max_open_segments", "retention" }
+                   "sync_interval", "readonly", "shared", "max_open_segments", "retention" }
 local RETENTION_KEYS = { "max_bytes", "max_age", "discard", "keep_uncommitted" }
 
 -- A plain copy of an option table, proxies (__index) included.
@@ -48,20 +48,29 @@ local function copy_options(t, keys)
 end
 
 --- takhin.open_log(opts) -> log | nil, msg, code: the C core's, with
--- retention.max_age given as a duration ("7d", seconds).
+-- durations given as people write them: sync_interval ("100ms") and
+-- retention.max_age ("7d"), or seconds.
 function M.open_log(opts)
-    if type(opts) ~= "table" or opts.retention == nil or type(opts.retention) ~= "table" then
+    if type(opts) ~= "table" or (opts.retention == nil and opts.sync_interval == nil) then
         return core.open_log(opts)          -- the core words every misuse
     end
     local o = copy_options(opts, LOG_KEYS)
-    local r = copy_options(opts.retention, RETENTION_KEYS)
-    if r.max_age_ms ~= nil then error("open_log: retention: unknown option 'max_age_ms'", 2) end
-    if r.max_age ~= nil then
-        local ms, err = duration.parse(r.max_age)
-        if not ms then return invalid("open_log: retention max_age: " .. err) end
-        r.max_age, r.max_age_ms = nil, ms
+    if o.sync_interval_ms ~= nil then error("open_log: unknown option 'sync_interval_ms'", 2) end
+    if o.sync_interval ~= nil then
+        local ms, err = duration.parse(o.sync_interval)
+        if not ms then return invalid("open_log: sync_interval: " .. err) end
+        o.sync_interval, o.sync_interval_ms = nil, ms
     end
-    o.retention = r
+    if type(o.retention) == "table" then
+        local r = copy_options(o.retention, RETENTION_KEYS)
+        if r.max_age_ms ~= nil then error("open_log: retention: unknown option 'max_age_ms'", 2) end
+        if r.max_age ~= nil then
+            local ms, err = duration.parse(r.max_age)
+            if not ms then return invalid("open_log: retention max_age: " .. err) end
+            r.max_age, r.max_age_ms = nil, ms
+        end
+        o.retention = r
+    end
     return core.open_log(o)
 end
 
