@@ -201,21 +201,6 @@ void tk_cursors_refresh(const char *dir, tk_cursors *c) {
     if (!c->map) tk_cursors_open(dir, 0, c, &scratch);
 }
 
-tk_code tk_cursor_check_name(const char *name, tk_err *err) {
-    size_t n = name ? strlen(name) : 0;
-    if (n == 0 || n > TK_CURSOR_NAME_MAX)
-        return tk_fail(err, TK_INVALID, "cursor name '%.140s' must be 1 to %d bytes", name ? name : "",
-                       TK_CURSOR_NAME_MAX);
-    for (size_t i = 0; i < n; i++) {
-        char ch = name[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return tk_fail(err, TK_INVALID, "cursor name '%s' holds '%c': only letters, digits, "
-                           "'.', '_' and '-' are allowed", name, ch);
-    }
-    return TK_OK;
-}
-
 /* The slot holding name (live or not), or -1; *free_slot gets the first
  * slot that holds no live cursor. */
 static long find(const tk_cursors *c, const char *name, long *free_slot) {

@@ -40,9 +40,6 @@ void tk_cursors_close(tk_cursors *c);
 /* A reader maps a file created since it opened. */
 void tk_cursors_refresh(const char *dir, tk_cursors *c);
 
-/* INVALID unless name is 1-128 bytes of [A-Za-z0-9._-]. */
-tk_code tk_cursor_check_name(const char *name, tk_err *err);
-
 /* 1 and *offset when name has a committed offset. */
 int tk_cursors_get(const tk_cursors *c, const char *name, int64_t *offset);
 

@@ -70,20 +70,43 @@ int tk_restore_tmp_path(char *out, size_t cap, const char *parent, const char *n
     return fits(snprintf(out, cap, "%s/.%s.restore-%s-%08" PRIx32, parent, name, id, rand), cap);
 }
 
+/* The characters of snapshot ids and cursor names: safe in a file name,
+ * a URL and a shell word. */
+static int name_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+}
+
+/* The first character of s that name_char refuses, or 0. */
+static char bad_char(const char *s) {
+    for (; *s; s++)
+        if (!name_char(*s)) return *s;
+    return 0;
+}
+
+tk_code tk_cursor_check_name(const char *name, tk_err *err) {
+    size_t n = name ? strlen(name) : 0;
+    char c;
+    if (n == 0 || n > TK_CURSOR_NAME_MAX)
+        return tk_fail(err, TK_INVALID, "cursor name '%.140s' must be 1 to %d bytes",
+                       name ? name : "", TK_CURSOR_NAME_MAX);
+    if ((c = bad_char(name)) != 0)
+        return tk_fail(err, TK_INVALID, "cursor name '%s' holds '%c': only letters, digits, "
+                       "'-', '_' and '.' are allowed", name, c);
+    return TK_OK;
+}
+
 tk_code tk_snap_check_id(const char *id, tk_err *err) {
     size_t n = id ? strlen(id) : 0;
+    char c;
     if (n == 0) return tk_fail(err, TK_INVALID, "snapshot id is empty");
     if (n >= TK_SNAP_ID_MAX)
         return tk_fail(err, TK_INVALID, "snapshot id '%.80s' is longer than %d bytes", id,
                        TK_SNAP_ID_MAX - 1);
     if (id[0] == '.' || strstr(id, ".."))
         return tk_fail(err, TK_INVALID, "snapshot id '%s' may not start with '.' or hold '..'", id);
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.'))
-            return tk_fail(err, TK_INVALID, "snapshot id '%s' holds '%c': only letters, "
-                           "digits, '-', '_' and '.' are allowed", id, c);
-    }
+    if ((c = bad_char(id)) != 0)
+        return tk_fail(err, TK_INVALID, "snapshot id '%s' holds '%c': only letters, "
+                       "digits, '-', '_' and '.' are allowed", id, c);
     return TK_OK;
 }

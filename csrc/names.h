@@ -77,6 +77,9 @@ int tk_is_log_data_file(const char *name);
  * that never committed. */
 int tk_is_log_leftover(const char *name);
 
+/* INVALID unless name is 1-128 bytes of [A-Za-z0-9._-] (a cursor). */
+tk_code tk_cursor_check_name(const char *name, tk_err *err);
+
 /* A snapshot's directory: <snapdir>/<prefix><id>[/<file>]. */
 int tk_snapdir_path(char *out, size_t cap, const char *snapdir, const char *prefix,
                  const char *id, const char *file);
