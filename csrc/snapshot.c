@@ -80,6 +80,7 @@
 #include "names.h"
 #include "restore.h"
 #include "segment.h"
+#include "snapdir.h"
 #include "state.h"
 #include "sys.h"
 #include "internal.h"
@@ -660,22 +661,28 @@ static tk_code too_soon(const tk_snapmgr *m, const tk_snapshot *snaps, size_t n,
                    min_interval);
 }
 
-/* Step 5 and 6: rename into place and list it. */
+/* Step 5 and 6: rename into place and list it.  An import keeps its id
+ * (keep_id): a clash is EXISTS instead of a new id. */
 static tk_code publish(const tk_snapmgr *m, const tk_create_opts *o, const char *tmp,
-                       build *b, tk_err *err) {
+                       build *b, int keep_id, tk_err *err) {
     tk_snapshot *snaps, *all;
     size_t n;
     int lock_fd;
     char final[PATH_MAX];
     tk_code rc = locked_catalog(m, &lock_fd, &snaps, &n, err);
     if (rc != TK_OK) return rc;
-    rc = too_soon(m, snaps, n, o->min_interval_ms, b->man.snap.timestamp, err);
+    if (o) rc = too_soon(m, snaps, n, o->min_interval_ms, b->man.snap.timestamp, err);
     for (int tries = 0; rc == TK_OK; tries++) {
         if (snap_path(final, sizeof final, m, TK_SNAP_PREFIX, b->man.snap.id, NULL) < 0) {
             rc = tk_fail_errno(err, errno, "snapshot %s", m->dir);
             break;
         }
         if (tk_rename_noreplace(tmp, final) == 0) break;
+        if (errno == EEXIST && keep_id) {
+            rc = tk_fail(err, TK_EXISTS, "import: snapshot %s is already in %s", b->man.snap.id,
+                         m->dir);
+            break;
+        }
         if (errno != EEXIST || tries > 8) {
             rc = tk_fail_errno(err, errno, "rename %s to %s", tmp, final);
             break;
@@ -783,7 +790,7 @@ tk_code tk_snap_create(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
     }
     if (rc == TK_OK) TK_FAULT("create.manifest");
     if (rc == TK_OK && tk_sync_tree(tmp) < 0) rc = tk_fail_errno(err, errno, "sync %s", tmp);
-    if (rc == TK_OK) rc = publish(m, opts, tmp, &b, err);
+    if (rc == TK_OK) rc = publish(m, opts, tmp, &b, 0, err);
     if (rc != TK_OK) tk_rmtree(tmp);
     close(tmp_fd);
     if (rc == TK_OK && out) {
@@ -1314,6 +1321,72 @@ tk_code tk_snap_restore(tk_snapmgr *m, const char *id, const char *target,
         rc = restore_new(m, &man, target, opts, err);
     tk_manifest_free(&man);
     return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* For importers (snapdir.h)                                            */
+/* ------------------------------------------------------------------ */
+
+tk_code tk_snap_read_manifest(tk_snapmgr *m, const char *id, tk_manifest *man, tk_err *err) {
+    return read_manifest(m, id, man, err);
+}
+
+tk_code tk_snap_file_path(const tk_snapmgr *m, const char *id, const char *file, char *out,
+                          size_t cap, tk_err *err) {
+    tk_code rc = tk_snap_check_id(id, err);
+    if (rc != TK_OK) return rc;
+    if (snap_path(out, cap, m, TK_SNAP_PREFIX, id, file) < 0)
+        return tk_fail_errno(err, errno, "snapshot %s", id);
+    return TK_OK;
+}
+
+tk_code tk_snap_import_begin(tk_snapmgr *m, const char *id, char *tmp, size_t cap,
+                             int *tmp_fd, tk_err *err) {
+    int lock_fd;
+    tk_code rc = tk_snap_check_id(id, err);
+    if (rc != TK_OK) return rc;
+    if ((rc = meta_lock(m, &lock_fd, err)) != TK_OK) return rc;
+    if (snapshot_exists(m, id))
+        rc = tk_fail(err, TK_EXISTS, "import: snapshot %s is already in %s", id, m->dir);
+    else if (snap_path(tmp, cap, m, TK_SNAP_TMP, id, NULL) < 0)
+        rc = tk_fail_errno(err, errno, "import %s", id);
+    else if (tk_mkdir(tmp, 0755) < 0)
+        rc = errno == EEXIST ? tk_fail(err, TK_EXISTS, "import: snapshot %s is being imported "
+                                       "into %s already", id, m->dir)
+                             : tk_fail_errno(err, errno, "create %s", tmp);
+    else if ((*tmp_fd = claim_dir(tmp, 0)) < 0) {
+        rc = tk_fail_errno(err, errno, "lock %s", tmp);
+        tk_rmtree(tmp);
+    }
+    tk_dirlock_release(lock_fd);
+    return rc;
+}
+
+tk_code tk_snap_import_publish(tk_snapmgr *m, const char *tmp, tk_manifest *man, tk_err *err) {
+    char path[PATH_MAX];
+    tk_snapshot *snaps;
+    size_t n;
+    int lock_fd;
+    build b;
+    tk_code rc;
+    /* The creation number is this directory's: an import is created here. */
+    if ((rc = locked_catalog(m, &lock_fd, &snaps, &n, err)) != TK_OK) return rc;
+    rc = next_seq(m, snaps, n, &man->snap.seq, err);
+    tk_snapshot_list_free(snaps, n);
+    tk_dirlock_release(lock_fd);
+    if (rc != TK_OK) return rc;
+    if (tk_path_join(path, sizeof path, tmp, TK_MANIFEST_FILE) < 0)
+        return tk_fail_errno(err, ENAMETOOLONG, "import %s", tmp);
+    if ((rc = tk_manifest_write(path, man, err)) != TK_OK) return rc;
+    if (tk_sync_tree(tmp) < 0) return tk_fail_errno(err, errno, "sync %s", tmp);
+    memset(&b, 0, sizeof b);
+    b.man = *man;                       /* borrowed: publish only reads it */
+    return publish(m, NULL, tmp, &b, 1, err);
+}
+
+void tk_snap_import_abort(const char *tmp, int tmp_fd) {
+    tk_rmtree(tmp);
+    if (tmp_fd >= 0) close(tmp_fd);
 }
 
 #ifdef TK_FAULT_INJECTION
