@@ -65,6 +65,18 @@ static inline int compat_geti(lua_State *L, int t, int64_t i) {
 #endif
 }
 
+/* A full userdata with one uservalue (a table), and setting it from the
+ * top of the stack (popped). */
+#if LUA_VERSION_NUM >= 504
+#define compat_newuserdata(L, size) lua_newuserdatauv(L, size, 1)
+#define compat_setuservalue(L, idx) lua_setiuservalue(L, idx, 1)
+#define compat_getuservalue(L, idx) lua_getiuservalue(L, idx, 1)
+#else
+#define compat_newuserdata(L, size) lua_newuserdata(L, size)
+#define compat_setuservalue(L, idx) lua_setfenv(L, idx)
+#define compat_getuservalue(L, idx) lua_getfenv(L, idx)
+#endif
+
 /* luaL_typeerror is 5.4-only; this one words it the same way. */
 static inline int compat_typeerror(lua_State *L, int arg, const char *tname) {
     const char *msg = lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, arg));

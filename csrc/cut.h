@@ -54,6 +54,10 @@ void tk_cut_free(tk_cut *cut);
  * cut described. */
 int tk_cut_changed(const tk_cut *cut);
 
+/* A background job uses the handle (tk_log_users). */
+void tk_log_pin(tk_log *log);
+void tk_log_unpin(tk_log *log);
+
 /* Whether dir is the log's directory (same device and inode). */
 tk_code tk_log_same_dir(const tk_log *log, const char *dir, int *same, tk_err *err);
 

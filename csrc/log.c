@@ -99,6 +99,7 @@ struct tk_log {
     pthread_mutex_t smu;
     pthread_cond_t scv;
     int sync_errno;                     /* a background fsync failed: the next call says so */
+    unsigned pins;                      /* atomic: background jobs using this handle */
 };
 
 struct tk_iter {
@@ -2222,3 +2223,11 @@ void tk_log_stats_get(tk_log *log, tk_log_stats *o) {
     o->num_segments = tk_log_num_segments(log);
     o->writers = tk_state_writer_count(st);
 }
+
+/* ------------------------------------------------------------------ */
+/* Background jobs using the handle                                     */
+/* ------------------------------------------------------------------ */
+
+void tk_log_pin(tk_log *log) { __atomic_fetch_add(&log->pins, 1, __ATOMIC_ACQ_REL); }
+void tk_log_unpin(tk_log *log) { __atomic_fetch_sub(&log->pins, 1, __ATOMIC_ACQ_REL); }
+unsigned tk_log_users(const tk_log *log) { return __atomic_load_n(&log->pins, __ATOMIC_ACQUIRE); }

@@ -39,6 +39,7 @@
 #define LOG_MT  "takhin.Log"
 #define ITER_MT "takhin.Iter"
 #define SM_MT   "takhin.SnapshotManager"
+#define JOB_MT  "takhin.Job"
 
 #define TRIM_ABOVE (1u << 20)       /* read buffers larger than this are freed after use */
 
@@ -52,6 +53,7 @@ typedef struct lua_log {
     tk_log *log;                /* NULL once closed */
     tk_record rec;              /* reused by read() */
     int busy;                   /* calls in progress that run Lua code */
+    int close_pending;          /* collected while a job used it: the job closes it */
 } lua_log;
 
 typedef struct lua_sm {
@@ -62,6 +64,14 @@ typedef struct lua_sm {
 typedef struct lua_iter {
     tk_iter *it;                /* NULL once finished */
 } lua_iter;
+
+/* A background job.  Its uservalue table keeps the manager (and, for a
+ * create, the log) alive while the job lives; the job's thread never sees
+ * the Lua state. */
+typedef struct lua_job {
+    tk_job *job;                /* NULL once released */
+    lua_log *log;               /* create: the log it snapshots */
+} lua_job;
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                              */
@@ -774,6 +784,9 @@ static int l_close(lua_State *L) {
     lua_log *u = (lua_log *)luaL_checkudata(L, 1, LOG_MT);
     if (u->busy) return luaL_error(L, "attempt to close a takhin.Log while a call using it "
                                    "is in progress");
+    if (u->log && tk_log_users(u->log) > 0)
+        return luaL_error(L, "attempt to close a takhin.Log while a snapshot job uses it "
+                          "(wait for the job or cancel it first)");
     log_release(u);
     lua_pushboolean(L, 1);
     return 1;
@@ -781,7 +794,9 @@ static int l_close(lua_State *L) {
 
 static int l_gc(lua_State *L) {
     lua_log *u = (lua_log *)lua_touserdata(L, 1);
-    if (u && !u->busy) log_release(u);
+    if (!u || u->busy) return 0;
+    if (u->log && tk_log_users(u->log) > 0) u->close_pending = 1;   /* the job closes it */
+    else log_release(u);
     return 0;
 }
 
@@ -804,12 +819,164 @@ static int l_tostring(lua_State *L) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Jobs                                                                 */
+/* ------------------------------------------------------------------ */
+
+static void push_snapshot_at(lua_State *L, const tk_snapshot *s, const char *path);
+
+/* A new takhin.Job, still empty (the job starts after: a failure to make
+ * the userdata then leaks nothing), holding the manager at sm_idx and the
+ * log at log_idx (0: none) alive in its uservalue. */
+static lua_job *new_job(lua_State *L, int sm_idx, lua_log *log, int log_idx) {
+    lua_job *u = (lua_job *)compat_newuserdata(L, sizeof *u);
+    u->job = NULL;
+    u->log = NULL;
+    luaL_setmetatable(L, JOB_MT);
+    lua_createtable(L, 0, 3);
+    lua_pushvalue(L, sm_idx);
+    lua_setfield(L, -2, "manager");
+    if (log_idx) {
+        lua_pushvalue(L, log_idx);
+        lua_setfield(L, -2, "log");
+        u->log = log;
+    }
+    compat_setuservalue(L, -2);
+    return u;
+}
+
+/* The one quiet release path: cancel if running, join, free; a log
+ * collected meanwhile is closed now. */
+static void job_release(lua_job *u) {
+    tk_job_free(u->job);
+    u->job = NULL;
+    if (u->log && u->log->close_pending && u->log->log && tk_log_users(u->log->log) == 0)
+        log_release(u->log);
+    u->log = NULL;
+}
+
+static lua_job *check_job(lua_State *L, int idx) {
+    lua_job *u = (lua_job *)luaL_checkudata(L, idx, JOB_MT);
+    if (!u->job) luaL_error(L, "attempt to use a closed takhin.Job");
+    return u;
+}
+
+static int l_job_done(lua_State *L) {
+    lua_pushboolean(L, tk_job_done(check_job(L, 1)->job));
+    return 1;
+}
+
+static int l_job_progress(lua_State *L) {
+    uint64_t done, total;
+    tk_job_progress(check_job(L, 1)->job, &done, &total);
+    compat_pushint64(L, (int64_t)done);
+    compat_pushint64(L, (int64_t)total);
+    return 2;
+}
+
+static int l_job_cancel(lua_State *L) {
+    tk_job_cancel(check_job(L, 1)->job);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* _wait([timeout_ms]) -> what the synchronous call returns, or false,
+ * "timeout" (takhin/init.lua parses durations). */
+static int l_job_wait(lua_State *L) {
+    lua_job *u = check_job(L, 1);
+    int64_t ms = opt_int64(L, 2, -1);
+    const char *kind = tk_job_kind(u->job);
+    tk_err e;
+    if (!tk_job_wait(u->job, ms)) {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    if (tk_job_result(u->job, &e) != TK_OK) return push_error(L, &e);
+    if (strcmp(kind, "create") == 0) {
+        tk_snapshot snap;
+        char path[4096];
+        if (!tk_job_snapshot(u->job, &snap, path, sizeof path))
+            return push_fail(L, TK_NOMEM, "job: out of memory");
+        push_snapshot_at(L, &snap, path);
+        tk_snapshot_free(&snap);
+        return 1;
+    }
+    if (strcmp(kind, "cleanup") == 0) {
+        compat_pushint64(L, (int64_t)tk_job_count(u->job));
+        compat_getuservalue(L, 1);
+        lua_getfield(L, -1, "plan");            /* what sm:cleanup returns beside the count */
+        lua_remove(L, -2);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* _set_plan(plan): sm:cleanup's second result, for wait. */
+static int l_job_set_plan(lua_State *L) {
+    check_job(L, 1);
+    compat_getuservalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "plan");
+    return 0;
+}
+
+static int l_job_close(lua_State *L) {
+    job_release((lua_job *)luaL_checkudata(L, 1, JOB_MT));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_job_gc(lua_State *L) {
+    lua_job *u = (lua_job *)lua_touserdata(L, 1);
+    if (u) job_release(u);
+    return 0;
+}
+
+static int l_job_tostring(lua_State *L) {
+    lua_job *u = (lua_job *)luaL_checkudata(L, 1, JOB_MT);
+    uint64_t done, total;
+    if (!u->job) {
+        lua_pushliteral(L, "takhin.Job(closed)");
+        return 1;
+    }
+    tk_job_progress(u->job, &done, &total);
+    if (tk_job_done(u->job))
+        lua_pushfstring(L, "takhin.Job(%s, done)", tk_job_kind(u->job));
+    else
+        lua_pushfstring(L, "takhin.Job(%s, running, %d%%)", tk_job_kind(u->job),
+                        total ? (int)(done * 100 / total) : 0);
+    return 1;
+}
+
+static const luaL_Reg job_methods[] = {
+    { "done", l_job_done },
+    { "progress", l_job_progress },
+    { "cancel", l_job_cancel },
+    { "_wait", l_job_wait },
+    { "_set_plan", l_job_set_plan },
+    { "close", l_job_close },
+    { NULL, NULL }
+};
+
+static const luaL_Reg job_meta[] = {
+    { "__gc", l_job_gc },
+    { "__close", l_job_gc },
+    { "__tostring", l_job_tostring },
+    { NULL, NULL }
+};
+
+/* ------------------------------------------------------------------ */
 /* SnapshotManager                                                      */
 /* ------------------------------------------------------------------ */
 
 static void push_snapshot(lua_State *L, tk_snapmgr *mgr, const tk_snapshot *s) {
     char path[4096];
     tk_err e;
+    push_snapshot_at(L, s, tk_snap_path(mgr, s->id, path, sizeof path, &e) == TK_OK ? path : NULL);
+}
+
+static void push_snapshot_at(lua_State *L, const tk_snapshot *s, const char *path) {
     lua_createtable(L, 0, 12);
     lua_pushstring(L, s->id);
     lua_setfield(L, -2, "id");
@@ -821,7 +988,7 @@ static void push_snapshot(lua_State *L, tk_snapmgr *mgr, const tk_snapshot *s) {
     }
     compat_pushint64(L, (int64_t)s->total_size);
     lua_setfield(L, -2, "total_size");
-    if (tk_snap_path(mgr, s->id, path, sizeof path, &e) == TK_OK) {
+    if (path) {
         lua_pushstring(L, path);
         lua_setfield(L, -2, "path");
     }
@@ -918,7 +1085,30 @@ static void raise_progress_error(lua_State *L, const lua_progress *p) {
     }
 }
 
-static const char *const create_opt_names[] = { "min_interval_ms", "label", "progress", NULL };
+/* threads: >= 1, or 0 (one per CPU) when absent. */
+static unsigned field_threads(lua_State *L, int t) {
+    int64_t v = 0;
+    if (t && field_int(L, t, "threads", &v) && (v < 1 || v > 64))
+        luaL_error(L, "option 'threads': %d is outside 1 .. 64", (int)v);
+    return (unsigned)v;
+}
+
+/* async = true: the caller wants a takhin.Job; progress callbacks cannot
+ * be called from a job's thread. */
+static int field_async(lua_State *L, int t) {
+    int async = t ? field_bool(L, t, "async") : 0;
+    if (async) {
+        lua_getfield(L, t, "progress");
+        if (!lua_isnil(L, -1))
+            luaL_error(L, "option 'progress': not called for an async job (use job:progress())");
+        lua_pop(L, 1);
+    }
+    return async;
+}
+
+static const char *const create_opt_names[] = {
+    "min_interval_ms", "label", "progress", "async", "threads", NULL
+};
 
 static int l_sm_create(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
@@ -943,6 +1133,15 @@ static int l_sm_create(lua_State *L) {
         o.label = field_string(L, 3, "label", &bad);     /* stays on the stack */
         if (bad) return push_invalid(L, "create: label contains a NUL byte");
     }
+    o.threads = field_threads(L, t);
+    if (field_async(L, t)) {
+        lua_job *j = new_job(L, 1, lg, 2);
+        if (tk_snap_create_async(u->mgr, lg->log, &o, &j->job, &e) != TK_OK) {
+            j->log = NULL;
+            return push_error(L, &e);
+        }
+        return 1;
+    }
     setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
     u->busy++;
     lg->busy++;
@@ -957,7 +1156,7 @@ static int l_sm_create(lua_State *L) {
 }
 
 static const char *const restore_opt_names[] = {
-    "replace", "upto_offset", "upto_timestamp", "progress", NULL
+    "replace", "upto_offset", "upto_timestamp", "progress", "async", "threads", NULL
 };
 
 static int l_sm_restore(lua_State *L) {
@@ -988,6 +1187,13 @@ static int l_sm_restore(lua_State *L) {
             o.upto_offset = v;
         }
         if (field_int(L, 4, "upto_timestamp", &v)) o.upto_timestamp = v == TK_NONE ? v + 1 : v;
+    }
+    o.threads = field_threads(L, t);
+    if (field_async(L, t)) {
+        lua_job *j = new_job(L, 1, NULL, 0);
+        if (tk_snap_restore_async(u->mgr, id, target, &o, &j->job, &e) != TK_OK)
+            return push_error(L, &e);
+        return 1;
     }
     setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
     u->busy++;
@@ -1056,12 +1262,14 @@ static int l_sm_delete(lua_State *L) {
     return 1;
 }
 
-/* _delete_many(ids) -> number deleted: one metadata update (policies).
- * The ids are anchored in the table itself, read raw. */
+/* _delete_many(ids [, async]) -> number deleted (or a takhin.Job): one
+ * metadata update (policies).  The ids are anchored in a table of our own
+ * while the engine reads them. */
 static int l_sm_delete_many(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
     size_t n, deleted = 0;
     const char **ids;
+    int async = lua_toboolean(L, 3);
     tk_err e;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
@@ -1073,6 +1281,12 @@ static int l_sm_delete_many(lua_State *L) {
         if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "_delete_many: ids must be strings");
         ids[i] = lua_tostring(L, -1);
         lua_rawseti(L, 4, (lua_Integer)(i + 1));
+    }
+    if (async) {                        /* the engine copies the ids */
+        lua_job *j = new_job(L, 1, NULL, 0);
+        if (tk_snap_delete_many_async(u->mgr, ids, n, &j->job, &e) != TK_OK)
+            return push_error(L, &e);
+        return 1;
     }
     if (tk_snap_delete_many(u->mgr, ids, n, &deleted, &e) != TK_OK) return push_error(L, &e);
     compat_pushint64(L, (int64_t)deleted);
@@ -1093,25 +1307,33 @@ static int l_sm_cleanup(lua_State *L) {
     return 1;
 }
 
-static const char *const verify_opt_names[] = { "progress", NULL };
+static const char *const verify_opt_names[] = { "progress", "async", "threads", NULL };
 
 static int l_sm_verify(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
     const char *id = check_cstring(L, 2);
     lua_progress pr;
-    tk_progress_fn fn;
-    void *ud;
+    tk_verify_opts o;
     tk_err e;
     tk_code rc;
+    int t = 0;
     if (!id) return push_invalid(L, "verify: id contains a NUL byte");
+    memset(&o, 0, sizeof o);
     lua_settop(L, 3);
     if (!lua_isnil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         check_field_names(L, 3, "verify", verify_opt_names);
+        t = 3;
     }
-    setup_progress(L, lua_isnil(L, 3) ? 0 : 3, &pr, &fn, &ud);
+    o.threads = field_threads(L, t);
+    if (field_async(L, t)) {
+        lua_job *j = new_job(L, 1, NULL, 0);
+        if (tk_snap_verify_async(u->mgr, id, &o, &j->job, &e) != TK_OK) return push_error(L, &e);
+        return 1;
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
     u->busy++;
-    rc = tk_snap_verify(u->mgr, id, fn, ud, &e);
+    rc = tk_snap_verify(u->mgr, id, &o, &e);
     u->busy--;
     raise_progress_error(L, &pr);
     if (rc != TK_OK) return push_error(L, &e);
@@ -1300,6 +1522,12 @@ static void create_metatables(lua_State *L) {
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
+    if (luaL_newmetatable(L, JOB_MT)) {
+        luaL_setfuncs(L, job_meta, 0);
+        luaL_newlib(L, job_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
     if (luaL_newmetatable(L, ITER_MT)) {
         lua_pushcfunction(L, iter_release);
         lua_setfield(L, -2, "__gc");
@@ -1319,6 +1547,10 @@ TK_EXPORT int luaopen_takhin_core(lua_State *L) {
     luaL_getmetatable(L, LOG_MT);
     lua_getfield(L, -1, "__index");
     lua_setfield(L, -3, "Log");
+    lua_pop(L, 1);
+    luaL_getmetatable(L, JOB_MT);
+    lua_getfield(L, -1, "__index");
+    lua_setfield(L, -3, "Job");
     lua_pop(L, 1);
     lua_pushliteral(L, TAKHIN_VERSION);
     lua_setfield(L, -2, "version");

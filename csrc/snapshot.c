@@ -75,6 +75,7 @@
 #include "error.h"
 #include "fault.h"
 #include "fs.h"
+#include "job.h"
 #include "lock.h"
 #include "manifest.h"
 #include "names.h"
@@ -91,6 +92,7 @@ struct tk_snapmgr {
     char *log_dir;
     char *dir;
     tk_snap_mode mode;
+    tk_jobs *jobs;              /* running background jobs: closing cancels them */
 };
 
 static int64_t now_ms(void) {
@@ -399,9 +401,10 @@ tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
     if (!(m = tk_calloc(1, sizeof *m))) return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
     m->mode = mode;
     m->log_dir = tk_strdup(log_dir);
+    m->jobs = tk_jobs_new();
     if (dir) m->dir = tk_strdup(dir);
     else if (m->log_dir && asprintf(&m->dir, "%s/" TK_SNAP_DEFAULT_DIR, log_dir) < 0) m->dir = NULL;
-    if (!m->log_dir || !m->dir) {
+    if (!m->log_dir || !m->dir || !m->jobs) {
         tk_snapmgr_close(m);
         return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
     }
@@ -428,6 +431,7 @@ tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
 
 void tk_snapmgr_close(tk_snapmgr *m) {
     if (!m) return;
+    tk_jobs_close(m->jobs);             /* cancels and waits for its jobs */
     free(m->log_dir);
     free(m->dir);
     free(m);
@@ -450,15 +454,68 @@ void tk_restore_opts_init(tk_restore_opts *o) {
 /* Placing files                                                        */
 /* ------------------------------------------------------------------ */
 
+/* How far an operation got.  Work on any thread calls step(); the caller's
+ * callback (Lua) only ever runs on the calling thread, from report(). */
 typedef struct progress {
-    tk_progress_fn fn;
+    tk_progress_fn fn;          /* the caller's callback, or NULL */
     void *ud;
-    uint64_t done, total;
+    uint64_t done, total;       /* done: atomic */
+    tk_job *job;                /* a background job: its progress and cancel flag */
+    const char *what;           /* for a cancel's message: "snapshot of DIR", ... */
 } progress;
 
-static void advance(progress *p, uint64_t bytes) {
-    p->done += bytes;
-    if (p->fn) p->fn(p->ud, p->done, p->total);
+static void report(void *arg) {
+    progress *p = arg;
+    if (p->fn) p->fn(p->ud, __atomic_load_n(&p->done, __ATOMIC_RELAXED), p->total);
+}
+
+static tk_code canceled(const progress *p, tk_err *err) {
+    return tk_fail(err, TK_CANCELED, "%s: canceled", p->what ? p->what : "snapshot");
+}
+
+/* Counts bytes done; CANCELED when the job was asked to stop. */
+static tk_code step(progress *p, uint64_t bytes, tk_err *err) {
+    uint64_t done = __atomic_add_fetch(&p->done, bytes, __ATOMIC_RELAXED);
+    if (p->job) {
+        tk_job_set_progress(p->job, done, p->total);
+        if (tk_job_canceled(p->job)) return canceled(p, err);
+    }
+    return TK_OK;
+}
+
+/* Size and CRC32C of a whole file, read in chunks that count as progress
+ * (and let a canceled job stop in the middle of a big file). */
+static tk_code sum_file(const char *path, uint64_t *size, uint32_t *crc, progress *pg,
+                        tk_err *err) {
+    struct stat st;
+    size_t cap = 1u << 20;
+    unsigned char *buf;
+    uint64_t pos = 0;
+    uint32_t c = 0;
+    tk_code rc = TK_OK;
+    int fd = tk_open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) return tk_fail_errno(err, errno, "open %s", path);
+    if (fstat(fd, &st) < 0 || !(buf = tk_malloc(cap))) {
+        rc = tk_fail_errno(err, errno ? errno : ENOMEM, "read %s", path);
+        close(fd);
+        return rc;
+    }
+    while (rc == TK_OK && pos < (uint64_t)st.st_size) {
+        size_t want = (uint64_t)st.st_size - pos < cap ? (size_t)((uint64_t)st.st_size - pos) : cap;
+        ssize_t n = tk_pread_full(fd, buf, want, pos);
+        if (n < 0 || (size_t)n != want) {
+            rc = tk_fail_errno(err, n < 0 ? errno : ENODATA, "read %s", path);
+            break;
+        }
+        c = tk_crc32c(c, buf, want);
+        pos += want;
+        rc = step(pg, want, err);
+    }
+    free(buf);
+    close(fd);
+    *size = pos;
+    *crc = c;
+    return rc;
 }
 
 /* The message for a failed copy: a source that shrank under us was cut by
@@ -520,13 +577,27 @@ static int known_sum(const tk_cut_seg *cs, tk_ext ext, const char *dst, uint64_t
     return 1;
 }
 
+/* One segment's files as placed: its manifest entries (index files may
+ * be absent), whether a link was tried and made. */
+typedef struct placed {
+    tk_mfile f[TK_EXT_COUNT];
+    int present[TK_EXT_COUNT];
+    int link_tried, linked;
+} placed;
+
+static void set_entry(placed *out, int i, const char *name, uint64_t size, uint32_t crc) {
+    snprintf(out->f[i].name, sizeof out->f[i].name, "%s", name);
+    out->f[i].size = size;
+    out->f[i].crc = crc;
+    out->present[i] = 1;
+}
+
 static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut_seg *cs,
-                            const char *tmp, build *b, progress *pg, tk_err *err) {
+                            const char *tmp, placed *out, progress *pg, tk_err *err) {
     for (int i = 0; i < TK_EXT_COUNT; i++) {
         char src[PATH_MAX], dst[PATH_MAX], name[TK_SEG_NAME_MAX];
         uint64_t size = cs->size;
         uint32_t crc = cs->log_crc;
-        tk_code rc;
         int linked;
         tk_seg_name(name, sizeof name, cs->base, (tk_ext)i);
         if (tk_path_join(src, sizeof src, cut->dir, name) < 0 ||
@@ -539,22 +610,24 @@ static tk_code place_sealed(const tk_snapmgr *m, const tk_cut *cut, const tk_cut
             return e == ENODATA ? copy_failed(err, e, src, dst)
                                 : tk_fail_errno(err, e, "place %s at %s", src, dst);
         }
-        b->linked |= linked;
-        b->link_tried |= m->mode == TK_SNAP_LINK;
+        out->linked |= linked;
+        out->link_tried |= m->mode == TK_SNAP_LINK;
         if (i > 0 && !known_sum(cs, (tk_ext)i, dst, &size, &crc) &&
             tk_file_sum(dst, &size, &crc) < 0)
             return tk_fail_errno(err, errno, "read %s", dst);
-        if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
-        if (i == TK_EXT_LOG) advance(pg, size);        /* progress counts .log bytes */
+        set_entry(out, i, name, size, crc);
+        if (i == TK_EXT_LOG) {                          /* progress counts .log bytes */
+            tk_code rc = step(pg, size, err);
+            if (rc != TK_OK) return rc;
+        }
     }
     return TK_OK;
 }
 
 static tk_code place_active(const tk_cut *cut, const tk_cut_seg *cs, const char *tmp,
-                            build *b, progress *pg, tk_err *err) {
+                            placed *out, progress *pg, tk_err *err) {
     for (int i = 0; i < TK_EXT_COUNT; i++) {
         char dst[PATH_MAX], name[TK_SEG_NAME_MAX];
-        tk_code rc;
         uint32_t crc;
         uint64_t size;
         tk_seg_name(name, sizeof name, cs->base, (tk_ext)i);
@@ -575,30 +648,69 @@ static tk_code place_active(const tk_cut *cut, const tk_cut_seg *cs, const char 
                 return tk_fail_errno(err, errno, "write %s", dst);
             crc = tk_crc32c(0, buf, (size_t)size);
         }
-        if ((rc = add_file(b, name, size, crc, err)) != TK_OK) return rc;
-        if (i == TK_EXT_LOG) advance(pg, size);
+        set_entry(out, i, name, size, crc);
+        if (i == TK_EXT_LOG) {
+            tk_code rc = step(pg, size, err);
+            if (rc != TK_OK) return rc;
+        }
     }
     return TK_OK;
 }
 
-/* Step 3: every segment of the cut, placed in tmp. */
+typedef struct placing {
+    const tk_snapmgr *m;
+    const tk_cut *cut;
+    const char *tmp;
+    size_t *segs;               /* indices into cut->segs, one per task */
+    placed *out;
+    progress *pg;
+} placing;
+
+static tk_code place_task(void *ud, size_t t, tk_err *err) {
+    placing *p = ud;
+    const tk_cut_seg *cs = &p->cut->segs[p->segs[t]];
+    tk_code rc = cs->sealed ? place_sealed(p->m, p->cut, cs, p->tmp, &p->out[t], p->pg, err)
+                            : place_active(p->cut, cs, p->tmp, &p->out[t], p->pg, err);
+    if (rc == TK_OK && t == 0) TK_FAULT("create.placing");
+    return rc;
+}
+
+/* Step 3: every segment of the cut, placed in tmp -- several at once in
+ * copy mode -- and listed in the manifest in order. */
 static tk_code place_cut(const tk_snapmgr *m, const tk_cut *cut, const char *tmp, build *b,
-                         progress *pg, tk_err *err) {
+                         progress *pg, unsigned threads, tk_err *err) {
     tk_snapshot *s = &b->man.snap;
-    tk_code rc = TK_OK;
+    placing p = { m, cut, tmp, NULL, NULL, pg };
+    size_t n = 0;
+    tk_code rc;
     free(s->segment_offsets);
-    if (!(s->segment_offsets = tk_calloc(cut->n + 1, sizeof(int64_t))))
+    s->segment_offsets = tk_calloc(cut->n + 1, sizeof(int64_t));
+    p.segs = tk_calloc(cut->n + 1, sizeof *p.segs);
+    p.out = tk_calloc(cut->n + 1, sizeof *p.out);
+    if (!s->segment_offsets || !p.segs || !p.out) {
+        free(p.segs);
+        free(p.out);
         return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
-    pg->done = pg->total = 0;
-    for (size_t i = 0; i < cut->n; i++) pg->total += cut->segs[i].size;
-    for (size_t i = 0; i < cut->n && rc == TK_OK; i++) {
+    }
+    __atomic_store_n(&pg->done, 0, __ATOMIC_RELAXED);
+    pg->total = 0;
+    for (size_t i = 0; i < cut->n; i++) {
         const tk_cut_seg *cs = &cut->segs[i];
+        pg->total += cs->size;
         if (cs->sealed && cs->next == cs->base) continue;
         s->segment_offsets[s->num_segments++] = cs->base;
-        rc = cs->sealed ? place_sealed(m, cut, cs, tmp, b, pg, err)
-                        : place_active(cut, cs, tmp, b, pg, err);
-        if (rc == TK_OK && i == 0) TK_FAULT("create.placing");
+        p.segs[n++] = i;
     }
+    rc = tk_parallel(n, m->mode == TK_SNAP_COPY ? threads : 1, place_task, &p, report, pg, err);
+    for (size_t t = 0; rc == TK_OK && t < n; t++) {
+        b->linked |= p.out[t].linked;
+        b->link_tried |= p.out[t].link_tried;
+        for (int i = 0; rc == TK_OK && i < TK_EXT_COUNT; i++)
+            if (p.out[t].present[i])
+                rc = add_file(b, p.out[t].f[i].name, p.out[t].f[i].size, p.out[t].f[i].crc, err);
+    }
+    free(p.segs);
+    free(p.out);
     s->base_offset = cut->base_offset;
     s->high_water_mark = cut->high_water_mark;
     return rc;
@@ -618,16 +730,22 @@ static void empty_dir(const char *dir) {
     closedir(d);
 }
 
-/* Step 3, tried again while the log changes under it. */
+/* Step 3, tried again while the log changes under it.  The first cut was
+ * taken by the caller (before a background job started). */
 static tk_code place_log(const tk_snapmgr *m, tk_log *log, const char *tmp, build *b,
-                         progress *pg, tk_err *err) {
+                         tk_cut *first, progress *pg, unsigned threads, tk_err *err) {
     tk_code rc = TK_OK;
     for (int attempt = 1;; attempt++) {
         tk_cut cut;
         int changed;
-        if ((rc = tk_log_cut(log, &cut, err)) != TK_OK) return rc;
+        if (attempt == 1) {
+            cut = *first;
+            memset(first, 0, sizeof *first);
+        } else if ((rc = tk_log_cut(log, &cut, err)) != TK_OK) {
+            return rc;
+        }
         TK_FAULT("create.cut");
-        rc = place_cut(m, &cut, tmp, b, pg, err);
+        rc = place_cut(m, &cut, tmp, b, pg, threads, err);
         if (rc == TK_OK && cut.ncursors) {         /* the cursors travel with it */
             b->man.cursors = cut.cursors;
             b->man.ncursors = cut.ncursors;
@@ -636,7 +754,7 @@ static tk_code place_log(const tk_snapmgr *m, tk_log *log, const char *tmp, buil
         }
         changed = tk_cut_changed(&cut);
         tk_cut_free(&cut);
-        if (!changed) return rc;
+        if (!changed || rc == TK_CANCELED) return rc;
         if (attempt == CREATE_ATTEMPTS)
             return tk_fail(err, TK_CONFLICT, "snapshot of %s: the log was truncated or restored "
                            "while the snapshot was being built, %d times in a row",
@@ -759,46 +877,140 @@ static tk_code check_create(const tk_snapmgr *m, tk_log *log, const tk_create_op
     return TK_OK;
 }
 
-tk_code tk_snap_create(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
-                       tk_snapshot *out, tk_err *err) {
-    tk_create_opts defaults;
+/* A create between its first steps (taken by the caller: the metadata
+ * lock, the claimed directory, the cut) and the rest (maybe a job's). */
+typedef struct creating {
+    tk_snapmgr *m;
+    tk_log *log;
+    tk_create_opts o;
+    char *label;                /* o.label's copy */
     build b;
     progress pg;
-    int tmp_fd = -1;
-    char tmp[PATH_MAX], path[PATH_MAX];
-    tk_code rc;
+    char tmp[PATH_MAX];
+    int tmp_fd;
+    tk_cut cut;
+    int pinned;                 /* a job holds the log until create_run is done */
+} creating;
 
+static void unpin(creating *c) {
+    if (c->pinned) tk_log_unpin(c->log);
+    c->pinned = 0;
+}
+
+static void free_creating(void *arg) {
+    creating *c = arg;
+    if (!c) return;
+    unpin(c);
+    tk_cut_free(&c->cut);
+    tk_manifest_free(&c->b.man);
+    if (c->tmp_fd >= 0) {               /* never ran: nothing was published */
+        tk_rmtree(c->tmp);
+        close(c->tmp_fd);
+    }
+    free(c->label);
+    free(c);
+}
+
+/* Steps 1-3's start: checks, the claimed directory, the first cut. */
+static tk_code create_begin(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
+                            creating **out, tk_err *err) {
+    tk_create_opts defaults;
+    creating *c;
+    tk_code rc;
+    *out = NULL;
     if (!opts) { tk_create_opts_init(&defaults); opts = &defaults; }
     if ((rc = check_create(m, log, opts, err)) != TK_OK) return rc;
-    memset(&b, 0, sizeof b);
-    memset(&pg, 0, sizeof pg);
-    pg.fn = opts->progress;
-    pg.ud = opts->progress_ud;
-    if (opts->label) snprintf(b.man.snap.label, sizeof b.man.snap.label, "%s", opts->label);
-    if ((rc = begin_build(m, opts, &b, tmp, sizeof tmp, &tmp_fd, err)) != TK_OK) return rc;
+    if (!(c = tk_calloc(1, sizeof *c))) return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+    c->m = m;
+    c->log = log;
+    c->o = *opts;
+    c->tmp_fd = -1;
+    if (opts->label && !(c->o.label = c->label = tk_strdup(opts->label))) {
+        free_creating(c);
+        return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+    }
+    c->pg.fn = opts->progress;
+    c->pg.ud = opts->progress_ud;
+    c->pg.what = "snapshot";
+    if (opts->label) snprintf(c->b.man.snap.label, sizeof c->b.man.snap.label, "%s", opts->label);
+    if ((rc = begin_build(m, opts, &c->b, c->tmp, sizeof c->tmp, &c->tmp_fd, err)) != TK_OK) {
+        c->tmp_fd = -1;
+        free_creating(c);
+        return rc;
+    }
     TK_FAULT("create.tmpdir");
-    rc = place_log(m, log, tmp, &b, &pg, err);
+    if ((rc = tk_log_cut(log, &c->cut, err)) != TK_OK) {
+        free_creating(c);
+        return rc;
+    }
+    *out = c;
+    return TK_OK;
+}
+
+/* Steps 3-6: place, write the manifest, sync, publish.  On failure tmp is
+ * removed; either way c->tmp_fd is closed. */
+static tk_code create_run(creating *c, tk_err *err) {
+    char path[PATH_MAX];
+    build *b = &c->b;
+    tk_code rc = place_log(c->m, c->log, c->tmp, b, &c->cut, &c->pg, c->o.threads, err);
     if (rc == TK_OK) {
         TK_FAULT("create.placed");
         /* Link mode that could not link (another filesystem) is a copy. */
-        b.man.snap.mode = m->mode == TK_SNAP_COPY || (b.link_tried && !b.linked)
-                          ? TK_SNAP_COPY : TK_SNAP_LINK;
-        if (tk_path_join(path, sizeof path, tmp, TK_MANIFEST_FILE) < 0)
-            rc = tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", tmp);
+        b->man.snap.mode = c->m->mode == TK_SNAP_COPY || (b->link_tried && !b->linked)
+                           ? TK_SNAP_COPY : TK_SNAP_LINK;
+        if (tk_path_join(path, sizeof path, c->tmp, TK_MANIFEST_FILE) < 0)
+            rc = tk_fail_errno(err, ENAMETOOLONG, "snapshot %s", c->tmp);
         else
-            rc = tk_manifest_write(path, &b.man, err);
+            rc = tk_manifest_write(path, &b->man, err);
     }
     if (rc == TK_OK) TK_FAULT("create.manifest");
-    if (rc == TK_OK && tk_sync_tree(tmp) < 0) rc = tk_fail_errno(err, errno, "sync %s", tmp);
-    if (rc == TK_OK) rc = publish(m, opts, tmp, &b, 0, err);
-    if (rc != TK_OK) tk_rmtree(tmp);
-    close(tmp_fd);
-    if (rc == TK_OK && out) {
-        *out = b.man.snap;
-        b.man.snap.segment_offsets = NULL;
-    }
-    tk_manifest_free(&b.man);
+    if (rc == TK_OK && c->pg.job && tk_job_canceled(c->pg.job)) rc = canceled(&c->pg, err);
+    if (rc == TK_OK && tk_sync_tree(c->tmp) < 0) rc = tk_fail_errno(err, errno, "sync %s", c->tmp);
+    if (rc == TK_OK && c->pg.job && tk_job_canceled(c->pg.job)) rc = canceled(&c->pg, err);
+    if (rc == TK_OK) rc = publish(c->m, &c->o, c->tmp, b, 0, err);
+    if (rc != TK_OK) tk_rmtree(c->tmp);
+    close(c->tmp_fd);
+    c->tmp_fd = -1;
     return rc;
+}
+
+tk_code tk_snap_create(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
+                       tk_snapshot *out, tk_err *err) {
+    creating *c;
+    tk_code rc = create_begin(m, log, opts, &c, err);
+    if (rc != TK_OK) return rc;
+    rc = create_run(c, err);
+    if (rc == TK_OK && out) {
+        *out = c->b.man.snap;
+        c->b.man.snap.segment_offsets = NULL;
+    }
+    free_creating(c);
+    return rc;
+}
+
+static tk_code create_job(tk_job *job, void *arg, tk_err *err) {
+    creating *c = arg;
+    char path[PATH_MAX];
+    tk_code rc;
+    c->pg.job = job;
+    rc = create_run(c, err);
+    unpin(c);                           /* from here on the log may be closed */
+    if (rc != TK_OK) return rc;
+    snap_path(path, sizeof path, c->m, TK_SNAP_PREFIX, c->b.man.snap.id, NULL);
+    tk_job_set_snapshot(job, &c->b.man.snap, path);
+    c->b.man.snap.segment_offsets = NULL;       /* the job's now */
+    return TK_OK;
+}
+
+tk_code tk_snap_create_async(tk_snapmgr *m, tk_log *log, const tk_create_opts *opts,
+                             tk_job **job, tk_err *err) {
+    creating *c;
+    tk_code rc = create_begin(m, log, opts, &c, err);
+    if (rc != TK_OK) return rc;
+    c->pg.fn = NULL;                    /* never call back from the job's thread */
+    tk_log_pin(log);
+    c->pinned = 1;
+    return tk_job_start(m->jobs, "create", create_job, c, free_creating, job, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1024,16 +1236,17 @@ static tk_code read_manifest(const tk_snapmgr *m, const char *id, tk_manifest *m
 static tk_code check_file(const tk_snapmgr *m, const char *id, const tk_mfile *f,
                           progress *pg, tk_err *err) {
     char path[PATH_MAX];
-    uint64_t size;
-    uint32_t crc;
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    tk_code rc;
     if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, id, f->name) < 0)
         return tk_fail_errno(err, errno, "verify %s", id);
-    if (tk_file_sum(path, &size, &crc) < 0) {
-        int e = errno;
-        if (e == ENOENT && !snapshot_exists(m, id))
+    if ((rc = sum_file(path, &size, &crc, pg, err)) != TK_OK) {
+        if (rc == TK_NOT_FOUND && !snapshot_exists(m, id))
             return tk_fail(err, TK_NOT_FOUND, "snapshot %s was deleted while being read", id);
-        if (e == ENOENT) return tk_fail(err, TK_CORRUPT, "verify %s: %s is missing", id, path);
-        return tk_fail_errno(err, e, "read %s", path);
+        if (rc == TK_NOT_FOUND)
+            return tk_fail(err, TK_CORRUPT, "verify %s: %s is missing", id, path);
+        return rc;
     }
     if (size != f->size)
         return tk_fail(err, TK_CORRUPT, "verify %s: %s has %" PRIu64 " bytes, the manifest "
@@ -1041,49 +1254,115 @@ static tk_code check_file(const tk_snapmgr *m, const char *id, const tk_mfile *f
     if (crc != f->crc)
         return tk_fail(err, TK_CORRUPT, "verify %s: %s fails its checksum (crc32c %08" PRIx32
                        ", the manifest says %08" PRIx32 ")", id, path, crc, f->crc);
-    advance(pg, size);
     return TK_OK;
 }
 
-tk_code tk_snap_verify(tk_snapmgr *m, const char *id, tk_progress_fn fn, void *ud,
-                       tk_err *err) {
+typedef struct checking {
+    const tk_snapmgr *m;
+    const tk_manifest *man;
+    const char *dir;            /* restore: where the files go; verify: NULL */
+    progress *pg;
+} checking;
+
+static tk_code check_task(void *ud, size_t i, tk_err *err) {
+    checking *c = ud;
+    return check_file(c->m, c->man->snap.id, &c->man->files[i], c->pg, err);
+}
+
+static void verify_opts_init(tk_verify_opts *o) { memset(o, 0, sizeof *o); }
+
+/* Every file of the manifest, several at once; the first (in order) that
+ * differs is the one named. */
+static tk_code verify_files(const tk_snapmgr *m, const tk_manifest *man, progress *pg,
+                            unsigned threads, tk_err *err) {
+    checking c = { m, man, NULL, pg };
+    pg->total = 0;
+    for (size_t i = 0; i < man->nfiles; i++) pg->total += man->files[i].size;
+    return tk_parallel(man->nfiles, threads, check_task, &c, report, pg, err);
+}
+
+tk_code tk_snap_verify(tk_snapmgr *m, const char *id, const tk_verify_opts *o, tk_err *err) {
+    tk_verify_opts defaults;
     tk_manifest man;
-    progress pg = { fn, ud, 0, 0 };
-    tk_code rc = read_manifest(m, id, &man, err);
-    if (rc != TK_OK) return rc;
-    for (size_t i = 0; i < man.nfiles; i++) pg.total += man.files[i].size;
-    for (size_t i = 0; i < man.nfiles && rc == TK_OK; i++)
-        rc = check_file(m, id, &man.files[i], &pg, err);
+    progress pg;
+    tk_code rc;
+    if (!o) { verify_opts_init(&defaults); o = &defaults; }
+    memset(&pg, 0, sizeof pg);
+    pg.fn = o->progress;
+    pg.ud = o->progress_ud;
+    pg.what = "verify";
+    if ((rc = read_manifest(m, id, &man, err)) != TK_OK) return rc;
+    rc = verify_files(m, &man, &pg, o->threads, err);
     tk_manifest_free(&man);
     return rc;
+}
+
+typedef struct verifying {
+    tk_snapmgr *m;
+    char id[TK_SNAP_ID_MAX];
+    unsigned threads;
+} verifying;
+
+static tk_code verify_job(tk_job *job, void *arg, tk_err *err) {
+    verifying *v = arg;
+    tk_manifest man;
+    progress pg;
+    tk_code rc;
+    memset(&pg, 0, sizeof pg);
+    pg.job = job;
+    pg.what = "verify";
+    if ((rc = read_manifest(v->m, v->id, &man, err)) != TK_OK) return rc;
+    rc = verify_files(v->m, &man, &pg, v->threads, err);
+    tk_manifest_free(&man);
+    return rc;
+}
+
+tk_code tk_snap_verify_async(tk_snapmgr *m, const char *id, const tk_verify_opts *o,
+                             tk_job **job, tk_err *err) {
+    verifying *v;
+    tk_code rc = tk_snap_check_id(id, err);
+    if (rc != TK_OK) return rc;
+    if (!(v = tk_calloc(1, sizeof *v))) return tk_fail(err, TK_NOMEM, "verify: out of memory");
+    v->m = m;
+    snprintf(v->id, sizeof v->id, "%s", id);
+    v->threads = o ? o->threads : 0;
+    return tk_job_start(m->jobs, "verify", verify_job, v, free, job, err);
 }
 
 /* ------------------------------------------------------------------ */
 /* Restore                                                              */
 /* ------------------------------------------------------------------ */
 
-/* Verifies every file of the snapshot, then links or copies it into dir. */
-static tk_code fill_restore(const tk_snapmgr *m, const tk_manifest *man, const char *dir,
-                            progress *pg, tk_err *err) {
-    const char *id = man->snap.id;
-    for (size_t i = 0; i < man->nfiles; i++) pg->total += man->files[i].size;
-    for (size_t i = 0; i < man->nfiles; i++) {
-        const tk_mfile *f = &man->files[i];
-        char src[PATH_MAX], dst[PATH_MAX];
-        int linked;
-        tk_code rc = check_file(m, id, f, pg, err);
-        if (rc == TK_CORRUPT) return tk_fail_prefix(err, TK_CORRUPT, "restore %s refused", id);
-        if (rc != TK_OK) return rc;
-        if (snap_path(src, sizeof src, m, TK_SNAP_PREFIX, id, f->name) < 0 ||
-            tk_path_join(dst, sizeof dst, dir, f->name) < 0)
-            return tk_fail_errno(err, ENAMETOOLONG, "restore %s", id);
-        if (tk_place(src, dst, f->size, m->mode == TK_SNAP_LINK, &linked) < 0)
-            return errno == ENODATA ? copy_failed(err, errno, src, dst)
-                                    : tk_fail_errno(err, errno, "place %s at %s", src, dst);
-        if (i == 0) TK_FAULT("restore.placing");
-    }
-    TK_FAULT("restore.placed");
+static tk_code fill_task(void *ud, size_t i, tk_err *err) {
+    checking *c = ud;
+    const tk_mfile *f = &c->man->files[i];
+    const char *id = c->man->snap.id;
+    char src[PATH_MAX], dst[PATH_MAX];
+    int linked;
+    tk_code rc = check_file(c->m, id, f, c->pg, err);
+    if (rc == TK_CORRUPT) return tk_fail_prefix(err, TK_CORRUPT, "restore %s refused", id);
+    if (rc != TK_OK) return rc;
+    if (snap_path(src, sizeof src, c->m, TK_SNAP_PREFIX, id, f->name) < 0 ||
+        tk_path_join(dst, sizeof dst, c->dir, f->name) < 0)
+        return tk_fail_errno(err, ENAMETOOLONG, "restore %s", id);
+    if (tk_place(src, dst, f->size, c->m->mode == TK_SNAP_LINK, &linked) < 0)
+        return errno == ENODATA ? copy_failed(err, errno, src, dst)
+                                : tk_fail_errno(err, errno, "place %s at %s", src, dst);
+    if (i == 0) TK_FAULT("restore.placing");
     return TK_OK;
+}
+
+/* Verifies every file of the snapshot, then links or copies it into dir;
+ * several files at once. */
+static tk_code fill_restore(const tk_snapmgr *m, const tk_manifest *man, const char *dir,
+                            progress *pg, unsigned threads, tk_err *err) {
+    checking c = { m, man, dir, pg };
+    tk_code rc;
+    pg->total = 0;
+    for (size_t i = 0; i < man->nfiles; i++) pg->total += man->files[i].size;
+    rc = tk_parallel(man->nfiles, threads, fill_task, &c, report, pg, err);
+    if (rc == TK_OK) TK_FAULT("restore.placed");
+    return rc;
 }
 
 /* A restored log starts where the snapshot does: .start when that is
@@ -1156,10 +1435,16 @@ static tk_code apply_upto(const tk_manifest *man, const char *dir, const tk_rest
 }
 
 static tk_code build_restore(const tk_snapmgr *m, const tk_manifest *man, const char *dir,
-                             const tk_restore_opts *o, tk_err *err) {
-    progress pg = { o->progress, o->progress_ud, 0, 0 };
+                             const tk_restore_opts *o, tk_job *job, tk_err *err) {
+    progress pg;
     int64_t end;
-    tk_code rc = fill_restore(m, man, dir, &pg, err);
+    tk_code rc;
+    memset(&pg, 0, sizeof pg);
+    pg.fn = o->progress;
+    pg.ud = o->progress_ud;
+    pg.job = job;
+    pg.what = "restore";
+    rc = fill_restore(m, man, dir, &pg, o->threads, err);
     if (rc == TK_OK) rc = write_start(man, dir, err);
     if (rc == TK_OK) rc = apply_upto(man, dir, o, &end, err);
     if (rc == TK_OK) rc = write_cursors(man, dir, end, err);
@@ -1213,7 +1498,7 @@ static void split_path(const char *path, char *parent, size_t pcap, char *base, 
 }
 
 static tk_code restore_new(const tk_snapmgr *m, const tk_manifest *man, const char *target,
-                           const tk_restore_opts *o, tk_err *err) {
+                           const tk_restore_opts *o, tk_job *job, tk_err *err) {
     char parent[PATH_MAX], base[PATH_MAX], tmp[PATH_MAX];
     int exists, fd;
     tk_code rc = check_target(target, &exists, err);
@@ -1229,7 +1514,9 @@ static tk_code restore_new(const tk_snapmgr *m, const tk_manifest *man, const ch
         return rc;
     }
     TK_FAULT("restore.tmpdir");
-    rc = build_restore(m, man, tmp, o, err);
+    rc = build_restore(m, man, tmp, o, job, err);
+    if (rc == TK_OK && tk_job_canceled(job))
+        rc = tk_fail(err, TK_CANCELED, "restore %s to %s: canceled", man->snap.id, target);
     if (rc == TK_OK && tk_rename(tmp, target) < 0)
         rc = (errno == ENOTEMPTY || errno == EEXIST)
              ? tk_fail(err, TK_NOT_EMPTY, "restore to %s: the directory is not empty", target)
@@ -1268,7 +1555,8 @@ static tk_code write_list(const char *dir, tk_err *err) {
 }
 
 static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
-                                const char *target, const tk_restore_opts *o, tk_err *err) {
+                                const char *target, const tk_restore_opts *o, tk_job *job,
+                                tk_err *err) {
     char tmp[PATH_MAX], ready[PATH_MAX];
     int lock_fd;
     tk_code rc = tk_dirlock_try(target, TK_LOCK_FILE, &lock_fd, err);
@@ -1289,8 +1577,10 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
         return rc;
     }
     TK_FAULT("inplace.tmpdir");
-    rc = build_restore(m, man, tmp, o, err);
+    rc = build_restore(m, man, tmp, o, job, err);
     if (rc == TK_OK) rc = write_list(tmp, err);
+    if (rc == TK_OK && tk_job_canceled(job))          /* the last moment to stop */
+        rc = tk_fail(err, TK_CANCELED, "restore %s to %s: canceled", man->snap.id, target);
     if (rc == TK_OK) TK_FAULT("inplace.built");
     if (rc == TK_OK && tk_rename(tmp, ready) < 0) rc = tk_fail_errno(err, errno, "rename %s", tmp);
     if (rc == TK_OK && tk_fsync_dir(target) < 0) rc = tk_fail_errno(err, errno, "fsync %s", target);
@@ -1306,21 +1596,118 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
     return rc;
 }
 
-tk_code tk_snap_restore(tk_snapmgr *m, const char *id, const char *target,
-                        const tk_restore_opts *opts, tk_err *err) {
-    tk_restore_opts defaults;
+static tk_code restore_run(tk_snapmgr *m, const char *id, const char *target,
+                           const tk_restore_opts *opts, tk_job *job, tk_err *err) {
     tk_manifest man;
     struct stat st;
     tk_code rc;
-    if (!opts) { tk_restore_opts_init(&defaults); opts = &defaults; }
     if (!target || !*target) return tk_fail(err, TK_INVALID, "restore %s: empty target", id ? id : "");
     if ((rc = read_manifest(m, id, &man, err)) != TK_OK) return rc;
     if (opts->replace && lstat(target, &st) == 0 && S_ISDIR(st.st_mode))
-        rc = restore_in_place(m, &man, target, opts, err);
+        rc = restore_in_place(m, &man, target, opts, job, err);
     else
-        rc = restore_new(m, &man, target, opts, err);
+        rc = restore_new(m, &man, target, opts, job, err);
     tk_manifest_free(&man);
     return rc;
+}
+
+tk_code tk_snap_restore(tk_snapmgr *m, const char *id, const char *target,
+                        const tk_restore_opts *opts, tk_err *err) {
+    tk_restore_opts defaults;
+    if (!opts) { tk_restore_opts_init(&defaults); opts = &defaults; }
+    return restore_run(m, id, target, opts, NULL, err);
+}
+
+typedef struct restoring {
+    tk_snapmgr *m;
+    char id[TK_SNAP_ID_MAX];
+    char *target;
+    tk_restore_opts o;
+} restoring;
+
+static void free_restoring(void *arg) {
+    restoring *r = arg;
+    if (r) free(r->target);
+    free(r);
+}
+
+static tk_code restore_job(tk_job *job, void *arg, tk_err *err) {
+    restoring *r = arg;
+    return restore_run(r->m, r->id, r->target, &r->o, job, err);
+}
+
+tk_code tk_snap_restore_async(tk_snapmgr *m, const char *id, const char *target,
+                              const tk_restore_opts *opts, tk_job **job, tk_err *err) {
+    restoring *r;
+    tk_code rc = tk_snap_check_id(id, err);
+    if (rc != TK_OK) return rc;
+    if (!target || !*target) return tk_fail(err, TK_INVALID, "restore %s: empty target", id);
+    if (!(r = tk_calloc(1, sizeof *r)) || !(r->target = tk_strdup(target))) {
+        free_restoring(r);
+        return tk_fail(err, TK_NOMEM, "restore: out of memory");
+    }
+    r->m = m;
+    snprintf(r->id, sizeof r->id, "%s", id);
+    if (opts) r->o = *opts;
+    else tk_restore_opts_init(&r->o);
+    r->o.progress = NULL;
+    return tk_job_start(m->jobs, "restore", restore_job, r, free_restoring, job, err);
+}
+
+typedef struct cleaning {
+    tk_snapmgr *m;
+    char **ids;                 /* delete_many; NULL: cleanup by the numbers below */
+    size_t nids;
+    size_t max_snapshots;
+    int64_t retention_ms;
+} cleaning;
+
+static void free_cleaning(void *arg) {
+    cleaning *c = arg;
+    if (!c) return;
+    for (size_t i = 0; i < c->nids; i++) free(c->ids[i]);
+    free(c->ids);
+    free(c);
+}
+
+static tk_code cleanup_job(tk_job *job, void *arg, tk_err *err) {
+    cleaning *c = arg;
+    size_t deleted = 0;
+    tk_code rc;
+    if (tk_job_canceled(job)) return tk_fail(err, TK_CANCELED, "cleanup: canceled");
+    rc = c->ids ? tk_snap_delete_many(c->m, (const char *const *)c->ids, c->nids, &deleted, err)
+                : tk_snap_cleanup(c->m, c->max_snapshots, c->retention_ms, &deleted, err);
+    tk_job_set_count(job, deleted);
+    return rc;
+}
+
+tk_code tk_snap_cleanup_async(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
+                              tk_job **job, tk_err *err) {
+    cleaning *c = tk_calloc(1, sizeof *c);
+    if (!c) return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+    c->m = m;
+    c->max_snapshots = max_snapshots;
+    c->retention_ms = retention_ms;
+    return tk_job_start(m->jobs, "cleanup", cleanup_job, c, free_cleaning, job, err);
+}
+
+tk_code tk_snap_delete_many_async(tk_snapmgr *m, const char *const *ids, size_t n,
+                                  tk_job **job, tk_err *err) {
+    cleaning *c = tk_calloc(1, sizeof *c);
+    tk_code rc;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = tk_snap_check_id(ids[i], err)) != TK_OK) { free(c); return rc; }
+    if (!c || !(c->ids = tk_calloc(n + 1, sizeof *c->ids))) {
+        free(c);
+        return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+    }
+    c->m = m;
+    for (; c->nids < n; c->nids++)
+        if (!(c->ids[c->nids] = tk_strdup(ids[c->nids]))) {
+            free_cleaning(c);
+            return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+        }
+    return tk_job_start(m->jobs, "cleanup", cleanup_job, c, free_cleaning, job, err);
 }
 
 /* ------------------------------------------------------------------ */

@@ -217,6 +217,10 @@ TK_API uint64_t tk_log_size(tk_log *log);             /* bytes of all .log files
 TK_API const char *tk_log_dir(const tk_log *log);
 TK_API tk_log_mode tk_log_get_mode(const tk_log *log);
 
+/* Background jobs (tk_snap_create_async) still using the handle: it must
+ * not be closed before this is 0. */
+TK_API unsigned tk_log_users(const tk_log *log);
+
 typedef struct tk_segment_info {
     int64_t base_offset;
     int64_t next_offset;        /* one past its last record */
@@ -380,8 +384,10 @@ typedef struct tk_create_opts {
     int64_t min_interval_ms;        /* TOO_SOON when the newest snapshot is younger;
                                        < 0: no check */
     const char *label;              /* optional; UTF-8 */
-    tk_progress_fn progress;        /* optional: bytes placed so far */
+    tk_progress_fn progress;        /* optional: bytes placed so far (on the
+                                       calling thread) */
     void *progress_ud;
+    unsigned threads;               /* copies of sealed segments at once; 0: a CPU each */
 } tk_create_opts;
 
 TK_API void tk_create_opts_init(tk_create_opts *opts);
@@ -400,6 +406,7 @@ typedef struct tk_restore_opts {
                                        one with timestamp > upto_timestamp */
     tk_progress_fn progress;
     void *progress_ud;
+    unsigned threads;               /* files checked and placed at once; 0: a CPU each */
 } tk_restore_opts;
 
 TK_API void tk_restore_opts_init(tk_restore_opts *opts);
@@ -418,10 +425,17 @@ TK_API tk_code tk_snap_delete(tk_snapmgr *mgr, const char *id, tk_err *err);
 TK_API tk_code tk_snap_delete_many(tk_snapmgr *mgr, const char *const *ids, size_t n,
                                    size_t *deleted, tk_err *err);
 
+typedef struct tk_verify_opts {
+    tk_progress_fn progress;
+    void *progress_ud;
+    unsigned threads;               /* files checked at once; 0: a CPU each */
+} tk_verify_opts;
+
 /* Re-reads every file and compares size and CRC32C with the manifest;
- * CORRUPT names the first file that differs. */
-TK_API tk_code tk_snap_verify(tk_snapmgr *mgr, const char *id, tk_progress_fn progress,
-                              void *progress_ud, tk_err *err);
+ * CORRUPT names the first file (in the manifest's order) that differs.
+ * opts may be NULL. */
+TK_API tk_code tk_snap_verify(tk_snapmgr *mgr, const char *id, const tk_verify_opts *opts,
+                              tk_err *err);
 
 /* Count and age rules; max_snapshots 0 and retention_ms < 0 turn a rule
  * off.  Age is measured from the newest snapshot, which is always kept.
@@ -434,6 +448,45 @@ TK_API tk_code tk_snap_total_size(tk_snapmgr *mgr, uint64_t *size, tk_err *err);
 
 /* INVALID unless id is a plausible snapshot id (no '/', no "..", ...). */
 TK_API tk_code tk_snap_check_id(const char *id, tk_err *err);
+
+/* ------------------------------------------------------------------ */
+/* Background jobs                                                      */
+/* ------------------------------------------------------------------ */
+
+/* The _async forms start the operation and return a job at once -- after
+ * what must happen under the log's lock (a create's cut).  The work runs
+ * on an engine thread; progress callbacks are not called (tk_job_progress
+ * reports bytes).  Closing the manager cancels its jobs and waits for
+ * them; the log given to tk_snap_create_async must stay open until the
+ * job is done.  A canceled job fails with TK_CANCELED and leaves nothing
+ * half made. */
+typedef struct tk_job tk_job;
+
+TK_API tk_code tk_snap_create_async(tk_snapmgr *mgr, tk_log *log, const tk_create_opts *opts,
+                                    tk_job **job, tk_err *err);
+TK_API tk_code tk_snap_restore_async(tk_snapmgr *mgr, const char *id, const char *target,
+                                     const tk_restore_opts *opts, tk_job **job, tk_err *err);
+TK_API tk_code tk_snap_verify_async(tk_snapmgr *mgr, const char *id,
+                                    const tk_verify_opts *opts, tk_job **job, tk_err *err);
+TK_API tk_code tk_snap_cleanup_async(tk_snapmgr *mgr, size_t max_snapshots,
+                                     int64_t retention_ms, tk_job **job, tk_err *err);
+TK_API tk_code tk_snap_delete_many_async(tk_snapmgr *mgr, const char *const *ids, size_t n,
+                                         tk_job **job, tk_err *err);
+
+TK_API const char *tk_job_kind(const tk_job *job);   /* "create", "verify", ... */
+TK_API int tk_job_done(tk_job *job);                  /* never blocks */
+TK_API void tk_job_progress(tk_job *job, uint64_t *done, uint64_t *total);
+/* 1 when the job is done, 0 when timeout_ms passed first (< 0: wait). */
+TK_API int tk_job_wait(tk_job *job, int64_t timeout_ms);
+/* Waits, then: what the synchronous call would have returned. */
+TK_API tk_code tk_job_result(tk_job *job, tk_err *err);
+/* A create's snapshot (copied into out, with its directory in path): 1,
+ * or 0 for other jobs or a failed one. */
+TK_API int tk_job_snapshot(tk_job *job, tk_snapshot *out, char *path, size_t cap);
+TK_API size_t tk_job_count(const tk_job *job);        /* cleanup: snapshots deleted */
+TK_API void tk_job_cancel(tk_job *job);
+/* Cancels if need be, waits for the thread, frees.  NULL is accepted. */
+TK_API void tk_job_free(tk_job *job);
 
 /* ------------------------------------------------------------------ */
 /* Checksums                                                            */

@@ -999,7 +999,7 @@ static int restore_one(tk_snapmgr *m, uint64_t *st, const tk_snapshot *sn,
 
 static int verify_one(tk_snapmgr *m, const char *id) {
     tk_err err;
-    tk_code rc = tk_snap_verify(m, id, NULL, NULL, &err);
+    tk_code rc = tk_snap_verify(m, id, NULL, &err);
     ran(CK_VERIFY);
     if (rc != TK_OK)
         return lost_race(m, CK_VERIFY, "tk_snap_verify", id, rc, &err,
@@ -1338,7 +1338,7 @@ static void verify_all(tk_snapmgr *m, const char *when) {
         snprintf(why, sizeof why, "tk_snap_list: %s: %.500s", code_name(rc),
                  err.msg);
     for (size_t i = 0; rc == TK_OK && i < n; i++) {
-        tk_code v = tk_snap_verify(m, list[i].id, NULL, NULL, &err);
+        tk_code v = tk_snap_verify(m, list[i].id, NULL, &err);
         if (v != TK_OK && bad++ == 0)
             snprintf(why, sizeof why, "tk_snap_verify(%s): %s: %.500s",
                      list[i].id, code_name(v), err.msg);

@@ -95,12 +95,14 @@ end
 -- doing it again (a second require in another state) is harmless.
 local Snap = core.SnapshotManager
 
-local CREATE_OPTS = { min_interval = true, label = true, progress = true }
+local CREATE_OPTS = { min_interval = true, label = true, progress = true, async = true,
+                      threads = true }
 
---- sm:create(log [, { min_interval = "1h", label = "...", progress = fn }])
+--- sm:create(log [, { min_interval = "1h", label = "...", progress = fn,
+--                     async = bool, threads = n }]) -> snapshot (or a takhin.Job)
 function Snap:create(log, opts)
     local o = opts == nil and {} or check_options(opts, "create", CREATE_OPTS)
-    local c = { label = o.label, progress = o.progress }
+    local c = { label = o.label, progress = o.progress, async = o.async, threads = o.threads }
     if o.min_interval ~= nil then
         local ms, err = duration.parse(o.min_interval)
         if not ms then return invalid("create: min_interval: " .. err) end
@@ -116,20 +118,86 @@ end
 -- dry_run = true nothing is deleted: 0, plan.  All deletions are one
 -- metadata update.  Bad values: nil, msg, "INVALID"; unknown names raise.
 -- Damaged snapshots are always deleted (takhin.policy).
+-- async = true asks for a job; it is not a policy field.
+local function split_async(rules)
+    if type(rules) ~= "table" or getmetatable(rules) == policy.Policy or rules.async == nil then
+        return rules, false
+    end
+    local r = {}
+    for k, v in pairs(rules) do if k ~= "async" then r[k] = v end end
+    if type(rules.async) ~= "boolean" then
+        error(("cleanup: option 'async': boolean expected, got %s"):format(type(rules.async)), 3)
+    end
+    return r, rules.async
+end
+
 function Snap:cleanup(rules)
+    local async
+    rules, async = split_async(rules)
     local pol, msg, code = policy.check(rules, "cleanup")
     if not pol then return nil, msg, code end
     local snaps
     snaps, msg, code = self:list()
     if not snaps then return nil, msg, code end
     local plan = policy.plan(snaps, pol)
-    if pol.dry_run or #plan.delete == 0 then return 0, plan end
     local ids = {}
-    for i, s in ipairs(plan.delete) do ids[i] = s.id end
+    if not pol.dry_run then
+        for i, s in ipairs(plan.delete) do ids[i] = s.id end
+    end
+    if async then                       -- a job whose wait gives n, plan
+        local job
+        job, msg, code = self:_delete_many(ids, true)
+        if not job then return nil, msg, code end
+        job:_set_plan(plan)
+        return job
+    end
+    if #ids == 0 then return 0, plan end
     local n
     n, msg, code = self:_delete_many(ids)
     if not n then return nil, msg, code end
     return n, plan
 end
+
+--- sm:stats() -> { snapshots =, damaged =, bytes =, newest_timestamp =, newest_id = }
+-- Gauges read from the catalog (shared by every process using the
+-- directory); newest_* describe the newest healthy snapshot by creation.
+function Snap:stats()
+    local snaps, msg, code = self:list()
+    if not snaps then return nil, msg, code end
+    local s = { snapshots = #snaps, damaged = 0, bytes = 0 }
+    for _, x in ipairs(snaps) do
+        s.bytes = s.bytes + (x.total_size or 0)
+        if x.damaged then
+            s.damaged = s.damaged + 1
+        elseif s.newest_id == nil then
+            s.newest_id, s.newest_timestamp = x.id, x.timestamp
+        end
+    end
+    return s
+end
+
+local Job = core.Job
+
+--- job:wait([timeout]) -> what the synchronous call returns | false, "timeout"
+-- timeout: a duration ("250ms", seconds); default: until the job is done.
+-- It blocks the thread: in nginx use takhin.ngx.wait(job).
+function Job:wait(timeout)
+    local ms = -1
+    if timeout ~= nil then
+        local t, err = duration.parse(timeout)
+        if not t then return invalid("wait: timeout: " .. err) end
+        ms = t
+    end
+    return self:_wait(ms)
+end
+
+-- Loaded on first use: takhin.ngx (OpenResty helpers), takhin.metrics.
+setmetatable(M, { __index = function(t, k)
+    if k == "ngx" or k == "metrics" then
+        local mod = require("takhin." .. k)
+        rawset(t, k, mod)
+        return mod
+    end
+end })
 
 return M
