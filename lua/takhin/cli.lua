@@ -5,6 +5,8 @@
 -- Every command prints a human-readable report by default and JSON with
 -- `--json`.  Exit status: 0 success, 1 the operation failed (the message,
 -- naming the path or id and the error code, goes to stderr), 2 usage error.
+-- Ctrl-C ends `dump --follow` (exit 0); any other command it interrupts
+-- has failed: "interrupted", exit 1.
 --
 -- main(argv, env) takes an optional env = { stdout =, stderr =, stdin =,
 -- isatty = function() }, so the module can be driven without a process.
@@ -163,7 +165,10 @@ end
 -- Print a failure on stderr; returns the exit status.
 local function report(c, res)
     local who = "takhin" .. (c.cmd and (" " .. c.cmd) or "")
-    if res.usage then
+    if res.interrupted then
+        c.err:write(("%s: interrupted\n"):format(who))
+        return 1
+    elseif res.usage then
         c.err:write(("%s: %s\n"):format(who, res.msg))
         c.err:write(("Try '%s --help'.\n"):format(who))
         return 2
@@ -188,6 +193,7 @@ function M.main(argv, env)
     for k = 1, #(argv or {}) do list[k] = argv[k] end
     local ok, res = xpcall(run, function(e)
         if type(e) == "table" then return e end
+        if common.is_interrupt(e) then return { interrupted = true } end
         return { internal = true, msg = debug.traceback(tostring(e), 2) }
     end, c, list)
     for k = #c.defer, 1, -1 do pcall(c.defer[k]) end
