@@ -77,6 +77,7 @@ build = {
         ["takhin.cli"] = "lua/takhin/cli.lua",
         ["takhin.cli.args"] = "lua/takhin/cli/args.lua",
         ["takhin.cli.common"] = "lua/takhin/cli/common.lua",
+        ["takhin.cli.cursor"] = "lua/takhin/cli/cursor.lua",
         ["takhin.cli.log"] = "lua/takhin/cli/log.lua",
         ["takhin.cli.output"] = "lua/takhin/cli/output.lua",
         ["takhin.cli.snapshot"] = "lua/takhin/cli/snapshot.lua",

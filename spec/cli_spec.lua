@@ -141,11 +141,77 @@ local function sink()
     }
 end
 
+-- The command started in the background (dump --follow), its stdout and
+-- stderr going to files.  Returns { pid =, out =, err =, status = }:
+-- status is the file where its exit status is written when it ends.  The
+-- test stops it by its pid; after_each kills what is left.
+local spawned = {}
+
+local function spawn_cmd(args)
+    seq = seq + 1
+    local f = {}
+    for _, k in ipairs({ "out", "err", "status", "pid" }) do f[k] = ("%s/%s.%d"):format(tmp, k, seq) end
+    local pidfile = f.pid
+    -- the subshell execs env, which execs lua5.4: $! is the command's pid
+    local inner = "(" .. command_line(args):gsub("&&", "&& exec", 1) .. ") </dev/null >" .. q(f.out) ..
+        " 2>" .. q(f.err) .. " & echo $! >" .. q(pidfile) .. "; wait $!; echo $? >" .. q(f.status)
+    assert(util.sh("sh -c " .. q(inner) .. " >/dev/null 2>&1 &"))
+    local text = util.wait_for_content(pidfile, "\n")
+    f.pid = assert(tonumber(text and text:match("^(%d+)\n")), "no pid from " .. inner)
+    spawned[#spawned + 1] = f.pid
+    return f
+end
+
+-- Wait (bounded) until the file at path has n complete lines; its lines.
+local function wait_lines(path, n)
+    util.wait_until(function() return util.count_lines(path) >= n end, 3000)
+    return util.lines(path)
+end
+
+-- Send the spawned command a signal (INT: Ctrl-C) and wait for its exit
+-- status.
+local function interrupt(f, signal)
+    util.sh(("kill -%s %d"):format(signal or "INT", f.pid))
+    local text = util.wait_for_content(f.status, "\n", 3000)
+    return tonumber(text and text:match("^(%d+)"))
+end
+
+-- Run the command in this process, its log handles made by wrap(log) (a
+-- stand-in that may act between the calls the command makes); returns
+-- stdout, stderr and the exit status.
+local function main_with(args, wrap)
+    local real = takhin.open_log
+    takhin.open_log = function(o)
+        local log, msg, code = real(o)
+        if not log or not wrap then return log, msg, code end
+        return wrap(log, o)
+    end
+    local out, err = sink(), sink()
+    local ok, status = pcall(cli.main, args, { stdout = out, stderr = err, isatty = function() return false end })
+    takhin.open_log = real
+    assert(ok, status)
+    return out.text(), err.text(), status
+end
+
+-- A stand-in for log whose methods named in `over` run instead of the
+-- real ones (called as over.name(log, ...)).
+local function log_with(log, over)
+    return setmetatable({}, { __index = function(_, k)
+        local f = over[k] or log[k]
+        if type(f) ~= "function" then return f end
+        return function(_, ...) return f(log, ...) end
+    end })
+end
+
 -------------------------------------------------------------------------
 
 describe("the takhin command", function()
     before_each(function() tmp = util.tmpdir() end)
-    after_each(function() util.rmtree(tmp) end)
+    after_each(function()
+        for _, pid in ipairs(spawned) do util.stop(pid) end
+        spawned = {}
+        util.rmtree(tmp)
+    end)
 
     describe("help and usage", function()
         it("prints its help with every command on --help, -h and `help`, exit 0", function()
@@ -154,7 +220,8 @@ describe("the takhin command", function()
             for _, c in ipairs({ "info DIR", "dump DIR", "append DIR", "verify DIR",
                                  "snapshot create DIR", "snapshot list DIR", "snapshot show DIR ID",
                                  "snapshot restore DIR ID TARGET", "snapshot delete DIR ID",
-                                 "snapshot cleanup DIR", "snapshot verify DIR ID", "--json" }) do
+                                 "snapshot cleanup DIR", "snapshot verify DIR ID", "cursor list DIR",
+                                 "cursor commit DIR NAME OFFSET", "cursor delete DIR NAME", "--json" }) do
                 assert.truthy(out:find(c, 1, true), c)
             end
             assert.are.equal(out, (ok_run({ "-h" })))
@@ -164,7 +231,7 @@ describe("the takhin command", function()
         it("prints each command's help with its options", function()
             local cases = {
                 { { "info" }, {} },
-                { { "dump" }, { "--from N", "--count N" } },
+                { { "dump" }, { "--from N", "--count N", "--follow", "--cursor NAME", "JSON Lines" } },
                 { { "append" }, { "--key K", "VALUE..." } },
                 { { "verify" }, { "--progress" } },
                 { { "snapshot", "create" }, { "--label L", "--min-interval D", "--progress" } },
@@ -176,6 +243,10 @@ describe("the takhin command", function()
                     "--keep-hourly N", "--keep-daily N", "--keep-weekly N", "--keep-monthly N",
                     "--keep-within D", "--dry-run" } },
                 { { "snapshot", "verify" }, { "ID" } },
+                { { "cursor", "list" }, { "lag" } },
+                { { "cursor", "commit" }, { "NAME OFFSET", "--expect OFFSET", "--expect-none", "--force",
+                    "CONFLICT", "LOCKED" } },
+                { { "cursor", "delete" }, { "NAME" } },
             }
             for _, case in ipairs(cases) do
                 local args = { util.unpack(case[1]) }
@@ -188,6 +259,14 @@ describe("the takhin command", function()
             end
             assert.truthy(ok_run({ "snapshot", "--help" }):find("snapshot restore DIR ID TARGET", 1, true))
             assert.truthy(ok_run({ "help", "snapshot", "cleanup" }):find("--keep-daily", 1, true))
+            assert.truthy(ok_run({ "cursor", "--help" }):find("cursor commit DIR NAME OFFSET", 1, true))
+            assert.truthy(ok_run({ "help", "cursor", "commit" }):find("--expect-none", 1, true))
+            for _, args in ipairs({ { "--help" }, { "cursor", "--help" }, { "cursor", "list", "--help" },
+                                    { "cursor", "commit", "--help" }, { "cursor", "delete", "--help" } }) do
+                for line in ok_run(args):gmatch("[^\n]+") do
+                    assert.truthy(#line <= 80, table.concat(args, " ") .. ": " .. line)
+                end
+            end
         end)
 
         it("says what cleanup's bucket rules keep: the N most recent buckets that have snapshots", function()
@@ -235,6 +314,23 @@ describe("the takhin command", function()
                     'option --max-snapshots: "0" is not a whole number >= 1' },
                 { { "snapshot", "cleanup", dir, "--keep-daily", "-1" },
                     'option --keep-daily: "-1" is not a whole number >= 0' },
+                { { "dump", dir, "--follow=yes" }, "option --follow takes no value" },
+                { { "dump", dir, "--cursor" }, "option --cursor needs a value (NAME)" },
+                { { "dump", dir, "--from", "1", "--cursor", "c" }, "options --from and --cursor cannot be used together" },
+                { { "cursor" }, "missing cursor subcommand" },
+                { { "cursor", "frob", dir }, 'unknown cursor subcommand "frob"' },
+                { { "cursor", "list" }, "missing argument DIR" },
+                { { "cursor", "list", dir, "extra" }, 'unexpected argument "extra"' },
+                { { "cursor", "commit", dir, "c" }, "missing argument OFFSET" },
+                { { "cursor", "commit", dir, "c", "x" }, 'argument OFFSET: "x" is not a whole number >= 0' },
+                { { "cursor", "commit", dir, "c", "99999999999999999999" }, "is not a whole number" },
+                { { "cursor", "commit", dir, "c", "-1" }, "unknown option -1" },
+                { { "cursor", "commit", dir, "c", "1", "--expect", "no" }, 'option --expect: "no" is not a whole number' },
+                { { "cursor", "commit", dir, "c", "1", "--expect", "1", "--expect-none" },
+                    "options --expect and --expect-none cannot be used together" },
+                { { "cursor", "commit", dir, "c", "1", "--force=yes" }, "option --force takes no value" },
+                { { "cursor", "delete", dir }, "missing argument NAME" },
+                { { "cursor", "delete", dir, "c", "d" }, 'unexpected argument "d"' },
             }
             for _, case in ipairs(cases) do
                 local out, err, status = takhin_cmd(case[1])
@@ -616,6 +712,364 @@ describe("the takhin command", function()
             local r = cjson.decode(out)
             assert.are.same({ false, 0, cjson.null, cjson.null, "INVALID" }, { r.ok, r.count, r.first, r.last, r.code })
             assert.are.same({ 20, nil, "value-019" }, { values(dir) })
+        end)
+    end)
+
+    describe("cursor", function()
+        local function cursors_of(dir)
+            local log = assert(takhin.open_log{ dir = dir, readonly = true })
+            local t = log:cursors()
+            log:close()
+            return t
+        end
+
+        it("commits, lists and deletes cursors, in text and with --json", function()
+            local dir = make_log(tmp .. "/log")                  -- offsets [0, 20)
+            assert.are.equal(("no cursors in %s\n"):format(dir), (ok_run({ "cursor", "list", dir })))
+            assert.are.equal("[]\n", (ok_run({ "cursor", "list", "--json", dir })))
+
+            assert.are.equal(("committed cursor drain of %s at offset 7\n"):format(dir),
+                (ok_run({ "cursor", "commit", dir, "drain", "7" })))
+            assert.are.same({ dir = dir, name = "ship.v2_x-1", offset = 20 },
+                json_run({ "cursor", "commit", "--json", dir, "ship.v2_x-1", "20" }))
+            assert.are.same({ drain = 7, ["ship.v2_x-1"] = 20 }, cursors_of(dir))
+
+            local out = ok_run({ "cursor", "list", dir })
+            assert.are.equal("CURSOR       OFFSET  LAG\n" ..
+                             "drain             7   13\n" ..
+                             "ship.v2_x-1      20    0\n", out)
+            assert.are.same({ { name = "drain", offset = 7, lag = 13 }, { name = "ship.v2_x-1", offset = 20, lag = 0 } },
+                json_run({ "cursor", "list", "--json", dir }))
+
+            assert.are.equal(("committed cursor drain of %s at offset 12\n"):format(dir),
+                (ok_run({ "cursor", "commit", dir, "drain", "12" })))
+            assert.are.equal(("deleted cursor drain of %s\n"):format(dir),
+                (ok_run({ "cursor", "delete", dir, "drain" })))
+            assert.are.same({ dir = dir, name = "ship.v2_x-1", deleted = true },
+                json_run({ "cursor", "delete", "--json", dir, "ship.v2_x-1" }))
+            assert.are.same({}, cursors_of(dir))
+            assert.are.equal("[]\n", (ok_run({ "cursor", "list", "--json", dir })))
+        end)
+
+        it("refuses a bad cursor name with INVALID, naming the path, and commits nothing", function()
+            local dir = make_log(tmp .. "/log")
+            for _, name in ipairs({ "bad name", "a/b", "../x", "é", ("x"):rep(129) }) do
+                for _, args in ipairs({ { "cursor", "commit", dir, name, "1" }, { "cursor", "delete", dir, name },
+                                        { "dump", dir, "--cursor", name }, { "cursor", "commit", "--json", dir, name, "1" } }) do
+                    local err, out = fails(args, { dir, "(INVALID)", "takhin " .. args[1] })
+                    assert.are.equal("", out)
+                    assert.is_nil(err:find("traceback", 1, true), err)
+                end
+            end
+            ok_run({ "cursor", "commit", dir, ("x"):rep(128), "1" })     -- 128 bytes is the most
+            assert.are.same({ [("x"):rep(128)] = 1 }, cursors_of(dir))
+        end)
+
+        it("is NOT_FOUND for a path that holds no log, and creates nothing there", function()
+            local missing, empty = tmp .. "/nope", tmp .. "/empty"
+            assert(util.sh("mkdir " .. q(empty)))
+            for _, dir in ipairs({ missing, empty }) do
+                for _, args in ipairs({ { "cursor", "list", dir }, { "cursor", "commit", dir, "c", "0" },
+                                        { "cursor", "delete", dir, "c" }, { "cursor", "commit", "--json", dir, "c", "0" } }) do
+                    local err, out = fails(args, { dir, "(NOT_FOUND)", "takhin " .. args[1] .. " " .. args[2] .. ":" })
+                    assert.are.equal("", out)
+                    assert.is_nil(err:find("traceback", 1, true), err)
+                end
+            end
+            assert.falsy(util.exists(missing))
+            assert.are.same({}, util.ls(empty))
+        end)
+
+        it("deleting a cursor that was never committed is NOT_FOUND, naming it and the path", function()
+            local dir = make_log(tmp .. "/log")
+            fails({ "cursor", "delete", dir, "ghost" }, { dir .. ": no cursor ghost", "(NOT_FOUND)" })
+            ok_run({ "cursor", "commit", dir, "ghost", "3" })
+            ok_run({ "cursor", "delete", dir, "ghost" })
+            fails({ "cursor", "delete", "--json", dir, "ghost" }, { dir .. ": no cursor ghost", "(NOT_FOUND)" })
+        end)
+
+        it("never moves a cursor backwards without --force", function()
+            local dir = make_log(tmp .. "/log")
+            ok_run({ "cursor", "commit", dir, "c", "10" })
+            local err, out = fails({ "cursor", "commit", dir, "c", "5" }, { "takhin cursor commit: commit c to " .. dir ..
+                ": offset 5 is behind the committed offset 10 (--force moves a cursor back) (INVALID)" })
+            assert.are.equal("", out)
+            assert.is_nil(err:find("force = true", 1, true), err)
+            ok_run({ "cursor", "commit", dir, "c", "10" })             -- standing still is not backwards
+            assert.are.same({ c = 10 }, cursors_of(dir))
+            assert.are.same({ dir = dir, name = "c", offset = 5 },
+                json_run({ "cursor", "commit", dir, "c", "5", "--force", "--json" }))
+            assert.are.same({ c = 5 }, cursors_of(dir))
+        end)
+
+        it("is OUT_OF_RANGE past the high water mark or below the base offset", function()
+            local dir = make_log(tmp .. "/log")
+            fails({ "cursor", "commit", dir, "c", "21" }, { "commit c to " .. dir .. ": offset 21 is past " ..
+                "the high water mark 20 (the log holds offsets [0, 20)) (OUT_OF_RANGE)" })
+            ok_run({ "cursor", "commit", dir, "c", "20" })             -- the high water mark: all read
+            local log = assert(takhin.open_log{ dir = dir })
+            assert.are.equal(8, log:delete_before(8))
+            log:close()
+            fails({ "cursor", "commit", dir, "c", "3", "--force" }, { "commit c to " .. dir .. ": offset 3 is below " ..
+                "the base offset 8 (the log holds offsets [8, 20)) (OUT_OF_RANGE)" })
+            assert.are.same({ c = 20 }, cursors_of(dir))
+        end)
+
+        it("compares and sets with --expect and --expect-none: CONFLICT changes nothing", function()
+            local dir = make_log(tmp .. "/log")
+            ok_run({ "cursor", "commit", dir, "c", "3", "--expect-none" })
+            fails({ "cursor", "commit", dir, "c", "4", "--expect-none" }, { "commit c to " .. dir, "(CONFLICT)" })
+            fails({ "cursor", "commit", dir, "c", "9", "--expect", "2" }, { "commit c to " .. dir, "(CONFLICT)" })
+            assert.are.same({ c = 3 }, cursors_of(dir))
+            assert.are.same({ dir = dir, name = "c", offset = 9 },
+                json_run({ "cursor", "commit", "--json", dir, "c", "9", "--expect", "3" }))
+            fails({ "cursor", "commit", dir, "c", "2", "--expect", "9" }, { "(INVALID)" })   -- still not backwards
+            ok_run({ "cursor", "commit", dir, "c", "2", "--expect", "9", "--force" })
+            assert.are.same({ c = 2 }, cursors_of(dir))
+        end)
+
+        it("works next to shared writers (nginx workers) and fails LOCKED next to an exclusive one", function()
+            local dir = make_log(tmp .. "/log")
+            local worker = assert(takhin.open_log{ dir = dir, shared = true })
+            ok_run({ "cursor", "commit", dir, "c", "4" })
+            assert.are.equal(4, worker:committed("c"))
+            assert(worker:commit("c", 6))
+            assert.are.same({ { name = "c", offset = 6, lag = 14 } }, json_run({ "cursor", "list", "--json", dir }))
+            assert.are.equal(20, worker:append(nil, "from the worker"))
+            ok_run({ "cursor", "delete", dir, "c" })
+            assert.is_nil(worker:committed("c"))
+            worker:close()
+
+            local writer = assert(takhin.open_log{ dir = dir })
+            assert(writer:commit("w", 2))
+            fails({ "cursor", "commit", dir, "c", "1" }, { "(LOCKED)", "pid " .. util.getpid() })
+            fails({ "cursor", "delete", dir, "w" }, { "(LOCKED)", "pid " .. util.getpid() })
+            assert.are.same({ { name = "w", offset = 2, lag = 19 } }, json_run({ "cursor", "list", "--json", dir }))
+            writer:close()
+            assert.are.same({ w = 2 }, cursors_of(dir))
+        end)
+
+        it("opens the log as a shared writer for commit and delete, read-only for list", function()
+            local dir = make_log(tmp .. "/log")
+            local opened = {}
+            local function last(args)
+                local _, err, status = main_with(args, function(log, o)
+                    opened[#opened + 1] = o
+                    return log
+                end)
+                assert.are.equal(0, status, err)
+                return opened[#opened]
+            end
+            local o = last({ "cursor", "commit", dir, "c", "1" })
+            assert.is_true(o.shared)
+            assert.falsy(o.readonly)
+            o = last({ "cursor", "list", dir })
+            assert.is_true(o.readonly)
+            o = last({ "cursor", "delete", dir, "c" })
+            assert.is_true(o.shared)
+            assert.falsy(o.readonly)
+        end)
+    end)
+
+    describe("dump --cursor", function()
+        it("starts at the offset the cursor committed, and leaves the cursor where it is", function()
+            local dir = make_log(tmp .. "/log")
+            ok_run({ "cursor", "commit", dir, "drain", "17" })
+            local lines = {}
+            for line in ok_run({ "dump", dir, "--cursor", "drain" }):gmatch("[^\n]+") do lines[#lines + 1] = line end
+            assert.are.equal(3, #lines)
+            assert.truthy(lines[1]:find("^offset: 17 timestamp: 1017 .* value: value%-017$"), lines[1])
+            assert.truthy(lines[3]:find("^offset: 19 "), lines[3])
+            local recs = json_run({ "dump", "--json", dir, "--cursor", "drain", "--count", "2" })
+            assert.are.same({ 17, 18 }, { recs[1].offset, recs[2].offset })
+            assert.are.equal(2, #recs)
+            ok_run({ "cursor", "commit", dir, "drain", "20" })
+            assert.are.equal("", (ok_run({ "dump", dir, "--cursor", "drain" })))
+            assert.are.same({ { name = "drain", offset = 20, lag = 0 } }, json_run({ "cursor", "list", "--json", dir }))
+        end)
+
+        it("fails with NOT_FOUND for a cursor never committed, OUT_OF_RANGE for one below the base offset", function()
+            local dir = make_log(tmp .. "/log")
+            local _, out = fails({ "dump", dir, "--cursor", "ghost" }, { dir .. ": cursor ghost was never committed",
+                "(NOT_FOUND)" })
+            assert.are.equal("", out)
+            ok_run({ "cursor", "commit", dir, "slow", "2" })
+            local log = assert(takhin.open_log{ dir = dir })
+            log:delete_before(8)
+            log:close()
+            fails({ "dump", dir, "--cursor", "slow", "--json" }, { dir .. ": cursor slow at 2 is below the base " ..
+                "offset 8 (the log holds offsets [8, 20))", "(OUT_OF_RANGE)" })
+        end)
+    end)
+
+    describe("dump --follow", function()
+        it("prints records as another process appends them, until interrupted (exit 0)", function()
+            local dir = make_log(tmp .. "/log")
+            local f = spawn_cmd({ "dump", dir, "--follow", "--from", "18" })
+            local lines = wait_lines(f.out, 2)
+            assert.are.equal(2, #lines, util.read_file(f.err))
+            local log = assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size })
+            for i = 20, 22 do log:append("k", value(i), 2000 + i) end
+            lines = wait_lines(f.out, 5)
+            assert.are.equal(5, #lines, util.read_file(f.err))
+            assert.are.equal(23, log:append(nil, "later", 3000))
+            lines = wait_lines(f.out, 6)
+            log:close()
+            assert.are.equal(0, interrupt(f, "INT"))                   -- Ctrl-C ends it, exit 0
+            lines = util.lines(f.out)
+            assert.are.equal(6, #lines)
+            for i, line in ipairs(lines) do
+                local off = 17 + i
+                assert.truthy(line:find(("^offset: %d "):format(off)), line)
+                if off >= 20 and off <= 22 then
+                    assert.are.equal(("offset: %d timestamp: %d keySize: 1 valueSize: 9 key: k value: %s"):format(
+                        off, 2000 + off, value(off)), line)
+                end
+            end
+            assert.are.equal("offset: 23 timestamp: 3000 keySize: -1 valueSize: 5 key: null value: later", lines[6])
+            assert.are.equal("", util.read_file(f.err))
+        end)
+
+        it("with --json prints one JSON object per line, offsets exact, across segments and writers", function()
+            local dir = tmp .. "/log"
+            assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size }):close()   -- empty
+            local f = spawn_cmd({ "dump", dir, "--follow", "--json" })
+            local worker = assert(takhin.open_log{ dir = dir, shared = true, max_segment_size = FOPTS.max_segment_size })
+            local n = 0
+            for round = 1, 4 do                                  -- 4 rounds of 7: segments roll
+                local recs = {}
+                for i = 1, 7 do
+                    local off = n + i - 1
+                    recs[i] = { key = off % 2 == 1 and ("k" .. off) or nil, value = value(off), timestamp = 5000 + off }
+                end
+                assert.are.equal(n, (worker:append_batch(recs)))
+                n = n + 7
+                assert.are.equal(n, #wait_lines(f.out, n), "round " .. round .. ": " .. util.read_file(f.err))
+            end
+            ok_run({ "append", "--shared", dir, "--timestamp", "9000", "from the command" })   -- another process
+            local lines = wait_lines(f.out, n + 1)
+            worker:close()
+            assert.are.equal(n + 1, #lines)
+            for i, line in ipairs(lines) do
+                local ok, r = pcall(cjson.decode, line)
+                assert(ok, "not JSON: " .. line)
+                local off = i - 1
+                assert.are.equal(off, r.offset)
+                if off < n then
+                    assert.are.same({ offset = off, timestamp = 5000 + off, value = value(off),
+                        key = off % 2 == 1 and ("k" .. off) or cjson.null }, r)
+                else
+                    assert.are.same({ offset = off, timestamp = 9000, value = "from the command", key = cjson.null }, r)
+                end
+            end
+            assert.is_nil(util.read_file(f.out):find("[", 1, true))   -- no array around them
+            assert.are.equal(143, interrupt(f, "TERM"))                 -- stopped by its pid
+            assert.are.equal(n + 1, util.count_lines(f.out))
+        end)
+
+        it("starts at a cursor's committed offset with --cursor", function()
+            local dir = make_log(tmp .. "/log")
+            ok_run({ "cursor", "commit", dir, "drain", "19" })
+            local f = spawn_cmd({ "dump", dir, "--follow", "--json", "--cursor", "drain" })
+            assert.are.equal(1, #wait_lines(f.out, 1))
+            local log = assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size })
+            log:append(nil, "next", 7)
+            local lines = wait_lines(f.out, 2)
+            log:close()
+            util.stop(f.pid)
+            assert.are.same({ 19, 20 }, { cjson.decode(lines[1]).offset, cjson.decode(lines[2]).offset })
+            assert.are.equal("next", cjson.decode(lines[2]).value)
+        end)
+
+        it("stops after --count records, however many arrive at once", function()
+            local dir = make_log(tmp .. "/log")
+            local writer = assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size })
+            local waits = 0
+            -- each time the command has caught up, 4 more records come
+            local out, err, status = main_with({ "dump", dir, "--follow", "--json", "--from", "15", "--count", "12" },
+                function(log) return log_with(log, {
+                    wait = function(l, off, timeout)
+                        waits = waits + 1
+                        for i = 1, 4 do writer:append(nil, "more", 1) end
+                        return l:wait(off, timeout)
+                    end,
+                }) end)
+            writer:close()
+            assert.are.equal(0, status, err)
+            assert.are.equal("", err)
+            local offs = {}
+            for line in out:gmatch("[^\n]+") do offs[#offs + 1] = cjson.decode(line).offset end
+            assert.are.same({ 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26 }, offs)
+            assert.are.equal(2, waits)
+            assert.are.equal("", (main_with({ "dump", dir, "--follow", "--count", "0" })))
+        end)
+
+        it("skips, with a note, records that retention deleted before they were printed", function()
+            local dir = make_log(tmp .. "/log")
+            local writer = assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size })
+            local deleted = false
+            local out, err, status = main_with({ "dump", dir, "--follow", "--count", "14" }, function(log)
+                return log_with(log, {
+                    read = function(l, off)                 -- retention runs between two reads
+                        if off == 2 and not deleted then deleted = true; writer:delete_before(8) end
+                        return l:read(off)
+                    end,
+                })
+            end)
+            writer:close()
+            assert.are.equal(0, status, err)
+            assert.are.equal(("takhin dump: %s: offsets [2, 8) were deleted before they could be printed " ..
+                "(the base offset is now 8)\n"):format(dir), err)
+            local offs = {}
+            for line in out:gmatch("[^\n]+") do offs[#offs + 1] = tonumber(line:match("^offset: (%d+) ")) end
+            assert.are.same({ 0, 1, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19 }, offs)
+        end)
+
+        it("goes on from where a truncated log ends, with a note", function()
+            local dir = make_log(tmp .. "/log")
+            local writer = assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size })
+            local step = 0
+            local out, err, status = main_with({ "dump", dir, "--follow", "--from", "18", "--count", "4" },
+                function(log) return log_with(log, {
+                    wait = function(l, off, timeout)
+                        step = step + 1
+                        if step == 1 then writer:truncate(12); return false, "timeout"
+                        elseif step == 2 then writer:append(nil, "again", 1); writer:append(nil, "and again", 2) end
+                        return l:wait(off, timeout)
+                    end,
+                }) end)
+            writer:close()
+            assert.are.equal(0, status, err)
+            assert.are.equal(("takhin dump: %s: the log was cut back to offset 12; following from there\n"):format(dir), err)
+            local lines = {}
+            for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+            assert.are.equal(4, #lines)
+            assert.truthy(lines[2]:find("^offset: 19 .* value: value%-019$"), lines[2])
+            assert.truthy(lines[3]:find("^offset: 12 timestamp: 1 .* value: again$"), lines[3])
+            assert.truthy(lines[4]:find("^offset: 13 timestamp: 2 .* value: and again$"), lines[4])
+        end)
+
+        it("ends quietly on Ctrl-C with what it printed; other commands say they were interrupted", function()
+            local dir = make_log(tmp .. "/log")
+            local out, err, status = main_with({ "dump", dir, "--follow", "--from", "19", "--json" }, function(log)
+                return log_with(log, { wait = function() error("interrupted!") end })
+            end)
+            assert.are.equal(0, status, err)
+            assert.are.equal("", err)
+            assert.are.equal(19, cjson.decode(out).offset)
+            out, err, status = main_with({ "verify", dir }, function(log)
+                return log_with(log, { read = function() error("interrupted!") end })
+            end)
+            assert.are.equal(1, status)
+            assert.are.equal("", out)
+            assert.are.equal("takhin verify: interrupted\n", err)
+        end)
+
+        it("is NOT_FOUND for a path that holds no log", function()
+            local err, out = fails({ "dump", "--follow", tmp .. "/nope" }, { tmp .. "/nope", "(NOT_FOUND)" })
+            assert.are.equal("", out)
+            assert.is_nil(err:find("traceback", 1, true), err)
+            assert.falsy(util.exists(tmp .. "/nope"))
         end)
     end)
 

@@ -5,6 +5,8 @@
 -- Every command prints a human-readable report by default and JSON with
 -- `--json`.  Exit status: 0 success, 1 the operation failed (the message,
 -- naming the path or id and the error code, goes to stderr), 2 usage error.
+-- Ctrl-C ends `dump --follow` (exit 0); any other command it interrupts
+-- has failed: "interrupted", exit 1.
 --
 -- main(argv, env) takes an optional env = { stdout =, stderr =, stdin =,
 -- isatty = function() }, so the module can be driven without a process.
@@ -17,6 +19,7 @@
 --     common.lua     failures; opening logs and managers
 --     log.lua        the log commands (info, dump, append, verify)
 --     snapshot.lua   the snapshot commands (takhin snapshot create, ...)
+--     cursor.lua     the cursor commands (takhin cursor list, ...)
 --
 -- A new command is a definition in its group's module (args.lua says what
 -- one holds) and one register() line below; a new group adds a GROUPS entry.
@@ -26,6 +29,7 @@ local common = require("takhin.cli.common")
 local output = require("takhin.cli.output")
 local log_cmds = require("takhin.cli.log")
 local snapshot_cmds = require("takhin.cli.snapshot")
+local cursor_cmds = require("takhin.cli.cursor")
 
 local M = {}
 
@@ -56,6 +60,9 @@ register(snapshot_cmds.restore)
 register(snapshot_cmds.delete)
 register(snapshot_cmds.cleanup)
 register(snapshot_cmds.verify)
+register(cursor_cmds.list)
+register(cursor_cmds.commit)
+register(cursor_cmds.delete)
 
 -- Command groups: `takhin PREFIX NAME ...`.  The commands without a prefix
 -- come first in `takhin --help`.
@@ -65,6 +72,10 @@ local GROUPS = {
       usage = "usage: takhin snapshot SUBCOMMAND [OPTIONS] DIR ...\n\n" ..
           "Snapshots of the log in DIR, kept in DIR/.snapshots unless --snapshot-dir\n" ..
           "says otherwise.\n\n" },
+    { prefix = "cursor", title = "Cursor commands",
+      usage = "usage: takhin cursor SUBCOMMAND [OPTIONS] DIR ...\n\n" ..
+          "Cursors of the log in DIR: the committed offsets of its consumers, each\n" ..
+          "the next offset that consumer reads.\n\n" },
 }
 
 local function group_of(prefix)
@@ -95,8 +106,8 @@ local function main_help()
         sections[#sections + 1] = g.title .. ":\n" .. command_list(g.prefix) .. "\n\n"
     end
     return "usage: takhin [--json] COMMAND [OPTIONS] ARGS...\n\n" ..
-        "Inspect and manage takhin logs (Kafka-style segmented commit logs) and\n" ..
-        "their snapshots.  DIR is a log directory.\n\n" ..
+        "Inspect and manage takhin logs (Kafka-style segmented commit logs), their\n" ..
+        "snapshots and their cursors.  DIR is a log directory.\n\n" ..
         table.concat(sections) ..
         "Options:\n" .. args.option_lines({
             args.COMMON_OPTIONS[1], args.COMMON_OPTIONS[2],
@@ -163,7 +174,10 @@ end
 -- Print a failure on stderr; returns the exit status.
 local function report(c, res)
     local who = "takhin" .. (c.cmd and (" " .. c.cmd) or "")
-    if res.usage then
+    if res.interrupted then
+        c.err:write(("%s: interrupted\n"):format(who))
+        return 1
+    elseif res.usage then
         c.err:write(("%s: %s\n"):format(who, res.msg))
         c.err:write(("Try '%s --help'.\n"):format(who))
         return 2
@@ -188,6 +202,7 @@ function M.main(argv, env)
     for k = 1, #(argv or {}) do list[k] = argv[k] end
     local ok, res = xpcall(run, function(e)
         if type(e) == "table" then return e end
+        if common.is_interrupt(e) then return { interrupted = true } end
         return { internal = true, msg = debug.traceback(tostring(e), 2) }
     end, c, list)
     for k = #c.defer, 1, -1 do pcall(c.defer[k]) end

@@ -5,6 +5,7 @@
 --
 --     { name = "dump",                      -- "snapshot create" for a group's
 --       args = { "DIR" },                   -- positional arguments, required
+--       kinds = { OFFSET = "count" },       -- optional: positionals parsed as KINDS
 --       rest = "VALUE...",                  -- optional: more positionals allowed
 --       summary = "one line for takhin --help",
 --       help = "paragraph for takhin dump --help",
@@ -135,6 +136,12 @@ function M.parse(def, argv, first)
     for k, name in ipairs(names) do
         if pos[k] == nil then usage_error("missing argument " .. name) end
         args[name] = pos[k]
+        local kind = def.kinds and def.kinds[name]
+        if kind then
+            local parsed, what = M.KINDS[kind](pos[k])
+            if parsed == nil then usage_error(("argument %s: %q is not %s"):format(name, pos[k], what)) end
+            args[name] = parsed
+        end
     end
     local extra = {}
     for k = #names + 1, #pos do extra[#extra + 1] = pos[k] end
@@ -142,6 +149,18 @@ function M.parse(def, argv, first)
         usage_error("unexpected argument " .. ("%q"):format(extra[1]))
     end
     return o, args, extra
+end
+
+--- A usage error when more than one of the options named (as on the
+-- command line: "--from", "--cursor") was given.
+function M.exclusive(o, ...)
+    local given = {}
+    for _, name in ipairs({ ... }) do
+        if o[(M.option_key(name))] ~= nil then given[#given + 1] = name end
+    end
+    if #given > 1 then
+        usage_error(("options %s and %s cannot be used together"):format(given[1], given[2]))
+    end
 end
 
 -------------------------------------------------------------------------

@@ -31,6 +31,36 @@ function M.check(v, msg, code, ...)
     return v, msg, code, ...
 end
 
+--- msg, beginning with `path: ` unless it names path already (the
+-- library's messages about cursor names, say, name no path).
+function M.naming(path, msg)
+    if tostring(msg):find(path, 1, true) then return msg end
+    return ("%s: %s"):format(path, tostring(msg))
+end
+
+-------------------------------------------------------------------------
+-- Interrupts
+-------------------------------------------------------------------------
+
+--- True when e is the error the interpreter raises on SIGINT (Ctrl-C):
+-- lua.c and luajit.c set a hook that raises "interrupted!" as soon as Lua
+-- code runs again.  takhin.cli reports it as a failure ("interrupted").
+function M.is_interrupt(e)
+    return type(e) == "string" and e:find("interrupted!$") ~= nil
+end
+
+--- Call f(...) until it returns or Ctrl-C interrupts it: true when it
+-- returned, false when interrupted.  Its other errors go on up.
+function M.until_interrupted(f, ...)
+    local ok, e = xpcall(f, function(err)
+        if type(err) == "table" or M.is_interrupt(err) then return err end
+        return { internal = true, msg = debug.traceback(tostring(err), 2) }
+    end, ...)
+    if ok then return true end
+    if M.is_interrupt(e) then return false end
+    error(e, 0)
+end
+
 -------------------------------------------------------------------------
 -- The library, logs and managers
 -------------------------------------------------------------------------
@@ -65,17 +95,19 @@ function M.open_existing_log(c, dir)
     return log
 end
 
---- Fail with NOT_FOUND unless dir holds a log; the messages end with
--- `hint` (how to make one).
+--- Fail with NOT_FOUND unless dir holds a log, before a writer opens it
+-- (a writer would start a new one); the messages end with `hint` (how to
+-- make one), if given.
 function M.require_log(dir, hint)
+    local tail = hint and ("; " .. hint) or ""
     local log, msg, code = M.lib().open_log{ dir = dir, readonly = true }
     if not log then
-        if code == "NOT_FOUND" then msg = msg .. "; " .. hint end
+        if code == "NOT_FOUND" then msg = msg .. tail end
         M.fail(msg, code)
     end
     local found = has_segment_files(log, dir)
     log:close()
-    if not found then M.fail(NO_LOG:format(dir) .. "; " .. hint, "NOT_FOUND") end
+    if not found then M.fail(NO_LOG:format(dir) .. tail, "NOT_FOUND") end
 end
 
 --- A writer on the log in dir, closed when the command ends.  opts: the

@@ -1,6 +1,7 @@
---- takhin.cli.log: the log commands of `takhin` -- info, dump, append,
--- verify.  Each is a command definition (takhin.cli.args says what one
+--- takhin.cli.log: the log commands of `takhin` -- info, dump (also
+-- dump --follow), append, verify.  Each is a command definition (takhin.cli.args says what one
 -- holds); takhin.cli registers them.
+local args = require("takhin.cli.args")
 local common = require("takhin.cli.common")
 local output = require("takhin.cli.output")
 
@@ -75,7 +76,7 @@ M.info = {
 }
 
 -------------------------------------------------------------------------
--- dump
+-- dump: where to start, records as text and JSON
 -------------------------------------------------------------------------
 
 local DUMP_ORDER = { "offset", "timestamp", "key", "value", "key_encoding", "value_encoding" }
@@ -97,26 +98,136 @@ local function record_text(r)
         r.key and output.escape(r.key) or "null", output.escape(r.value))
 end
 
--- The first offset to print: --from, which may be the high water mark
--- (nothing to print) but not past it, nor below the base offset.
-local function dump_start(dir, from, base, hwm)
+-- Where dump starts: --from, the offset cursor --cursor committed, or the
+-- base offset; the offset and how the messages call it.
+local function dump_origin(log, dir, o)
+    if o.from then return o.from, ("--from %d"):format(o.from) end
+    if not o.cursor then return nil end
+    local off, msg, code = log:committed(o.cursor)
+    if off == nil and msg then fail(common.naming(dir, msg), code) end
+    if off == nil then fail(("%s: cursor %s was never committed"):format(dir, o.cursor), "NOT_FOUND") end
+    return off, ("cursor %s at %d"):format(o.cursor, off)
+end
+
+-- The first offset to print, which may be the high water mark (nothing to
+-- print) but not past it, nor below the base offset.
+local function dump_start(log, dir, o, base, hwm)
+    local from, what = dump_origin(log, dir, o)
     if from == nil then return base end
     if from > hwm then
-        fail(("%s: --from %d is past the high water mark %d (the log holds offsets %s)"):format(
-            dir, from, hwm, range(base, hwm)), "OUT_OF_RANGE")
+        fail(("%s: %s is past the high water mark %d (the log holds offsets %s)"):format(
+            dir, what, hwm, range(base, hwm)), "OUT_OF_RANGE")
     elseif from < base then
-        fail(("%s: --from %d is below the base offset %d (the log holds offsets %s)"):format(
-            dir, from, base, range(base, hwm)), "OUT_OF_RANGE")
+        fail(("%s: %s is below the base offset %d (the log holds offsets %s)"):format(
+            dir, what, base, range(base, hwm)), "OUT_OF_RANGE")
     end
     return from
 end
+
+-- Print records [from, to) of the log; returns how many could not be read
+-- (each reported on stderr).  With --json: one array.
+local function dump_range(c, log, from, to)
+    local bad, n = 0, 0
+    if c.json then c.out:write("[") end
+    for off = from, to - 1 do
+        local r, msg, code = log:read(off)
+        if not r then
+            bad = bad + 1
+            c.err:write(("takhin dump: %s (%s)\n"):format(msg, code))
+        elseif c.json then
+            c.out:write(n > 0 and ",\n  " or "\n  ", output.json(record_json(r), true))
+            n = n + 1
+        else
+            c.out:write(record_text(r))
+        end
+    end
+    if c.json then c.out:write(n > 0 and "\n]\n" or "]\n") end
+    return bad
+end
+
+-------------------------------------------------------------------------
+-- dump --follow
+-------------------------------------------------------------------------
+
+-- How long one wait sleeps at most before it looks again.  An append wakes
+-- it at once; the limit is for Ctrl-C, whose hook runs only when Lua code
+-- does (the wait itself goes on sleeping through the signal).
+local FOLLOW_WAIT = "250ms"
+
+local function note(c, fmt, ...)
+    c.err:write("takhin dump: ", fmt:format(...), "\n")
+end
+
+local function flush(c)
+    local ok, err = c.out:flush()
+    if ok == nil and err ~= nil then fail("write to stdout: " .. tostring(err), "IO") end
+end
+
+-- Print the records [f.next, stop) there are now, one line each (JSON
+-- Lines with --json), and flush them.  A record that retention deleted
+-- before it could be read ends the batch; the next step says so.
+local function follow_batch(c, log, f, stop)
+    while f.next < stop do
+        local r, msg, code = log:read(f.next)
+        if not r and code == "OUT_OF_RANGE" and f.next < log:base_offset() then break end
+        if not r then
+            f.bad = f.bad + 1
+            c.err:write(("takhin dump: %s (%s)\n"):format(msg, code))
+        elseif c.json then
+            c.out:write(output.json(record_json(r), true), "\n")
+        else
+            c.out:write(record_text(r))
+        end
+        f.next = f.next + 1
+        if f.left then f.left = f.left - 1 end
+    end
+    flush(c)
+end
+
+-- One step of following: print what arrived, or sleep until something
+-- does.  The base offset is read before the high water mark, so that it
+-- is never the larger (the high water mark only grows, but for a truncate
+-- or an in-place restore).
+local function follow_step(c, log, f)
+    local base = log:base_offset()
+    local hwm = log:high_water_mark()
+    if f.next < base then
+        note(c, "%s: offsets %s were deleted before they could be printed (the base offset is now %d)",
+            f.dir, range(f.next, base), base)
+        f.next = base
+    end
+    if hwm < f.next then
+        note(c, "%s: the log was cut back to offset %d; following from there", f.dir, hwm)
+        f.next = hwm
+    elseif hwm == f.next then
+        log:wait(f.next, FOLLOW_WAIT)
+    else
+        follow_batch(c, log, f, f.left and math.min(hwm, f.next + f.left) or hwm)
+    end
+end
+
+-- dump --follow from offset `from`: until `count` records were printed
+-- (nil: for ever) or Ctrl-C.  Returns how many could not be read.
+local function follow(c, log, dir, from, count)
+    local f = { dir = dir, next = from, left = count, bad = 0 }
+    common.until_interrupted(function()
+        while f.left == nil or f.left > 0 do follow_step(c, log, f) end
+    end)
+    return f.bad
+end
+
+-------------------------------------------------------------------------
+-- dump
+-------------------------------------------------------------------------
 
 M.dump = {
     name = "dump", args = { "DIR" },
     summary = "print records: offset, timestamp, key, value",
     options = {
         { "--from", "N", "count", "first offset to print (default: the base offset)" },
+        { "--cursor", "NAME", "string", "start at the offset cursor NAME committed\n(not with --from; dump never moves a cursor)" },
         { "--count", "N", "count", "print at most N records (default: all)" },
+        { "--follow", nil, nil, "go on printing records as they are appended,\nuntil interrupted (Ctrl-C) or --count is reached" },
     },
     help = "Print the records of the log in DIR, one line each, as Kafka's dump-log\n" ..
         "tool does:\n\n" ..
@@ -126,27 +237,26 @@ M.dump = {
         ">= 0x80 when the text is not valid UTF-8.  With --json: an array of\n" ..
         "{offset, timestamp, key, value}; a key or value that is not valid UTF-8\n" ..
         "is base64 with key_encoding/value_encoding = \"base64\".  A damaged record\n" ..
-        "is reported on stderr, the others are printed, and the exit status is 1.",
+        "is reported on stderr, the others are printed, and the exit status is 1.\n\n" ..
+        "With --follow, dump does not stop at the high water mark: it sleeps until\n" ..
+        "records are appended (by any process, nginx workers included) and prints\n" ..
+        "each as it arrives, until it is interrupted (Ctrl-C: exit status 0) or\n" ..
+        "has printed --count records.  With --json it then prints one JSON object\n" ..
+        "per line (JSON Lines), not an array.  Records that retention deletes\n" ..
+        "before they are printed are skipped, with a note on stderr.  The log is\n" ..
+        "opened read-only: dump never disturbs a writer.",
     run = function(c, o, a)
+        args.exclusive(o, "--from", "--cursor")
         local log = common.open_existing_log(c, a.DIR)
-        local base, hwm = log:base_offset(), log:high_water_mark()
-        local from = dump_start(a.DIR, o.from, base, hwm)
-        local to = o.count and math.min(hwm, from + o.count) or hwm
-        local bad, n = 0, 0
-        if c.json then c.out:write("[") end
-        for off = from, to - 1 do
-            local r, msg, code = log:read(off)
-            if not r then
-                bad = bad + 1
-                c.err:write(("takhin dump: %s (%s)\n"):format(msg, code))
-            elseif c.json then
-                c.out:write(n > 0 and ",\n  " or "\n  ", output.json(record_json(r), true))
-                n = n + 1
-            else
-                c.out:write(record_text(r))
-            end
+        local base = log:base_offset()
+        local hwm = log:high_water_mark()
+        local from = dump_start(log, a.DIR, o, base, hwm)
+        local bad
+        if o.follow then
+            bad = follow(c, log, a.DIR, from, o.count)
+        else
+            bad = dump_range(c, log, from, o.count and math.min(hwm, from + o.count) or hwm)
         end
-        if c.json then c.out:write(n > 0 and "\n]\n" or "]\n") end
         if bad > 0 then
             fail(("%s: %s could not be read"):format(a.DIR, plural(bad, "record")), "CORRUPT")
         end
