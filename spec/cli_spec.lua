@@ -221,7 +221,7 @@ describe("the takhin command", function()
                                  "snapshot create DIR", "snapshot list DIR", "snapshot show DIR ID",
                                  "snapshot restore DIR ID TARGET", "snapshot delete DIR ID",
                                  "snapshot cleanup DIR", "snapshot verify DIR ID", "cursor list DIR",
-                                 "cursor commit DIR NAME OFFSET", "cursor delete DIR NAME", "--json" }) do
+                                 "cursor commit DIR NAME OFFSET", "cursor delete DIR NAME", "stats DIR", "--json" }) do
                 assert.truthy(out:find(c, 1, true), c)
             end
             assert.are.equal(out, (ok_run({ "-h" })))
@@ -231,6 +231,7 @@ describe("the takhin command", function()
         it("prints each command's help with its options", function()
             local cases = {
                 { { "info" }, {} },
+                { { "stats" }, { "--prometheus", "--snapshot-dir PATH" } },
                 { { "dump" }, { "--from N", "--count N", "--follow", "--cursor NAME", "JSON Lines" } },
                 { { "append" }, { "--key K", "VALUE..." } },
                 { { "verify" }, { "--progress" } },
@@ -1070,6 +1071,29 @@ describe("the takhin command", function()
             assert.are.equal("", out)
             assert.is_nil(err:find("traceback", 1, true), err)
             assert.falsy(util.exists(tmp .. "/nope"))
+        end)
+    end)
+
+    describe("stats", function()
+        it("adds up the counters of the processes that have the log open", function()
+            local dir = make_log(tmp .. "/log")
+            local log = assert(takhin.open_log{ dir = dir, max_segment_size = FOPTS.max_segment_size, shared = true })
+            for i = 1, 3 do assert(log:append("k", value(i))) end
+            local out = ok_run({ "stats", dir })
+            assert.truthy(out:find("offsets%s+%[0, 23%)"), out)
+            assert.truthy(out:find("appends%s+3 %(3 records"), out)
+            assert.truthy(out:find("errors%s+none"), out)
+            local r = json_run({ "stats", "--json", dir })
+            assert.are.equal(3, r.log.appends)
+            assert.are.equal(23, r.log.high_water_mark)
+            assert.are.equal(0, r.snapshots.snapshots)
+            local prom = ok_run({ "stats", "--prometheus", dir })
+            assert.truthy(prom:find('takhin_log_appends_total{log="' .. dir .. '"} 3', 1, true), prom)
+            log:close()
+        end)
+
+        it("fails naming the path when there is no log", function()
+            fails({ "stats", tmp .. "/nothing" }, { tmp .. "/nothing", "NOT_FOUND" })
         end)
     end)
 

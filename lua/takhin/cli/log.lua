@@ -427,4 +427,79 @@ M.verify = {
     end,
 }
 
+
+-------------------------------------------------------------------------
+-- stats
+-------------------------------------------------------------------------
+
+M.stats = {
+    name = "stats", args = { "DIR" },
+    summary = "counters and gauges of the log and its snapshots",
+    options = {
+        { "--prometheus", nil, nil, "print Prometheus' text format (for a textfile collector)" },
+        { "--snapshot-dir", "PATH", "string", "where the snapshots live (default: DIR/.snapshots)" },
+    },
+    help = "Print the counters of the log in DIR -- appends, records, bytes, fsyncs\n" ..
+        "and their latency, rolls, errors by code, ... -- and its gauges, with\n" ..
+        "those of its snapshot directory.  The counters are kept in the log's\n" ..
+        "shared state: they add up every process that has the log open (nginx\n" ..
+        "workers included) and start again from zero when the last one closes\n" ..
+        "it.  The log is opened read-only.",
+    run = function(c, o, a)
+        local lib = common.lib()
+        local log = common.open_existing_log(c, a.DIR)
+        local sm = common.open_manager(c, a.DIR, o)
+        if o.prometheus then
+            local ok, text = pcall(lib.metrics.prometheus, { logs = { [a.DIR] = log },
+                                                             managers = { [a.DIR] = sm } })
+            if not ok then common.fail(tostring(text), "IO") end
+            c.out:write(text)
+            return
+        end
+        local st = common.check(log:stats())
+        local ss = common.check(sm:stats())
+        if c.json then
+            local errors = {}
+            for code, n in pairs(st.errors) do errors[code] = n end
+            local buckets = output.array()
+            for i, b in ipairs(st.fsync_seconds.buckets) do
+                buckets[i] = output.ordered({ le = b.le == math.huge and "+Inf" or ("%g"):format(b.le), count = b.count },
+                    { "le", "count" })
+            end
+            st.fsync_seconds.buckets = buckets
+            st.errors = errors
+            return output.emit_json(c, { log = st, snapshots = ss })
+        end
+        local h = st.fsync_seconds
+        local fields = {
+            { "log", a.DIR },
+            { "offsets", output.range(st.base_offset, st.high_water_mark) ..
+                ("  (durable below %d)"):format(st.synced_offset) },
+            { "size", ("%s in %s"):format(output.human_size(st.size), output.plural(st.num_segments, "segment")) },
+            { "shared writers", st.writers },
+            { "appends", ("%d (%s, %s)"):format(st.appends, output.plural(st.records, "record"),
+                output.human_size(st.bytes)) },
+            { "reads", st.reads },
+            { "fsyncs", ("%d, %.3f s in all"):format(st.fsyncs, h.sum) },
+            { "rolls", st.rolls },
+            { "truncates", st.truncates },
+            { "segments deleted", st.segments_deleted },
+            { "cursor commits", st.cursor_commits },
+        }
+        local errs = {}
+        for code, n in pairs(st.errors) do
+            if n > 0 then errs[#errs + 1] = ("%s %d"):format(code, n) end
+        end
+        table.sort(errs)
+        fields[#fields + 1] = { "errors", #errs > 0 and table.concat(errs, ", ") or "none" }
+        fields[#fields + 1] = { "snapshots", ("%d (%d damaged), %s"):format(ss.snapshots, ss.damaged,
+            output.human_size(ss.bytes)) }
+        if ss.newest_id then
+            fields[#fields + 1] = { "newest snapshot", ("%s (%s UTC)"):format(ss.newest_id,
+                output.utc(ss.newest_timestamp) or "?") }
+        end
+        output.print_fields(c, fields)
+    end,
+}
+
 return M
