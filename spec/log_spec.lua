@@ -101,8 +101,9 @@ describe("takhin.Log", function()
         it("reads its options through __index, so a proxy table works", function()
             -- Each option is a string made afresh on every lookup, and the
             -- collector runs inside __index: the directory the log opens
-            -- is still the one asked for.
-            local sub = dir .. "/proxied"
+            -- is still the one asked for.  (The name is longer than the
+            -- strings Lua 5.4 interns, so each lookup's copy is its own.)
+            local sub = dir .. "/a-log-opened-through-a-proxy-table"
             local given = { dir = sub, max_segment_size = 200, index_interval_bytes = 50, sync = "always" }
             local proxy = setmetatable({}, { __index = function(_, k)
                 collectgarbage("collect")

@@ -162,9 +162,11 @@ local function snapshot_entries(snap_dir)
     return out
 end
 
--- A table whose fields are only reachable through __index, which makes a
--- fresh copy of each string value (so nothing else references it) after
--- a full garbage collection.
+-- A table whose fields are only reachable through __index, which runs a
+-- full garbage collection and returns a fresh copy of each string value:
+-- for strings longer than Lua 5.4 interns (40 bytes), nothing else
+-- references that copy, so a binding that stops referencing it before it
+-- is used reads freed memory.
 local function proxy(fields)
     return setmetatable({}, { __index = function(_, k)
         collectgarbage("collect")
@@ -362,7 +364,9 @@ describe("a snapshot manager", function()
         it("snapshot_manager takes dir and mode from a proxy", function()
             local log = open(dir)
             fill(log, 0, 29)
-            local snap_dir = tmp .. "/elsewhere"
+            -- Longer than the strings Lua 5.4 interns: each lookup's copy
+            -- is its own, and the collector can free it.
+            local snap_dir = tmp .. "/snapshots-somewhere-else-given-by-a-proxy"
             local sm = manager(dir, proxy({ dir = snap_dir, mode = "copy" }))
             assert.are.equal(snap_dir, sm:dir())
             local s = ok(sm:create(log))
