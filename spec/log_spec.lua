@@ -944,7 +944,7 @@ describe("takhin.Log", function()
                 end
             end
             ro:close()
-            assert.are.equal(before, open_fds())
+            assert.is_true(open_fds() <= before, "descriptors left open after close")
         end)
 
         it("returns INVALID outside 1 .. 1000000", function()
