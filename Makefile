@@ -17,7 +17,7 @@ ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/sys.c csrc/names.c csrc/fs.c csrc/l
 ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)
-C_TESTS    = $(BUILD)/tests/test_crc32c $(BUILD)/tests/test_threads
+C_TESTS    = $(BUILD)/tests/test_crc32c $(BUILD)/tests/test_threads $(BUILD)/tests/test_api
 
 BUSTED     = busted --lua=$(LUA)
 SPEC_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \

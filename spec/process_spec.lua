@@ -108,6 +108,61 @@ describe("a log shared between processes", function()
         end)
     end)
 
+    describe("LOCKED", function()
+        it("names the shared writers that hold the log, never a writer that has exited", function()
+            -- An exclusive writer in a child opens, appends, closes and
+            -- exits: its pid stays written in .lock.
+            local out, ok = util.run_lua(tmp, [[
+                local takhin = require("takhin")
+                local proc = require("helpers.proc")
+                local log = assert(takhin.open_log({ dir = arg[1] }))
+                assert(log:append("exited", "writer"))
+                log:close()
+                io.write("pid ", proc.getpid(), "\n")
+            ]], { dir })
+            assert.is_true(ok, out)
+            local exited = out:match("pid (%d+)")
+            assert(exited, out)
+            assert.truthy(util.read_file(dir .. "/.lock"):find("pid " .. exited, 1, true),
+                          "the exited writer's pid is not in .lock: this test needs it there")
+            assert.is_false(util.alive(tonumber(exited)))
+
+            -- A shared writer in another child stays open until told to stop.
+            local report, stop = tmp .. "/report", tmp .. "/stop"
+            local shared_out
+            pid, shared_out = util.spawn_lua(tmp, [[
+                local takhin = require("takhin")
+                local proc = require("helpers.proc")
+                local say = proc.reporter(arg[2])
+                local log, msg, code = takhin.open_log({ dir = arg[1], shared = true })
+                if not log then say("error", msg, code); os.exit(1) end
+                local o = log:append("shared", "writer")
+                say("ready", proc.getpid(), o)
+                proc.wait_for_file(arg[3], 3000)
+                log:close()
+                say("done")
+            ]], { dir, report, stop })
+            local text = util.wait_for_content(report, "ready", 3000) or ""
+            assert.truthy(text:find("ready", 1, true), text .. (util.read_file(shared_out) or ""))
+            assert.are.equal(tostring(pid), text:match("ready\t(%d+)"))
+            assert.are.equal("1", text:match("ready\t%d+\t(%d+)"))
+
+            local msg = assert.fails_with("LOCKED", takhin.open_log({ dir = dir }))
+            assert.truthy(msg:find("shared writers (pid " .. pid .. ")", 1, true), msg)
+            for number in msg:gmatch("%d+") do
+                assert.are_not.equal(exited, number, "LOCKED names the exited writer: " .. msg)
+            end
+
+            util.write_file(stop, "stop\n")
+            assert.is_true(util.wait_exit(pid, 3000), "the shared writer did not stop")
+            assert.truthy((util.read_file(report) or ""):find("done", 1, true), util.read_file(shared_out))
+            local log = open({ dir = dir })
+            assert.are.equal(2, log:high_water_mark())
+            assert.are.equal("writer", log:read(1).value)
+            log:close()
+        end)
+    end)
+
     describe("read-only handle", function()
         it("in another process sees what the writer appended, then what it appends later", function()
             local opts = { dir = dir, max_segment_size = 200, index_interval_bytes = 50 }

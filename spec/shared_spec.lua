@@ -95,6 +95,62 @@ describe("a log in shared mode", function()
         b:close()
     end)
 
+    it("catches up with another writer's append without reloading the active segment's index", function()
+        -- Counted, not timed: the fault build counts the open(2) calls the
+        -- engine makes.  Two shared handles in one child: the active
+        -- segment gets 4000 index entries, then the handles take turns;
+        -- each append follows the other handle's, and must catch up from
+        -- where its handle was (0 opens), not reload the index files.
+        local fault_build = os.getenv("TAKHIN_FAULT_BUILD")
+        if not fault_build or fault_build == "" or not util.exists(fault_build .. "/takhin/core.so") then
+            return pending("needs the fault build: `make fault` and TAKHIN_FAULT_BUILD=build-fault")
+        end
+        local script = util.write_script(tmp, [[
+            local takhin = require("takhin")
+            local core = require("takhin.core")
+            local dir = arg[1]
+            local opts = { dir = dir, shared = true, index_interval_bytes = 1 }
+            local a = assert(takhin.open_log(opts))
+            local batch = {}
+            for i = 1, 4000 do batch[i] = { key = "fill", value = ("fill %d"):format(i) } end
+            assert(a:append_batch(batch))
+            local b = assert(takhin.open_log(opts))
+            assert(b:append("b", "first") == 4000)
+            assert(a:append("a", "first") == 4001)
+            local handles = { a, b }
+            for round = 1, 40 do
+                local h = handles[round % 2 + 1]
+                core._fault_reset()
+                local got = h:append("turn", ("turn %d"):format(round))
+                io.write(round, " ", tostring(got), " ", core._fault_calls("open"), "\n")
+            end
+            io.write("segments ", a:num_segments(), "\n")
+            a:close()
+            b:close()
+        ]])
+        local path = os.getenv("LUA_PATH")
+        if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
+        local cpath = fault_build .. "/?.so;;"
+        local out = util.capture(table.concat({
+            "env", "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
+            "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
+            util.q(util.lua54_bin()), util.q(script), util.q(tmp .. "/log"), "2>&1",
+        }, " "))
+        assert.truthy(out:find("segments 1\n", 1, true), "the child failed or the segment rolled: " .. out)
+        local rounds = 0
+        for round, got, opens in out:gmatch("(%d+) (%d+) (%d+)\n") do
+            rounds = rounds + 1
+            assert.are.equal(4001 + tonumber(round), tonumber(got), "round " .. round .. ": " .. out)
+            assert.are.equal("0", opens, "round " .. round .. ": an append after the other handle's opened "
+                             .. opens .. " files")
+        end
+        assert.are.equal(40, rounds, out)
+        local log = assert(takhin.open_log({ dir = tmp .. "/log", readonly = true }))
+        assert.are.equal(4042, log:high_water_mark())
+        assert.are.equal("turn 40", log:read(4041).value)
+        log:close()
+    end)
+
     it("refuses shared together with readonly", function()
         local _, msg, code = takhin.open_log{ dir = tmp .. "/log", shared = true, readonly = true }
         assert.are.equal("INVALID", code)

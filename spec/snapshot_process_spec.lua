@@ -87,6 +87,69 @@ ack:write("done\n")
 ack:close()
 ]]
 
+-- A shared writer that rewrites the log without pause until the stop
+-- file appears: each round truncates to a random offset and appends
+-- again, half the rounds with exactly the sizes the records it removed
+-- had (the files come back with the same names and sizes), half with new
+-- sizes.  Every record describes itself (see check_rewritten).  It writes
+-- "ready" to the report file after its first round and "rounds <n>" when
+-- it stops.
+local REWRITER = [[
+local takhin = require("takhin")
+local proc = require("helpers.proc")
+local dir, report_path, stop_path = arg[1], arg[2], arg[3]
+local say = proc.reporter(report_path)
+local log, msg, code = takhin.open_log({ dir = dir, shared = true, max_segment_size = 1024,
+                                          index_interval_bytes = 64 })
+if not log then say("error", msg, code); os.exit(1) end
+local seed = 12345
+local function rand(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n end
+local sizes = {}            -- value length at each offset now in the log
+local gen = 0
+local function append(o, len)
+    local head = ("%06d|%08d|"):format(gen, o)
+    local value = head .. string.char(97 + (gen + o) % 26):rep(len - #head)
+    local got, m, c = log:append(("g%06d"):format(gen), value, 1000000000000 + gen * 100000 + o)
+    if got ~= o then say("error", "append", o, tostring(got), m, c); os.exit(1) end
+    sizes[o] = len
+end
+local function stopped()
+    local f = io.open(stop_path, "r")
+    if f then f:close() end
+    return f ~= nil
+end
+local rounds = 0
+repeat
+    gen = gen + 1
+    local hwm = log:high_water_mark()
+    local cut = hwm > 0 and rand(hwm + 1) or 0
+    if not log:truncate(cut) then say("error", "truncate", cut); os.exit(1) end
+    if rounds % 2 == 0 and cut < hwm then
+        for o = cut, hwm - 1 do append(o, sizes[o]) end             -- same sizes
+    else
+        for o = cut, cut + 40 + rand(160) do append(o, 16 + rand(90)) end  -- other sizes
+    end
+    rounds = rounds + 1
+    if rounds == 1 then say("ready") end
+until stopped()
+log:close()
+say("rounds", rounds)
+]]
+
+-- A record written by REWRITER: its key names its generation, its value
+-- holds generation, offset and filler derived from both, its timestamp
+-- both too.
+local function check_rewritten(rec, where)
+    local gen, o = rec.value:match("^(%d%d%d%d%d%d)|(%d%d%d%d%d%d%d%d)|")
+    assert(gen, where .. ": offset " .. rec.offset .. " holds " .. ("%q"):format(rec.value:sub(1, 40)))
+    gen, o = tonumber(gen), tonumber(o)
+    assert.are.equal(rec.offset, o, where .. ": a record of offset " .. o .. " at offset " .. rec.offset)
+    assert.are.equal(("g%06d"):format(gen), rec.key, where .. ": key at " .. o)
+    local filler = string.char(97 + (gen + o) % 26):rep(#rec.value - 16)
+    assert.are.equal(filler, rec.value:sub(17), where .. ": value at " .. o)
+    assert.are.equal(1000000000000 + gen * 100000 + o, rec.timestamp, where .. ": timestamp at " .. o)
+end
+
 describe("snapshots shared between processes", function()
     local tmp, dir, pids
 
@@ -255,6 +318,61 @@ describe("snapshots shared between processes", function()
             end
             assert.is_true(snaps[#snaps].num_segments > 1, "the log never rolled a segment")
             sm:close()
+        end)
+    end)
+    describe("a log truncated and written again while snapshots are taken", function()
+        it("gives snapshots that verify and restore, or CONFLICT naming the race, never IO", function()
+            local report, stop = tmp .. "/report", tmp .. "/stop"
+            local pid, out = util.spawn_lua(tmp, REWRITER, { dir, report, stop })
+            pids[1] = pid
+            local text = util.wait_for_content(report, "ready", 3000) or ""
+            assert.truthy(text:find("ready", 1, true), text .. (util.read_file(out) or ""))
+
+            local log = open({ dir = dir, shared = true, max_segment_size = 1024, index_interval_bytes = 64 })
+            local sm = ok(takhin.snapshot_manager(dir))
+            local made, failed = {}, {}
+            for _ = 1, 40 do
+                local s, msg, code = sm:create(log)
+                if s then made[#made + 1] = s else failed[#failed + 1] = { msg = msg, code = code } end
+            end
+            util.write_file(stop, "stop\n")
+            assert.is_true(util.wait_exit(pid, 3000), "the rewriter did not stop")
+            local lines = util.lines(report)
+            assert.truthy(lines[#lines]:find("^rounds"), table.concat(lines, " | ") .. (util.read_file(out) or ""))
+            assert.is_true(tonumber(lines[#lines]:match("%d+")) > 1, "the log was never rewritten")
+
+            for _, f in ipairs(failed) do
+                assert.are.equal("CONFLICT", f.code, tostring(f.msg))
+                assert.truthy(f.msg:find("the log was truncated or restored while the snapshot was being built",
+                                         1, true), f.msg)
+                assert.is_nil(f.msg:find("Input/output error", 1, true), f.msg)
+            end
+            assert.is_true(#made > 0, "no snapshot was made in 40 attempts: " .. ((failed[1] or {}).msg or ""))
+
+            -- Whatever create returned verifies, and restores to a log of
+            -- records that each are what the rewriter wrote at that offset.
+            for i, s in ipairs(made) do
+                local where = ("snapshot %d (%s, hwm %d)"):format(i, s.id, s.high_water_mark)
+                local vok, vmsg, vcode = sm:verify(s.id)
+                assert.is_true(vok, where .. ": " .. tostring(vmsg) .. " " .. tostring(vcode))
+                local target = ("%s/restored%d"):format(tmp, i)
+                ok(sm:restore(s.id, target))
+                local r = open({ dir = target, readonly = true })
+                assert.are.equal(s.high_water_mark, r:high_water_mark(), where)
+                local n = 0
+                for rec in r:records() do
+                    check_rewritten(rec, where)
+                    n = n + 1
+                end
+                assert.are.equal(s.high_water_mark, n, where)
+                r:close()
+            end
+            assert.are.equal(#made, #sm:list())
+            for _, name in ipairs(util.ls(dir .. "/.snapshots")) do
+                assert.is_nil(name:find("^%.tmp"), name)
+            end
+            sm:close()
+            log:close()
         end)
     end)
 end)

@@ -150,6 +150,32 @@ local function tree(dir)
     return out
 end
 
+-- The entries of a snapshot directory that hold or build a snapshot
+-- (snapshot-<id>, and the .tmp-* / .del-* of an operation under way).
+local function snapshot_entries(snap_dir)
+    local out = {}
+    for _, name in ipairs(util.ls(snap_dir)) do
+        if name:find("^snapshot%-") or name:find("^%.tmp") or name:find("^%.del") then
+            out[#out + 1] = name
+        end
+    end
+    return out
+end
+
+-- A table whose fields are only reachable through __index, which runs a
+-- full garbage collection and returns a fresh copy of each string value:
+-- for strings longer than Lua 5.4 interns (40 bytes), nothing else
+-- references that copy, so a binding that stops referencing it before it
+-- is used reads freed memory.
+local function proxy(fields)
+    return setmetatable({}, { __index = function(_, k)
+        collectgarbage("collect")
+        local v = fields[k]
+        if type(v) == "string" then return (v .. "#"):sub(1, -2) end
+        return v
+    end })
+end
+
 describe("a snapshot manager", function()
     local tmp, dir
 
@@ -260,6 +286,295 @@ describe("a snapshot manager", function()
             log:close()
             ok(sm:restore(s.id, tmp .. "/restored"))
             assert_log_holds(tmp .. "/restored", want)
+        end)
+    end)
+
+    describe("create, given a log that is not the manager's", function()
+        it("returns INVALID naming both directories and creates nothing", function()
+            local log, sm = setup(20)
+            local other_dir = tmp .. "/other"
+            local other = open(other_dir)
+            fill(other, 0, 9)
+            local msg = assert.fails_with("INVALID", sm:create(other))
+            assert.truthy(msg:find(dir, 1, true), msg)
+            assert.truthy(msg:find(other_dir, 1, true), msg)
+            local ro = open(other_dir, { readonly = true })
+            assert.fails_with("INVALID", sm:create(ro))
+            ro:close()
+            assert.are.same({}, sm:list())
+            assert.are.same({}, snapshot_entries(sm:dir()))
+            assert.is_false(util.exists(other_dir .. "/.snapshots"))
+            other:close()
+            log:close()
+        end)
+
+        it("accepts the manager's log opened under another spelling of its path", function()
+            local log, sm = setup(20)
+            assert.is_true(util.sh("ln -s " .. util.q(dir) .. " " .. util.q(tmp .. "/link")))
+            for _, spelling in ipairs({ dir .. "/", tmp .. "/link", tmp .. "/../" .. tmp:match("[^/]+$") .. "/log" }) do
+                local ro = open(spelling, { readonly = true })
+                local s = ok(sm:create(ro))
+                assert.are.equal(20, s.high_water_mark, spelling)
+                ro:close()
+            end
+            assert.are.equal(3, #sm:list())
+            log:close()
+        end)
+    end)
+
+    describe("labels", function()
+        it("are stored and returned exactly, multibyte UTF-8 included", function()
+            local log, sm = setup(5)
+            local labels = { "nightly", "caf\195\169 \226\128\148 \230\151\165\230\156\172 \240\159\154\128",
+                             ("\206\169"):rep(127), "" }
+            local made = {}
+            for i, label in ipairs(labels) do
+                made[i] = ok(sm:create(log, { label = label }))
+                if label ~= "" then assert.are.equal(label, made[i].label) end
+                assert.are.equal(made[i].label, ok(sm:get(made[i].id)).label)
+            end
+            assert.are.equal(labels[2], manifest(made[2]).label)
+            sm:close()
+            local sm2 = manager(dir)
+            for i = 1, 3 do assert.are.equal(labels[i], ok(sm2:get(made[i].id)).label) end
+            log:close()
+        end)
+
+        it("that are not valid UTF-8 are refused with INVALID, and nothing is created", function()
+            local log, sm = setup(5)
+            local bad = {
+                "\255",                    -- never in UTF-8
+                "caf\195",                 -- a sequence cut short
+                "\192\175",               -- an overlong "/"
+                "\237\160\128",          -- a UTF-16 surrogate
+                "\244\144\128\128",     -- beyond U+10FFFF
+                "ok so far \128",          -- a lone continuation byte
+            }
+            for _, label in ipairs(bad) do
+                local msg = assert.fails_with("INVALID", sm:create(log, { label = label }))
+                assert.truthy(msg:find("label", 1, true), msg)
+            end
+            assert.are.same({}, sm:list())
+            assert.are.same({}, snapshot_entries(sm:dir()))
+            log:close()
+        end)
+    end)
+
+    describe("options read through __index (proxy tables)", function()
+        it("snapshot_manager takes dir and mode from a proxy", function()
+            local log = open(dir)
+            fill(log, 0, 29)
+            -- Longer than the strings Lua 5.4 interns: each lookup's copy
+            -- is its own, and the collector can free it.
+            local snap_dir = tmp .. "/snapshots-somewhere-else-given-by-a-proxy"
+            local sm = manager(dir, proxy({ dir = snap_dir, mode = "copy" }))
+            assert.are.equal(snap_dir, sm:dir())
+            local s = ok(sm:create(log))
+            assert.are.equal(snap_dir .. "/snapshot-" .. s.id, s.path)
+            assert.are.equal("copy", s.mode)
+            assert.is_true(util.is_dir(s.path))
+            assert.is_false(util.exists(dir .. "/.snapshots"))
+            log:close()
+        end)
+
+        it("create stores the label a proxy gives, exactly", function()
+            local log, sm = setup(10)
+            local label = "label made by __index: " .. ("\206\169"):rep(40)
+            local s = ok(sm:create(log, proxy({ label = label })))
+            assert.are.equal(label, s.label)
+            assert.are.equal(label, ok(sm:get(s.id)).label)
+            assert.are.equal(label, manifest(s).label)
+            log:close()
+        end)
+
+        it("restore and verify take their options from a proxy", function()
+            local log, sm = setup(30)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            log:close()
+            local calls = 0
+            assert.is_true(sm:verify(s.id, proxy({ progress = function() calls = calls + 1 end })))
+            assert.is_true(calls > 0, "verify never called the progress function")
+            assert.is_true(sm:restore(s.id, tmp .. "/restored", proxy({ upto_offset = 17 })))
+            assert_log_holds(tmp .. "/restored", want, 17)
+        end)
+    end)
+
+    describe("progress callbacks", function()
+        local CLOSE_SM = "attempt to close a takhin.SnapshotManager while one of its calls is in progress"
+        local CLOSE_LOG = "attempt to close a takhin.Log while a call using it is in progress"
+
+        -- Nothing half-made in the snapshot directory, and every snapshot
+        -- listed verifies.
+        local function assert_whole(sm)
+            for _, name in ipairs(snapshot_entries(sm:dir())) do
+                assert.is_nil(name:find("^%.tmp"), name)
+                assert.is_nil(name:find("^%.del"), name)
+            end
+            for _, snap in ipairs(sm:list()) do assert.is_true(sm:verify(snap.id)) end
+        end
+
+        -- Calls f under pcall; it must raise an error containing text.
+        local function raises_with(text, f)
+            local okay, err = pcall(f)
+            assert.is_false(okay, "expected an error: " .. text)
+            assert.truthy(tostring(err):find(text, 1, true), tostring(err))
+        end
+
+        it("that close the manager make create raise; the manager stays usable", function()
+            local log, sm = setup(60)
+            local calls = 0
+            raises_with(CLOSE_SM, function()
+                return sm:create(log, { progress = function() calls = calls + 1; sm:close() end })
+            end)
+            assert.is_true(calls > 0, "progress was never called")
+            assert.are.equal(dir .. "/.snapshots", sm:dir())
+            assert_whole(sm)
+            local s = ok(sm:create(log))
+            assert.is_true(sm:verify(s.id))
+            assert.is_true(sm:close())
+            log:close()
+        end)
+
+        it("that close the manager make restore raise; the manager stays usable", function()
+            local log, sm = setup(60)
+            local want = records_of(log)
+            local s = ok(sm:create(log))
+            log:close()
+            local target = tmp .. "/restored"
+            raises_with(CLOSE_SM, function()
+                return sm:restore(s.id, target, { progress = function() sm:close() end })
+            end)
+            assert_whole(sm)
+            -- The restore either finished or left nothing.
+            if util.exists(target) then assert_log_holds(target, want) end
+            for _, name in ipairs(util.ls(tmp)) do
+                assert.truthy(name == "log" or name == "restored", "left beside the target: " .. name)
+            end
+            assert.is_true(sm:restore(s.id, tmp .. "/again"))
+            assert_log_holds(tmp .. "/again", want)
+        end)
+
+        it("that close the manager make verify raise; the manager stays usable", function()
+            local log, sm = setup(60)
+            local s = ok(sm:create(log))
+            raises_with(CLOSE_SM, function()
+                return sm:verify(s.id, { progress = function() sm:close() end })
+            end)
+            assert.are.equal(1, #sm:list())
+            assert.is_true(sm:verify(s.id))
+            log:close()
+        end)
+
+        it("that close the log being snapshotted make create raise; the log stays usable", function()
+            local log, sm = setup(60)
+            raises_with(CLOSE_LOG, function()
+                return sm:create(log, { progress = function() log:close() end })
+            end)
+            assert_whole(sm)
+            assert.are.equal(60, log:append("k", "still open", 1))
+            assert.are.equal("still open", log:read(60).value)
+            local s = ok(sm:create(log))
+            assert.are.equal(61, s.high_water_mark)
+            assert.is_true(log:close())
+        end)
+
+        it("that drop every other reference and collect garbage are safe", function()
+            fill(open(dir), 0, 59)      -- a log of several segments, closed by the collector
+            collectgarbage(); collectgarbage()
+            local want
+            do
+                local log = open(dir)
+                want = records_of(log)
+                log:close()
+            end
+            local function drop_and_collect(h)
+                return function()
+                    h.sm, h.log = nil, nil
+                    collectgarbage(); collectgarbage()
+                end
+            end
+            local h = { sm = manager(dir), log = open(dir) }
+            local s = ok(h.sm:create(h.log, { progress = drop_and_collect(h) }))
+            h = { sm = manager(dir) }
+            assert.is_true(h.sm:verify(s.id, { progress = drop_and_collect(h) }))
+            h = { sm = manager(dir) }
+            assert.is_true(h.sm:restore(s.id, tmp .. "/restored", { progress = drop_and_collect(h) }))
+            collectgarbage(); collectgarbage()
+            -- The collected writer released its lock; the snapshot is whole.
+            local log = open(dir)
+            assert.are.equal(60, log:high_water_mark())
+            log:close()
+            local sm = manager(dir)
+            assert.are.same({ s.id }, ids_of(sm:list()))
+            assert.is_true(sm:verify(s.id))
+            assert_log_holds(tmp .. "/restored", want)
+        end)
+    end)
+
+    describe("a snapshot dated in the future (the clock stepped back after it)", function()
+        -- A snapshot whose manifest says it was taken a day from now, and
+        -- a manager that rebuilt its catalog from the manifests.
+        local function future_snapshot()
+            local log, sm = setup(20)
+            local future = ok(sm:create(log, { label = "future" }))
+            sm:close()
+            set_timestamps(dir .. "/.snapshots", { [future.id] = os.time() * 1000 + DAY })
+            sm = manager(dir)
+            assert.is_true(sm:get(future.id).timestamp > os.time() * 1000 + DAY - HOUR)
+            return log, sm, future
+        end
+
+        it("is listed after the snapshots made later: list is in creation order, by seq", function()
+            local log, sm, future = future_snapshot()
+            local a = ok(sm:create(log))
+            fill(log, 20, 29)
+            local b = ok(sm:create(log))
+            local list = sm:list()
+            assert.are.same({ b.id, a.id, future.id }, ids_of(list))
+            for _, snap in ipairs(list) do
+                assert.are.equal("integer", util.math_type(snap.seq), snap.id)
+            end
+            assert.is_true(list[1].seq > list[2].seq and list[2].seq > list[3].seq)
+            assert.are.equal(b.seq, list[1].seq)
+            assert.are.same(ids_of(list), catalog_ids(sm))
+            sm:close()
+            assert.are.same({ b.id, a.id, future.id }, ids_of(manager(dir):list()))
+            log:close()
+        end)
+
+        it("is not what latest returns once another snapshot is made", function()
+            local log, sm, future = future_snapshot()
+            assert.are.equal(future.id, ok(sm:latest()).id)
+            local a = ok(sm:create(log))
+            assert.are.equal(a.id, ok(sm:latest()).id)
+            local b = ok(sm:create(log))
+            assert.are.equal(b.id, ok(sm:latest()).id)
+            log:close()
+        end)
+
+        it("never makes cleanup delete the snapshot just taken", function()
+            local log, sm, future = future_snapshot()
+            local a = ok(sm:create(log))
+            assert.are.equal(0, (sm:cleanup()))
+            assert.are.same({ a.id, future.id }, ids_of(sm:list()))
+            local b = ok(sm:create(log))
+            assert.are.equal(0, (sm:cleanup()))
+            assert.are.same({ b.id, a.id, future.id }, ids_of(sm:list()))
+            -- Keeping one keeps the one made last.
+            assert.are.equal(2, (sm:cleanup({ max_snapshots = 1 })))
+            assert.are.same({ b.id }, ids_of(sm:list()))
+            assert.is_true(sm:verify(b.id))
+            log:close()
+        end)
+
+        it("does not make create with min_interval refuse TOO_SOON", function()
+            local log, sm, future = future_snapshot()
+            local a = ok(sm:create(log, { min_interval = "1h" }))
+            assert.are.same({ a.id, future.id }, ids_of(sm:list()))
+            -- The snapshot just made does count.
+            assert.fails_with("TOO_SOON", sm:create(log, { min_interval = "1h" }))
+            log:close()
         end)
     end)
 
@@ -675,6 +990,62 @@ describe("a snapshot manager", function()
                 assert.is_true(sm:verify(s.id))
             end)
 
+            -- The snapshot holds 60 records; the log is then cut to 20 and
+            -- written again with other bytes up to `upto`, read through a
+            -- read-only handle, and restored in place (no writer open).
+            -- Returns the read-only handle, the snapshot and its records.
+            local function restored_under(upto)
+                local log, sm = setup(60)
+                local want = records_of(log)
+                local s = ok(sm:create(log))
+                assert.is_true(log:truncate(20))
+                for o = 20, upto - 1 do
+                    assert.are.equal(o, log:append("other", "other bytes at " .. o, 5))
+                end
+                local ro = open(dir, { readonly = true })
+                assert.are.equal(upto, ro:high_water_mark())
+                for o = 0, upto - 1 do assert.are.equal(o, ro:read(o).offset) end
+                log:close()
+                assert.is_true(sm:restore(s.id, dir, { replace = true }))
+                return ro, s, want
+            end
+
+            for _, case in ipairs({ { "longer", 30 }, { "shorter", 120 } }) do
+                it("gives a read-only handle kept open across it the restored records (snapshot "
+                   .. case[1] .. " than the log)", function()
+                    local ro, s, want = restored_under(case[2])
+                    for _, w in ipairs(want) do
+                        local rec, msg, code = ro:read(w.offset)
+                        assert(rec, "read " .. w.offset .. ": " .. tostring(msg) .. " " .. tostring(code))
+                        assert.are.same(w, rec, "offset " .. w.offset)
+                    end
+                    assert.are.equal(s.high_water_mark, ro:high_water_mark())
+                    assert.are.equal(s.base_offset, ro:base_offset())
+                    assert.fails_with("OUT_OF_RANGE", ro:read(60))
+                    local n = 0
+                    for rec in ro:records() do
+                        n = n + 1
+                        assert.are.same(want[n], rec)
+                    end
+                    assert.are.equal(60, n)
+                    assert.are.equal(40, ro:offset_for_time(ts_for(40)))
+                    ro:close()
+                end)
+
+                it("gives a read-only handle kept open across it the snapshot's high water mark at once (snapshot "
+                   .. case[1] .. " than the log)", function()
+                    do return pending("engine bug: an in-place restore moves the generation in .state "
+                                      .. "(tk_state_invalidate) but leaves the old log's published "
+                                      .. "high water mark and base offset there, which high_water_mark() "
+                                      .. "returns until the handle reads") end
+                    local ro, s = restored_under(case[2])
+                    assert.are.equal(s.high_water_mark, ro:high_water_mark())
+                    assert.are.equal(s.base_offset, ro:base_offset())
+                    assert.are.equal(s.high_water_mark, ro:high_water_mark())
+                    ro:close()
+                end)
+            end
+
             it("replaces a closed log in place and keeps its snapshots", function()
                 local log, sm = setup(40)
                 local want = records_of(log)
@@ -748,6 +1119,23 @@ describe("a snapshot manager", function()
             after_each(function()
                 collectgarbage(); collectgarbage()
                 util.rmtree(shm)
+            end)
+
+            it("reports mode \"copy\" when every file was copied", function()
+                local log = open(dir)
+                fill(log, 0, 69)
+                if device(dir) == device(shm) then
+                    log:close()
+                    return pending("/dev/shm is on the same filesystem as " .. tmp)
+                end
+                local sm = manager(dir, { dir = shm })
+                local s = ok(sm:create(log))
+                assert.is_true(s.num_segments >= 3)
+                assert.are.equal("copy", s.mode)
+                assert.are.equal("copy", ok(sm:get(s.id)).mode)
+                assert.are.equal("copy", manifest(s).mode)
+                log:close()
+                sm:close()
             end)
 
             it("copies instead of linking, and the snapshot verifies and restores", function()
@@ -860,6 +1248,124 @@ describe("a snapshot manager", function()
         end
     end)
 
+    describe("a damaged manifest.json", function()
+        -- Three snapshots; the manifest of `which` (1 oldest .. 3 newest)
+        -- overwritten with garbage, snapshots.json removed; a new manager
+        -- rebuilds the catalog.  Returns the log, the manager, the
+        -- snapshots as create returned them and the damaged one.
+        local function damaged(which)
+            local log, sm = setup(40)
+            local made = {}
+            for i = 1, 3 do
+                made[i] = ok(sm:create(log, { label = "s" .. i }))
+                fill(log, 35 + i * 5, 39 + i * 5)
+            end
+            sm:close()
+            local bad = made[which]
+            util.write_file(bad.path .. "/manifest.json", "\0\255{ not json \1\2\3")
+            assert(os.remove(dir .. "/.snapshots/snapshots.json"))
+            return log, manager(dir), made, bad
+        end
+
+        -- Bytes of the regular files in a directory.
+        local function bytes_in(path)
+            local total = 0
+            for _, name in ipairs(util.ls(path)) do total = total + util.file_size(path .. "/" .. name) end
+            return total
+        end
+
+        it("leaves its snapshot listed, marked damaged, with what can still be known", function()
+            local log, sm, made, bad = damaged(2)
+            local list = sm:list()
+            assert.are.equal(3, #list)
+            local entry
+            for _, snap in ipairs(list) do
+                if snap.id == bad.id then entry = snap else assert.is_nil(snap.damaged, snap.id) end
+            end
+            assert.is_not_nil(entry, "the damaged snapshot is not listed")
+            assert.is_true(entry.damaged)
+            assert.are.equal(tonumber(bad.id:match("^(%d+)%-")), entry.timestamp)
+            assert.are.equal(bytes_in(bad.path), entry.total_size)
+            assert.are.equal(bad.path, entry.path)
+            local got = ok(sm:get(bad.id))
+            assert.is_true(got.damaged)
+            assert.are.equal(bad.id, got.id)
+            -- The healthy ones keep their order and their fields.
+            assert.are.same({ made[3].id, made[1].id }, (function()
+                local ids = {}
+                for _, snap in ipairs(list) do if not snap.damaged then ids[#ids + 1] = snap.id end end
+                return ids
+            end)())
+            assert.are.same(made[1], ok(sm:get(made[1].id)))
+            assert.are.equal(made[1].total_size + made[3].total_size + entry.total_size, sm:size())
+            log:close()
+        end)
+
+        it("makes verify and restore of its snapshot fail with CORRUPT, creating nothing", function()
+            local log, sm, _, bad = damaged(2)
+            local msg = assert.fails_with("CORRUPT", sm:verify(bad.id))
+            assert.truthy(msg:find(bad.id, 1, true), msg)
+            local target = tmp .. "/restored"
+            assert.fails_with("CORRUPT", sm:restore(bad.id, target))
+            assert.is_false(util.exists(target))
+            assert.are.same({ "log" }, util.ls(tmp))
+            log:close()
+        end)
+
+        it("is skipped by latest, even as the newest", function()
+            local log, sm, made = damaged(3)
+            assert.are.equal(made[2].id, ok(sm:latest()).id)
+            log:close()
+        end)
+
+        it("can be deleted by id", function()
+            local log, sm, made, bad = damaged(2)
+            assert.is_true(sm:delete(bad.id))
+            assert.is_false(util.exists(bad.path))
+            assert.fails_with("NOT_FOUND", sm:get(bad.id))
+            assert.are.same({ made[3].id, made[1].id }, ids_of(sm:list()))
+            assert.are.equal(made[1].total_size + made[3].total_size, sm:size())
+            log:close()
+        end)
+
+        it("is deleted by cleanup, even under a policy that keeps everything", function()
+            for _, rules in ipairs({ { max_snapshots = 100 }, { keep_last = 100 }, {}, "defaults" }) do
+                local log, sm, made, bad = damaged(2)
+                local n = sm:cleanup(rules ~= "defaults" and rules or nil)
+                assert.are.equal(1, n)
+                assert.is_false(util.exists(bad.path))
+                assert.are.same({ made[3].id, made[1].id }, ids_of(sm:list()))
+                assert.are.same({ made[3].id, made[1].id }, catalog_ids(sm))
+                log:close()
+                sm:close()
+                util.rmtree(tmp)
+                tmp = util.tmpdir()
+                dir = tmp .. "/log"
+            end
+        end)
+    end)
+
+    describe("a manifest of another format", function()
+        it("makes verify and restore fail with CORRUPT saying the format is not supported", function()
+            local log, sm = setup(30)
+            local s = ok(sm:create(log))
+            log:close()
+            local path = s.path .. "/manifest.json"
+            local text, n = util.read_file(path):gsub('("format"%s*:%s*)1', "%12")
+            assert.are.equal(1, n)
+            util.write_file(path, text)
+            for _, call in ipairs({
+                function() return sm:verify(s.id) end,
+                function() return sm:restore(s.id, tmp .. "/restored") end,
+            }) do
+                local msg = assert.fails_with("CORRUPT", call())
+                assert.truthy(msg:find("format 2", 1, true), msg)
+                assert.truthy(msg:find("not supported", 1, true), msg)
+            end
+            assert.is_false(util.exists(tmp .. "/restored"))
+        end)
+    end)
+
     describe("bad input", function()
         local BAD_IDS = { "a/b", "/", "/etc", "..", "../x", "a..b", ".hidden", "", ("x"):rep(64), "a b" }
 
@@ -969,6 +1475,36 @@ describe("a snapshot manager", function()
             local okay, err = pcall(sm.verify, sm, s.id, { progres = function() end })
             assert.is_false(okay, "verify accepted the option 'progres'")
             assert.truthy(tostring(err):find("unknown option", 1, true), tostring(err))
+        end)
+
+        it("refuses the log's own directory as the snapshot directory with INVALID naming it", function()
+            -- It used to take the log's .lock as its own and hang with the
+            -- writer open in the same process: the child is bounded.
+            local log = open(dir)
+            fill(log, 0, 4)
+            log:close()
+            assert.is_true(util.sh("ln -s " .. util.q(dir) .. " " .. util.q(tmp .. "/link")))
+            local child = [[
+                local takhin = require("takhin")
+                local dir, snap_dir = arg[1], arg[2]
+                local log = assert(takhin.open_log({ dir = dir }))
+                local sm, msg, code = takhin.snapshot_manager(dir, { dir = snap_dir })
+                io.write(tostring(sm), "\n", tostring(msg), "\n", tostring(code), "\n")
+                log:close()
+            ]]
+            for _, snap_dir in ipairs({ dir, dir .. "/", tmp .. "/link" }) do
+                local pid, out = util.spawn_lua(tmp, child, { dir, snap_dir })
+                local finished = util.wait_exit(pid, 1000)
+                util.stop(pid)
+                assert.is_true(finished, "snapshot_manager hung with snapshot dir " .. snap_dir)
+                local text = util.read_file(out)
+                local sm, msg, code = text:match("^([^\n]*)\n([^\n]*)\n([^\n]*)\n$")
+                assert.are.equal("nil", sm, text)
+                assert.are.equal("INVALID", code, text)
+                assert.truthy(msg:find(snap_dir, 1, true), msg)
+            end
+            assert.is_false(util.exists(dir .. "/snapshots.json"))
+            assert.is_false(util.exists(dir .. "/.snapshots"))
         end)
 
         it("reports a missing log directory with NOT_FOUND and a bad mode with INVALID", function()
