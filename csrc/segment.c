@@ -187,14 +187,17 @@ tk_code tk_seg_load_index(const char *dir, tk_segment *s, uint64_t log_size,
     s->idx_n = s->ix.n;
     s->crc_known = 0;
     if (r && sealed) {
-        if (s->base + (int64_t)seal.last_rel + 1 != s->next) *whole = 0;
+        /* The records the .log holds end at held; below next only when
+         * the segment after this one is missing. */
+        int64_t held = log_size > 0 ? s->base + (int64_t)seal.last_rel + 1 : s->base;
+        if (held > s->next) *whole = 0;
         if (log_size > 0 && seal.max_ts == TK_TS_NONE) *whole = 0;
         if (seal.log_size != log_size) *whole = 0;
         if (*whole) {
             s->max_ts = seal.max_ts;
             s->log_crc = seal.log_crc;
             s->crc_known = 1;
-            s->held = s->next;
+            s->held = held;
         }
     }
     return TK_OK;
@@ -589,7 +592,10 @@ static tk_code replace_index_file(const char *dir, int64_t base, tk_ext ext,
 
 static void make_seal(const tk_segment *s, tk_seal *seal) {
     seal->max_ts = s->max_ts;
-    seal->last_rel = s->next > s->base ? (uint32_t)(s->next - 1 - s->base) : 0;
+    /* held, not next: when the following segment is missing, next is its
+     * base while this .log ends earlier, and the trailer must not claim
+     * offsets this segment does not hold. */
+    seal->last_rel = s->held > s->base ? (uint32_t)(s->held - 1 - s->base) : 0;
     seal->log_size = (uint32_t)s->size;
     seal->log_crc = s->log_crc;
 }

@@ -436,9 +436,6 @@ describe("a log being opened", function()
     end)
 
     it("reports the offsets of a missing middle segment CORRUPT naming its file, to a read-only handle next to a writer", function()
-        do return pending("engine bug: a read-only handle that joins the state a writer published "
-                          .. "after opening a log with a missing middle segment reports offsets 5..9 as "
-                          .. "\"damaged record header at byte 445 of .../00000000000000000000.log\"") end
         local dir = tmp .. "/log"
         local missing = log_missing_middle(dir)
         local log = open(with(FOPTS, dir))

@@ -249,8 +249,8 @@ static void test_snapshots(void) {
     a = tk_snap_get(mgr, "1600000000000-deadbeef", &got, &e);
     b = tk_snap_get(mgr, "1600000000000-deadbeef", &got, NULL);
     expect("tk_snap_get of an unknown id", TK_NOT_FOUND, a, &e, b);
-    a = tk_snap_verify(mgr, "1600000000000-deadbeef", NULL, NULL, &e);
-    b = tk_snap_verify(mgr, "1600000000000-deadbeef", NULL, NULL, NULL);
+    a = tk_snap_verify(mgr, "1600000000000-deadbeef", NULL, &e);
+    b = tk_snap_verify(mgr, "1600000000000-deadbeef", NULL, NULL);
     expect("tk_snap_verify of an unknown id", TK_NOT_FOUND, a, &e, b);
     a = tk_snap_delete(mgr, "1600000000000-deadbeef", &e);
     b = tk_snap_delete(mgr, "1600000000000-deadbeef", NULL);
@@ -284,8 +284,8 @@ static void test_snapshots(void) {
     } else {
         ok(0, "tk_snap_path with err == NULL");
     }
-    a = tk_snap_verify(mgr, snap.id, NULL, NULL, &e);
-    b = tk_snap_verify(mgr, snap.id, NULL, NULL, NULL);
+    a = tk_snap_verify(mgr, snap.id, NULL, &e);
+    b = tk_snap_verify(mgr, snap.id, NULL, NULL);
     expect("tk_snap_verify of a snapshot with a flipped byte", TK_CORRUPT, a, &e, b);
     a = tk_snap_restore(mgr, snap.id, path_of(target, "r-corrupt"), &ro, &e);
     b = tk_snap_restore(mgr, snap.id, target, &ro, NULL);
