@@ -6,7 +6,10 @@
 -- that runs the spec, lua5.4 or LuaJIT, reading the same files): every
 -- acknowledged append is in the log, offsets are exactly 0..N-1, every
 -- snapshot verifies and is a prefix of the log, the scheduler's snapshots
--- all come from one worker, and the error log is clean.
+-- all come from one worker, and the error log is clean.  A second test
+-- drains a cursor through POST /drain while the workers append and one
+-- of them is killed with SIGKILL: every acknowledged append is drained at
+-- least once, none is skipped.
 --
 -- Pending when nginx, its Lua module (with NDK) or lua-resty-core is not
 -- installed, or curl is missing (scripts/deps.sh installs them).  Builds
