@@ -349,12 +349,21 @@ describe("delete_before", function()
         log:delete_before(25)
         assert.are.equal(30, log:offset_for_time(1700000000000 + 30))
         assert.are.equal(45, log:offset_for_time(1700000000000 + 99))
+        local sm = assert(takhin.snapshot_manager(dir))
+        local snap = assert(sm:create(log))
         engine_bug("offset_for_time returns an offset below base_offset() when the log start "
-                   .. "is inside a segment (csrc/log.c time_fn searches from the segment's base)",
+                   .. "is inside a segment (csrc/log.c time_fn searches from the segment's base); "
+                   .. "so a restore with upto_timestamp of such a snapshot fails (truncate OUT_OF_RANGE)",
                    function()
             assert.are.equal(25, log:offset_for_time(0), "every record left is at or after ts 0")
             assert.are.equal(25, log:offset_for_time(1700000000000 + 22))
+            -- every record of the snapshot is after the time: none is restored
+            assert(sm:restore(snap.id, tmp .. "/upto", { upto_timestamp = 1700000000000 + 22 }))
+            local r = open(tmp .. "/upto", { readonly = true })
+            assert.are.same({ 25, 25 }, { r:base_offset(), r:high_water_mark() })
+            r:close()
         end)
+        sm:close()
         log:close()
     end)
 
