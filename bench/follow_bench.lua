@@ -380,7 +380,10 @@ end
 
 local function read_latencies(path)
     local t = {}
-    for line in io.lines(path) do t[#t + 1] = tonumber(line) end
+    local f = io.open(path, "r")
+    if not f then return t end
+    for line in f:lines() do t[#t + 1] = tonumber(line) end
+    f:close()
     return t
 end
 
@@ -405,7 +408,8 @@ local function wake_run(waiter, wargs, writer, targs, out)
     end
     local lat = read_latencies(out)
     if #lat ~= WAKEUPS then
-        error("the waiter measured " .. #lat .. " wake-ups:\n" .. C.read_file(wout) .. C.read_file(tout))
+        error("the waiter measured " .. #lat .. " wake-ups; waiter:\n" .. C.read_file(wout)
+              .. "\nwriter:\n" .. C.read_file(tout))
     end
     return lat
 end
