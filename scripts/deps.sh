@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages takhin needs to build, test and bench.
 # As root, missing packages are installed; otherwise the command is printed.
-PKGS="build-essential lua5.4 liblua5.4-dev lua-busted lua-cjson lua-sql-sqlite3 libjansson-dev nginx libnginx-mod-http-lua libluajit2-5.1-dev luajit2 lua-resty-core curl"
+PKGS="build-essential lua5.4 liblua5.4-dev lua-busted lua-cjson lua-sql-sqlite3 libjansson-dev nginx libnginx-mod-http-lua libluajit2-5.1-dev luajit2 lua-resty-core curl redis-server lua-socket"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -12,9 +12,12 @@ if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null && apt-get install -y -qq $missing >/dev/null || {
         echo "deps: apt-get install$missing failed" >&2; exit 1; }
-    # Debian's nginx package starts a system nginx on port 80; the specs
-    # start their own (spec/openresty_spec.lua), so stop the one we installed.
+    # Debian's nginx and redis-server packages start system services (ports
+    # 80 and 6379); the specs and the benches start their own
+    # (spec/openresty_spec.lua, bench/follow_bench.lua), so stop the ones
+    # we installed.
     case " $missing " in *" nginx "*) service nginx stop >/dev/null 2>&1 || true ;; esac
+    case " $missing " in *" redis-server "*) service redis-server stop >/dev/null 2>&1 || true ;; esac
 else
     echo "deps: missing packages; run as root:" >&2
     echo "    apt-get update && apt-get install -y$missing" >&2

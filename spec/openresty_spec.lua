@@ -6,7 +6,10 @@
 -- that runs the spec, lua5.4 or LuaJIT, reading the same files): every
 -- acknowledged append is in the log, offsets are exactly 0..N-1, every
 -- snapshot verifies and is a prefix of the log, the scheduler's snapshots
--- all come from one worker, and the error log is clean.
+-- all come from one worker, and the error log is clean.  A second test
+-- drains a cursor through POST /drain while the workers append and one
+-- of them is killed with SIGKILL: every acknowledged append is drained at
+-- least once, none is skipped.
 --
 -- Pending when nginx, its Lua module (with NDK) or lua-resty-core is not
 -- installed, or curl is missing (scripts/deps.sh installs them).  Builds
@@ -192,14 +195,18 @@ local function curl_quote(s)
 end
 
 -- Writes a curl config that sends `reqs` one after another on one
--- keep-alive connection, each answer followed by "\n@@ CODE URL\n".
-local function write_curl_config(path, port, reqs)
+-- keep-alive connection (with `close`: a new connection each, so that
+-- reuseport spreads them over the workers; with `rate`, e.g. "150/s", no
+-- faster than that), each answer followed by "\n@@ CODE URL\n".
+local function write_curl_config(path, port, reqs, close, rate)
     local out = {}
+    if rate then out[#out + 1] = "rate = " .. curl_quote(rate) end
     for k, r in ipairs(reqs) do
         if k > 1 then out[#out + 1] = "next" end
         out[#out + 1] = "url = " .. curl_quote("http://127.0.0.1:" .. port .. r.path)
         out[#out + 1] = "data-binary = " .. curl_quote(r.value)
         out[#out + 1] = 'header = "Expect:"'
+        if close then out[#out + 1] = 'header = "Connection: close"' end
         out[#out + 1] = 'write-out = "\\n@@ %{http_code} %{url_effective}\\n"'
     end
     util.write_file(path, table.concat(out, "\n") .. "\n")
@@ -376,16 +383,20 @@ describe("takhin in nginx (OpenResty style)", function()
         error("nginx did not start:\n" .. tostring(last_err) .. tail(prefix .. "/error.log"))
     end
 
+    -- The LuaJIT build of the module (incremental: nothing to do when up to date).
+    local function build_luajit()
+        local build_out = util.capture(ENV .. "make -s -C " .. q(root) .. " luajit 2>&1; echo \"rc=$?\"")
+        assert(build_out:match("rc=0%s*$"), "make luajit failed:\n" .. build_out)
+        assert(util.exists(root .. "/build/luajit/takhin/core.so"), "make luajit made no core.so")
+    end
+
     it("serves >= 10,000 concurrent appends from several workers into one log, with snapshots",
        function()
         if not env then
             pending("skipped: " .. why)
             return
         end
-        -- The LuaJIT build of the module (incremental: nothing to do when up to date).
-        local build_out = util.capture(ENV .. "make -s -C " .. q(root) .. " luajit 2>&1; echo \"rc=$?\"")
-        assert(build_out:match("rc=0%s*$"), "make luajit failed:\n" .. build_out)
-        assert(util.exists(root .. "/build/luajit/takhin/core.so"), "make luajit made no core.so")
+        build_luajit()
 
         local data_dir, restore_dir = tmp .. "/data", tmp .. "/restored"
         start_nginx({ workers = WORKERS, data_dir = data_dir, restore_dir = restore_dir,
@@ -657,5 +668,154 @@ describe("takhin in nginx (OpenResty style)", function()
                .. "%d through POST /snapshot at %s), %d segments")
               :format(N, table.concat(wl, ", "), #list, n_sched, schedulers[1], n_api,
                       table.concat(cuts, ", "), #util.ls_suffix(data_dir, ".log")))
+    end)
+
+    -- POST /drain (a spool's consumer, handler.lua): a client drains cursor
+    -- "spool" over and over while 6 curl clients append through both
+    -- workers; midway one worker is killed with SIGKILL and nginx starts
+    -- another.  At the end every acknowledged append was drained at least
+    -- once, with its key and value, and no drain ever began past what the
+    -- drains before it had delivered.
+    it("drains every acknowledged append at least once while a worker is killed", function()
+        if not env then
+            pending("skipped: " .. why)
+            return
+        end
+        build_luajit()
+        local data_dir = tmp .. "/data"
+        start_nginx({ workers = 2, data_dir = data_dir, restore_dir = tmp .. "/restored",
+                      max_segment_size = 64 * 1024, snapshot_interval = "off" })
+        local port = server.port
+        local D_CLIENTS, D_PER = 6, 250
+        local sent = {}
+        for c = 1, D_CLIENTS do
+            local reqs = {}
+            for i = 1, D_PER do reqs[i] = request_for(c, i) end
+            sent[c] = reqs
+            write_curl_config(tmp .. "/drain-client" .. c .. ".curl", port, reqs, true, "150/s")
+        end
+        for c = 1, D_CLIENTS do
+            curls[c] = spawn_curl(tmp, "drain-client" .. c, tmp .. "/drain-client" .. c .. ".curl")
+        end
+        local function all_done()
+            for _, cl in ipairs(curls) do
+                if not util.exists(cl.rc) then return false end
+            end
+            return true
+        end
+
+        -- The drainer.  delivered: what the drains answered so far, as a
+        -- prefix [0, upto) of the log: a drain that began past it skipped.
+        local drained, upto, drains, repeats, failed = {}, 0, 0, 0, 0
+        local function drain()
+            local status, body = http(port, "POST", "/drain?cursor=spool&max=50")
+            if status == 0 then failed = failed + 1; return nil end   -- the worker died under it
+            assert.are.equal(200, status, "POST /drain: " .. body)
+            local d = cjson.decode(body)
+            drains = drains + 1
+            assert.are.equal("spool", d.cursor)
+            assert.are.equal(0, d.lost)
+            assert(d.from <= upto, ("a drain began at %d, past %d, all that was delivered"):format(d.from, upto))
+            if d.from < upto then repeats = repeats + 1 end
+            assert.are.equal(d.next - d.from, #d.records, body)
+            for k, rec in ipairs(d.records) do
+                assert.are.equal(d.from + k - 1, rec.offset)
+                local v = { key = rec.key ~= cjson.null and rec.key or nil, value = rec.value }
+                local before = drained[rec.offset]
+                if before then
+                    assert.are.same(before, v, "offset " .. rec.offset .. " drained twice, differently")
+                end
+                drained[rec.offset] = v
+            end
+            if d.next > upto then upto = d.next end
+            return d
+        end
+
+        local total = D_CLIENTS * D_PER
+        local killed, replaced, during_load
+        for _ = 1, 3000 do                         -- bounded: >= 3000 * 10 ms
+            if all_done() and killed then break end
+            local d = drain()
+            if not killed and d and d.high_water_mark >= total / 2 then
+                local workers = children_of(server.master)
+                killed = workers[1]
+                during_load = not all_done()
+                util.kill9(killed)
+                assert.is_true(util.wait_exit(killed), "the worker did not die")
+                -- nginx starts another in its place
+                replaced = util.wait_until(function()
+                    local now = children_of(server.master)
+                    if #now < 2 then return false end
+                    for _, w in ipairs(now) do if w == killed then return false end end
+                    return now
+                end, 1000)
+                assert(replaced, "nginx did not replace the killed worker")
+            end
+            util.nap(0.01)
+        end
+        assert.is_true(all_done(), "the curl clients did not finish")
+        assert(killed and during_load, "the load ended before the drains saw half of it in: "
+               .. "no worker was killed while the workers took appends")
+        server.workers = replaced
+
+        -- What the clients were told: every 200 carries an offset; a
+        -- request the dead worker never answered has no status.
+        local acks, workers_seen, lost = {}, {}, 0
+        for c = 1, D_CLIENTS do
+            local answers = parse_answers(curls[c].out)
+            assert.are.equal(D_PER, #answers, "client " .. c .. ": answers")
+            for k, a in ipairs(answers) do
+                if a.status == 0 then
+                    lost = lost + 1
+                else
+                    assert.are.equal(200, a.status, "client " .. c .. " " .. sent[c][k].path .. ": " .. a.body)
+                    local off = json_int(a.body, "offset")
+                    acks[#acks + 1] = { offset = off, req = sent[c][k] }
+                    workers_seen[json_int(a.body, "worker")] = true
+                end
+            end
+        end
+        assert.is_true(lost <= D_CLIENTS, lost .. " appends unanswered")
+        assert.is_true(workers_seen[0] and workers_seen[1], "both workers took appends")
+
+        -- Drain what is left: until a drain answers nothing new at the end.
+        local st, info = http(port, "GET", "/info")
+        assert.are.equal(200, st, info)
+        local hwm = json_int(info, "high_water_mark")
+        assert.is_true(hwm >= #acks)
+        local tail_ok = util.wait_until(function()
+            local d = drain()
+            return d and d.from == hwm and #d.records == 0
+        end, 500)
+        assert(tail_ok, "the drains never caught up with " .. hwm)
+
+        -- Every acknowledged append was drained, as it was sent ...
+        for _, a in ipairs(acks) do
+            local d = drained[a.offset]
+            assert(d, "acknowledged offset " .. a.offset .. " (" .. a.req.name .. ") was never drained")
+            assert(d.key == a.req.key and d.value == a.req.value, "offset " .. a.offset .. " drained "
+                   .. "something other than " .. a.req.name)
+        end
+        -- ... and so was every other record of the log: none skipped.
+        assert.is_true(stop_nginx(), "nginx did not stop on SIGQUIT")
+        local log = assert(takhin.open_log({ dir = data_dir, readonly = true }))
+        assert.are.equal(hwm, log:high_water_mark())
+        for rec in log:records(0, hwm) do
+            local d = drained[rec.offset]
+            assert(d, "offset " .. rec.offset .. " was skipped")
+            assert(d.value == rec.value and d.key == rec.key, "offset " .. rec.offset .. " drained differently")
+        end
+        assert.are.equal(hwm, log:committed("spool"))
+        log:close()
+
+        -- The error log: nothing but the master's word about the killed worker.
+        local bad = {}
+        for _, line in ipairs(error_lines(server.error_log)) do
+            if not line:find("exited on signal 9", 1, true) then bad[#bad + 1] = line end
+        end
+        assert.are.equal(0, #bad, "error log:\n" .. table.concat(bad, "\n"))
+        print(("\n# openresty drain: %d appends acknowledged (%d unanswered when worker %d was killed), "
+               .. "%d records, %d drains (%d began again below what was delivered, %d unanswered)")
+              :format(#acks, lost, killed, hwm, drains, repeats, failed))
     end)
 end)

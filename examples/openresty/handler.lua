@@ -10,6 +10,7 @@
 --   GET  /snapshots                             -> {"snapshots":[...]}  (newest first)
 --   POST /restore?id=ID&target=NAME             -> {"id":...,"target":DIR,"high_water_mark":N}
 --   GET  /info                                  -> {"worker":W,"pid":P,"high_water_mark":N,...}
+--   POST /drain?cursor=NAME&max=N               -> {"cursor":NAME,"from":F,"next":T,"records":[...],...}
 --
 -- Errors: HTTP 4xx/5xx with {"error":"message","code":"CODE"}, CODE being
 -- takhin's code (NOT_FOUND, OUT_OF_RANGE, INVALID, ...) or one of
@@ -28,6 +29,14 @@
 -- never through a float formatter: under LuaJIT they are doubles, exact up
 -- to 2^53, and %d prints them exactly.  Keys and values that are not valid
 -- UTF-8 are returned base64-encoded as "key_base64" / "value_base64".
+--
+-- POST /drain is a spool's consumer: it answers the records from cursor
+-- NAME's committed offset on, and commits the cursor past them only
+-- after the answer is out (ngx.eof), with expect = the offset it read the
+-- cursor as.  A worker that dies before that leaves the cursor where it
+-- was, so the next drain answers the same records again: every record
+-- is delivered at least once, none is skipped, and two drains of one
+-- cursor at once never both move it.
 --
 -- All takhin calls block the worker while they run (appends wait for the
 -- directory lock; a snapshot copies the active segment).  That is fine for
@@ -127,8 +136,8 @@ end
 
 local STATUS = {
     INVALID = 400, NOT_FOUND = 404, OUT_OF_RANGE = 404, METHOD_NOT_ALLOWED = 405,
-    EXISTS = 409, NOT_EMPTY = 409, TOO_SOON = 429, READONLY = 403,
-    LOCKED = 503, UNAVAILABLE = 503, NOSPC = 507,
+    EXISTS = 409, NOT_EMPTY = 409, CONFLICT = 409, TOO_SOON = 429, READONLY = 403,
+    LOCKED = 503, UNAVAILABLE = 503, NOSPC = 507, FULL = 507,
     CORRUPT = 500, IO = 500, NOMEM = 500, INTERNAL = 500,
 }
 
@@ -230,6 +239,15 @@ function M.append()
     return send(200, '{"offset":' .. int(off) .. ',"worker":' .. int(state.worker) .. '}')
 end
 
+local function record_json(rec)
+    return "{" .. table.concat({
+        '"offset":' .. int(rec.offset),
+        '"timestamp":' .. int(rec.timestamp),
+        bytes_field("key", rec.key),
+        bytes_field("value", rec.value),
+    }, ",") .. "}"
+end
+
 -- GET /read?offset=N
 function M.read()
     if not method("GET") or not ready() then return end
@@ -237,12 +255,84 @@ function M.read()
     if not off then return end
     local rec, msg, code = call(state.log, "read", off)
     if not rec then return fail(code, msg) end
-    return send(200, "{" .. table.concat({
-        '"offset":' .. int(rec.offset),
-        '"timestamp":' .. int(rec.timestamp),
-        bytes_field("key", rec.key),
-        bytes_field("value", rec.value),
-    }, ",") .. "}")
+    return send(200, record_json(rec))
+end
+
+local DRAIN_DEFAULT, DRAIN_MAX = 100, 1000
+
+-- The records [from, to) as JSON objects, or nil, msg, code.
+local function records_json(from, to)
+    local out = {}
+    local ok, err = pcall(function()
+        for rec in state.log:records(from, to) do out[#out + 1] = record_json(rec) end
+    end)
+    if not ok then
+        local code = tostring(err):match("%(([%u_]+)%)%s*$") or "INTERNAL"
+        return nil, tostring(err), code
+    end
+    return out
+end
+
+-- POST /drain?cursor=NAME&max=N (N: 1..1000, default 100).  The answer:
+--   {"cursor":NAME,"from":F,"next":T,"high_water_mark":H,"lost":L,"records":[...]}
+-- records [F, T), each as GET /read gives it.  F is the cursor's committed
+-- offset (the log's base offset when never committed); L counts the
+-- records retention deleted before the cursor got to them (F is then the
+-- base offset).  After the answer is sent the cursor is committed to T
+-- with expect = the committed value read; a CONFLICT (another drain of
+-- NAME moved it first) only means those records may come again.
+function M.drain()
+    if not method("POST") or not ready() then return end
+    local args = ngx.req.get_uri_args()
+    local name, max = arg(args, "cursor"), arg(args, "max")
+    if name == false or max == false then return end
+    if not name then return fail("INVALID", "query argument 'cursor' is required") end
+    if max == nil then
+        max = DRAIN_DEFAULT
+    elseif not max:match("^%d+$") or #max > 4 or tonumber(max) < 1 or tonumber(max) > DRAIN_MAX then
+        return fail("INVALID", fmt("max must be an integer in 1..%d, not '%s'", DRAIN_MAX, max))
+    else
+        max = tonumber(max)
+    end
+    local log = state.log
+    local committed, msg, code = call(log, "committed", name)
+    if committed == nil and msg then return fail(code, msg) end
+    local base, hwm = log:base_offset(), log:high_water_mark()
+    local from, lost = committed or base, 0
+    if from < base then from, lost = base, base - from end
+    local to = math.min(hwm, from + max)
+    local recs
+    recs, msg, code = records_json(from, to)
+    if not recs then return fail(code, msg) end
+    ngx.status = 200
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print("{", table.concat({
+        '"cursor":' .. json_string(name),
+        '"from":' .. int(from),
+        '"next":' .. int(to),
+        '"high_water_mark":' .. int(hwm),
+        '"lost":' .. int(lost),
+        '"worker":' .. int(state.worker),
+        '"records":[' .. table.concat(recs, ",") .. "]",
+    }, ","), "}\n")
+    -- The answer is out; only now may the cursor move past it.
+    local sent, eof_err = ngx.eof()
+    if not sent then
+        ngx.log(ngx.INFO, "takhin: drain ", name, ": the answer was not sent (", tostring(eof_err),
+                "); the cursor stays at ", int(from))
+        return
+    end
+    if to == committed then return end                  -- nothing new, nothing lost
+    local expect = committed
+    if expect == nil then expect = false end
+    local ok
+    ok, msg, code = call(log, "commit", name, to, { expect = expect })
+    if ok then return end
+    if code == "CONFLICT" then
+        ngx.log(ngx.INFO, "takhin: drain ", name, ": ", msg)
+    else
+        ngx.log(ngx.ERR, "takhin: drain ", name, ": commit: ", code, ": ", tostring(msg))
+    end
 end
 
 -- POST /snapshot: a point-in-time snapshot of the log as it is now.
