@@ -115,6 +115,7 @@ struct tk_iter {
 static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err);
 static tk_code refresh_private(tk_log *log, tk_err *err);
 static tk_code retention_locked(tk_log *log, size_t *deleted, tk_err *err);
+static void evict_fds(tk_log *log);
 static tk_code start_syncer(tk_log *log, tk_err *err);
 static void stop_syncer(tk_log *log);
 
@@ -461,6 +462,9 @@ static tk_code load_listed(tk_log *log, const int64_t *bases, size_t n, int64_t 
     for (size_t i = 0; i < last && rc == TK_OK; i++) {
         tk_segment *s;
         if (bases[i] < from) continue;
+        /* Wholly below the published start: retention may be removing
+         * its files this moment, and no read may reach it. */
+        if (l && i + 1 < last && bases[i + 1] <= l->start) continue;
         if (!(s = tk_seg_new(bases[i], &log->fds)) || push_segment(log, s) < 0) {
             tk_seg_free(s);
             return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
@@ -468,6 +472,7 @@ static tk_code load_listed(tk_log *log, const int64_t *bases, size_t n, int64_t 
         if (i + 1 < last) {
             s->next = bases[i + 1];
             rc = load_sealed(log, s, writer, err);
+            if (rc == TK_NOT_FOUND) rc = TK_RETRY;      /* removed since the listing */
         } else {
             rc = l ? adopt_active(log, s, l, writer, err) : recover_active(log, s, writer, err);
         }
@@ -491,14 +496,33 @@ static int64_t read_start(const tk_log *log) {
     return v;
 }
 
+static void remove_segment_files(const tk_log *log, int64_t base);
+
 /* After the segments are loaded: the start offset -- the layout's, or the
  * one .start keeps, never below the first segment nor past the end -- and
- * the bytes of the sealed segments. */
-static void settle_view(tk_log *log, const tk_layout *l) {
+ * the bytes of the sealed segments.  Segments wholly below the start are
+ * dropped from the view; with remove (a writer loading from the files,
+ * under the lock) their files are removed too: what a retention pass
+ * that was killed left behind. */
+static void settle_view(tk_log *log, const tk_layout *l, int remove) {
     int64_t first = log->segs[0]->base, hwm = hwm_locked(log);
     int64_t start = l ? l->start : read_start(log);
+    size_t k = 0;
     if (start < first) start = first;
     if (start > hwm) start = hwm;
+    while (k + 1 < log->nsegs && log->segs[k]->next <= start) {
+        if (remove) remove_segment_files(log, log->segs[k]->base);
+        tk_seg_free(log->segs[k++]);
+    }
+    if (k > 0) {
+        memmove(log->segs, log->segs + k, (log->nsegs - k) * sizeof *log->segs);
+        log->nsegs -= k;
+        if (remove && durable(log)) tk_fsync_dir(log->dir);
+    }
+    if (remove && start == log->segs[0]->base && start > 0) {
+        char path[PATH_MAX];
+        if (tk_path_join(path, sizeof path, log->dir, TK_START_FILE) == 0) unlink(path);
+    }
     log->start = start;
     log->sealed_bytes = 0;
     for (size_t i = 0; i + 1 < log->nsegs; i++) log->sealed_bytes += log->segs[i]->size;
@@ -525,13 +549,13 @@ static tk_code load_view(tk_log *log, const tk_layout *l, int writer, tk_err *er
             tk_seg_free(s);
             return tk_fail(err, TK_NOMEM, "open %s: out of memory", log->dir);
         }
-        settle_view(log, l);
+        settle_view(log, l, 0);
         return TK_OK;
     }
     rc = load_listed(log, bases, n, INT64_MIN, l, writer, err);
     free(bases);
     if (rc == TK_OK && log->nsegs == 0) rc = TK_RETRY;
-    if (rc == TK_OK) settle_view(log, l);
+    if (rc == TK_OK) settle_view(log, l, writer && !l);
     return rc;
 }
 
@@ -547,7 +571,7 @@ static tk_code reload_from(tk_log *log, size_t k, const tk_layout *l, int writer
     rc = load_listed(log, bases, n, from, l, writer, err);
     free(bases);
     if (rc == TK_OK && log->nsegs == k) rc = TK_RETRY;
-    if (rc == TK_OK) settle_view(log, l);
+    if (rc == TK_OK) settle_view(log, l, 0);
     return rc;
 }
 
@@ -930,6 +954,10 @@ static tk_code roll(tk_log *log, tk_err *err) {
         pthread_rwlock_wrlock(&log->rw);
         pushed = push_segment(log, s) == 0;
         if (pushed) {
+            /* Its descriptor stays open read-write for readers in pread on
+             * it now, but it is a sealed segment's like any other: the fd
+             * cache may close it (evict_fds). */
+            old->writable = 0;
             log->sealed_bytes += old->size;
             publish(log);
         }
@@ -1279,6 +1307,7 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         log->wcap = 0;
     }
     pthread_mutex_unlock(&log->wmu);
+    evict_fds(log);                         /* a roll may have left one more open */
     if (rc == TK_OK) {
         uint64_t bytes = 0;
         for (size_t i = 0; i < n; i++)
@@ -1374,6 +1403,30 @@ static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     return rc;
 }
 
+static tk_code writable_cursors(tk_log *log, tk_err *err);
+
+/* After a truncate: a cursor past the new end now names it (its consumer
+ * has read everything the log still holds).  Caller holds wmu and the
+ * lock.  A crash before this leaves such a cursor behind; commit then
+ * takes the end as its value. */
+static tk_code clamp_cursors(tk_log *log, int64_t end, tk_err *err) {
+    tk_cursor_info *all;
+    size_t n;
+    tk_code rc = TK_OK;
+    tk_cursors_refresh(log->dir, &log->cur);
+    if ((n = tk_cursors_list(&log->cur, NULL, 0)) == 0) return TK_OK;
+    if (!(all = tk_malloc(n * sizeof *all)))
+        return tk_fail(err, TK_NOMEM, "truncate %s: out of memory", log->dir);
+    n = tk_cursors_list(&log->cur, all, n);
+    for (size_t i = 0; i < n && rc == TK_OK; i++) {
+        if (all[i].offset <= end) continue;
+        if ((rc = writable_cursors(log, err)) == TK_OK)
+            rc = tk_cursors_put(&log->cur, log->dir, all[i].name, end, durable(log), err);
+    }
+    free(all);
+    return rc;
+}
+
 tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
     tk_code rc = TK_OK;
     int64_t base, hwm;
@@ -1389,8 +1442,8 @@ tk_code tk_log_truncate(tk_log *log, int64_t offset, tk_err *err) {
     if (offset < base || offset > hwm)
         rc = tk_fail(err, TK_OUT_OF_RANGE, "truncate %s: offset %" PRId64
                      " is outside [%" PRId64 ", %" PRId64 "]", log->dir, offset, base, hwm);
-    else if (offset < hwm)
-        rc = truncate_locked(log, offset, err);
+    else if (offset < hwm && (rc = truncate_locked(log, offset, err)) == TK_OK)
+        rc = clamp_cursors(log, offset, err);
     writer_leave(log);
     pthread_mutex_unlock(&log->wmu);
     if (rc == TK_OK) tk_state_count(&log->st, TK_C_TRUNCATES, 1);
@@ -1546,13 +1599,21 @@ out:
 typedef tk_code (*view_fn)(tk_log *log, void *arg, int64_t *stale_at, tk_err *err);
 
 static tk_code with_view(tk_log *log, view_fn fn, void *arg, const char *op, tk_err *err) {
-    int repaired = 0;
+    int repaired = 0, refreshed = 0;
     tk_code rc = tk_log_refresh(log, err);
     while (rc == TK_OK) {
         int64_t stale_at = -1;
         pthread_rwlock_rdlock(&log->rw);
         rc = fn(log, arg, &stale_at, err);
         pthread_rwlock_unlock(&log->rw);
+        if (rc == TK_NOT_FOUND && !refreshed++) {
+            /* A segment file vanished under the view: retention in another
+             * process removed it after moving the start.  The view from
+             * the state says so (the read is then OUT_OF_RANGE); a file
+             * still missing after that is reported as it is. */
+            rc = tk_log_refresh(log, err);
+            continue;
+        }
         if (rc != TK_STALE) break;
         if (repaired++) {
             rc = tk_fail(err, TK_CORRUPT, "%s %s: the index is unusable at offset %" PRId64,
@@ -1646,7 +1707,9 @@ static tk_code time_fn(tk_log *log, void *arg, int64_t *stale_at, tk_err *err) {
     for (size_t i = 0; i < log->nsegs; i++) {
         tk_segment *s = log->segs[i];
         if (s->held == s->base || s->max_ts == TK_TS_NONE || s->max_ts < a->ts) continue;
-        rc = tk_seg_find_time(log->dir, s, &c, a->ts, s->size, a->offset, err);
+        /* Records below the log start are gone, even where a segment
+         * still holds them (delete_before inside a segment). */
+        rc = tk_seg_find_time(log->dir, s, &c, a->ts, log->start, s->size, a->offset, err);
         if (rc == TK_STALE) *stale_at = s->base;
         /* A segment whose recorded largest timestamp promised more than
          * its records hold: look on in the next ones. */
@@ -1820,9 +1883,17 @@ int tk_log_wait(tk_log *log, int64_t offset, int64_t timeout_ms) {
     }
 }
 
+/* The published layout is rebuilt first when it is marked stale (an
+ * in-place restore, a writer that died): the accessors never answer with
+ * the old log's offsets. */
+static void unstale(tk_log *log) {
+    tk_err scratch;
+    if (tk_state_is_stale(&log->st)) tk_log_refresh(log, &scratch);
+}
+
 int64_t tk_log_high_water_mark(tk_log *log) {
     int64_t v;
-    if (!log->st.is_private) return tk_state_next(&log->st);
+    if (!log->st.is_private) { unstale(log); return tk_state_next(&log->st); }
     pthread_rwlock_rdlock(&log->rw);
     v = hwm_locked(log);
     pthread_rwlock_unlock(&log->rw);
@@ -1831,7 +1902,7 @@ int64_t tk_log_high_water_mark(tk_log *log) {
 
 int64_t tk_log_base_offset(tk_log *log) {
     int64_t v;
-    if (!log->st.is_private) return tk_state_start(&log->st);
+    if (!log->st.is_private) { unstale(log); return tk_state_start(&log->st); }
     pthread_rwlock_rdlock(&log->rw);
     v = base_locked(log);
     pthread_rwlock_unlock(&log->rw);
@@ -1879,12 +1950,13 @@ size_t tk_log_segments(tk_log *log, tk_segment_info *out, size_t cap) {
 /* Moves the log start to new_start (start <= new_start <= hwm) and
  * deletes the segments wholly below it.  Caller holds wmu and the lock.
  *
- * Crash states: 1. .start names the new start when it falls inside a
- * segment (atomic replace) [a reopen starts there: records below are
- * gone]; 2. the layout publishes it [other handles drop those segments];
- * 3. the segments' files are removed oldest first, .log before its index
- * files [a reopen starts at the first .log left; orphan index files are
- * removed]; 4. .start is removed when the start is a segment's base. */
+ * Crash states: 1. .start names the new start (atomic replace) [a reopen
+ * starts there: records below are gone, whatever files are left]; 2. the
+ * layout publishes it [other handles drop those segments]; 3. the
+ * segments' files are removed oldest first, .log before its index files
+ * [a writer that loads the view from the files removes what is left
+ * below .start]; 4. .start is removed when the start is the first
+ * segment's base (the files say as much). */
 static tk_code move_start(tk_log *log, int64_t new_start, size_t *deleted, tk_err *err) {
     char path[PATH_MAX], buf[32];
     size_t k = 0, n;
@@ -1895,7 +1967,7 @@ static tk_code move_start(tk_log *log, int64_t new_start, size_t *deleted, tk_er
     if (new_start <= log->start && k == 0) return TK_OK;
     if (tk_path_join(path, sizeof path, log->dir, TK_START_FILE) < 0)
         return tk_fail_errno(err, errno, "delete_before %s", log->dir);
-    if (new_start > log->segs[k]->base) {
+    if (new_start > log->start) {
         n = (size_t)snprintf(buf, sizeof buf, "%" PRId64 "\n", new_start);
         if (tk_replace_file(path, buf, n, durable(log)) < 0)
             return tk_fail_errno(err, errno, "write %s", path);
@@ -2034,7 +2106,7 @@ tk_code tk_log_commit(tk_log *log, const char *name, int64_t offset, const tk_co
         snprintf(want, sizeof want, o->expect == TK_NONE ? "none" : "%" PRId64, o->expect);
         rc = tk_fail(err, TK_CONFLICT, "commit %s to %s: the committed offset is %s, not the "
                      "expected %s", name, log->dir, now, want);
-    } else if (found && offset < have && !o->force)
+    } else if (found && offset < (have > hwm_locked(log) ? hwm_locked(log) : have) && !o->force)
         rc = tk_fail(err, TK_INVALID, "commit %s to %s: offset %" PRId64 " is behind the "
                      "committed %" PRId64 " (force = true moves a cursor back)", name,
                      log->dir, offset, have);

@@ -432,7 +432,7 @@ tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_window *c, uint64_t po
 }
 
 tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_window *c, int64_t ts,
-                         uint64_t end, int64_t *offset, tk_err *err) {
+                         int64_t from, uint64_t end, int64_t *offset, tk_err *err) {
     /* Entry k says: no record up to offset base+rel_k is newer than
      * max_ts_k.  So start after the last entry whose max_ts < ts. */
     long k = tk_index_floor_ts_below(&s->ix, ts);
@@ -451,7 +451,7 @@ tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_window *c, int64_t t
         if (rc != TK_OK) return rc;
         /* The entry's own record cannot be newer than the entry claims. */
         if (k >= 0 && pos == s->ix.e[k].pos && h.timestamp > s->ix.e[k].max_ts) return TK_STALE;
-        if (h.timestamp >= ts) { *offset = at; return TK_OK; }
+        if (h.timestamp >= ts && at >= from) { *offset = at; return TK_OK; }
         pos += tk_rec_total(&h);
         at++;
     }

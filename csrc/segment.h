@@ -112,10 +112,10 @@ tk_code tk_seg_read_at(const char *dir, tk_segment *s, tk_window *c, uint64_t po
                        int64_t expect, uint64_t end, tk_rec_hdr *h,
                        const unsigned char **rec, tk_err *err);
 
-/* Position of the first record with timestamp >= ts (the segment's
- * max_ts must be >= ts); *offset gets its offset. */
+/* The first record at or after offset `from` with timestamp >= ts: *offset
+ * gets its offset, or s->next when there is none. */
 tk_code tk_seg_find_time(const char *dir, tk_segment *s, tk_window *c, int64_t ts,
-                         uint64_t end, int64_t *offset, tk_err *err);
+                         int64_t from, uint64_t end, int64_t *offset, tk_err *err);
 
 /* ---- writer side ---- */
 

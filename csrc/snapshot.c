@@ -1592,6 +1592,20 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
     TK_FAULT("inplace.committed");
     rc = tk_restore_apply(target, err);
     if (rc == TK_OK) rc = tk_state_invalidate(target, err);
+    if (rc == TK_OK) {
+        /* Rebuild the published layout now, so that read-only handles kept
+         * open see the restored offsets at once (best effort: else the
+         * first handle to read rebuilds it). */
+        tk_log_opts lo;
+        tk_log *lg = NULL;
+        tk_err scratch;
+        tk_log_opts_init(&lo);
+        lo.mode = TK_LOG_READONLY;
+        if (tk_log_open(target, &lo, &lg, &scratch) == TK_OK) {
+            tk_log_refresh(lg, &scratch);
+            tk_log_close(lg);
+        }
+    }
     tk_dirlock_release(lock_fd);
     return rc;
 }

@@ -345,6 +345,7 @@ void tk_state_end_change(tk_state *st, tk_layout *l) {
 
 int64_t tk_state_next(const tk_state *st) { return __atomic_load_n(&st->sh->next, __ATOMIC_ACQUIRE); }
 int64_t tk_state_start(const tk_state *st) { return __atomic_load_n(&st->sh->start, __ATOMIC_ACQUIRE); }
+int tk_state_is_stale(const tk_state *st) { return __atomic_load_n(&st->sh->stale, __ATOMIC_ACQUIRE) != 0; }
 uint64_t tk_state_gen(const tk_state *st) { return __atomic_load_n(&st->sh->gen, __ATOMIC_ACQUIRE); }
 
 /* ------------------------------------------------------------------ */

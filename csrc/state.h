@@ -161,6 +161,9 @@ void tk_state_unlock(tk_state *st);
  * layout is marked stale: then take the lock, which hands over the repair. */
 int tk_state_try_read(const tk_state *st, tk_layout *l);
 
+/* 1 while the published layout is marked stale (nobody rebuilt it yet). */
+int tk_state_is_stale(const tk_state *st);
+
 /* Makes the next locker rebuild the layout (caller holds the lock). */
 void tk_state_set_stale(tk_state *st);
 

@@ -910,10 +910,6 @@ describe("takhin.Log", function()
         end)
 
         it("stay bounded for a writer appending across 300+ segments under ulimit -n 64", function()
-            do return pending("engine bug: a writer keeps the .log descriptor of every segment it "
-                              .. "rolled past (roll leaves it open read-write, so evict_fds skips it, "
-                              .. "and roll never calls evict_fds): appends fail with \"Too many open "
-                              .. "files\" at segment 43 under ulimit -n 64") end
             local start, most = run_child("append")
             assert.is_true(most <= start + 2 * PER_HANDLE,
                            ("%d descriptors open at most, %d at the start"):format(most, start))

@@ -88,18 +88,6 @@ local function range(a, b, step)
     return t
 end
 
--- A check that fails because of a known engine bug (reported, not yet
--- fixed): run it, and when it fails mark the test pending with the bug
--- and the failure, so the suite stays green and the test passes by
--- itself once the engine is fixed.  Only ever around the failing part.
-local function engine_bug(why, check)
-    local ok, err = pcall(check)
-    if not ok then
-        local msg = type(err) == "table" and tostring(err.message or err[1] or "") or tostring(err)
-        pending("engine bug: " .. why .. " -- " .. msg:gsub("%s+", " "):sub(1, 300))
-    end
-end
-
 describe("retention options", function()
     local tmp
     before_each(function() tmp = util.tmpdir() end)
@@ -351,18 +339,13 @@ describe("delete_before", function()
         assert.are.equal(45, log:offset_for_time(1700000000000 + 99))
         local sm = assert(takhin.snapshot_manager(dir))
         local snap = assert(sm:create(log))
-        engine_bug("offset_for_time returns an offset below base_offset() when the log start "
-                   .. "is inside a segment (csrc/log.c time_fn searches from the segment's base); "
-                   .. "so a restore with upto_timestamp of such a snapshot fails (truncate OUT_OF_RANGE)",
-                   function()
-            assert.are.equal(25, log:offset_for_time(0), "every record left is at or after ts 0")
-            assert.are.equal(25, log:offset_for_time(1700000000000 + 22))
-            -- every record of the snapshot is after the time: none is restored
-            assert(sm:restore(snap.id, tmp .. "/upto", { upto_timestamp = 1700000000000 + 22 }))
-            local r = open(tmp .. "/upto", { readonly = true })
-            assert.are.same({ 25, 25 }, { r:base_offset(), r:high_water_mark() })
-            r:close()
-        end)
+        assert.are.equal(25, log:offset_for_time(0), "every record left is at or after ts 0")
+        assert.are.equal(25, log:offset_for_time(1700000000000 + 22))
+        -- every record of the snapshot is after the time: none is restored
+        assert(sm:restore(snap.id, tmp .. "/upto", { upto_timestamp = 1700000000000 + 22 }))
+        local r = open(tmp .. "/upto", { readonly = true })
+        assert.are.same({ 25, 25 }, { r:base_offset(), r:high_water_mark() })
+        r:close()
         sm:close()
         log:close()
     end)
@@ -809,12 +792,7 @@ for _, k in ipairs({ "wrong", "live", "damaged", "open" }) do print(k .. ": " ..
         assert.are.equal(N, log:high_water_mark())
         expect_records(log, log:base_offset(), N)
         log:close()
-        engine_bug("a read-only handle that loads its view while retention removes files fails with "
-                   .. "NOT_FOUND (stat/open of a .log listed a moment before): reads of deleted records "
-                   .. "say NOT_FOUND, not OUT_OF_RANGE; reads of live records and open_log fail now and then",
-                   function()
-            assert.are.same({ "0", "0", "0" }, { counts[3], counts[4], counts[6] }, report)
-        end)
+        assert.are.same({ "0", "0", "0" }, { counts[3], counts[4], counts[6] }, report)
     end)
 
     it("a second handle in the same process follows too", function()
@@ -928,23 +906,6 @@ describe("a retention pass killed at a crash point", function()
         return base
     end
 
-    -- Known engine bugs (reported): a pass to a segment boundary
-    -- (apply_retention, a roll) writes no .start, so the files decide the
-    -- base after a crash: after the first segment went it is the next one
-    -- left (neither the old nor the new base), and a reader that saw the
-    -- new base published sees the old one come back after the repair.
-    local BOUNDARY_BUG = "a retention pass to a segment boundary is not durable before its files "
-        .. "are removed (no .start): after a crash the base offset is whatever segment is left"
-    local KNOWN = {
-        ["apply_retention retention.removing"] = BOUNDARY_BUG,
-        ["apply_retention retention.removing reader"] = BOUNDARY_BUG,
-        ["roll retention.removing"] = BOUNDARY_BUG,
-        ["roll retention.removing reader"] = BOUNDARY_BUG,
-        ["apply_retention retention.published reader"] = BOUNDARY_BUG,
-        ["roll retention.published reader"] = BOUNDARY_BUG,
-    }
-    local LEFT_BUG = "segments wholly below a durable log start that a killed pass did not remove "
-        .. "stay on disk: neither opening nor delete_before(the same offset) removes them"
 
     for n, s in ipairs(STEPS) do
         local op, step = s[1], s[2]
@@ -982,18 +943,15 @@ describe("a retention pass killed at a crash point", function()
                 assert.are.equal(NEW_BASE[op], log:base_offset())
                 expect_no_orphans(dir, step .. " (after)")
                 log:close()
-                engine_bug(LEFT_BUG, function()
-                    local first = NEW_BASE[op] - NEW_BASE[op] % PER_SEG
-                    assert.are.equal(first, bases_on_disk(dir)[1], step .. ": the first segment left")
-                end)
+                local first = NEW_BASE[op] - NEW_BASE[op] % PER_SEG
+                assert.are.equal(first, bases_on_disk(dir)[1], step .. ": the first segment left")
             end
             it(("%s at %s%s: the old or the new base offset, every record readable"):format(
                    op, step, watched and " (a reader holds the log open)" or ""), function()
                 local work = ("%s/w%02d%s"):format(tmp, n, watched and "r" or "")
                 assert(util.sh("mkdir -p " .. util.q(work)))
                 util.copytree(template, work .. "/log")
-                local known = KNOWN[op .. " " .. step .. (watched and " reader" or "")]
-                if known then engine_bug(known, function() body(work) end) else body(work) end
+                body(work)
                 collectgarbage(); collectgarbage()
                 util.sh("rm -rf " .. util.q(work))
             end)

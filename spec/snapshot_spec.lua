@@ -1034,10 +1034,6 @@ describe("a snapshot manager", function()
 
                 it("gives a read-only handle kept open across it the snapshot's high water mark at once (snapshot "
                    .. case[1] .. " than the log)", function()
-                    do return pending("engine bug: an in-place restore moves the generation in .state "
-                                      .. "(tk_state_invalidate) but leaves the old log's published "
-                                      .. "high water mark and base offset there, which high_water_mark() "
-                                      .. "returns until the handle reads") end
                     local ro, s = restored_under(case[2])
                     assert.are.equal(s.high_water_mark, ro:high_water_mark())
                     assert.are.equal(s.base_offset, ro:base_offset())
