@@ -156,7 +156,7 @@ local function wait_for(name)
     local done = util.wait_until(function()
         pump()
         return finished(name)
-    end, 40000, 0.05)
+    end, 10000, 0.2)
     assert(done, name .. ": the child did not finish")
 end
 
@@ -239,7 +239,7 @@ describe("an operation whose system calls fail one at a time (errno injection)",
                     if not finished(name) then return false end
                 end
                 return true
-            end, 40000, 0.05)
+            end, 10000, 0.2)
             util.rmtree(work)
         end
     end)

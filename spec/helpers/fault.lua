@@ -100,7 +100,13 @@ end
 
 local key_for, value_for, ts_for = logs.derived_records(40)
 
-local function derived(o)
+-- The record a fixture puts at offset o; generation "B" is what a log
+-- truncated and written again holds, so that it cannot be taken for the
+-- first generation (a snapshot of it, say).
+local function derived(o, gen)
+    if gen == "B" then
+        return { key = "B-" .. o, value = "B:" .. value_for(o + 7), timestamp = ts_for(o) + 1 }
+    end
     return { key = key_for(o), value = value_for(o), timestamp = ts_for(o) }
 end
 
@@ -152,6 +158,36 @@ local function read_or_nil(path)
     return data
 end
 
+-- The commands a worker runs for every run (copying the template,
+-- listing directories) go to one shell it starts once, through a FIFO,
+-- and that shell runs without LD_PRELOAD: under `make test-asan` every
+-- process started from the worker would otherwise load the sanitizers
+-- and check for leaks when it exits, which made this file take many
+-- minutes.
+local shell = {}
+
+function shell.start(dir)
+    shell.fifo = dir .. "/shell.fifo"
+    assert(sh.sh("mkdir -p " .. q(dir) .. " && rm -f " .. q(shell.fifo) .. " && mkfifo " .. q(shell.fifo)),
+           "mkfifo " .. shell.fifo)
+    local loop = 'while IFS= read -r line; do eval "$line" >' .. q(shell.fifo) .. ' 2>&1; done'
+    shell.p = assert(io.popen("exec env -u LD_PRELOAD /bin/sh -c " .. q(loop), "w"))
+end
+
+-- Runs a one-line command in that shell; returns what it printed.
+function shell.run(cmd)
+    shell.p:write(cmd, "\n")
+    shell.p:flush()
+    local f = assert(io.open(shell.fifo, "r"))
+    local out = f:read("a")
+    f:close()
+    return out
+end
+
+function shell.stop()
+    shell.p:close()
+end
+
 local PID
 local function pid()
     if not PID then
@@ -174,8 +210,8 @@ end
 -- Replaces the run directory by a fresh copy of the template; returns the
 -- descriptors the last run left open under it.
 local function fresh_copy(fx)
-    local out = sh.capture("ls -l /proc/" .. pid() .. "/fd 2>/dev/null; rm -rf " .. q(fx.root)
-                           .. " && cp -a " .. q(fx.template) .. " " .. q(fx.root) .. " && echo @@copied")
+    local out = shell.run("ls -l /proc/" .. pid() .. "/fd 2>/dev/null; rm -rf " .. q(fx.root)
+                          .. " && cp -a " .. q(fx.template) .. " " .. q(fx.root) .. " && echo @@copied")
     assert(out:find("@@copied", 1, true), "could not copy " .. fx.template)
     return fds_under(out, fx.root)
 end
@@ -183,7 +219,7 @@ end
 -- Everything under root, as paths relative to it.
 local function survey(root)
     local paths = {}
-    for line in sh.capture("find " .. q(root) .. " -mindepth 1 -printf '%P\\n'"):gmatch("[^\n]+") do
+    for line in shell.run("find " .. q(root) .. " -mindepth 1 -printf '%P\\n'"):gmatch("[^\n]+") do
         paths[#paths + 1] = line
     end
     return paths
@@ -222,10 +258,12 @@ end
 
 -- A log of `records` derived records in segments of 1024 bytes, with a
 -- link-mode snapshot labelled L taken when the log reached snapshots[L]
--- records; with `outside`, hard links to the active segment's three
--- files in outside/ (as a backup tool would hold them).  Returns the
--- fixture: paths, the model, the snapshots by label (id, high water
--- mark), the bytes of snapshots.json, the layout of the segments.
+-- records; with `rewrite_from`, the log is then truncated there and
+-- written again up to `records` with generation B; with `outside`, hard
+-- links to the active segment's three files in outside/ (as a backup
+-- tool would hold them).  Returns the fixture: paths, the model, the
+-- snapshots by label (id, high water mark, the model of what they hold),
+-- the bytes of snapshots.json, the layout of the segments.
 local function build_template(work, spec)
     local root = work .. "/template"
     local logdir = root .. "/log"
@@ -241,7 +279,7 @@ local function build_template(work, spec)
         table.sort(labels)
         for _, label in ipairs(labels) do
             local s = assert(sm:create(log, { label = label }))
-            fx.snaps[label] = { id = s.id, high_water_mark = s.high_water_mark }
+            fx.snaps[label] = { id = s.id, high_water_mark = s.high_water_mark, model = extend(fx.model, {}) }
             fx.label_of[s.id] = label
         end
     end
@@ -252,6 +290,14 @@ local function build_template(work, spec)
         assert(log:append(r.key, r.value, r.timestamp) == o)
     end
     snapshot_at(spec.records)
+    if spec.rewrite_from then
+        assert(log:truncate(spec.rewrite_from))
+        for o = spec.rewrite_from, spec.records - 1 do
+            local r = derived(o, "B")
+            fx.model[o + 1] = r
+            assert(log:append(r.key, r.value, r.timestamp) == o)
+        end
+    end
     local segs = log:segments()
     assert(#segs >= 3, "the template should have several segments")
     fx.hwm = log:high_water_mark()
@@ -299,13 +345,14 @@ end
 --   setup(c)    before arming: c holds the fixture (c.fx) and the handles
 --   run(c)      the operation
 --   returned(c, ...)  for a success: nil, or what is wrong with its results
---   log(c, ok)  the log after it: lo, hi, model [, "either"] -- it holds
---               model[1 .. h] for some h in [lo, hi] (with "either": h is
---               lo or hi)
+--   log(c, ok)  the log after it: a list of the states it may be in, each
+--               { model, lo, hi }: the log holds model[1 .. h] for some h
+--               in [lo, hi]
 --   snaps(c, ok)  the snapshots after it, by label: "must" (listed),
 --               "may", "gone"; "new" is the one the operation creates
---   target(c, ok)  (restores) the directory restored into: path, present,
---               and how many of the model's records it holds
+--   target(c, ok)  (restores) the directory restored into: its path,
+--               whether it is there, the model and high water mark of
+--               what it holds
 --   check(c, ok)  anything else (nil, or what is wrong), run after the
 --               operation, after the next append and after the reopen
 --   again(c, log, sm)  the operation once more, after the checks; it must
@@ -315,7 +362,7 @@ end
 local OPS = {}
 M.OPS = OPS
 
-local function unchanged_log(c) return c.fx.hwm, c.fx.hwm, c.fx.model end
+local function unchanged_log(c) return { { c.fx.model, c.fx.hwm, c.fx.hwm } } end
 
 local function all_must(c)
     local t = {}
@@ -333,7 +380,7 @@ end
 
 local function one_more_record(c, ok)
     local h = c.fx.hwm + (ok and #c.recs or 0)
-    return h, h, extend(c.fx.model, c.recs)
+    return { { extend(c.fx.model, c.recs), h, h } }
 end
 
 local function append_recs(c)
@@ -419,8 +466,7 @@ OPS.truncate = {
     run = function(c) return c.log:truncate(c.cut) end,
     returned = returned_true,
     log = function(c, ok)
-        if ok then return c.cut, c.cut, c.fx.model end
-        return c.cut, c.fx.hwm, c.fx.model
+        return { { c.fx.model, c.cut, ok and c.cut or c.fx.hwm } }
     end,
     snaps = all_must,
     again = function(c, log)
@@ -482,13 +528,14 @@ OPS.create_copy = create_op("sm_copy")
 -- Restores of S1 (30 records: two sealed segments and part of the
 -- active one) into a new directory.  Nothing outside that directory
 -- changes, so a restore that fails can and must leave the target as it
--- was: missing.
-local RESTORE_FIXTURE = { records = 40, snapshots = { S1 = 30 } }
+-- was: missing.  The log was truncated to 10 after S1 and written again,
+-- so that the old log and a restored one differ from offset 10 on.
+local RESTORE_FIXTURE = { records = 40, snapshots = { S1 = 30 }, rewrite_from = 10 }
 
 local function restore_op(opts, hwm)
     local function target(c, name, present)
         return { path = c.fx.root .. "/" .. name, name = name, present = present,
-                 hwm = hwm or c.fx.snaps.S1.high_water_mark }
+                 model = c.fx.snaps.S1.model, hwm = hwm or c.fx.snaps.S1.high_water_mark }
     end
     return {
         fixture = RESTORE_FIXTURE,
@@ -519,8 +566,9 @@ local function inplace_op(opts, hwm)
         run = function(c) return c.sm:restore(c.fx.snaps.S1.id, c.fx.logdir, opts) end,
         returned = returned_true,
         log = function(c, ok)
-            if ok then return hwm, hwm, c.fx.model end
-            return hwm, c.fx.hwm, c.fx.model, "either"
+            local restored = { c.fx.snaps.S1.model, hwm, hwm }
+            if ok then return { restored } end
+            return { { c.fx.model, c.fx.hwm, c.fx.hwm }, restored }
         end,
         snaps = all_must,
         again = function(c) return c.sm:restore(c.fx.snaps.S1.id, c.fx.logdir, opts) end,
@@ -595,7 +643,7 @@ M.OP_NAMES = { "append", "append_batch", "roll", "truncate", "unshare", "create"
 -- The checks
 -------------------------------------------------------------------------
 
-local LABELS = { "S1", "S2", "S3", "S4", "new", "next" }
+local LABELS = { "S1", "S2", "S3", "S4", "new" }
 
 -- What came back: true (a success), false and the code and message (a
 -- clean failure), or nil and what is wrong with it.
@@ -683,7 +731,7 @@ local function check_snapshots(c, want, bad)
 end
 
 -- A restore's target: there or not as `t` says; when there, a log
--- holding the model's first t.hwm records that takes an append.
+-- holding the snapshot's first t.hwm records that takes an append.
 local function check_restored(c, t, paths, bad, what)
     local present = has(paths, t.name)
     if present ~= t.present then
@@ -692,7 +740,7 @@ local function check_restored(c, t, paths, bad, what)
     if not present then return end
     local log, msg, code = takhin.open_log({ dir = t.path, max_segment_size = LOG_OPTS.max_segment_size })
     if not log then return bad(what, "open the restored log: " .. show(msg, code)) end
-    local why = mismatch(log, c.fx.model, t.hwm)
+    local why = mismatch(log, t.model, t.hwm)
     if why then bad(what, "the restored log: " .. why) end
     local r = derived(t.hwm)
     local off
@@ -701,30 +749,37 @@ local function check_restored(c, t, paths, bad, what)
     log:close()
 end
 
--- A writer's view: high water mark in [lo, hi], records as the model
--- says; then one more record appended and read back.  Returns the model
--- and high water mark with that record.
-local function check_writer(log, lo, hi, either, model, bad, where, label)
-    local h = log:high_water_mark()
-    if h < lo or h > hi or (either and h ~= lo and h ~= hi) then
-        bad("model", ("%s: high_water_mark is %d, the model allows %s"):format(where, h,
-            either and (lo .. " or " .. hi) or ("[" .. lo .. ", " .. hi .. "]")))
-        return model, h
+-- A writer's view: in one of the states the model allows (a list of
+-- { model, lo, hi }); then one more record appended and read back.
+-- Returns the one state it is in now, with that record.
+local function check_writer(log, states, bad, where, label)
+    local h, state, whys = log:high_water_mark(), nil, {}
+    for _, st in ipairs(states) do
+        local why
+        if h < st[2] or h > st[3] then
+            why = ("high_water_mark is %d, not in [%d, %d]"):format(h, st[2], st[3])
+        else
+            why = mismatch(log, st[1], h)
+        end
+        if not why then state = st break end
+        whys[#whys + 1] = why
     end
-    local why = mismatch(log, model, h)
-    if why then bad("model", where .. ": " .. why) end
+    if not state then
+        bad("model", where .. ": " .. table.concat(whys, "; or "))
+        return states
+    end
     local rec = { key = label, value = "appended " .. where, timestamp = ts_for(h) }
     local off, msg, code = log:append(rec.key, rec.value, rec.timestamp)
     if off ~= h then
         bad("next", where .. ": the next append: " .. show(off, msg, code))
-        return model, h
+        return { { state[1], h, h } }
     end
     local got = log:read(h)
     if not got or got.value ~= rec.value then bad("next", where .. ": the next append does not read back") end
     local m = {}
-    for i = 1, h do m[i] = model[i] end
+    for i = 1, h do m[i] = state[1][i] end
     m[h + 1] = rec
-    return m, h + 1
+    return { { m, h + 1, h + 1 } }
 end
 
 -- One run: a fresh copy of the template, the handles, (kind, n) armed
@@ -777,10 +832,9 @@ local function one_run(fx, op, kind, n)
 
     -- 3. The log, through the handle the operation ran on, then through a
     --    new one; each takes one more record.
-    local lo, hi, model, either = op.log(c, succeeded)
+    local states = op.log(c, succeeded)
     if c.log then
-        model, lo = check_writer(c.log, lo, hi, either, model, bad, "the same handle", "next-1")
-        hi, either = lo, nil
+        states = check_writer(c.log, states, bad, "the same handle", "next-1")
         check_op("after the next append: ")
         c.log:close()
     end
@@ -790,7 +844,7 @@ local function one_run(fx, op, kind, n)
     if not log then
         bad("next", "reopen the log: " .. show(lmsg, lcode))
     else
-        check_writer(log, lo, hi, either, model, bad, "reopened", "next-2")
+        check_writer(log, states, bad, "reopened", "next-2")
         check_op("after the reopen: ")
     end
     if op.target then check_restored(c, op.target(c, succeeded), paths, bad, "model") end
@@ -831,6 +885,7 @@ end
 
 local function work(name, dir, from_kind, from_n)
     local op = assert(OPS[name], "unknown operation " .. tostring(name))
+    shell.start(dir)
     local fx = build_template(dir, op.fixture)
     local last = { "-", 0 }
     local function start_run(kind, n)
@@ -865,12 +920,28 @@ local function work(name, dir, from_kind, from_n)
         end
     end
     start_run(nil, 0)
+    shell.stop()
     emit("done", runs)
 end
 
 -------------------------------------------------------------------------
 -- supervise: work to the end, across crashes and hangs
 -------------------------------------------------------------------------
+
+-- The lines of a crash report worth repeating: everything but the
+-- stack frames, and the first few frames.
+local function crash_text(lines)
+    local t, frames = {}, 0
+    for _, line in ipairs(lines) do
+        if line:find("^%s*#%d+ ") then
+            frames = frames + 1
+            if frames <= 6 then t[#t + 1] = line end
+        elseif line:find("%S") and #t < 30 then
+            t[#t + 1] = line
+        end
+    end
+    return table.concat(t, " | ")
+end
 
 local function supervise(lua, script, name, dir, seconds)
     local from, crashes, calls_seen = nil, 0, false
@@ -887,11 +958,13 @@ local function supervise(lua, script, name, dir, seconds)
             local kind, n = line:match("^%a+ (%S+) (%S+)")
             local status = line:match("^@@exit=(%d+)")
             if status then
-                if not finished then
+                -- A sanitizer's report at exit (a leak) comes after "done".
+                if not finished or status ~= "0" then
                     local how = status == "137" and "killed (a crash, or it hung for " .. seconds .. " s)"
                                 or ("exit status " .. status)
+                    if finished then how = how .. " after it finished" end
                     emit("crash", began and began[1] or "-", began and began[2] or 0,
-                         how .. ": " .. table.concat(tail, " | "))
+                         how .. ": " .. crash_text(tail))
                 end
             elseif word == "calls" then
                 if not calls_seen then io.stdout:write(line, "\n") end
@@ -899,8 +972,7 @@ local function supervise(lua, script, name, dir, seconds)
                 if word == "begin" then began, tail = { kind, tonumber(n) }, {} end
                 if word == "done" then finished = true end
                 if word ~= "begin" and word ~= "run" and word ~= "bad" and word ~= "done" then
-                    tail[#tail + 1] = line
-                    if #tail > 12 then table.remove(tail, 1) end
+                    if #tail < 200 then tail[#tail + 1] = line end
                 end
                 io.stdout:write(line, "\n")
             end
