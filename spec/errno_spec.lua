@@ -19,7 +19,9 @@
 --   * every listed snapshot verifies and is the one that was made;
 --     snapshots.json agrees with the directories; nothing half-made is
 --     left (*.tmp, .tmp-*, .del-*, .<name>.restore-*, .restore-tmp-*);
---     a restore that failed left its target as it was;
+--     a restore into a new directory that failed left no target, an
+--     in-place one the old log (or, failing past its commit point, the
+--     restored one, which the next writer completes -- never a mix);
 --   * the next operations work: an append on the same handle and on a
 --     new one, read back; the operation once more; a new snapshot that
 --     verifies; and no descriptor stays open.
