@@ -8,8 +8,10 @@
 -- child of that build (spec/helpers/fault.lua) counts the calls of each
 -- kind the operation makes, then for every kind and every N up to that
 -- count runs the operation on a fresh copy of its fixture with the Nth
--- call failing -- with EIO, ENOSPC for writes, ENOMEM for allocations --
--- and checks, with nothing armed any more:
+-- call failing -- with EIO, ENOSPC for writes, ENOMEM for allocations:
+-- once; for the system calls also from then on (a disk that stays full
+-- or broken); for the appends also while no ftruncate works (the undo
+-- fails too) -- and checks, with nothing armed any more:
 --
 --   * the operation returned (or failed with nil, a message, a code);
 --     it never raised, crashed or hung;
@@ -59,42 +61,48 @@ local JOBS = 2                  -- children at a time
 local WORKER_SECONDS = 900      -- a child that takes longer is killed as hung
 
 -------------------------------------------------------------------------
--- The operations, in the order their tests run
+-- The operations, in the order their tests run: name, what it is, what
+-- it promises when it fails
 -------------------------------------------------------------------------
 
 local OPS = {
-    { "append", "an append of one record that fails at any call leaves no record behind" },
-    { "append_batch", "an append_batch that rolls in its middle and fails at any call "
-      .. "leaves none of its records behind" },
-    { "roll", "an append that rolls a segment and fails at any call leaves the old "
-      .. "segment active and no record behind" },
-    { "truncate", "a truncate into a sealed segment held by a snapshot that fails at any "
-      .. "call leaves a prefix of the log at least as long as the cut, and the snapshot "
-      .. "intact" },
-    { "unshare", "an append to an active segment hard-linked elsewhere that fails at any "
-      .. "call (the directory fsync after the copy's rename among them) never writes into "
-      .. "the other links, then or later (issue 9, item 5)" },
-    { "create", "a link-mode snapshot create that fails at any call lists nothing half-made" },
-    { "create_copy", "a copy-mode snapshot create that fails at any call lists nothing half-made" },
-    { "restore", "a restore into a new directory that fails at any call leaves no target" },
-    { "restore_upto", "a restore with upto_offset into a new directory that fails at any "
-      .. "call leaves no target" },
-    { "restore_replace", "an in-place restore that fails at any call leaves the old log, "
-      .. "or past its commit point the restored one, never a mix" },
-    { "restore_replace_upto", "an in-place restore with upto_offset that fails at any call "
-      .. "leaves the old log, or past its commit point the restored one, never a mix" },
-    { "delete", "a snapshot delete that fails at any call leaves the snapshot listed or gone, "
-      .. "the others intact" },
-    { "cleanup", "a cleanup that fails at any call deletes only victims and keeps the catalog "
-      .. "in step with the directories" },
-    { "list", "a list that fails at any call returns every snapshot or an error, never part "
-      .. "of the list (issue 9, item 21)" },
+    { "append", "an append of one record", "leaves no record behind" },
+    { "append_batch", "an append_batch that rolls a segment in its middle",
+      "leaves none of its records behind" },
+    { "roll", "an append that rolls a segment", "leaves the old segment active and no record behind" },
+    { "truncate", "a truncate into a sealed segment a snapshot holds by hard link",
+      "leaves a prefix of the log at least as long as the cut, and the snapshot intact" },
+    { "unshare", "an append with sync = \"always\" to an active segment hard-linked elsewhere",
+      "never writes into the other links, then or later (issue 9, item 5: the directory "
+      .. "fsync after the copy's rename among the calls)" },
+    { "create", "a link-mode snapshot create", "lists nothing half-made" },
+    { "create_copy", "a copy-mode snapshot create", "lists nothing half-made" },
+    { "restore", "a restore into a new directory", "leaves no target" },
+    { "restore_upto", "a restore with upto_offset into a new directory", "leaves no target" },
+    { "restore_replace", "an in-place restore",
+      "leaves the old log, or past its commit point the restored one, never a mix" },
+    { "restore_replace_upto", "an in-place restore with upto_offset",
+      "leaves the old log, or past its commit point the restored one, never a mix" },
+    { "delete", "a snapshot delete", "leaves that snapshot listed or gone, the others intact" },
+    { "cleanup", "a cleanup of three snapshots out of four",
+      "deletes only victims and keeps the catalog in step with the directories" },
+    { "list", "a list of four snapshots",
+      "returns all of them or an error, never part of the list (issue 9, item 21)" },
 }
 
--- What the checks of one run may report (spec/helpers/fault.lua); the
--- first ones fail the operation's own test, message and code have tests
--- of their own.
-local STATE_PROBLEMS = { "crash", "broken", "model", "leftover", "next", "fd" }
+-- The cases of a run (spec/helpers/fault.lua): the Nth call fails once
+-- ("write"), or goes on failing ("write*"), or fails while no ftruncate
+-- works, so that undoing fails too ("write!").
+local ONCE, STUCK = "once", "stuck"
+local function pass_of(case)
+    return case:find("[*!]$") and STUCK or ONCE
+end
+
+-- What the checks of one run may report (spec/helpers/fault.lua): these
+-- fail the operation's own tests; "message" and "code" have tests of
+-- their own.
+local STATE_PROBLEMS = { crash = true, broken = true, model = true, leftover = true, next = true,
+                         fd = true }
 
 -------------------------------------------------------------------------
 -- Running the children
@@ -166,34 +174,36 @@ end
 -- Reading a report
 -------------------------------------------------------------------------
 
--- { calls = { kind = n }, runs = { { kind, n, outcome, code, survivors } },
---   problems = { what = { "kind n: text", ... } }, done = bool, text = ... }
+-- { calls = { kind = n }, cases = n, runs = { { case, n, ok, code, survivors } },
+--   problems = { { what, pass, text } }, done = bool, text = ... }
 local reports = {}
 
 local function report(name)
     if reports[name] then return reports[name] end
     wait_for(name)
     local text = util.read_file(jobs[name].out)
-    local r = { calls = {}, runs = {}, problems = {}, done = false, text = text }
+    local r = { calls = {}, cases = 0, runs = {}, problems = {}, done = false, text = text }
     for line in text:gmatch("[^\n]+") do
         local word, rest = line:match("^(%a+) ?(.*)$")
         if word == "calls" then
             local kind, n = rest:match("^(%S+) (%d+)$")
             r.calls[kind] = tonumber(n)
+        elseif word == "cases" then
+            r.cases = tonumber(rest)
         elseif word == "run" then
-            local kind, n, outcome, code, survivors = rest:match("^(%S+) (%d+) (%S+) (%S+) ?(.*)$")
-            r.runs[#r.runs + 1] = { kind = kind, n = tonumber(n), ok = outcome == "ok",
+            local case, n, outcome, code, survivors = rest:match("^(%S+) (%d+) (%S+) (%S+) ?(.*)$")
+            r.runs[#r.runs + 1] = { case = case, n = tonumber(n), ok = outcome == "ok",
                                     code = code, survivors = survivors }
         elseif word == "bad" or word == "crash" then
-            local kind, n, what, why
+            local case, n, what, why
             if word == "bad" then
-                kind, n, what, why = rest:match("^(%S+) (%S+) (%S+) (.*)$")
+                case, n, what, why = rest:match("^(%S+) (%S+) (%S+) (.*)$")
             else
                 what = "crash"
-                kind, n, why = rest:match("^(%S+) (%S+) (.*)$")
+                case, n, why = rest:match("^(%S+) (%S+) (.*)$")
             end
-            r.problems[what] = r.problems[what] or {}
-            table.insert(r.problems[what], ("%s %s: %s"):format(kind, n, why))
+            r.problems[#r.problems + 1] = { what = what, pass = pass_of(case),
+                                            text = ("%s %s: %s"):format(case, n, why) }
         elseif word == "done" then
             r.done = true
         end
@@ -202,29 +212,34 @@ local function report(name)
     return r
 end
 
--- The problems of the given kinds, as text for a failure message: how
--- many of each, and the first few.
-local function problems_text(r, whats)
+-- The problems of the given kinds found in the given passes (nil: all):
+-- how many, and, as text for a failure message, how many of each kind
+-- and the first few.
+local function problems(r, whats, pass)
+    local by, n = {}, 0
+    for _, p in ipairs(r.problems) do
+        if whats[p.what] and (pass == nil or p.pass == pass) then
+            by[p.what] = by[p.what] or {}
+            table.insert(by[p.what], p.text)
+            n = n + 1
+        end
+    end
     local parts = {}
-    for _, what in ipairs(whats) do
-        local list = r.problems[what]
+    for _, what in ipairs({ "crash", "broken", "model", "leftover", "next", "fd", "message", "code" }) do
+        local list = by[what]
         if list then
             parts[#parts + 1] = ("%d %s:"):format(#list, what)
             for i = 1, math.min(#list, 6) do parts[#parts + 1] = "  " .. list[i] end
             if #list > 6 then parts[#parts + 1] = "  ..." end
         end
     end
-    return table.concat(parts, "\n")
+    return n, table.concat(parts, "\n")
 end
 
-local function count(list)
-    return list and #list or 0
-end
-
-local function runs_of(r, kind)
+local function runs_of(r, case)
     local t = {}
     for _, run in ipairs(r.runs) do
-        if run.kind == kind then t[#t + 1] = run end
+        if case == nil or run.case == case or pass_of(run.case) == case then t[#t + 1] = run end
     end
     return t
 end
@@ -246,24 +261,33 @@ describe("an operation whose system calls fail one at a time (errno injection)",
         end
     end)
 
+    -- The runs of one pass of an operation: none of them left a problem,
+    -- all of them ran, and the injected failures reached the operation.
+    local function check_pass(name, pass)
+        local r = report(name)
+        assert(r.done, name .. ": the child did not finish:\n" .. r.text:sub(-2000))
+        local runs = runs_of(r, pass)
+        local n, text = problems(r, STATE_PROBLEMS, pass)
+        assert(n == 0, ("%s: %d problems in %d runs:\n%s"):format(name, n, #runs, text))
+        local failed, once = 0, 0
+        for _, run in ipairs(runs) do
+            if not run.ok then failed = failed + 1 end
+        end
+        for _, calls in pairs(r.calls) do once = once + calls end
+        assert.are.equal(pass == ONCE and once or r.cases - once, #runs, name .. ": one run per case")
+        assert(#runs > 0 and failed > 0, name .. ": no injected failure made the operation fail")
+    end
+
     for _, op in ipairs(OPS) do
-        local name, doc = op[1], op[2]
-        it(doc .. "; after it the log and the snapshots are consistent and the next "
-           .. "operations work", function()
-            local r = report(name)
-            local total, failed = 0, 0
-            for _, n in pairs(r.calls) do total = total + n end
-            for _, run in ipairs(r.runs) do
-                if not run.ok then failed = failed + 1 end
-            end
-            local bad = 0
-            for _, what in ipairs(STATE_PROBLEMS) do bad = bad + count(r.problems[what]) end
-            assert(bad == 0, ("%s: %d problems in %d runs:\n%s"):format(name, bad, #r.runs,
-                   problems_text(r, STATE_PROBLEMS)))
-            assert(r.done, name .. ": the child did not finish:\n" .. r.text:sub(-2000))
-            assert(total > 0, name .. ": no calls counted")
-            assert.are.equal(total, #r.runs, name .. ": one run per counted call")
-            assert(failed > 0, name .. ": no injected failure made the operation fail")
+        local name, what, promise = op[1], op[2], op[3]
+        it(("%s that fails at any call %s; after it the log and the snapshots are consistent "
+            .. "and the next operations work"):format(what, promise), function()
+            check_pass(name, ONCE)
+        end)
+        it(("%s whose failing call goes on failing (a full or broken disk), or whose undo "
+            .. "fails too, %s all the same; the next operations work once the disk does"):format(
+            what, promise), function()
+            check_pass(name, STUCK)
         end)
     end
 
@@ -291,23 +315,23 @@ describe("an operation whose system calls fail one at a time (errno injection)",
     end)
 
     it("a failure names the path or the snapshot it concerns", function()
-        local parts, n = {}, 0
+        local parts, total = {}, 0
         for _, op in ipairs(OPS) do
-            local r = report(op[1])
-            n = n + count(r.problems.message)
-            if r.problems.message then parts[#parts + 1] = op[1] .. ": " .. problems_text(r, { "message" }) end
+            local n, text = problems(report(op[1]), { message = true })
+            total = total + n
+            if n > 0 then parts[#parts + 1] = op[1] .. ": " .. text end
         end
-        assert(n == 0, table.concat(parts, "\n"))
+        assert(total == 0, table.concat(parts, "\n"))
     end)
 
     it("a failure reports the code of what failed: IO for EIO, NOSPC for ENOSPC, NOMEM "
        .. "for memory", function()
-        local parts, n = {}, 0
+        local parts, total = {}, 0
         for _, op in ipairs(OPS) do
-            local r = report(op[1])
-            n = n + count(r.problems.code)
-            if r.problems.code then parts[#parts + 1] = op[1] .. ": " .. problems_text(r, { "code" }) end
+            local n, text = problems(report(op[1]), { code = true })
+            total = total + n
+            if n > 0 then parts[#parts + 1] = op[1] .. ": " .. text end
         end
-        assert(n == 0, table.concat(parts, "\n"))
+        assert(total == 0, table.concat(parts, "\n"))
     end)
 end)

@@ -10,27 +10,32 @@
 --      operation needs, and the model of what they hold;
 --   2. measures: on a fresh copy of the template, runs the operation once
 --      and counts the calls of each kind it makes;
---   3. for every kind and every N from 1 to that count: on a fresh copy,
---      arms (kind, N), runs the operation, disarms everything, and checks
---      (one_run) that the operation succeeded or failed cleanly, that the
---      log and the snapshots are what the model allows, that nothing
---      half-made is left, and that the next operations work.
+--   3. for every kind and every N from 1 to that count (cases_of): on a
+--      fresh copy, arms the Nth call to fail -- once ("write"), or from
+--      then on ("write*"), or once while no ftruncate works either, so
+--      that undoing fails too ("write!") -- runs the operation, disarms
+--      everything, and checks (one_run) that the operation succeeded or
+--      failed cleanly, that the log and the snapshots are what the model
+--      allows, that nothing half-made is left, and that the next
+--      operations work.
 --
--- It prints one line per fact, which the spec parses:
+-- It prints one line per fact, which the spec parses (<case> is the
+-- kind with its suffix):
 --
 --   calls <kind> <count>           what step 2 counted
---   begin <kind> <n>               a run starts
---   run <kind> <n> ok|failed <CODE|-> <snapshots listed after it>
---   bad <kind> <n> <what> <text>   a check failed; <what> is one of
+--   cases <count>                  how many runs step 3 makes
+--   begin <case> <n>               a run starts
+--   run <case> <n> ok|failed <CODE|-> <snapshots listed after it>
+--   bad <case> <n> <what> <text>   a check failed; <what> is one of
 --                                  broken, model, leftover, next,
 --                                  message, code, fd
---   crash <kind> <n> <how>         (supervise) the run never finished
+--   crash <case> <n> <how>         (supervise) the run never finished
 --   done <runs>
 --
 -- Two entry points, both from `require("helpers.fault").main(arg)`:
 --
---   work <op> <workdir> [<kind> <n>]
---       the runs above; resumes after run (kind, n) when given.
+--   work <op> <workdir> [<case> <n>]
+--       the runs above; resumes after run (case, n) when given.
 --   supervise <lua> <script> <op> <workdir> <seconds>
 --       runs `work` under <lua> (killed after <seconds>) until it prints
 --       "done"; a run that crashed or hung is reported as a crash line
@@ -342,6 +347,7 @@ end
 --   fixture     the template (build_template)
 --   handles     what is open when it runs: log (a writer, sync =
 --               "always"), sm (a manager), sm_copy (a copy-mode manager)
+--   undo        it cuts files back when it fails (the "!" cases)
 --   setup(c)    before arming: c holds the fixture (c.fx) and the handles
 --   run(c)      the operation
 --   returned(c, ...)  for a success: nil, or what is wrong with its results
@@ -400,6 +406,7 @@ end
 OPS.append = {
     fixture = { records = 40, snapshots = { S1 = 30 } },
     handles = { log = true },
+    undo = true,
     setup = function(c) c.recs = { fitting_record(c) } end,
     run = append_recs,
     returned = returned_offset,
@@ -412,6 +419,7 @@ OPS.append = {
 OPS.append_batch = {
     fixture = { records = 40, snapshots = { S1 = 30 } },
     handles = { log = true },
+    undo = true,
     setup = function(c)
         local h, room = c.fx.hwm, c.fx.room
         local first = math.floor(room / 2)
@@ -438,6 +446,7 @@ OPS.append_batch = {
 OPS.roll = {
     fixture = { records = 40, snapshots = { S1 = 30 } },
     handles = { log = true },
+    undo = true,
     setup = function(c)
         c.recs = { sized(c.fx.hwm, c.fx.room + 1) }
         c.segments = c.log:num_segments()
@@ -485,6 +494,7 @@ OPS.truncate = {
 OPS.unshare = {
     fixture = { records = 40, snapshots = { S1 = 30 }, outside = true },
     handles = { log = true },
+    undo = true,
     setup = function(c)
         c.recs = { fitting_record(c) }
         c.outside = outside_bytes(c.fx)
@@ -750,10 +760,11 @@ local function check_restored(c, t, paths, bad, what)
 end
 
 -- A writer's view: in one of the states the model allows (a list of
--- { model, lo, hi }); then one more record appended and read back.
--- Returns the one state it is in now, with that record.
+-- { model, lo, hi }); then one more record, appended and read back,
+-- which must land where one of those states ends -- also when the view
+-- was wrong.  Returns the one state the log is in now, with that record.
 local function check_writer(log, states, bad, where, label)
-    local h, state, whys = log:high_water_mark(), nil, {}
+    local h, seen, whys = log:high_water_mark(), nil, {}
     for _, st in ipairs(states) do
         local why
         if h < st[2] or h > st[3] then
@@ -761,32 +772,37 @@ local function check_writer(log, states, bad, where, label)
         else
             why = mismatch(log, st[1], h)
         end
-        if not why then state = st break end
+        if not why then seen = st break end
         whys[#whys + 1] = why
     end
-    if not state then
-        bad("model", where .. ": " .. table.concat(whys, "; or "))
-        return states
-    end
+    if not seen then bad("model", where .. ": " .. table.concat(whys, "; or ")) end
     local rec = { key = label, value = "appended " .. where, timestamp = ts_for(h) }
     local off, msg, code = log:append(rec.key, rec.value, rec.timestamp)
-    if off ~= h then
+    if not off then
         bad("next", where .. ": the next append: " .. show(off, msg, code))
-        return { { state[1], h, h } }
+        return states
     end
-    local got = log:read(h)
+    local into
+    for _, st in ipairs(seen and { seen } or states) do
+        if off >= st[2] and off <= st[3] and (not seen or off == h) then into = st break end
+    end
+    if not into then
+        bad("model", ("%s: the next append went to offset %d, where the log had %d records"):format(where, off, h))
+        into = states[1]
+    end
+    local got = log:read(off)
     if not got or got.value ~= rec.value then bad("next", where .. ": the next append does not read back") end
     local m = {}
-    for i = 1, h do m[i] = state[1][i] end
-    m[h + 1] = rec
-    return { { m, h + 1, h + 1 } }
+    for i = 1, off do m[i] = into[1][i] end
+    m[off + 1] = rec
+    return { { m, off + 1, off + 1 } }
 end
 
--- One run: a fresh copy of the template, the handles, (kind, n) armed
--- around the operation, then every check with nothing armed.  kind nil:
--- the measuring run.  Returns the outcome, the code, the problems found,
+-- One run: a fresh copy of the template, the handles, the case's fault
+-- armed around the operation, then every check with nothing armed.
+-- case nil: the measuring run.  Returns the outcome, the code, the problems found,
 -- the calls counted and the snapshots listed afterwards.
-local function one_run(fx, op, kind, n)
+local function one_run(fx, op, case)
     local problems = {}
     local function bad(what, text) problems[#problems + 1] = { what, text } end
     local c = { fx = fx }
@@ -796,7 +812,11 @@ local function one_run(fx, op, kind, n)
     if op.setup then op.setup(c) end
 
     core._fault_reset()
-    if kind then core._fault_arm(kind, n, M.ERRNO[kind]) end
+    local kind = case and case.kind
+    if case then
+        core._fault_arm(kind, case.n, M.ERRNO[kind], case.persist)
+        if case.no_undo then core._fault_arm("ftruncate", 1, M.ERRNO.ftruncate, true) end
+    end
     local r = pack(pcall(op.run, c))
     local counts = {}
     for _, k in ipairs(M.KINDS) do counts[k] = core._fault_calls(k) end
@@ -883,40 +903,67 @@ end
 -- work: every run of one operation
 -------------------------------------------------------------------------
 
-local function work(name, dir, from_kind, from_n)
+-- The cases, from the calls counted: for every kind and every N up to its
+-- count, the Nth call fails once ("write"); for the system calls, it and
+-- every later one of its kind fail -- the disk stays full or broken
+-- ("write*"); for the operations that cut files back when they fail
+-- (undo), the Nth call fails and no ftruncate works, so the undo fails
+-- too ("write!").
+local function cases_of(op, counts)
+    local cases = {}
+    local function add(suffix, kind, extra)
+        for n = 1, counts[kind] do
+            local c = { token = kind .. suffix, kind = kind, n = n }
+            for k, v in pairs(extra) do c[k] = v end
+            cases[#cases + 1] = c
+        end
+    end
+    for _, kind in ipairs(M.KINDS) do add("", kind, {}) end
+    for _, kind in ipairs(M.KINDS) do
+        if kind ~= "malloc" then add("*", kind, { persist = true }) end
+    end
+    if op.undo then
+        for _, kind in ipairs(M.KINDS) do
+            if kind ~= "ftruncate" then add("!", kind, { no_undo = true }) end
+        end
+    end
+    return cases
+end
+
+local function work(name, dir, from_token, from_n)
     local op = assert(OPS[name], "unknown operation " .. tostring(name))
     shell.start(dir)
     local fx = build_template(dir, op.fixture)
     local last = { "-", 0 }
-    local function start_run(kind, n)
+    local function start_run(token, n)
         local open = fresh_copy(fx)
         if #open > 0 then
             emit("bad", last[1], last[2], "fd", "descriptors left open after the run: " .. table.concat(open, " "))
         end
-        last = { kind or "-", n }
+        last = { token or "-", n }
         collectgarbage()
     end
 
     start_run(nil, 0)
-    local ok, code, problems, counts = one_run(fx, op, nil, 0)
+    local ok, code, problems, counts = one_run(fx, op, nil)
     if ok ~= true then emit("bad", "-", 0, "broken", "it fails with no fault armed: " .. tostring(code)) end
     for _, p in ipairs(problems) do emit("bad", "-", 0, p[1], p[2]) end
     for _, k in ipairs(M.KINDS) do emit("calls", k, counts[k]) end
+    local cases = cases_of(op, counts)
+    emit("cases", #cases)
 
-    local runs, skipping = 0, from_kind ~= nil
-    for _, kind in ipairs(M.KINDS) do
-        for n = 1, counts[kind] do
-            if skipping then
-                skipping = not (kind == from_kind and n == from_n)
-            else
-                start_run(kind, n)
-                emit("begin", kind, n)
-                local rok, rcode, rproblems, _, survivors = one_run(fx, op, kind, n)
-                emit("run", kind, n, rok and "ok" or "failed", rok and "-" or tostring(rcode),
-                     survivors and table.concat(survivors, ",") or "")
-                for _, p in ipairs(rproblems) do emit("bad", kind, n, p[1], p[2]) end
-                runs = runs + 1
-            end
+    local runs, skipping = 0, from_token ~= nil
+    for _, case in ipairs(cases) do
+        if skipping then
+            skipping = not (case.token == from_token and case.n == from_n)
+        else
+            start_run(case.token, case.n)
+            emit("begin", case.token, case.n)
+            local rok, rcode, rproblems, _, survivors = one_run(fx, op, case)
+            emit("run", case.token, case.n, rok and "ok" or "failed", rok and "-" or tostring(rcode),
+                 survivors and table.concat(survivors, ",") or "")
+            for _, p in ipairs(rproblems) do emit("bad", case.token, case.n, p[1], p[2]) end
+            runs = runs + 1
         end
     end
     start_run(nil, 0)
@@ -966,7 +1013,7 @@ local function supervise(lua, script, name, dir, seconds)
                     emit("crash", began and began[1] or "-", began and began[2] or 0,
                          how .. ": " .. crash_text(tail))
                 end
-            elseif word == "calls" then
+            elseif word == "calls" or word == "cases" then
                 if not calls_seen then io.stdout:write(line, "\n") end
             else
                 if word == "begin" then began, tail = { kind, tonumber(n) }, {} end
