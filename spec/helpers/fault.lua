@@ -645,10 +645,6 @@ OPS.list = {
     snaps = all_must,
 }
 
-M.OP_NAMES = { "append", "append_batch", "roll", "truncate", "unshare", "create", "create_copy",
-               "restore", "restore_upto", "restore_replace", "restore_replace_upto", "delete",
-               "cleanup", "list" }
-
 -------------------------------------------------------------------------
 -- The checks
 -------------------------------------------------------------------------
