@@ -151,6 +151,30 @@ int tk_path_join(char *out, size_t cap, const char *dir, const char *name) {
     return 0;
 }
 
+int tk_read_file(const char *path, size_t max, unsigned char **out, size_t *len) {
+    struct stat st;
+    unsigned char *buf;
+    ssize_t got;
+    int fd = tk_open(path, O_RDONLY | O_CLOEXEC, 0), e;
+    *out = NULL;
+    *len = 0;
+    if (fd < 0) return -1;
+    if (fstat(fd, &st) < 0) goto fail;
+    if ((uint64_t)st.st_size > max) { errno = EFBIG; goto fail; }
+    if (!(buf = tk_malloc((size_t)st.st_size + 1))) { errno = ENOMEM; goto fail; }
+    got = tk_pread_full(fd, buf, (size_t)st.st_size, 0);
+    if (got < 0) { e = errno; free(buf); errno = e; goto fail; }
+    close(fd);
+    *out = buf;
+    *len = (size_t)got;
+    return 0;
+fail:
+    e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
+
 long tk_link_count(int fd) {
     struct stat st;
     if (fstat(fd, &st) < 0) return -1;

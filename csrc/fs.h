@@ -45,6 +45,10 @@ int tk_path_join(char *out, size_t cap, const char *dir, const char *name);
 /* Link count of fd, or -1. */
 long tk_link_count(int fd);
 
+/* The whole of a small file in a new buffer (*out, *len; caller frees);
+ * EFBIG when it holds more than max bytes. */
+int tk_read_file(const char *path, size_t max, unsigned char **out, size_t *len);
+
 /* The atomic replace described above. */
 int tk_replace_file(const char *path, const void *buf, size_t len, int durable);
 

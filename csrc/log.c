@@ -653,6 +653,10 @@ static tk_code writer_enter(tk_log *log, tk_err *err) {
         rc = repair_locked(log, err);
     else
         rc = catch_up(log, &l, is_writer(log), err);
+    /* Under the lock the files match the layout unless something outside
+     * takhin changed them: then they decide, as for a dead writer. */
+    if (rc == TK_RETRY) rc = repair_locked(log, err);
+    if (rc == TK_RETRY) rc = tk_fail(err, TK_IO, "open %s: the segment files keep changing", log->dir);
     if (rc != TK_OK) tk_state_unlock(&log->st);
     return rc;
 }
@@ -805,6 +809,7 @@ static tk_code join_state(tk_log *log, tk_err *err) {
     tk_code rc;
     rc = is_writer(log) || holds_log(log) ? tk_state_open(log->dir, &log->st, err)
                                           : tk_state_open_private(&log->st, err);
+    if (rc == TK_NOMEM) return tk_fail_prefix(err, rc, "open %s", log->dir);
     if (rc != TK_OK) return rc;
     if (log->st.is_private && is_writer(log))
         return tk_fail(err, TK_IO, "open %s: cannot create %s/" TK_STATE_FILE, log->dir, log->dir);
@@ -903,7 +908,20 @@ static tk_code unshare_active(tk_log *log, unsigned which, tk_err *err) {
     tk_segment *s = active(log);
     tk_code rc;
     int shared = 0;
-    if ((which & (1u << TK_EXT_LOG)) && tk_link_count(s->log_fd) > 1) shared = 1;
+    if (which & (1u << TK_EXT_LOG)) {
+        /* The same fstat tells whether a failed append whose undo failed
+         * too (ftruncate refused) left bytes past the published end: cut
+         * them first, or a record of that append could outlive a shorter
+         * one written over its start, and come back at the next open. */
+        struct stat st;
+        if (fstat(s->log_fd, &st) < 0)
+            return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".log", log->dir, s->base);
+        if (st.st_nlink > 1) shared = 1;
+        if ((uint64_t)st.st_size > s->size && tk_ftruncate(s->log_fd, (off_t)s->size) < 0)
+            return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".log: cut the %" PRIu64
+                                 " bytes a failed append left past its end", log->dir, s->base,
+                                 (uint64_t)st.st_size - s->size);
+    }
     if ((which & (1u << TK_EXT_INDEX)) && tk_link_count(s->idx_fd) > 1) shared = 1;
     if ((which & (1u << TK_EXT_TIMEINDEX)) && tk_link_count(s->tim_fd) > 1) shared = 1;
     if (!shared) return TK_OK;
@@ -1137,6 +1155,21 @@ static tk_code check_budget(tk_log *log, const tk_rec_in *recs, size_t n, tk_err
                    log->dir, have, add, log->o.retention_max_bytes);
 }
 
+/* The active segment's index descriptors, which a roll that failed half
+ * way may have left closed (the seal closes them); reopened, its
+ * .timeindex loses the trailer that roll wrote.  Caller holds the lock. */
+static tk_code ready_active(tk_log *log, tk_err *err) {
+    tk_segment *s = active(log);
+    tk_code rc;
+    if (s->idx_fd >= 0 && s->tim_fd >= 0) return TK_OK;
+    if ((rc = tk_seg_open_index_fds(log->dir, s, err)) != TK_OK) return rc;
+    if (tk_ftruncate(s->tim_fd, (off_t)(s->idx_n * TK_TIDX_ENTRY)) < 0 ||
+        tk_ftruncate(s->idx_fd, (off_t)(s->idx_n * TK_OIDX_ENTRY)) < 0)
+        return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".timeindex", log->dir, s->base);
+    s->icrc_known = 0;
+    return TK_OK;
+}
+
 /* Under wmu and the state's lock. */
 static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
                              tk_err *err) {
@@ -1144,6 +1177,7 @@ static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64
     int64_t start = active(log)->next, now = now_ms();
     size_t i = 0;
     tk_code rc = check_budget(log, recs, n, err);
+    if (rc == TK_OK) rc = ready_active(log, err);
     if (rc == TK_OK) rc = unshare_active(log, 1u << TK_EXT_LOG, err);
     while (rc == TK_OK && i < n) {
         tk_segment *s = active(log);
@@ -1163,7 +1197,16 @@ static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64
     }
     if (rc != TK_OK && active(log)->next > start) {
         tk_err scratch;                     /* all or nothing: drop the prefix */
-        truncate_locked(log, start, &scratch);
+        int64_t end = active(log)->next;
+        if (truncate_locked(log, start, &scratch) != TK_OK && err) {
+            /* The disk refused the undo too: some of those records may
+             * stay (the files decide), and the caller must know. */
+            char full[2 * sizeof err->msg + 128];
+            snprintf(full, sizeof full, "%s; offsets [%" PRId64 ", %" PRId64 ") written "
+                     "before it may not all have been taken back (%s)", err->msg, start, end,
+                     scratch.msg);
+            snprintf(err->msg, sizeof err->msg, "%.*s", (int)(sizeof err->msg - 1), full);
+        }
     }
     tk_index_free(&pd.ix);
     if (rc == TK_OK && first) *first = start;
@@ -1295,12 +1338,19 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         return tk_fail(err, TK_READONLY, "append to %s: log is open read-only", log->dir);
     if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
     pthread_mutex_lock(&log->wmu);
+    int64_t at = TK_NONE;
     if ((rc = take_sync_error(log, err)) == TK_OK && (rc = writer_enter(log, err)) == TK_OK) {
-        rc = append_locked(log, recs, n, first, err);
+        rc = append_locked(log, recs, n, &at, err);
         end = active(log)->next;
         writer_leave(log);
     }
-    if (rc == TK_OK && durable(log)) rc = group_commit(log, end, err);
+    if (rc == TK_OK && first) *first = at;
+    /* The records are in the log (published: other handles may have read
+     * them already, and appended after them), so a failed fsync cannot
+     * take them back; the caller learns they may not be durable. */
+    if (rc == TK_OK && durable(log) && (rc = group_commit(log, end, err)) != TK_OK)
+        tk_fail_prefix(err, rc, "append to %s: offsets [%" PRId64 ", %" PRId64 ") are written "
+                       "but may not survive a power loss", log->dir, at, end);
     if (log->wcap > TRIM_ABOVE) {           /* an idle handle keeps no big buffer */
         free(log->wbuf);
         log->wbuf = NULL;
@@ -1372,6 +1422,7 @@ out:
 /* Caller holds wmu and the lock; publishes under a new generation. */
 static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     size_t k;
+    int reloaded = 1;
     tk_code rc;
     load_index_tail(log);
     change_begin(log);
@@ -1393,13 +1444,18 @@ static tk_code truncate_locked(tk_log *log, int64_t offset, tk_err *err) {
     pthread_rwlock_unlock(&log->rw);
     if (rc != TK_OK) {
         /* Whatever the files hold now is the truth: read it back, or
-         * leave that to the next locker. */
+         * leave that to the next locker -- this handle included: its
+         * partial view is never used or published. */
         tk_err scratch;
         pthread_rwlock_wrlock(&log->rw);
-        if (load_view(log, NULL, 1, &scratch) != TK_OK) tk_state_set_stale(&log->st);
+        reloaded = load_view(log, NULL, 1, &scratch) == TK_OK;
         pthread_rwlock_unlock(&log->rw);
     }
     if (log->nsegs > 0) change_end(log);
+    if (!reloaded) {
+        tk_state_set_stale(&log->st);
+        log->gen = 0;
+    }
     return rc;
 }
 
@@ -1598,6 +1654,17 @@ out:
  * lied (TK_STALE) rebuild that index once and run fn again. */
 typedef tk_code (*view_fn)(tk_log *log, void *arg, int64_t *stale_at, tk_err *err);
 
+/* Whether the files may have changed since the view was taken: another
+ * process truncated or restored (a new generation) or moved the start. */
+static int view_moved(tk_log *log) {
+    int moved;
+    if (log->st.is_private) return 1;
+    pthread_rwlock_rdlock(&log->rw);
+    moved = tk_state_gen(&log->st) != log->gen || tk_state_start(&log->st) != log->start;
+    pthread_rwlock_unlock(&log->rw);
+    return moved;
+}
+
 static tk_code with_view(tk_log *log, view_fn fn, void *arg, const char *op, tk_err *err) {
     int repaired = 0, refreshed = 0;
     tk_code rc = tk_log_refresh(log, err);
@@ -1606,11 +1673,12 @@ static tk_code with_view(tk_log *log, view_fn fn, void *arg, const char *op, tk_
         pthread_rwlock_rdlock(&log->rw);
         rc = fn(log, arg, &stale_at, err);
         pthread_rwlock_unlock(&log->rw);
-        if (rc == TK_NOT_FOUND && !refreshed++) {
-            /* A segment file vanished under the view: retention in another
-             * process removed it after moving the start.  The view from
-             * the state says so (the read is then OUT_OF_RANGE); a file
-             * still missing after that is reported as it is. */
+        if ((rc == TK_NOT_FOUND || rc == TK_CORRUPT) && refreshed++ < 3 && view_moved(log)) {
+            /* The files changed under the view: another process truncated
+             * (and rewrote) the bytes being read, or retention removed a
+             * segment after moving the start.  Read again from the new
+             * view (the read may then be OUT_OF_RANGE); what is still
+             * missing or damaged after that is reported as it is. */
             rc = tk_log_refresh(log, err);
             continue;
         }
@@ -1744,7 +1812,7 @@ tk_code tk_iter_open(tk_log *log, int64_t from, int64_t to, tk_iter **out, tk_er
     if (from < base || from > hwm)
         return tk_fail(err, TK_OUT_OF_RANGE, "records %s: offset %" PRId64 " is outside [%"
                        PRId64 ", %" PRId64 "]", log->dir, from, base, hwm);
-    if (!(it = tk_calloc(1, sizeof *it))) return tk_fail(err, TK_NOMEM, "records: out of memory");
+    if (!(it = tk_calloc(1, sizeof *it))) return tk_fail(err, TK_NOMEM, "records %s: out of memory", log->dir);
     it->log = log;
     it->next = from;
     it->end = to < 0 || to > hwm ? hwm : to;

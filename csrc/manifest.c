@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,61 @@
 #include "internal.h"
 
 #define JSON_FORMAT 1
+
+/* ------------------------------------------------------------------ */
+/* jansson's memory                                                     */
+/* ------------------------------------------------------------------ */
+
+/* jansson (2.14) does not survive every allocation failure: its lexer
+ * and its dumper ignore some, and then overrun a buffer or drop text
+ * without saying so.  So no jansson call here may see one.  Around each
+ * parse, build and dump, its allocations come from an arena taken up
+ * front with one malloc (whose failure is a clean NOMEM), sized well past
+ * what the document needs; only past that does it fall back to malloc.
+ * Every object made in the arena is freed (a no-op) before it ends. */
+typedef struct arena {
+    unsigned char *base;
+    size_t size, used;
+} arena;
+
+static _Thread_local arena *g_arena;
+
+static void *json_alloc(size_t n) {
+    arena *a = g_arena;
+    if (a) {
+        size_t need = (n + 15) & ~(size_t)15;
+        if (need >= n && a->size - a->used >= need) {
+            void *p = a->base + a->used;
+            a->used += need;
+            return p;
+        }
+    }
+    return tk_malloc(n);
+}
+
+static void json_release(void *p) {
+    arena *a = g_arena;
+    if (a && (unsigned char *)p >= a->base && (unsigned char *)p < a->base + a->size) return;
+    free(p);
+}
+
+static pthread_once_t json_once = PTHREAD_ONCE_INIT;
+static void json_route(void) { json_set_alloc_funcs(json_alloc, json_release); }
+
+static int arena_begin(arena *a, size_t size) {
+    pthread_once(&json_once, json_route);
+    a->size = size;
+    a->used = 0;
+    if (!(a->base = tk_malloc(size))) return -1;
+    g_arena = a;
+    return 0;
+}
+
+static void arena_end(arena *a) {
+    g_arena = NULL;
+    free(a->base);
+    a->base = NULL;
+}
 
 /* ------------------------------------------------------------------ */
 /* Snapshots <-> JSON objects                                           */
@@ -101,7 +157,8 @@ static int get_str(json_t *o, const char *key, char *out, size_t cap, int requir
     return 0;
 }
 
-/* Fills s from o; -1 when any field is missing or out of range. */
+/* Fills s from o; -1 when any field is missing or out of range, -2 when
+ * out of memory. */
 static int snapshot_from_json(json_t *o, tk_snapshot *s) {
     int64_t v;
     char mode[8];
@@ -132,7 +189,7 @@ static int snapshot_from_json(json_t *o, tk_snapshot *s) {
     offs = json_object_get(o, "segment_offsets");
     if (!json_is_array(offs) || json_array_size(offs) != (size_t)v) return -1;
     s->num_segments = (size_t)v;
-    if (v > 0 && !(s->segment_offsets = tk_malloc((size_t)v * sizeof(int64_t)))) return -1;
+    if (v > 0 && !(s->segment_offsets = tk_malloc((size_t)v * sizeof(int64_t)))) return -2;
     for (size_t i = 0; i < s->num_segments; i++) {
         json_t *e = json_array_get(offs, i);
         if (!json_is_integer(e) || json_integer_value(e) < 0) { tk_snapshot_free(s); return -1; }
@@ -145,33 +202,77 @@ static int snapshot_from_json(json_t *o, tk_snapshot *s) {
 /* Files                                                                */
 /* ------------------------------------------------------------------ */
 
-static tk_code write_json(const char *path, json_t *root, tk_err *err) {
-    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+typedef struct outbuf {
+    char *p;
+    size_t len, cap;
+} outbuf;
+
+static int dump_to(const char *buf, size_t size, void *data) {
+    outbuf *o = data;
+    if (o->cap - o->len < size + 2) {
+        size_t cap = o->cap ? o->cap : 4096;
+        char *p;
+        while (cap - o->len < size + 2) cap *= 2;
+        if (!(p = tk_realloc(o->p, cap))) return -1;
+        o->p = p;
+        o->cap = cap;
+    }
+    memcpy(o->p + o->len, buf, size);
+    o->len += size;
+    return 0;
+}
+
+/* Dumps root (made in arena a, which this ends) and writes it to path,
+ * atomically.  root NULL: the build ran out of memory. */
+static tk_code write_json(const char *path, json_t *root, arena *a, tk_err *err) {
+    outbuf o = { NULL, 0, 0 };
     tk_code rc = TK_OK;
+    int bad = !root || json_dump_callback(root, dump_to, &o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0;
     json_decref(root);
-    if (!text) return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
-    size_t len = strlen(text);
-    text[len] = '\n';               /* json_dumps leaves room for its NUL */
-    if (tk_replace_file(path, text, len + 1, 1) < 0)
+    arena_end(a);
+    if (bad) {
+        free(o.p);
+        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    }
+    o.p[o.len++] = '\n';
+    if (tk_replace_file(path, o.p, o.len, 1) < 0)
         rc = tk_fail_errno(err, errno, "write %s", path);
-    free(text);
+    free(o.p);
     return rc;
 }
 
-static tk_code load_json(const char *path, json_t **root, tk_err *err) {
+/* Parses path into *root, made in arena a (begun here; the caller ends it
+ * after json_decref).  On failure there is no arena to end. */
+static tk_code load_json(const char *path, json_t **root, arena *a, tk_err *err) {
     json_error_t je;
-    FILE *f = fopen(path, "rb");
-    if (!f) return tk_fail_errno(err, errno, "open %s", path);
-    *root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
-    fclose(f);
-    if (!*root)
+    unsigned char *text;
+    size_t len;
+    if (tk_read_file(path, 64u << 20, &text, &len) < 0) {
+        if (errno == EFBIG) return tk_fail(err, TK_CORRUPT, "read %s: larger than 64 MiB", path);
+        return tk_fail_errno(err, errno, "read %s", path);
+    }
+    if (arena_begin(a, 16 * len + (64u << 10)) < 0) {
+        free(text);
+        return tk_fail(err, TK_NOMEM, "read %s: out of memory", path);
+    }
+    *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
+    if (!*root) {
+        arena_end(a);
         return tk_fail(err, TK_CORRUPT, "parse %s: %s (line %d)", path, je.text, je.line);
+    }
     return TK_OK;
 }
 
 tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err) {
-    json_t *root = snapshot_to_json(&m->snap), *files = json_array();
-    int bad = !root || !files;
+    json_t *root, *files;
+    arena a;
+    int bad;
+    if (arena_begin(&a, (m->nfiles + m->ncursors + m->snap.num_segments) * 512 + (64u << 10)) < 0)
+        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    root = snapshot_to_json(&m->snap);
+    files = json_array();
+    bad = !root || !files;
     for (size_t i = 0; !bad && i < m->nfiles; i++) {
         char crc[9];
         snprintf(crc, sizeof crc, "%08" PRIx32, m->files[i].crc);
@@ -191,9 +292,9 @@ tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err) {
     json_decref(files);
     if (bad) {
         json_decref(root);
-        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+        root = NULL;
     }
-    return write_json(path, root, err);
+    return write_json(path, root, &a, err);
 }
 
 /* "cursors": { "name": offset, ... }, optional; names checked, offsets
@@ -204,7 +305,7 @@ static int cursors_from_json(json_t *o, tk_manifest *m) {
     size_t i = 0;
     if (!o) return 0;
     if (!json_is_object(o) || json_object_size(o) > 1024) return -1;
-    if (!(m->cursors = tk_calloc(json_object_size(o) + 1, sizeof *m->cursors))) return -1;
+    if (!(m->cursors = tk_calloc(json_object_size(o) + 1, sizeof *m->cursors))) return -2;
     json_object_foreach(o, name, v) {
         if (tk_cursor_check_name(name, NULL) != TK_OK || !json_is_integer(v) ||
             json_integer_value(v) < 0)
@@ -234,7 +335,9 @@ static int file_from_json(json_t *o, tk_mfile *f) {
 
 tk_code tk_manifest_read(const char *path, tk_manifest *m, tk_err *err) {
     json_t *root, *files, *format;
-    tk_code rc = load_json(path, &root, err);
+    arena a;
+    int r = -1;
+    tk_code rc = load_json(path, &root, &a, err);
     memset(m, 0, sizeof *m);
     if (rc != TK_OK) return rc;
     format = json_object_get(root, "format");
@@ -244,26 +347,42 @@ tk_code tk_manifest_read(const char *path, tk_manifest *m, tk_err *err) {
                      "supported (this takhin reads format %d)", path, json_integer_value(format),
                      JSON_FORMAT);
         json_decref(root);
+        arena_end(&a);
         return rc;
     }
     files = json_object_get(root, "files");
-    if (snapshot_from_json(root, &m->snap) < 0 || m->snap.damaged || !json_is_array(files)) goto bad;
-    if (cursors_from_json(json_object_get(root, "cursors"), m) < 0) goto bad;
+    if (!json_is_array(files)) goto bad;
+    if ((r = snapshot_from_json(root, &m->snap)) < 0) goto bad;
+    r = -1;
+    if (m->snap.damaged) goto bad;
+    if ((r = cursors_from_json(json_object_get(root, "cursors"), m)) < 0) goto bad;
     m->nfiles = json_array_size(files);
-    if (!(m->files = tk_calloc(m->nfiles ? m->nfiles : 1, sizeof *m->files))) goto bad;
+    if (!(m->files = tk_calloc(m->nfiles ? m->nfiles : 1, sizeof *m->files))) { r = -2; goto bad; }
+    r = -1;
     for (size_t i = 0; i < m->nfiles; i++)
         if (file_from_json(json_array_get(files, i), &m->files[i]) < 0) goto bad;
     json_decref(root);
+    arena_end(&a);
     return TK_OK;
 bad:
     json_decref(root);
+    arena_end(&a);
     tk_manifest_free(m);
+    if (r == -2) return tk_fail(err, TK_NOMEM, "read %s: out of memory", path);
     return tk_fail(err, TK_CORRUPT, "read %s: not a valid takhin manifest", path);
 }
 
 tk_code tk_catalog_write(const char *path, const tk_snapshot *snaps, size_t n, tk_err *err) {
-    json_t *root = json_object(), *arr = json_array();
-    int bad = !root || !arr;
+    json_t *root, *arr;
+    arena a;
+    size_t segs = 0;
+    int bad;
+    for (size_t i = 0; i < n; i++) segs += snaps[i].num_segments;
+    if (arena_begin(&a, n * 1024 + segs * 64 + (64u << 10)) < 0)
+        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+    root = json_object();
+    arr = json_array();
+    bad = !root || !arr;
     for (size_t i = 0; !bad && i < n; i++)
         bad = json_array_append_new(arr, snapshot_to_json(&snaps[i])) < 0;
     bad = bad || json_object_set_new(root, "format", json_integer(JSON_FORMAT)) < 0 ||
@@ -271,28 +390,33 @@ tk_code tk_catalog_write(const char *path, const tk_snapshot *snaps, size_t n, t
     json_decref(arr);
     if (bad) {
         json_decref(root);
-        return tk_fail(err, TK_NOMEM, "write %s: out of memory", path);
+        root = NULL;
     }
-    return write_json(path, root, err);
+    return write_json(path, root, &a, err);
 }
 
 tk_code tk_catalog_read(const char *path, tk_snapshot **out, size_t *n, tk_err *err) {
     json_t *root, *arr;
     tk_snapshot *snaps = NULL;
     size_t count = 0;
-    tk_code rc = load_json(path, &root, err);
+    arena a;
+    int r = -1;
+    tk_code rc = load_json(path, &root, &a, err);
     if (rc != TK_OK) return rc;
     arr = json_object_get(root, "snapshots");
     if (!json_is_array(arr)) goto bad;
-    if (!(snaps = tk_calloc(json_array_size(arr) + 1, sizeof *snaps))) goto bad;
+    if (!(snaps = tk_calloc(json_array_size(arr) + 1, sizeof *snaps))) { r = -2; goto bad; }
     for (count = 0; count < json_array_size(arr); count++)
-        if (snapshot_from_json(json_array_get(arr, count), &snaps[count]) < 0) goto bad;
+        if ((r = snapshot_from_json(json_array_get(arr, count), &snaps[count])) < 0) goto bad;
     json_decref(root);
+    arena_end(&a);
     *out = snaps;
     *n = count;
     return TK_OK;
 bad:
     json_decref(root);
+    arena_end(&a);
     tk_snapshot_list_free(snaps, count);
+    if (r == -2) return tk_fail(err, TK_NOMEM, "read %s: out of memory", path);
     return tk_fail(err, TK_CORRUPT, "read %s: not a valid snapshot catalog", path);
 }

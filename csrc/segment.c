@@ -274,7 +274,7 @@ tk_code tk_seg_scan(const char *dir, tk_segment *s, tk_window *c, uint64_t *pos,
         if (tk_idxstate_step(st, h.timestamp, total, interval) &&
             tk_index_push(&s->ix, (uint32_t)(*expect - s->base), (uint32_t)*pos,
                           st->max_ts) < 0)
-            return tk_fail(err, TK_NOMEM, "index %020" PRId64 ": out of memory", s->base);
+            return tk_fail(err, TK_NOMEM, "index %s/%020" PRId64 ": out of memory", dir, s->base);
         *pos += total;
         (*expect)++;
     }
@@ -504,7 +504,7 @@ tk_code tk_seg_create(const char *dir, int64_t base, int durable, tk_fdcache *ca
     char path[PATH_MAX];
     tk_segment *s = tk_seg_new(base, cache);
     tk_code rc;
-    if (!s) return tk_fail(err, TK_NOMEM, "create segment %020" PRId64 ": out of memory", base);
+    if (!s) return tk_fail(err, TK_NOMEM, "create segment %s/%020" PRId64 ": out of memory", dir, base);
     /* The .log comes last: a segment exists once its .log does. */
     for (int i = 0; i < 3; i++) {
         int fd = open_at(dir, base, order[i], O_RDWR | O_CREAT | O_TRUNC, path, sizeof path);
@@ -610,7 +610,7 @@ tk_code tk_seg_write_index(const char *dir, tk_segment *s, int sealed, int durab
     tim = tk_malloc(tlen + 1);
     if (!off || !tim) {
         free(off); free(tim);
-        return tk_fail(err, TK_NOMEM, "index %020" PRId64 ": out of memory", s->base);
+        return tk_fail(err, TK_NOMEM, "index %s/%020" PRId64 ": out of memory", dir, s->base);
     }
     tk_index_encode_off(&s->ix, 0, n, off);
     tk_index_encode_time(&s->ix, 0, n, tim);

@@ -258,8 +258,15 @@ static tk_code rebuild_catalog(const tk_snapmgr *m, char **ids, size_t nids,
     if (!snaps) return tk_fail(err, TK_NOMEM, "rebuild %s/" TK_CATALOG_FILE ": out of memory", m->dir);
     for (size_t i = 0; i < nids; i++) {
         tk_manifest man;
-        if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, ids[i], TK_MANIFEST_FILE) == 0 &&
-            tk_manifest_read(path, &man, NULL) == TK_OK) {
+        tk_err scratch;
+        tk_code mrc = TK_IO;
+        if (snap_path(path, sizeof path, m, TK_SNAP_PREFIX, ids[i], TK_MANIFEST_FILE) == 0)
+            mrc = tk_manifest_read(path, &man, &scratch);
+        if (mrc == TK_NOMEM) {          /* not damaged: we could not look */
+            tk_snapshot_list_free(snaps, i);
+            return tk_fail_pass(err, &scratch);
+        }
+        if (mrc == TK_OK) {
             if (strcmp(man.snap.id, ids[i]) == 0) {
                 snaps[i] = man.snap;
                 man.snap.segment_offsets = NULL;
@@ -398,7 +405,7 @@ tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
     if (dir && same_dir(dir, log_dir))
         return tk_fail(err, TK_INVALID, "snapshot_manager %s: the snapshot directory %s is the "
                        "log's own directory", log_dir, dir);
-    if (!(m = tk_calloc(1, sizeof *m))) return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
+    if (!(m = tk_calloc(1, sizeof *m))) return tk_fail(err, TK_NOMEM, "snapshot_manager %s: out of memory", log_dir);
     m->mode = mode;
     m->log_dir = tk_strdup(log_dir);
     m->jobs = tk_jobs_new();
@@ -406,7 +413,7 @@ tk_code tk_snapmgr_open(const char *log_dir, const char *dir, tk_snap_mode mode,
     else if (m->log_dir && asprintf(&m->dir, "%s/" TK_SNAP_DEFAULT_DIR, log_dir) < 0) m->dir = NULL;
     if (!m->log_dir || !m->dir || !m->jobs) {
         tk_snapmgr_close(m);
-        return tk_fail(err, TK_NOMEM, "snapshot_manager: out of memory");
+        return tk_fail(err, TK_NOMEM, "snapshot_manager %s: out of memory", log_dir);
     }
     if (tk_mkdir_p(m->dir, 0755) < 0 || stat(m->dir, &st) < 0) {
         rc = tk_fail_errno(err, errno, "create %s", m->dir);
@@ -536,13 +543,14 @@ typedef struct build {
     size_t cap;
     int link_tried;             /* a sealed segment was to be linked */
     int linked;                 /* ... and some file was */
+    const char *what;           /* for messages: the log's directory (or the import's) */
 } build;
 
 static tk_code add_file(build *b, const char *name, uint64_t size, uint32_t crc, tk_err *err) {
     if (b->man.nfiles == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
         tk_mfile *f = tk_realloc(b->man.files, cap * sizeof *f);
-        if (!f) return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+        if (!f) return tk_fail(err, TK_NOMEM, "snapshot of %s: out of memory", b->what ? b->what : "?");
         b->man.files = f;
         b->cap = cap;
     }
@@ -690,7 +698,7 @@ static tk_code place_cut(const tk_snapmgr *m, const tk_cut *cut, const char *tmp
     if (!s->segment_offsets || !p.segs || !p.out) {
         free(p.segs);
         free(p.out);
-        return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+        return tk_fail(err, TK_NOMEM, "snapshot of %s: out of memory", m->log_dir);
     }
     __atomic_store_n(&pg->done, 0, __ATOMIC_RELAXED);
     pg->total = 0;
@@ -819,7 +827,7 @@ static tk_code publish(const tk_snapmgr *m, const tk_create_opts *o, const char 
     if (rc == TK_OK) {
         if (!(all = tk_calloc(n + 1, sizeof *all)) || tk_snapshot_copy(&all[0], &b->man.snap) < 0) {
             free(all);
-            rc = tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+            rc = tk_fail(err, TK_NOMEM, "snapshot of %s: out of memory", m->log_dir);
         } else {
             memcpy(all + 1, snaps, n * sizeof *snaps);
             qsort(all, n + 1, sizeof *all, newest_first);
@@ -845,6 +853,7 @@ static tk_code begin_build(const tk_snapmgr *m, const tk_create_opts *o, build *
     int lock_fd;
     tk_code rc = locked_catalog(m, &lock_fd, &snaps, &n, err);
     if (rc != TK_OK) return rc;
+    b->what = m->log_dir;
     b->man.snap.timestamp = now_ms();
     rc = too_soon(m, snaps, n, o->min_interval_ms, b->man.snap.timestamp, err);
     if (rc == TK_OK) rc = next_seq(m, snaps, n, &b->man.snap.seq, err);
@@ -920,14 +929,15 @@ static tk_code create_begin(tk_snapmgr *m, tk_log *log, const tk_create_opts *op
     *out = NULL;
     if (!opts) { tk_create_opts_init(&defaults); opts = &defaults; }
     if ((rc = check_create(m, log, opts, err)) != TK_OK) return rc;
-    if (!(c = tk_calloc(1, sizeof *c))) return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+    if (!(c = tk_calloc(1, sizeof *c)))
+        return tk_fail(err, TK_NOMEM, "snapshot of %s: out of memory", tk_log_dir(log));
     c->m = m;
     c->log = log;
     c->o = *opts;
     c->tmp_fd = -1;
     if (opts->label && !(c->o.label = c->label = tk_strdup(opts->label))) {
         free_creating(c);
-        return tk_fail(err, TK_NOMEM, "snapshot: out of memory");
+        return tk_fail(err, TK_NOMEM, "snapshot of %s: out of memory", tk_log_dir(log));
     }
     c->pg.fn = opts->progress;
     c->pg.ud = opts->progress_ud;
@@ -1066,7 +1076,8 @@ tk_code tk_snap_total_size(tk_snapmgr *m, uint64_t *size, tk_err *err) {
  * renamed directories are named in *trash for removal after unlocking.
  * A snapshot that cannot be renamed stays listed; the others go on. */
 static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const int *doomed,
-                      const char *step, char ***trash, size_t *ntrash, tk_err *err) {
+                      const char *step, char ***trash, size_t *ntrash, size_t *unlisted,
+                      tk_err *err) {
     tk_snapshot *keep = tk_calloc(n + 1, sizeof *keep);
     size_t nkeep = 0;
     tk_code rc = TK_OK;
@@ -1076,7 +1087,7 @@ static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const i
         free(keep);
         free(*trash);
         *trash = NULL;
-        return tk_fail(err, TK_NOMEM, "delete: out of memory");
+        return tk_fail(err, TK_NOMEM, "delete in %s: out of memory", m->dir);
     }
     for (size_t i = 0; i < n; i++) {
         char from[PATH_MAX], to[PATH_MAX], *copy;
@@ -1093,7 +1104,7 @@ static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const i
             continue;
         }
         if (!(copy = tk_strdup(to))) {      /* gone from the catalog all the same */
-            if (rc == TK_OK) rc = tk_fail(err, TK_NOMEM, "delete: out of memory");
+            tk_rmtree(to);                  /* now, not queued: nothing to queue it with */
             continue;
         }
         (*trash)[(*ntrash)++] = copy;
@@ -1104,6 +1115,7 @@ static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const i
         tk_code prc = publish_catalog(m, keep, nkeep, &scratch);
         if (rc == TK_OK && prc != TK_OK) rc = tk_fail_pass(err, &scratch);
     }
+    *unlisted = n - nkeep;
     free(keep);            /* the snapshots themselves still belong to snaps */
     return rc;
 }
@@ -1123,16 +1135,16 @@ static void empty_trash(char **trash, size_t n, const char *step) {
 static tk_code delete_marked(tk_snapmgr *m, tk_snapshot *snaps, size_t n, int *doomed,
                              int lock_fd, const char *what, size_t *deleted, tk_err *err) {
     char **trash = NULL, step[64];
-    size_t ntrash = 0;
+    size_t ntrash = 0, unlisted = 0;
     tk_code rc;
     snprintf(step, sizeof step, "%s.renamed", what);
-    rc = unlist(m, snaps, n, doomed, step, &trash, &ntrash, err);
-    if (rc == TK_OK && ntrash > 0) {
+    rc = unlist(m, snaps, n, doomed, step, &trash, &ntrash, &unlisted, err);
+    if (rc == TK_OK && unlisted > 0) {
         snprintf(step, sizeof step, "%s.published", what);
         TK_FAULT(step);
     }
     tk_dirlock_release(lock_fd);
-    if (deleted) *deleted = ntrash;
+    if (deleted) *deleted = unlisted;
     snprintf(step, sizeof step, "%s.removing", what);
     if (trash) empty_trash(trash, ntrash, step);
     return rc;
@@ -1150,7 +1162,7 @@ tk_code tk_snap_delete_many(tk_snapmgr *m, const char *const *ids, size_t nids,
     if (!(doomed = tk_calloc(n + 1, sizeof *doomed))) {
         tk_dirlock_release(lock_fd);
         tk_snapshot_list_free(snaps, n);
-        return tk_fail(err, TK_NOMEM, "delete: out of memory");
+        return tk_fail(err, TK_NOMEM, "delete in %s: out of memory", m->dir);
     }
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < nids; j++)
@@ -1180,7 +1192,7 @@ tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_m
     if (!(doomed = tk_calloc(n + 1, sizeof *doomed))) {
         tk_dirlock_release(lock_fd);
         tk_snapshot_list_free(snaps, n);
-        return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+        return tk_fail(err, TK_NOMEM, "cleanup of %s: out of memory", m->dir);
     }
     /* snaps is newest first; the newest healthy one is never a victim, a
      * damaged one always is; ages count from the newest, and a snapshot
@@ -1322,7 +1334,7 @@ tk_code tk_snap_verify_async(tk_snapmgr *m, const char *id, const tk_verify_opts
     verifying *v;
     tk_code rc = tk_snap_check_id(id, err);
     if (rc != TK_OK) return rc;
-    if (!(v = tk_calloc(1, sizeof *v))) return tk_fail(err, TK_NOMEM, "verify: out of memory");
+    if (!(v = tk_calloc(1, sizeof *v))) return tk_fail(err, TK_NOMEM, "verify %s: out of memory", id);
     v->m = m;
     snprintf(v->id, sizeof v->id, "%s", id);
     v->threads = o ? o->threads : 0;
@@ -1522,7 +1534,13 @@ static tk_code restore_new(const tk_snapmgr *m, const tk_manifest *man, const ch
              ? tk_fail(err, TK_NOT_EMPTY, "restore to %s: the directory is not empty", target)
              : tk_fail_errno(err, errno, "rename %s to %s", tmp, target);
     if (rc == TK_OK) TK_FAULT("restore.renamed");
-    if (rc == TK_OK && tk_fsync_dir(parent) < 0) rc = tk_fail_errno(err, errno, "fsync %s", parent);
+    if (rc == TK_OK && tk_fsync_dir(parent) < 0) {
+        /* The restore fails, so it leaves no target: a retry must not
+         * find NOT_EMPTY (an empty directory that was there comes back). */
+        rc = tk_fail_errno(err, errno, "fsync %s", parent);
+        tk_rmtree(target);
+        if (exists) mkdir(target, 0755);
+    }
     if (rc != TK_OK) tk_rmtree(tmp);
     close(fd);
     return rc;
@@ -1539,7 +1557,7 @@ static tk_code write_list(const char *dir, tk_err *err) {
     if (!d) return tk_fail_errno(err, errno, "open %s", dir);
     if (!(mem = open_memstream(&text, &len))) {
         closedir(d);
-        return tk_fail(err, TK_NOMEM, "restore: out of memory");
+        return tk_fail(err, TK_NOMEM, "restore into %s: out of memory", dir);
     }
     while ((de = readdir(d)) != NULL)
         if (tk_is_log_data_file(de->d_name)) fprintf(mem, "%s\n", de->d_name);
@@ -1591,6 +1609,9 @@ static tk_code restore_in_place(const tk_snapmgr *m, const tk_manifest *man,
     }
     TK_FAULT("inplace.committed");
     rc = tk_restore_apply(target, err);
+    if (rc != TK_OK)
+        tk_fail_prefix(err, rc, "restore %s to %s is committed and will be completed by the next "
+                       "writer to open the log, but did not finish now", man->snap.id, target);
     if (rc == TK_OK) rc = tk_state_invalidate(target, err);
     if (rc == TK_OK) {
         /* Rebuild the published layout now, so that read-only handles kept
@@ -1658,7 +1679,7 @@ tk_code tk_snap_restore_async(tk_snapmgr *m, const char *id, const char *target,
     if (!target || !*target) return tk_fail(err, TK_INVALID, "restore %s: empty target", id);
     if (!(r = tk_calloc(1, sizeof *r)) || !(r->target = tk_strdup(target))) {
         free_restoring(r);
-        return tk_fail(err, TK_NOMEM, "restore: out of memory");
+        return tk_fail(err, TK_NOMEM, "restore %s to %s: out of memory", id, target);
     }
     r->m = m;
     snprintf(r->id, sizeof r->id, "%s", id);
@@ -1698,7 +1719,7 @@ static tk_code cleanup_job(tk_job *job, void *arg, tk_err *err) {
 tk_code tk_snap_cleanup_async(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
                               tk_job **job, tk_err *err) {
     cleaning *c = tk_calloc(1, sizeof *c);
-    if (!c) return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+    if (!c) return tk_fail(err, TK_NOMEM, "cleanup of %s: out of memory", m->dir);
     c->m = m;
     c->max_snapshots = max_snapshots;
     c->retention_ms = retention_ms;
@@ -1713,13 +1734,13 @@ tk_code tk_snap_delete_many_async(tk_snapmgr *m, const char *const *ids, size_t 
         if ((rc = tk_snap_check_id(ids[i], err)) != TK_OK) { free(c); return rc; }
     if (!c || !(c->ids = tk_calloc(n + 1, sizeof *c->ids))) {
         free(c);
-        return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+        return tk_fail(err, TK_NOMEM, "cleanup of %s: out of memory", m->dir);
     }
     c->m = m;
     for (; c->nids < n; c->nids++)
         if (!(c->ids[c->nids] = tk_strdup(ids[c->nids]))) {
             free_cleaning(c);
-            return tk_fail(err, TK_NOMEM, "cleanup: out of memory");
+            return tk_fail(err, TK_NOMEM, "cleanup of %s: out of memory", m->dir);
         }
     return tk_job_start(m->jobs, "cleanup", cleanup_job, c, free_cleaning, job, err);
 }
@@ -1782,6 +1803,7 @@ tk_code tk_snap_import_publish(tk_snapmgr *m, const char *tmp, tk_manifest *man,
     if (tk_sync_tree(tmp) < 0) return tk_fail_errno(err, errno, "sync %s", tmp);
     memset(&b, 0, sizeof b);
     b.man = *man;                       /* borrowed: publish only reads it */
+    b.what = tmp;
     return publish(m, NULL, tmp, &b, 1, err);
 }
 

@@ -3,7 +3,6 @@
  * normal build.
  */
 #include <errno.h>
-#include <jansson.h>
 #include <stdatomic.h>
 
 #include "sys.h"
@@ -22,12 +21,8 @@ static struct {
     atomic_int persist;
 } g_sys[TK_SYS_KINDS];
 
-static void *json_alloc(size_t n) { return tk_malloc(n); }
-
 int tk_sys_check(int kind) {
-    static atomic_int json_routed;
     long n, at;
-    if (!atomic_exchange(&json_routed, 1)) json_set_alloc_funcs(json_alloc, free);
     n = atomic_fetch_add(&g_sys[kind].calls, 1) + 1;
     at = atomic_load(&g_sys[kind].fail_at);
     if (at <= 0 || n < at || (n > at && !atomic_load(&g_sys[kind].persist))) return 0;

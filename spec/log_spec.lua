@@ -918,7 +918,7 @@ describe("takhin.Log", function()
 
     describe("max_open_segments", function()
         local function open_fds()
-            return #util.ls("/proc/" .. util.getpid() .. "/fd")
+            return util.fds_under(util.getpid(), dir)
         end
 
         it("bounds the sealed segments whose .log a handle keeps open", function()

@@ -492,15 +492,10 @@ local function read_reports(paths)
     return m
 end
 
--- What a read racing a truncate answers today besides OUT_OF_RANGE: the
--- truncate deleted the segment file between the reader's look at the
--- shared state and its open (NOT_FOUND), or cut the active .log under its
--- pread (CORRUPT).  An engine bug, shown on its own by the spec "answers
--- a read that races a truncate ..." below; here those answers are let
--- pass only while a truncate to that offset or below may have been under
--- way (and counted), so that this spec keeps checking everything else.
--- Empty this table when the engine is fixed.
-local READ_RACE = { NOT_FOUND = true, CORRUPT = true }
+-- What a read racing a truncate may answer besides OUT_OF_RANGE: nothing
+-- (a read that finds the files changed under its view looks again; the
+-- spec "answers a read that races a truncate ..." below shows it alone).
+local READ_RACE = {}
 
 -- Clock readings are printed with nine decimals; a justification allows
 -- for that much rounding (a violation never does).
@@ -909,13 +904,12 @@ describe("a log in shared mode, with writers that truncate while others append",
     -- 4. A read racing a truncate in another process
     ---------------------------------------------------------------------
 
-    -- Found by spec 3 (READ_RACE).  A handle brings its view up to date
-    -- and only then opens and reads the segment files; a truncate in
-    -- another process in between deletes the newest segments or cuts the
-    -- active one, and the read answers NOT_FOUND ("open|stat
-    -- .../<base>.log: No such file or directory") or CORRUPT ("damaged
-    -- record header"), where it should look again and answer the record
-    -- or OUT_OF_RANGE.  Read-only and shared handles both.  The window is
+    -- Found by spec 3.  A handle brings its view up to date and only then
+    -- opens and reads the segment files; a truncate in another process in
+    -- between deletes the newest segments or cuts the active one.  The
+    -- read used to answer NOT_FOUND ("open|stat .../<base>.log: No such
+    -- file or directory") or CORRUPT ("damaged record header"); it must
+    -- look again and answer the record or OUT_OF_RANGE.  Read-only and shared handles both.  The window is
     -- short: many small segments (so that a reader's reload takes a
     -- while) and hundreds of truncates make it show in every run here.
     it("answers a read that races a truncate in another process with the record or OUT_OF_RANGE", function()

@@ -384,8 +384,16 @@ local function returned_offset(c, off)
     if off ~= c.fx.hwm then return "append returned " .. tostring(off) .. ", not " .. c.fx.hwm end
 end
 
+-- An append whose records were written and published before its fsync
+-- failed keeps them (other handles may have read them already); its
+-- message says so, and only then may they be there.
 local function one_more_record(c, ok)
-    local h = c.fx.hwm + (ok and #c.recs or 0)
+    local written = ok or (c.msg and c.msg:find("are written but may not survive a power loss", 1, true))
+    local h = c.fx.hwm + (written and #c.recs or 0)
+    -- A batch whose undo the disk refused too: the message names the
+    -- records that may stay (a prefix of them, as the files say).
+    local from, to = (not ok and c.msg or ""):match("offsets %[(%d+), (%d+)%) written before it may not all have been taken back")
+    if from then return { { extend(c.fx.model, c.recs), tonumber(from), tonumber(to) } } end
     return { { extend(c.fx.model, c.recs), h, h } }
 end
 
@@ -821,6 +829,7 @@ local function one_run(fx, op, case)
     -- 1. It succeeded, or failed with nil, a message naming a path or id,
     --    and the code of what failed.
     local ok, code, msg = outcome(r)
+    c.msg = msg
     if ok == nil then bad("broken", code) end
     if ok and op.returned then
         local why = op.returned(c, unpack(r, 2, r.n))

@@ -162,6 +162,14 @@ function M.stat(path)
     return tonumber(ino), tonumber(nlink)
 end
 
+-- How many descriptors process pid holds on files under dir (other
+-- descriptors of the process -- a background job of another spec, a pipe
+-- -- come and go and are not the spec's business).
+function M.fds_under(pid, dir)
+    local out = sh.capture(("find /proc/%d/fd -lname %s 2>/dev/null | wc -l"):format(pid, q(dir .. "/*")))
+    return tonumber(out:match("%d+")) or 0
+end
+
 -------------------------------------------------------------------------
 -- Log directory names (docs/FORMAT.md)
 -------------------------------------------------------------------------
