@@ -1148,6 +1148,7 @@ static int l_sm_create(lua_State *L) {
     rc = tk_snap_create(u->mgr, lg->log, &o, &snap, &e);
     u->busy--;
     lg->busy--;
+    if (pr.failed && rc == TK_OK) tk_snapshot_free(&snap);
     raise_progress_error(L, &pr);
     if (rc != TK_OK) return push_error(L, &e);
     push_snapshot(L, u->mgr, &snap);
