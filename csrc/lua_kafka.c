@@ -330,7 +330,7 @@ static size_t add_headers(lua_State *L, int idx, rd_kafka_vu_t *vus, size_t n) {
 /* p:produce(topic, key, value [, timestamp_ms [, headers [, opaque]]])
  *   -> true | nil, msg, code, librdkafka's error name
  * key and value: strings or nil (nil is Kafka's null, "" an empty one);
- * timestamp_ms: nil or 0 for now; headers: { name = "value", ... };
+ * timestamp_ms: nil for now; headers: { name = "value", ... };
  * opaque: an integer handed back with the delivery report.  The message is
  * copied: the strings may go as soon as produce returns. */
 static int l_produce(lua_State *L) {
@@ -342,6 +342,7 @@ static int l_produce(lua_State *L) {
     const char *topic = lua_tostring(L, 2);
     const char *key = opt_bytes(L, 3, &klen);
     const char *value = opt_bytes(L, 4, &vlen);
+    int has_ts = !lua_isnoneornil(L, 5);
     int64_t ts = opt_int64(L, 5, 0);
     if (!lua_isnoneornil(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
     int64_t opaque = opt_int64(L, 7, 0);
@@ -356,7 +357,7 @@ static int l_produce(lua_State *L) {
     vus[n].vtype = RD_KAFKA_VTYPE_VALUE;
     vus[n].u.mem.ptr = (void *)value;           vus[n++].u.mem.size = vlen;
     vus[n].vtype = RD_KAFKA_VTYPE_OPAQUE;       vus[n++].u.ptr = (void *)(intptr_t)opaque;
-    if (ts != 0) { vus[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[n++].u.i64 = ts; }
+    if (has_ts) { vus[n].vtype = RD_KAFKA_VTYPE_TIMESTAMP; vus[n++].u.i64 = ts; }
     if (!lua_isnoneornil(L, 6)) n = add_headers(L, 6, vus, n);
 
     rd_kafka_error_t *e = rd_kafka_produceva(p->rk, vus, n);
