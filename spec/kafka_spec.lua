@@ -1,0 +1,696 @@
+-- Forwarding to Kafka (SPEC §12, docs/API.md "Forwarding to Kafka"):
+-- takhin.forwarder and `takhin forward` against librdkafka's own mock
+-- cluster (tests/kafka_mock.c, built as BUILD/kafka/kafka_mock), started
+-- here as a separate process on 127.0.0.1 and driven through its stdin
+-- (brokers down and up, request errors).  What arrived is read back with
+-- kcat, an independent consumer: every record exactly once in the normal
+-- case, in order, with key, value, timestamp and the takhin-offset header;
+-- at least once and none missing through brokers down, injected errors and
+-- a forwarder killed with SIGKILL (repeats only from the last commit on);
+-- and from nginx, 2 workers appending in shared mode while worker 0
+-- forwards, with the brokers down for part of the run.
+--
+-- The forwarder's bookkeeping is also checked against a stand-in producer
+-- (no librdkafka needed): those tests always run.  The others are pending,
+-- with the reason, when takhin.kafka, the mock program or kcat is missing
+-- (`make deps` installs librdkafka-dev and kcat; `make` builds both).
+-- Every wait is bounded polling; nothing asserts on elapsed time.
+
+local takhin = require("takhin")
+local util = require("helpers.util")
+require("helpers.assertions")
+
+local q = util.q
+
+-- Children must not inherit a sanitizer preload (make test-asan).
+local ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS -u UBSAN_OPTIONS "
+
+-------------------------------------------------------------------------
+-- What is installed
+-------------------------------------------------------------------------
+
+local function root_dir()
+    local src = debug.getinfo(1, "S").source:gsub("^@", "")
+    local dir = src:match("^(.*)/spec/[^/]*$") or "."
+    return (util.capture("cd " .. q(dir) .. " && pwd"):gsub("%s+$", ""))
+end
+
+local ROOT = root_dir()
+
+local function which(name)
+    local out = util.capture("command -v " .. q(name) .. " 2>/dev/null"):gsub("%s+$", "")
+    return out ~= "" and out or nil
+end
+
+-- The mock cluster program: in the build the specs test, else in the
+-- Lua 5.4 build (the LuaJIT pass builds only the modules).
+local function mock_program()
+    for _, b in ipairs({ os.getenv("TAKHIN_BUILD") or "build", util.lua54_build(), "build" }) do
+        local p = (b:sub(1, 1) == "/" and b or ROOT .. "/" .. b) .. "/kafka/kafka_mock"
+        if util.exists(p) then return p end
+    end
+end
+
+local HAS_KAFKA, KAFKA = pcall(require, "takhin.kafka")
+local KCAT = which("kcat") or which("kafkacat")
+local MOCK = mock_program()
+
+local function kafka_missing()
+    local missing = {}
+    if not HAS_KAFKA then missing[#missing + 1] = "the takhin.kafka module (librdkafka-dev, then make)" end
+    if not MOCK then missing[#missing + 1] = "BUILD/kafka/kafka_mock (librdkafka-dev, then make)" end
+    if not KCAT then missing[#missing + 1] = "kcat" end
+    if #missing == 0 then return nil end
+    return "skipped: " .. table.concat(missing, ", ") .. " not installed (make deps installs "
+        .. "librdkafka-dev and kcat)"
+end
+
+-------------------------------------------------------------------------
+-- The mock cluster
+-------------------------------------------------------------------------
+
+local Cluster = {}
+Cluster.__index = Cluster
+
+-- A file's content, "" while it does not exist.
+local function slurp(path)
+    local f = io.open(path, "rb")
+    if not f then return "" end
+    local s = f:read("a")
+    f:close()
+    return s
+end
+
+-- Starts kafka_mock in dir with args; its stdin is a FIFO this process
+-- holds open (closing it, or this process dying, ends the cluster).
+local function start_cluster(dir, args)
+    local fifo, out = dir .. "/mock.in", dir .. "/mock.out"
+    assert(util.sh("mkfifo " .. q(fifo)))
+    local cmd = "exec " .. ENV .. q(MOCK) .. " " .. (args or "") .. " <" .. q(fifo) .. " >" .. q(out)
+        .. " 2>" .. q(out .. ".err")
+    local pid = tonumber((util.capture("sh -c " .. q(cmd) .. " >/dev/null 2>&1 & echo $!"):match("%d+")))
+    local stdin = assert(io.open(fifo, "w"))    -- blocks until the mock opened its end
+    local c = setmetatable({ pid = pid, stdin = stdin, out = out, seq = 0 }, Cluster)
+    local text = util.wait_until(function()
+        return slurp(out):match("bootstrap (%S+)\n")
+    end, 1000)
+    assert(text, "kafka_mock did not start: " .. slurp(out .. ".err"))
+    c.bootstrap = text
+    return c
+end
+
+-- Sends one command and waits (bounded) for its answer; true when "ok".
+function Cluster:command(line)
+    self.seq = self.seq + 1
+    self.stdin:write(line, "\n")
+    self.stdin:flush()
+    local want = ("%d "):format(self.seq)
+    local answer = util.wait_until(function()
+        for l in slurp(self.out):gmatch("[^\n]+") do
+            local status, n = l:match("^(%a+) (%d+ )")
+            if n == want then return status .. ": " .. l end
+        end
+    end, 1000)
+    assert(answer and answer:match("^ok"), "kafka_mock " .. line .. ": " .. tostring(answer))
+    return true
+end
+
+function Cluster:stop()
+    if not self.pid then return end
+    pcall(self.stdin.close, self.stdin)
+    if not util.wait_exit(self.pid, 300) then util.stop(self.pid) end
+    self.pid = nil
+end
+
+-- The messages of a topic, read by kcat from the beginning to the end of
+-- every partition: { partition =, kafka_offset =, timestamp =, key =,
+-- value =, takhin_offset = }, each partition's in order.
+local KCAT_FORMAT = "%p %o %T %K %S %h\\n%k%s\\n"
+
+local function parse_kcat(data)
+    local msgs, pos = {}, 1
+    while pos <= #data do
+        local eol = assert(data:find("\n", pos, true), "kcat: truncated output")
+        local p, o, ts, klen, vlen, hdrs = data:sub(pos, eol - 1):match("^(%d+) (%d+) (%-?%d+) (%-?%d+) (%-?%d+) ?(.*)$")
+        assert(p, "kcat: bad line " .. data:sub(pos, eol - 1))
+        pos = eol + 1
+        klen, vlen = tonumber(klen), tonumber(vlen)
+        local m = { partition = tonumber(p), kafka_offset = tonumber(o), timestamp = tonumber(ts),
+                    takhin_offset = tonumber(hdrs:match("takhin%-offset=(%d+)")), headers = hdrs }
+        if klen >= 0 then m.key = data:sub(pos, pos + klen - 1); pos = pos + klen end
+        if vlen >= 0 then m.value = data:sub(pos, pos + vlen - 1); pos = pos + vlen end
+        assert(data:sub(pos, pos) == "\n", "kcat: misframed output at byte " .. pos)
+        pos = pos + 1
+        msgs[#msgs + 1] = m
+    end
+    return msgs
+end
+
+function Cluster:consume(dir, topic)
+    local out = dir .. "/kcat." .. topic .. ".out"
+    local cmd = ENV .. "timeout 120 " .. q(KCAT) .. " -C -q -e -o beginning -b " .. q(self.bootstrap)
+        .. " -t " .. q(topic) .. " -f '" .. KCAT_FORMAT .. "' >" .. q(out) .. " 2>" .. q(out .. ".err")
+    assert(util.sh(cmd), "kcat failed: " .. util.read_file(out .. ".err"))
+    return parse_kcat(util.read_file(out))
+end
+
+-- `takhin` as the specs run it: bin/takhin under Lua 5.4 with the Lua 5.4
+-- build (under LuaJIT too), sanitizer settings inherited (make test-asan).
+local function takhin_command()
+    return "env TAKHIN_BUILD=" .. q(util.lua54_build()) .. " " .. q(util.lua54_bin()) .. " "
+        .. q(ROOT .. "/bin/takhin") .. " "
+end
+
+-- Starts `takhin ARGS` in the background; its pid and output file.
+local spawned = 0
+local function spawn_takhin(dir, args)
+    spawned = spawned + 1
+    local out = ("%s/takhin.%d.out"):format(dir, spawned)
+    local cmd = "exec " .. takhin_command() .. args
+    local pid = tonumber((util.capture("sh -c " .. q(cmd) .. " </dev/null >" .. q(out) .. " 2>&1 & echo $!")
+                          :match("%d+")))
+    assert(pid, "could not start takhin " .. args)
+    return pid, out
+end
+
+-------------------------------------------------------------------------
+-- Records
+-------------------------------------------------------------------------
+
+-- The record at offset i of the test logs: keys absent, empty, binary or
+-- plain; values empty, binary, long or plain; explicit timestamps.
+local T0 = 1700000000000
+
+local function record_for(i)
+    local key
+    if i % 11 == 0 then key = nil
+    elseif i % 11 == 5 then key = ""
+    elseif i % 11 == 7 then key = "bin\0key\255" .. i
+    else key = "key-" .. (i % 17) end
+    local value
+    if i % 13 == 0 then value = ""
+    elseif i % 13 == 3 then value = "nul\0\1\2\255 value " .. i
+    elseif i % 997 == 1 then value = ("L"):rep(100000) .. i
+    else value = "value " .. i .. " " .. ("x"):rep(i % 50) end
+    return { key = key, value = value, timestamp = T0 + i * 3 }
+end
+
+local function append_records(log, from, n)
+    local batch = {}
+    for i = from, from + n - 1 do
+        batch[#batch + 1] = record_for(i)
+        if #batch == 500 or i == from + n - 1 then
+            local first = assert(log:append_batch(batch))
+            assert(first == i - #batch + 1, "unexpected offset " .. tostring(first))
+            batch = {}
+        end
+    end
+end
+
+-- Checks the messages against the log's records [0, n): every offset at
+-- least once, nothing else, each copy intact, each partition in offset
+-- order up to its repeats.  Returns { [offset] = copies }, the number of
+-- repeated messages.
+local function check_messages(msgs, n)
+    local seen, repeats = {}, 0
+    local last_by_partition = {}
+    for _, m in ipairs(msgs) do
+        local off = m.takhin_offset
+        assert(off and off >= 0 and off < n, "a message with takhin-offset " .. tostring(m.headers))
+        local want = record_for(off)
+        assert(m.key == want.key, "offset " .. off .. ": key differs")
+        assert(m.value == want.value, "offset " .. off .. ": value differs")
+        assert(m.timestamp == want.timestamp, "offset " .. off .. ": timestamp " .. m.timestamp)
+        assert(m.headers == "takhin-offset=" .. ("%d"):format(off), "offset " .. off .. ": headers " .. m.headers)
+        seen[off] = (seen[off] or 0) + 1
+        if seen[off] > 1 then repeats = repeats + 1 end
+        last_by_partition[m.partition] = off
+    end
+    for off = 0, n - 1 do
+        assert(seen[off], "offset " .. off .. " is missing in Kafka")
+    end
+    return seen, repeats
+end
+
+-- Strict order and no repeats: each partition's takhin offsets increase.
+local function check_order(msgs)
+    local last = {}
+    for _, m in ipairs(msgs) do
+        local prev = last[m.partition]
+        assert(prev == nil or m.takhin_offset > prev, ("partition %d: offset %d after %d"):format(
+            m.partition, m.takhin_offset, prev or -1))
+        last[m.partition] = m.takhin_offset
+    end
+end
+
+-- Pumps until the cursor reaches the high water mark (bounded).
+local function pump_until_done(fwd, log, tries)
+    return util.wait_until(function()
+        local n, lag_or_msg, code = fwd:pump()
+        assert(n, tostring(lag_or_msg) .. " " .. tostring(code))
+        return log:committed("kafka") == log:high_water_mark()
+    end, tries or 3000, 0.01)
+end
+
+-------------------------------------------------------------------------
+-- A stand-in for takhin.kafka: the forwarder's bookkeeping without Kafka
+-------------------------------------------------------------------------
+
+-- produce() queues; deliver(fn) answers every queued message through fn
+-- (true: delivered, a string: failed with that error), reported by the
+-- next poll().  fatal = "msg" makes fatal() report it.
+local function fake_kafka()
+    local K = { producers = {}, now = 0, sent = {} }
+    function K.clock_ms() return K.now end
+    function K.producer(conf)
+        local p = { conf = conf, queue = {}, reports = {}, closed = false }
+        function p:produce(topic, key, value, ts, headers, opaque)
+            assert(not self.closed, "produce on a closed stand-in")
+            if K.full then return nil, "queue full", "FULL", "_QUEUE_FULL" end
+            if K.reject and K.reject(opaque) then
+                return nil, "too large", "INVALID", "MSG_SIZE_TOO_LARGE"
+            end
+            self.queue[#self.queue + 1] = opaque
+            K.sent[#K.sent + 1] = { topic = topic, key = key, value = value, timestamp = ts,
+                                    header = headers["takhin-offset"], offset = opaque }
+            return true
+        end
+        function p:poll()
+            local d, f = {}, {}
+            for _, r in ipairs(self.reports) do
+                if r.ok then d[#d + 1] = r.offset
+                else f[#f + 1] = { offset = r.offset, error = r.err, code = "IO", name = "X" } end
+            end
+            self.reports = {}
+            return d, f, 0
+        end
+        -- fn(offset): true delivered, nil still in flight, else a failure
+        function p:deliver(fn)
+            local keep = {}
+            for _, off in ipairs(self.queue) do
+                local r = fn(off)
+                if r == nil then keep[#keep + 1] = off
+                else self.reports[#self.reports + 1] = { offset = off, ok = r == true, err = r } end
+            end
+            self.queue = keep
+        end
+        function p:fatal() return self.fatal_msg, self.fatal_msg and "FATAL_X" end
+        function p:flush() return #self.queue == 0 end
+        function p:stats() return { queued = #self.queue } end
+        function p:close() self.closed = true; return true end
+        K.producers[#K.producers + 1] = p
+        K.current = p
+        return p
+    end
+    return K
+end
+
+describe("takhin.forwarder's bookkeeping (a stand-in producer)", function()
+    local tmp, log
+
+    before_each(function()
+        tmp = util.tmpdir()
+        log = assert(takhin.open_log{ dir = tmp .. "/log" })
+    end)
+
+    after_each(function()
+        log:close()
+        util.rmtree(tmp)
+    end)
+
+    local function new(K, extra)
+        local o = { log = log, brokers = "127.0.0.1:1", topic = "t", kafka = K }
+        for k, v in pairs(extra or {}) do o[k] = v end
+        return assert(takhin.forwarder(o))
+    end
+
+    it("sends key, value, timestamp and the takhin-offset header, and commits only what was confirmed", function()
+        append_records(log, 0, 10)
+        local K = fake_kafka()
+        local fwd = new(K)
+        local n, lag = fwd:pump()
+        assert.are.equal(0, n)
+        assert.are.equal(10, lag)
+        assert.are.equal(10, #K.sent)
+        for i, s in ipairs(K.sent) do
+            local want = record_for(i - 1)
+            assert.are.equal(i - 1, s.offset)
+            assert.are.equal(want.key, s.key)
+            assert.are.equal(want.value, s.value)
+            assert.are.equal(want.timestamp, s.timestamp)
+            assert.are.equal(tostring(i - 1), s.header)
+            assert.are.equal("t", s.topic)
+        end
+        assert.are.equal(0, log:committed("kafka"))
+        -- 0..2 and 5 confirmed, 3 failed: the cursor stops at 3
+        K.current:deliver(function(off)
+            if off <= 2 or off == 5 then return true end
+            if off == 3 then return "broker said no" end
+            return nil
+        end)
+        n, lag = fwd:pump()
+        assert.are.equal(4, n)
+        assert.are.equal(7, lag)
+        assert.are.equal(3, log:committed("kafka"))
+        local s = fwd:stats()
+        assert.are.equal(1, s.failed)
+        assert.are.equal(1, s.retrying)
+        assert.matches("broker said no", s.last_error)
+        -- the retry waits for its backoff, then goes again
+        local before = #K.sent
+        fwd:pump()
+        assert.are.equal(before, #K.sent)
+        K.now = K.now + 1000
+        fwd:pump()
+        assert.are.equal(before + 1, #K.sent)
+        assert.are.equal(3, K.sent[#K.sent].offset)
+        K.current:deliver(function() return true end)
+        n, lag = fwd:pump()
+        assert.are.equal(0, lag)
+        assert.are.equal(10, log:committed("kafka"))
+        assert.are.equal(1, fwd:stats().retries)
+        assert.is_true(fwd:close(0))
+        assert.is_true(K.current.closed)
+        assert.is_true(fwd:close())
+        assert.has_error(function() fwd:pump() end, "attempt to use a closed takhin.Forwarder")
+    end)
+
+    it("replaces a producer that hit a fatal error and sends again what was not confirmed", function()
+        append_records(log, 0, 6)
+        local K = fake_kafka()
+        local fwd = new(K)
+        fwd:pump()
+        local first = K.current
+        first:deliver(function(off) return (off < 2 or off == 4) or nil end)
+        first.fatal_msg = "epoch fenced"
+        fwd:pump()
+        assert.are_not.equal(first, K.current)
+        assert.is_true(first.closed)
+        assert.are.equal(2, log:committed("kafka"))
+        -- 2, 3 and 5 again; 4 was confirmed and is not sent twice
+        local again = {}
+        for i = 7, #K.sent do again[#again + 1] = K.sent[i].offset end
+        assert.are.same({ 2, 3, 5 }, again)
+        K.current:deliver(function() return true end)
+        fwd:pump()
+        assert.are.equal(6, log:committed("kafka"))
+        assert.are.equal(1, fwd:stats().resets)
+        fwd:close(0)
+    end)
+
+    it("stops at a full queue and goes on later; a rejected record is retried, never skipped", function()
+        append_records(log, 0, 5)
+        local K = fake_kafka()
+        K.reject = function(off) return off == 1 end
+        local fwd = new(K, { retry_backoff = "1s" })
+        K.full = true
+        fwd:pump()
+        assert.are.equal(0, #K.sent)
+        K.full = false
+        fwd:pump()
+        assert.are.equal(4, #K.sent)                -- all but 1
+        K.current:deliver(function() return true end)
+        fwd:pump()
+        assert.are.equal(1, log:committed("kafka"))
+        K.reject = nil
+        K.now = K.now + 1000
+        fwd:pump()
+        K.current:deliver(function() return true end)
+        fwd:pump()
+        assert.are.equal(5, log:committed("kafka"))
+        fwd:close(0)
+    end)
+
+    it("resumes from the committed cursor and keeps at most `window` records in flight", function()
+        append_records(log, 0, 20)
+        assert(log:commit("kafka", 5))
+        local K = fake_kafka()
+        local fwd = new(K, { window = 4 })
+        fwd:pump()
+        assert.are.equal(4, #K.sent)
+        assert.are.equal(5, K.sent[1].offset)
+        K.current:deliver(function() return true end)
+        fwd:pump()
+        assert.are.equal(8, #K.sent)
+        assert.are.equal(9, log:committed("kafka"))
+        assert.matches("takhin.Forwarder%(cursor kafka %-> topic t, committed 9, lag 11%)", tostring(fwd))
+        fwd:close(0)
+        assert.are.equal("takhin.Forwarder(closed)", tostring(fwd))
+    end)
+
+    it("counts records that retention deleted before they were sent as lost", function()
+        log:close()
+        log = assert(takhin.open_log{ dir = tmp .. "/log2", max_segment_size = 1024 })
+        for i = 0, 199 do assert(log:append(nil, "value " .. i)) end
+        local K = fake_kafka()
+        local fwd = new(K, { batch = 10 })
+        fwd:pump()
+        K.current:deliver(function() return true end)
+        fwd:pump()
+        local base = log:delete_before(100)
+        assert.is_true(base >= 100)
+        fwd:pump()
+        K.current:deliver(function() return true end)
+        for _ = 1, 50 do
+            fwd:pump()
+            K.current:deliver(function() return true end)
+        end
+        assert.are.equal(200, log:committed("kafka"))
+        assert.is_true(fwd:stats().lost > 0)
+        fwd:close(0)
+    end)
+
+    it("checks its options: misuse raises, bad values are INVALID", function()
+        local K = fake_kafka()
+        assert.has_error(function() takhin.forwarder{ log = log, topic = "t", brokers = "b", kafak = K } end,
+                         "forwarder: unknown option 'kafak'")
+        assert.has_error(function() takhin.forwarder{ log = {}, topic = "t", brokers = "b", kafka = K } end)
+        assert.has_error(function() takhin.forwarder{ log = log, brokers = "b", kafka = K } end,
+                         "forwarder: topic is required")
+        assert.has_error(function() takhin.forwarder{ log = log, topic = "t", kafka = K } end)
+        assert.has_error(function() takhin.forwarder{ log = log, topic = 1, brokers = "b", kafka = K } end)
+        assert.fails_with("INVALID", takhin.forwarder{ log = log, topic = "", brokers = "b", kafka = K })
+        assert.fails_with("INVALID", takhin.forwarder{ log = log, topic = "t", brokers = "b", kafka = K,
+                                                       batch = 0 })
+        assert.fails_with("INVALID", takhin.forwarder{ log = log, topic = "t", brokers = "b", kafka = K,
+                                                       retry_backoff = "soon" })
+        assert.fails_with("INVALID", takhin.forwarder{ log = log, topic = "t", brokers = "b", kafka = K,
+                                                       cursor = "no/slash" })
+        local fwd = new(K)
+        assert.has_error(function() fwd:pump(0) end)
+        assert.has_error(function() fwd:run{ folow = true } end, "forwarder: run: unknown option 'folow'")
+        -- the librdkafka configuration: defaults, then the caller's
+        local fwd2 = new(K, { config = { ["linger.ms"] = 7, ["message.timeout.ms"] = "60000" } })
+        assert.are.equal("true", K.current.conf["enable.idempotence"])
+        assert.are.equal(7, K.current.conf["linger.ms"])
+        assert.are.equal("60000", K.current.conf["message.timeout.ms"])
+        assert.are.equal("127.0.0.1:1", K.current.conf["bootstrap.servers"])
+        fwd:close(0)
+        fwd2:close(0)
+    end)
+end)
+
+-------------------------------------------------------------------------
+-- Against Kafka (librdkafka's mock cluster) and kcat
+-------------------------------------------------------------------------
+
+describe("takhin.forwarder against a Kafka cluster (librdkafka's mock, kcat)", function()
+    local why = kafka_missing()
+    local tmp, cluster
+    local children = {}
+
+    before_each(function()
+        tmp = util.tmpdir()
+        cluster = nil
+        children = {}
+    end)
+
+    after_each(function()
+        for _, pid in ipairs(children) do util.stop(pid) end
+        if cluster then cluster:stop() end
+        collectgarbage(); collectgarbage()
+        util.rmtree(tmp)
+    end)
+
+    local function skip()
+        if why then pending(why); return true end
+        return false
+    end
+
+    it("delivers every record exactly once, in order, with key, value, timestamp and takhin-offset", function()
+        if skip() then return end
+        cluster = start_cluster(tmp, "--brokers 3 --topic one:1 --topic three:3")
+        local log = assert(takhin.open_log{ dir = tmp .. "/log" })
+        append_records(log, 0, 3000)
+        local fwd = assert(takhin.forwarder{ log = log, brokers = cluster.bootstrap, topic = "one" })
+        local delivered, lag = fwd:run()
+        assert.are.equal(3000, delivered)
+        assert.are.equal(0, lag)
+        assert.are.equal(3000, log:committed("kafka"))
+        -- more records, pumped: only those are sent
+        append_records(log, 3000, 1000)
+        assert.is_truthy(pump_until_done(fwd, log))
+        local s = fwd:stats()
+        assert.are.equal(4000, s.sent)
+        assert.are.equal(4000, s.delivered)
+        assert.are.equal(0, s.failed)
+        assert.are.equal(0, s.lag)
+        assert.are.equal(4000, s.producer.delivered)
+        assert.is_true(fwd:close())
+
+        local msgs = cluster:consume(tmp, "one")
+        assert.are.equal(4000, #msgs)
+        local _, repeats = check_messages(msgs, 4000)
+        assert.are.equal(0, repeats)
+        check_order(msgs)
+        for i, m in ipairs(msgs) do
+            assert.are.equal(i - 1, m.kafka_offset)
+            assert.are.equal(i - 1, m.takhin_offset)
+        end
+
+        -- a second forwarder on its own cursor, to a topic of 3 partitions:
+        -- order per partition, and a key's records all in one partition
+        local fwd3 = assert(takhin.forwarder{ log = log, brokers = cluster.bootstrap, topic = "three",
+                                              cursor = "three" })
+        assert.are.equal(4000, (fwd3:run()))
+        fwd3:close()
+        assert.are.equal(4000, log:committed("three"))
+        msgs = cluster:consume(tmp, "three")
+        assert.are.equal(4000, #msgs)
+        _, repeats = check_messages(msgs, 4000)
+        assert.are.equal(0, repeats)
+        check_order(msgs)
+        local partition_of, partitions = {}, {}
+        for _, m in ipairs(msgs) do
+            partitions[m.partition] = true
+            if m.key and m.key ~= "" then
+                local p = partition_of[m.key]
+                assert(p == nil or p == m.partition, "key " .. m.key .. " in two partitions")
+                partition_of[m.key] = m.partition
+            end
+        end
+        local np = 0
+        for _ in pairs(partitions) do np = np + 1 end
+        assert.are.equal(3, np)
+        log:close()
+    end)
+
+    it("takhin forward sends up to the high water mark, commits and exits 0", function()
+        if skip() then return end
+        cluster = start_cluster(tmp, "--brokers 1 --topic cli:1")
+        local dir = tmp .. "/log"
+        local log = assert(takhin.open_log{ dir = dir, shared = true })
+        append_records(log, 0, 500)
+        local cmd = takhin_command()
+        local out = util.capture(cmd .. "--json forward " .. q(dir) .. " --kafka " .. q(cluster.bootstrap)
+                                 .. " --topic cli 2>&1; echo \"rc=$?\"")
+        assert.matches("rc=0%s*$", out)
+        assert.matches('"committed": 500', out)
+        assert.matches('"delivered": 500', out)
+        assert.are.equal(500, log:committed("kafka"))
+        -- again: nothing new, nothing sent
+        append_records(log, 500, 10)
+        out = util.capture(cmd .. "forward " .. q(dir) .. " --kafka " .. q(cluster.bootstrap)
+                           .. " --topic cli --config linger.ms=1 2>&1; echo \"rc=$?\"")
+        assert.matches("forwarded 10 records from .* to Kafka topic cli %(cursor kafka: 500 %-> 510, lag 0%)", out)
+        local msgs = cluster:consume(tmp, "cli")
+        assert.are.equal(510, #msgs)
+        check_messages(msgs, 510)
+        check_order(msgs)
+        -- usage errors and a missing log
+        out = util.capture(cmd .. "forward " .. q(dir) .. " --topic cli 2>&1; echo \"rc=$?\"")
+        assert.matches("%-%-kafka BROKERS is required.*rc=2", out)
+        out = util.capture(cmd .. "forward " .. q(tmp .. "/nolog") .. " --kafka " .. q(cluster.bootstrap)
+                           .. " --topic cli 2>&1; echo \"rc=$?\"")
+        assert.matches("NOT_FOUND.*rc=1", out)
+        -- brokers gone: --timeout gives up, exit 1, the cursor where it was
+        append_records(log, 510, 5)
+        cluster:command("down all")
+        out = util.capture(cmd .. "forward " .. q(dir) .. " --kafka " .. q(cluster.bootstrap)
+                           .. " --topic cli --timeout 1s --config log_level=0 2>&1; echo \"rc=$?\"")
+        assert.matches("TIMEOUT.*rc=1", out)
+        assert.are.equal(510, log:committed("kafka"))
+        log:close()
+    end)
+
+    it("loses nothing while the brokers are down, and through injected request errors", function()
+        if skip() then return end
+        cluster = start_cluster(tmp, "--brokers 3 --topic faults:2")
+        local log = assert(takhin.open_log{ dir = tmp .. "/log" })
+        local fwd = assert(takhin.forwarder{ log = log, brokers = cluster.bootstrap, topic = "faults",
+                                             retry_backoff = "10ms", max_retry_backoff = "200ms",
+                                             config = { ["retry.backoff.ms"] = 10, log_level = 0 } })
+        append_records(log, 0, 1000)
+        assert.is_truthy(pump_until_done(fwd, log))
+        -- every broker down: pumps return, nothing is confirmed, the cursor stays
+        cluster:command("down all")
+        append_records(log, 1000, 1000)
+        for _ = 1, 20 do
+            local n, lag = fwd:pump()
+            assert.are.equal(0, n)
+            assert.are.equal(log:high_water_mark() - 1000, lag)
+            util.nap(0.01)
+        end
+        assert.are.equal(1000, log:committed("kafka"))
+        append_records(log, 2000, 500)
+        cluster:command("up all")
+        assert.is_truthy(pump_until_done(fwd, log))
+        -- retriable errors on Produce requests (NOT_LEADER_FOR_PARTITION,
+        -- REQUEST_TIMED_OUT): librdkafka retries them
+        cluster:command("errors 0 6 5")
+        cluster:command("errors 0 7 5")
+        append_records(log, 2500, 1000)
+        assert.is_truthy(pump_until_done(fwd, log))
+        -- errors librdkafka does not retry (MESSAGE_TOO_LARGE): the
+        -- forwarder sends those records again after its backoff
+        cluster:command("errors 0 10 3")
+        append_records(log, 3500, 500)
+        assert.is_truthy(pump_until_done(fwd, log))
+        local s = fwd:stats()
+        fwd:close()
+        local msgs = cluster:consume(tmp, "faults")
+        local _, repeats = check_messages(msgs, 4000)
+        print(("\n# kafka faults: %d records, %d messages in Kafka (%d repeats), %d failed reports, "
+               .. "%d retries, %d producer resets"):format(4000, #msgs, repeats, s.failed, s.retries, s.resets))
+        log:close()
+    end)
+
+    it("a forwarder killed with SIGKILL and restarted repeats only what came after its last commit", function()
+        if skip() then return end
+        cluster = start_cluster(tmp, "--brokers 3 --topic kill:3")
+        local dir = tmp .. "/log"
+        local N = 6000
+        local log = assert(takhin.open_log{ dir = dir, shared = true })
+        append_records(log, 0, N)
+        -- slow brokers, small batches: the forwarder is still at work when killed
+        cluster:command("rtt all 50")
+        local args = "forward " .. q(dir) .. " --kafka " .. q(cluster.bootstrap) .. " --topic kill"
+            .. " --config batch.num.messages=50,linger.ms=0,max.in.flight=1"
+        local pid, out = spawn_takhin(tmp, args)
+        children[#children + 1] = pid
+        local mid = util.wait_until(function()
+            local c = log:committed("kafka")
+            return c and c >= 500 and c
+        end, 3000, 0.005)
+        util.kill9(pid)
+        assert.is_true(util.wait_exit(pid))
+        assert.is_truthy(mid, "the forwarder committed nothing: " .. util.read_file(out))
+        local C = log:committed("kafka")
+        assert.is_true(C < N, "the forwarder finished before it was killed")
+        cluster:command("rtt all 0")
+        -- restarted: sends from C on, exits 0
+        local pid2, out2 = spawn_takhin(tmp, args)
+        children[#children + 1] = pid2
+        assert.is_true(util.wait_exit(pid2, 6000), "the restarted forwarder does not finish")
+        assert.are.equal(N, log:committed("kafka"), util.read_file(out2))
+        local msgs = cluster:consume(tmp, "kill")
+        local seen, repeats = check_messages(msgs, N)
+        for off = 0, C - 1 do
+            assert(seen[off] == 1, "offset " .. off .. " below the last commit " .. C .. " came "
+                   .. seen[off] .. " times")
+        end
+        print(("\n# kafka SIGKILL: killed at cursor %d of %d; %d messages, %d repeats (all at or above %d)")
+              :format(C, N, #msgs, repeats, C))
+        log:close()
+    end)
+end)
