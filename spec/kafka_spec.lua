@@ -694,3 +694,270 @@ describe("takhin.forwarder against a Kafka cluster (librdkafka's mock, kcat)", f
         log:close()
     end)
 end)
+
+-------------------------------------------------------------------------
+-- In nginx: 2 workers appending, worker 0 forwarding
+-------------------------------------------------------------------------
+
+local MODULE_DIRS = { "/usr/lib/nginx/modules", "/usr/share/nginx/modules",
+                      "/usr/local/nginx/modules", "/etc/nginx/modules" }
+local RESTY_DIRS = { "/usr/share/lua/5.1", "/usr/local/share/lua/5.1",
+                     "/usr/local/openresty/lualib", "/usr/local/lib/lua" }
+
+local function first_file(dirs, name)
+    for _, d in ipairs(dirs) do
+        if util.sh("test -f " .. q(d .. "/" .. name)) then return d .. "/" .. name, d end
+    end
+end
+
+-- nginx, its Lua module, lua-resty-core and curl (as spec/openresty_spec.lua
+-- needs them), or nil and what is missing.
+local function nginx_environment()
+    local env, missing = {}, {}
+    env.nginx = util.capture("PATH=\"$PATH:/usr/sbin:/sbin\" command -v nginx 2>/dev/null"):gsub("%s+$", "")
+    if env.nginx == "" then missing[#missing + 1] = "nginx" end
+    env.ndk = first_file(MODULE_DIRS, "ndk_http_module.so")
+    env.lua_module = first_file(MODULE_DIRS, "ngx_http_lua_module.so")
+    if not env.ndk or not env.lua_module then missing[#missing + 1] = "libnginx-mod-http-lua" end
+    env.resty_core = select(2, first_file(RESTY_DIRS, "resty/core.lua"))
+    if not env.resty_core then missing[#missing + 1] = "lua-resty-core" end
+    if not which("curl") then missing[#missing + 1] = "curl" end
+    if #missing > 0 then return nil, table.concat(missing, ", ") .. " not installed (make deps)" end
+    return env
+end
+
+local function read_pid(path)
+    local pid = tonumber(slurp(path):match("%d+"))
+    return pid
+end
+
+local function children_of(ppid)
+    local pids = {}
+    for name in util.capture("ls /proc"):gmatch("%d+") do
+        local stat = slurp("/proc/" .. name .. "/stat")
+        if tonumber(stat:match("^%d+ %b() %a (%d+)")) == ppid then pids[#pids + 1] = tonumber(name) end
+    end
+    return pids
+end
+
+-- A TCP port below the ephemeral range that nothing listens on.
+local function free_port(seed)
+    local used = {}
+    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
+        for hex in slurp(f):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do used[tonumber(hex, 16)] = true end
+    end
+    for k = 1, 12000 do
+        local port = 20000 + (seed + k * 4099) % 12000
+        if not used[port] then return port end
+    end
+    error("no free port")
+end
+
+local function curl_quote(s)
+    return '"' .. s:gsub('[\\"\t\n\r]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\t"] = "\\t",
+                                          ["\n"] = "\\n", ["\r"] = "\\r" }) .. '"'
+end
+
+-- The i-th append of client c: its path and body.
+local function request_for(c, i)
+    local name = ("c%d-%d"):format(c, i)
+    local key = i % 10 ~= 0 and ("k%d-%d"):format(c, i % 7) or nil
+    local value = name .. ":" .. ("v"):rep((c * 31 + i * 7) % 200)
+    local path = "/append?n=" .. name .. (key and ("&key=" .. key) or "")
+    return { name = name, key = key, value = value, path = path }
+end
+
+describe("takhin.forwarder in nginx (2 workers appending, worker 0 forwarding)", function()
+    local why = kafka_missing()
+    local env
+    if not why then
+        local ewhy
+        env, ewhy = nginx_environment()
+        if not env then why = "skipped: " .. ewhy end
+    end
+    local tmp, cluster, server
+    local curls = {}
+
+    local function stop_nginx()
+        if not server or not server.master then return true end
+        local master = server.master
+        local function gone()
+            if util.alive(master) then return false end
+            for _, w in ipairs(server.workers or {}) do if util.alive(w) then return false end end
+            return true
+        end
+        util.sh(("kill -QUIT %d 2>/dev/null"):format(master))
+        local clean = util.wait_until(gone, 1500, 0.01) and true or false
+        if not clean then
+            util.sh(("kill -KILL %d 2>/dev/null"):format(master))
+            for _, w in ipairs(server.workers or {}) do util.kill9(w) end
+            util.wait_until(gone, 500, 0.01)
+        end
+        server.master = nil
+        return clean
+    end
+
+    before_each(function()
+        tmp = util.tmpdir()
+        cluster, server, curls = nil, nil, {}
+    end)
+
+    after_each(function()
+        for _, pid in ipairs(curls) do util.stop(pid) end
+        stop_nginx()
+        if cluster then cluster:stop() end
+        util.rmtree(tmp)
+    end)
+
+    local function http(port, path)
+        local out = util.capture(ENV .. "curl -s -m 30 -w '\\n@@ %{http_code}' " .. q("http://127.0.0.1:" .. port .. path)
+                                 .. " 2>/dev/null")
+        local body, code = out:match("^(.-)\n@@ (%d%d%d)$")
+        return tonumber(code) or 0, body or out
+    end
+
+    local function start_nginx(data_dir)
+        local prefix = tmp .. "/nginx"
+        util.sh("mkdir -p " .. q(prefix))
+        local template = util.read_file(ROOT .. "/examples/openresty/kafka.conf")
+        local vars = {
+            NDK_MODULE = env.ndk, LUA_MODULE = env.lua_module,
+            USER = util.capture("id -un"):gsub("%s+$", ""), GROUP = util.capture("id -gn"):gsub("%s+$", ""),
+            WORKERS = 2, PREFIX = prefix, TAKHIN_LUA = ROOT .. "/lua", TAKHIN_CPATH = ROOT .. "/build/luajit",
+            RESTY_CORE = env.resty_core, HANDLER_DIR = ROOT .. "/examples/openresty",
+            DATA_DIR = data_dir, MAX_SEGMENT_SIZE = 256 * 1024,
+            KAFKA_BROKERS = cluster.bootstrap, KAFKA_TOPIC = "nginx",
+        }
+        for attempt = 1, 5 do
+            vars.PORT = free_port(util.getpid() * 7919 + os.time() + attempt * 131)
+            local conf = prefix .. "/nginx.conf"
+            util.write_file(conf, (template:gsub("{{([%u_]+)}}", function(n)
+                return tostring(assert(vars[n], "no value for {{" .. n .. "}}"))
+            end)))
+            local out = util.capture(ENV .. q(env.nginx) .. " -p " .. q(prefix) .. " -c " .. q(conf) .. " -e "
+                                     .. q(prefix .. "/error.log") .. " 2>&1; echo \"rc=$?\"")
+            if out:match("rc=0%s*$") then
+                local master = util.wait_until(function() return read_pid(prefix .. "/nginx.pid") end, 500)
+                assert(master, "nginx wrote no pid file")
+                server = { master = master, port = vars.PORT, error_log = prefix .. "/error.log" }
+                -- a watchdog stops nginx should this process die first
+                local m, me = ("%d"):format(master), ("%d"):format(util.getpid())
+                util.sh("sh -c " .. q("while kill -0 " .. me .. " && kill -0 " .. m .. "; do sleep 1; done; "
+                    .. "grep -qF " .. q(prefix) .. " /proc/" .. m .. "/cmdline && kill -QUIT " .. m)
+                    .. " </dev/null >/dev/null 2>&1 &")
+                util.wait_until(function() return #children_of(master) >= 2 end, 500)
+                server.workers = children_of(master)
+                assert(util.wait_until(function() return http(vars.PORT, "/info") == 200 end, 500, 0.02),
+                       "nginx does not answer:\n" .. slurp(prefix .. "/error.log"))
+                return
+            end
+            if not out:find("Address already in use", 1, true) then error("nginx: " .. out) end
+        end
+        error("no port for nginx")
+    end
+
+    it("no acknowledged record is missing in Kafka, with the brokers down for part of the load", function()
+        if why then pending(why); return end
+        local build_out = util.capture(ENV .. "make -s -C " .. q(ROOT) .. " luajit 2>&1; echo \"rc=$?\"")
+        assert(build_out:match("rc=0%s*$"), "make luajit failed:\n" .. build_out)
+        assert(util.exists(ROOT .. "/build/luajit/takhin/kafka.so"), "make luajit made no kafka.so")
+
+        cluster = start_cluster(tmp, "--brokers 3 --topic nginx:2")
+        local data_dir = tmp .. "/data"
+        start_nginx(data_dir)
+        local port = server.port
+
+        -- 4 curl clients, 1000 appends each, over keep-alive connections
+        local CLIENTS, PER = 4, 1000
+        local sent, outs = {}, {}
+        for c = 1, CLIENTS do
+            local lines = {}
+            for i = 1, PER do
+                local r = request_for(c, i)
+                sent[r.name] = r
+                if i > 1 then lines[#lines + 1] = "next" end
+                lines[#lines + 1] = "url = " .. curl_quote("http://127.0.0.1:" .. port .. r.path)
+                lines[#lines + 1] = "data-binary = " .. curl_quote(r.value)
+                lines[#lines + 1] = 'header = "Expect:"'
+                lines[#lines + 1] = 'write-out = "\\n@@ %{http_code} %{url_effective}\\n"'
+            end
+            local cfg = ("%s/client%d.curl"):format(tmp, c)
+            util.write_file(cfg, table.concat(lines, "\n") .. "\n")
+            outs[c] = ("%s/client%d.out"):format(tmp, c)
+            local cmd = ENV .. "curl -s -S -m 300 -K " .. q(cfg) .. " >" .. q(outs[c]) .. " 2>&1; echo $? >"
+                .. q(outs[c] .. ".rc")
+            curls[c] = tonumber((util.capture("sh -c " .. q(cmd) .. " </dev/null >/dev/null 2>&1 & echo $!")
+                                 :match("%d+")))
+        end
+        local function all_done()
+            for c = 1, CLIENTS do if not util.exists(outs[c] .. ".rc") then return false end end
+            return true
+        end
+
+        -- the brokers go down at 20 % of the load and come back at 60 %
+        local log = assert(takhin.open_log{ dir = data_dir, readonly = true })
+        local total = CLIENTS * PER
+        local down_at, up_at
+        assert.is_truthy(util.wait_until(function()
+            return all_done() or log:high_water_mark() >= total * 0.2
+        end, 6000, 0.01))
+        cluster:command("down all")
+        down_at = log:high_water_mark()
+        assert.is_truthy(util.wait_until(function()
+            return all_done() or log:high_water_mark() >= total * 0.6
+        end, 12000, 0.01))
+        local committed_down = log:committed("kafka") or 0
+        up_at = log:high_water_mark()
+        cluster:command("up all")
+        assert.is_truthy(util.wait_until(all_done, 12000, 0.01), "the curl clients did not finish")
+
+        -- every append acknowledged
+        local acks = {}
+        for c = 1, CLIENTS do
+            local n = 0
+            for body, code, url in slurp(outs[c]):gmatch("(.-)\n@@ (%d%d%d) (%S*)\n") do
+                n = n + 1
+                assert.are.equal("200", code, url .. ": " .. body)
+                local off = tonumber(body:match('"offset":(%d+)'))
+                local name = url:match("n=([%w%-]+)")
+                acks[#acks + 1] = { offset = off, req = sent[name] }
+            end
+            assert.are.equal(PER, n, "client " .. c .. " answers")
+        end
+        local N = #acks
+
+        -- worker 0 forwards everything (bounded), then nginx stops
+        assert.is_truthy(util.wait_until(function()
+            return log:committed("kafka") == N
+        end, 6000, 0.01), "the cursor stays at " .. tostring(log:committed("kafka")) .. " of " .. N
+            .. "\n" .. select(2, http(port, "/forwarder")))
+        local _, status = http(port, "/forwarder")
+        local workers = server.workers
+        assert.is_true(stop_nginx(), "nginx did not stop on SIGQUIT")
+        for _, w in ipairs(workers) do assert.is_false(util.alive(w)) end
+
+        local msgs = cluster:consume(tmp, "nginx")
+        local by_offset, repeats = {}, 0
+        for _, m in ipairs(msgs) do
+            if by_offset[m.takhin_offset] then repeats = repeats + 1 end
+            by_offset[m.takhin_offset] = m
+        end
+        for _, a in ipairs(acks) do
+            local m = by_offset[a.offset]
+            assert(m, "acknowledged offset " .. a.offset .. " (" .. a.req.name .. ") is missing in Kafka")
+            assert(m.value == a.req.value, "offset " .. a.offset .. ": value differs")
+            assert(m.key == a.req.key, "offset " .. a.offset .. ": key differs")
+        end
+        assert.are.equal(N, log:committed("kafka"))
+        log:close()
+        local bad = {}
+        for line in slurp(server.error_log):gmatch("[^\n]+") do
+            if line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
+                or line:find("%[emerg%]") then bad[#bad + 1] = line end
+        end
+        assert.are.equal(0, #bad, "error log:\n" .. table.concat(bad, "\n"))
+        print(("\n# kafka in nginx: %d appends acknowledged; brokers down from offset %d to %d "
+               .. "(cursor %d then); %d messages in Kafka, %d repeats; %s")
+              :format(N, down_at, up_at, committed_down, #msgs, repeats, status))
+    end)
+end)
