@@ -94,9 +94,11 @@ else
 	@echo "kafka: librdkafka-dev is not installed: takhin.kafka not built (make deps installs it)"
 endif
 
-$(BUILD)/takhin/kafka.so: csrc/lua_kafka.c csrc/compat.h
+# It links the engine (produce_log reads logs itself), hidden as in core.so.
+$(BUILD)/takhin/kafka.so: csrc/lua_kafka.c $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -I$(LUA_INC) -shared $< -o $@ $(RDKAFKA_LIBS)
+	$(CC) $(CFLAGS_ALL) -DTK_LUA_MODULE -I$(LUA_INC) -shared $< $(BUILD)/libtakhin.a -o $@ \
+	  -Wl,--exclude-libs,ALL $(RDKAFKA_LIBS) $(LDLIBS_ALL)
 
 $(BUILD)/kafka/kafka_mock: tests/kafka_mock.c
 	@mkdir -p $(dir $@)

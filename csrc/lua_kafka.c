@@ -19,6 +19,12 @@
  * hands that array to Lua afterwards.  Reports collected by flush() wait
  * there for the next poll().
  *
+ * The fast path.  produce() takes one record from Lua; produce_log()
+ * reads a range of a takhin log itself (a read-only handle of the engine,
+ * through takhin.h, linked into this module) and produces every record
+ * of it without a Lua table or string per record: the forwarder's way to
+ * keep up with a C producer such as kcat.
+ *
  * Conventions as takhin.core's (csrc/lua_takhin.c): misuse raises; the
  * outside world failing returns nil, message, CODE (here with librdkafka's
  * own error name as a fourth value); the userdata is created closed and
@@ -38,6 +44,7 @@
 #include "lua.h"
 
 #include "compat.h"
+#include "takhin.h"
 
 #define PRODUCER_MT "takhin.kafka.Producer"
 #define MAX_HEADERS 64                  /* headers of one message */
@@ -69,6 +76,9 @@ typedef struct producer {
     rd_kafka_resp_err_t last_err;
     char last_error[ERRLEN];            /* "" when none */
     char *stats_json;                   /* the last statistics callback's */
+    tk_log *reader;                     /* produce_log's read-only handle */
+    char *reader_dir;                   /* its directory */
+    tk_record rec;                      /* produce_log's record buffer */
 } producer;
 
 /* ------------------------------------------------------------------ */
@@ -200,6 +210,11 @@ static void producer_release(producer *p) {
     p->n_reports = p->cap_reports = 0;
     free(p->stats_json);
     p->stats_json = NULL;
+    tk_log_close(p->reader);
+    p->reader = NULL;
+    free(p->reader_dir);
+    p->reader_dir = NULL;
+    tk_record_free(&p->rec);
 }
 
 /* kafka.producer(config) -> producer | nil, msg, code */
@@ -375,6 +390,118 @@ static int l_produce(lua_State *L) {
     return 1;
 }
 
+/* The read-only handle on dir, opened on first use and kept. */
+static tk_log *reader_for(producer *p, const char *dir, tk_err *e) {
+    if (p->reader && strcmp(p->reader_dir, dir) == 0) return p->reader;
+    char *copy = strdup(dir);
+    if (!copy) {
+        e->code = TK_NOMEM;
+        snprintf(e->msg, sizeof e->msg, "produce_log: out of memory");
+        return NULL;
+    }
+    tk_log_opts o;
+    tk_log *log;
+    tk_log_opts_init(&o);
+    o.mode = TK_LOG_READONLY;
+    if (tk_log_open(dir, &o, &log, e) != TK_OK) { free(copy); return NULL; }
+    tk_log_close(p->reader);
+    free(p->reader_dir);
+    p->reader = log;
+    p->reader_dir = copy;
+    return log;
+}
+
+/* p:produce_log(topic, dir, from, to [, header]) -> n, next, status [, msg, code]
+ * Produces the records [from, to) of the takhin log in dir, in order, each
+ * with its key, value and timestamp, its offset as the opaque and, when
+ * header is given, a header of that name holding the offset in decimal.
+ * Stops early at a record it cannot produce.  Returns how many it
+ * produced, the offset of the first it did not, and why it stopped:
+ * "done" (next == to), "full" (librdkafka's queue; try later), "failed"
+ * (the record at next was refused: msg, code), "fatal" (the producer is
+ * dead: msg), or "error" (the log could not be read at next: msg and
+ * takhin's code).  A range that cannot be opened (below the base offset,
+ * past the high water mark) returns nil, msg, code. */
+static int l_produce_log(lua_State *L) {
+    producer *p = check_producer(L, 1);
+    static const char empty[1] = "";
+    if (lua_type(L, 2) != LUA_TSTRING) compat_typeerror(L, 2, "string");
+    if (lua_type(L, 3) != LUA_TSTRING) compat_typeerror(L, 3, "string");
+    const char *topic = lua_tostring(L, 2), *dir = lua_tostring(L, 3);
+    int64_t from = check_int64(L, 4), to = check_int64(L, 5);
+    const char *header = lua_isnoneornil(L, 6) ? NULL : luaL_checkstring(L, 6);
+    tk_err e;
+    memset(&e, 0, sizeof e);
+    tk_log *log = reader_for(p, dir, &e);
+    if (!log) return lua_pushnil(L), lua_pushstring(L, e.msg), lua_pushstring(L, tk_code_name(e.code)), 3;
+    rd_kafka_topic_t *rkt = topic_handle(p, topic);
+    if (!rkt) return push_kafka_error(L, "produce_log: topic", rd_kafka_last_error(), NULL);
+
+    int64_t n = 0, next = from;
+    const char *status = "done";
+    char msg[ERRLEN];
+    const char *code = NULL;
+    tk_iter *it = NULL;
+    msg[0] = '\0';
+    if (to > from && tk_iter_open(log, from, to, &it, &e) != TK_OK)
+        return lua_pushnil(L), lua_pushstring(L, e.msg), lua_pushstring(L, tk_code_name(e.code)), 3;
+    while (it) {
+        int done = 0;
+        if (tk_iter_next(it, &p->rec, &done, &e) != TK_OK) {
+            status = "error";
+            snprintf(msg, sizeof msg, "%s", e.msg);
+            code = tk_code_name(e.code);
+            break;
+        }
+        if (done) break;
+        const tk_record *r = &p->rec;
+        char num[24];
+        int numlen = snprintf(num, sizeof num, "%lld", (long long)r->offset);
+        rd_kafka_vu_t vus[8];
+        size_t k = 0;
+        vus[k].vtype = RD_KAFKA_VTYPE_RKT;          vus[k++].u.rkt = rkt;
+        vus[k].vtype = RD_KAFKA_VTYPE_PARTITION;    vus[k++].u.i32 = RD_KAFKA_PARTITION_UA;
+        vus[k].vtype = RD_KAFKA_VTYPE_MSGFLAGS;     vus[k++].u.i = RD_KAFKA_MSG_F_COPY;
+        /* absent key: NULL (Kafka's null); empty key or value: "" (never NULL) */
+        vus[k].vtype = RD_KAFKA_VTYPE_KEY;
+        vus[k].u.mem.ptr = r->has_key ? (void *)(r->key ? (const void *)r->key : (const void *)empty) : NULL;
+        vus[k++].u.mem.size = r->has_key ? r->key_len : 0;
+        vus[k].vtype = RD_KAFKA_VTYPE_VALUE;
+        vus[k].u.mem.ptr = (void *)(r->value ? (const void *)r->value : (const void *)empty);
+        vus[k++].u.mem.size = r->value_len;
+        vus[k].vtype = RD_KAFKA_VTYPE_OPAQUE;       vus[k++].u.ptr = (void *)(intptr_t)r->offset;
+        vus[k].vtype = RD_KAFKA_VTYPE_TIMESTAMP;    vus[k++].u.i64 = r->timestamp;
+        if (header) {
+            vus[k].vtype = RD_KAFKA_VTYPE_HEADER;
+            vus[k].u.header.name = header;
+            vus[k].u.header.val = num;
+            vus[k++].u.header.size = numlen;
+        }
+        rd_kafka_error_t *err = rd_kafka_produceva(p->rk, vus, k);
+        if (err) {
+            rd_kafka_resp_err_t ec = rd_kafka_error_code(err);
+            status = ec == RD_KAFKA_RESP_ERR__QUEUE_FULL ? "full" :
+                     ec == RD_KAFKA_RESP_ERR__FATAL ? "fatal" : "failed";
+            snprintf(msg, sizeof msg, "produce offset %lld to %s: %s", (long long)r->offset, topic,
+                     rd_kafka_error_string(err));
+            code = code_of(ec);
+            rd_kafka_error_destroy(err);
+            break;
+        }
+        n++;
+        next = r->offset + 1;
+        p->produced++;
+    }
+    tk_iter_close(it);
+    compat_pushint64(L, n);
+    compat_pushint64(L, next);
+    lua_pushstring(L, status);
+    if (!code) return 3;
+    lua_pushstring(L, msg);
+    lua_pushstring(L, code);
+    return 5;
+}
+
 /* Hands the stored delivery reports to Lua: an array of the opaques
  * delivered, an array of { offset =, error =, code =, name = } for those
  * that failed, and the number of reports lost (out of memory: the caller
@@ -520,6 +647,7 @@ static int l_clock_ms(lua_State *L) {
 
 static const luaL_Reg producer_methods[] = {
     { "produce", l_produce },
+    { "produce_log", l_produce_log },
     { "poll", l_poll },
     { "flush", l_flush },
     { "purge", l_purge },

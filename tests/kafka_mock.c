@@ -5,8 +5,9 @@
  *     kafka_mock [--brokers N] [--topic NAME:PARTITIONS]...
  *
  * Starts N brokers (default 3, ids 1..N) listening on ephemeral ports of
- * 127.0.0.1, creates the topics named (others are created on first use,
- * with the mock's default partition count), prints
+ * 127.0.0.1, creates the topics named (partition p led by broker
+ * p % N + 1; other topics are created on first use, with the mock's
+ * defaults), prints
  *
  *     bootstrap 127.0.0.1:PORT,127.0.0.1:PORT,...
  *
@@ -62,6 +63,18 @@ static int int_arg(const char *s, long lo, long hi, long *out) {
     return 1;
 }
 
+static long n_brokers = 3;
+
+/* A topic whose partition p is led by broker p % brokers + 1: the same
+ * layout every time (the mock would pick leaders at random), so runs that
+ * compare two producers on two topics load the brokers alike. */
+static rd_kafka_resp_err_t topic_create(rd_kafka_mock_cluster_t *mc, const char *name, int parts) {
+    rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, name, parts, 1);
+    for (int p = 0; !err && p < parts; p++)
+        err = rd_kafka_mock_partition_set_leader(mc, name, p, (int32_t)(p % n_brokers + 1));
+    return err;
+}
+
 /* Runs one command; NULL on success, else the reason. */
 static const char *run_command(rd_kafka_mock_cluster_t *mc, char **w, int n) {
     int32_t id;
@@ -87,7 +100,7 @@ static const char *run_command(rd_kafka_mock_cluster_t *mc, char **w, int n) {
         free(errs);
     } else if (n == 3 && strcmp(w[0], "topic") == 0) {
         if (!int_arg(w[2], 1, 1000, &a)) return "bad partition count";
-        err = rd_kafka_mock_topic_create(mc, w[1], (int)a, 1);
+        err = topic_create(mc, w[1], (int)a);
     } else {
         return "unknown command";
     }
@@ -101,19 +114,18 @@ static void create_topic(rd_kafka_mock_cluster_t *mc, char *spec) {
         *colon = '\0';
         if (!int_arg(colon + 1, 1, 1000, &parts)) die(spec, "bad partition count");
     }
-    rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, spec, (int)parts, 1);
+    rd_kafka_resp_err_t err = topic_create(mc, spec, (int)parts);
     if (err) die(spec, rd_kafka_err2str(err));
 }
 
 int main(int argc, char **argv) {
     char errstr[512], line[MAX_LINE];
-    long brokers = 3;
     unsigned long seq = 0;
 
     signal(SIGPIPE, SIG_IGN);
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--brokers") == 0 && i + 1 < argc) {
-            if (!int_arg(argv[++i], 1, 16, &brokers)) die("--brokers", "not 1..16");
+            if (!int_arg(argv[++i], 1, 16, &n_brokers)) die("--brokers", "not 1..16");
         } else if (strcmp(argv[i], "--topic") == 0 && i + 1 < argc) {
             i++;                                        /* after the cluster exists */
         } else {
@@ -127,7 +139,7 @@ int main(int argc, char **argv) {
         die("conf", errstr);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!rk) die("rd_kafka_new", errstr);
-    rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(rk, (int)brokers);
+    rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(rk, (int)n_brokers);
     if (!mc) die("rd_kafka_mock_cluster_new", "failed (see the log above)");
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--topic") == 0) create_topic(mc, argv[++i]);

@@ -268,6 +268,23 @@ local function skip_deleted(self)
     advance(self)
 end
 
+-- takhin's code in an iterator's error message ("IO" when none).
+local function code_in(err)
+    for _, c in ipairs({ "OUT_OF_RANGE", "CORRUPT", "NOMEM" }) do
+        if tostring(err):find(c, 1, true) then return c end
+    end
+    return "IO"
+end
+
+-- A record the producer refused: sent again after the backoff.
+local function refused(self, off, msg, code)
+    note_error(self, msg, code)
+    self.retry[#self.retry + 1] = off
+    self.n_failed = self.n_failed + 1
+    self.retry_at = self.kafka.clock_ms() + self.backoff
+    self.backoff = min(self.backoff * 2, self.backoff_max)
+end
+
 -- Produces one record; "sent", "full" (librdkafka's queue: try later),
 -- "reset" (a fatal error: the producer must go) or "failed".
 local function produce(self, rec)
@@ -280,13 +297,8 @@ local function produce(self, rec)
         return "sent"
     end
     if code == "FULL" then return "full" end
-    note_error(self, format("offset %d: %s", off, tostring(msg)), code)
-    if code == "FATAL" then return "reset" end
-    local retry = self.retry
-    retry[#retry + 1] = off
-    self.n_failed = self.n_failed + 1
-    self.retry_at = self.kafka.clock_ms() + self.backoff
-    self.backoff = min(self.backoff * 2, self.backoff_max)
+    if code == "FATAL" then note_error(self, format("offset %d: %s", off, tostring(msg)), code); return "reset" end
+    refused(self, off, format("offset %d: %s", off, tostring(msg)), code)
     return "failed"
 end
 
@@ -325,6 +337,40 @@ local function send_retries(self, budget)
     return n
 end
 
+-- send_new through the producer's produce_log (takhin.kafka): C reads the
+-- log and produces each record, with no Lua table per record.  Offsets
+-- already confirmed (after a reset) are skipped: it is given the runs
+-- between them.
+local function send_new_fast(self, from, to)
+    local p, done, dir, n = self.producer, self.done, self.log:dir(), 0
+    local any_done = next(done) ~= nil
+    local off = from
+    while off < to do
+        while any_done and off < to and done[off] do off = off + 1 end
+        if off >= to then break end
+        local run_end = to
+        if any_done then
+            run_end = off
+            while run_end < to and not done[run_end] do run_end = run_end + 1 end
+        end
+        local k, nxt, status, msg, code = p:produce_log(self.topic, dir, off, run_end, "takhin-offset")
+        if k == nil then return nil, "forwarder: " .. tostring(nxt), status end
+        n, self.n_sent, self.inflight = n + k, self.n_sent + k, self.inflight + k
+        self.next = nxt
+        if status == "full" then return n end
+        if status == "fatal" then note_error(self, msg, code); return nil, "reset" end
+        if status == "error" then return nil, "forwarder: " .. tostring(msg), code end
+        if status == "failed" then
+            refused(self, nxt, msg, code)
+            nxt = nxt + 1
+            self.next = nxt
+        end
+        off = nxt
+    end
+    self.next = max(self.next, to)
+    return n
+end
+
 -- Produces new records from next, up to budget; returns how many, or
 -- nil, msg, code (a record that cannot be read), or nil, "reset".
 local function send_new(self, budget)
@@ -332,6 +378,11 @@ local function send_new(self, budget)
     local from = self.next
     local to = min(self.log:high_water_mark(), from + budget, self.low + self.window)
     if to <= from then return 0 end
+    if self.producer.produce_log then
+        local n, msg, code = send_new_fast(self, from, to)
+        if n == nil and code == "OUT_OF_RANGE" then skip_deleted(self); return 0 end
+        return n, msg, code
+    end
     local done, n, stop = self.done, 0, nil
     local ok, err = pcall(function()
         for rec in self.log:records(from, to) do
@@ -345,10 +396,7 @@ local function send_new(self, budget)
         end
     end)
     if not ok then
-        local code = "IO"
-        for _, c in ipairs({ "OUT_OF_RANGE", "CORRUPT", "NOMEM" }) do
-            if tostring(err):find(c, 1, true) then code = c; break end
-        end
+        local code = code_in(err)
         if code == "OUT_OF_RANGE" then skip_deleted(self); return n end
         return nil, "forwarder: read " .. tostring(err), code
     end
