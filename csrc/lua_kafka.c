@@ -420,8 +420,8 @@ static tk_log *reader_for(producer *p, const char *dir, tk_err *e) {
  * "done" (next == to), "full" (librdkafka's queue; try later), "failed"
  * (the record at next was refused: msg, code), "fatal" (the producer is
  * dead: msg), or "error" (the log could not be read at next: msg and
- * takhin's code).  A range that cannot be opened (below the base offset,
- * past the high water mark) returns nil, msg, code. */
+ * takhin's code).  `to` is clamped to the high water mark; a `from`
+ * outside [base offset, high water mark] returns nil, msg, "OUT_OF_RANGE". */
 static int l_produce_log(lua_State *L) {
     producer *p = check_producer(L, 1);
     static const char empty[1] = "";

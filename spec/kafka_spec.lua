@@ -696,6 +696,103 @@ describe("takhin.forwarder against a Kafka cluster (librdkafka's mock, kcat)", f
 end)
 
 -------------------------------------------------------------------------
+-- takhin.kafka itself
+-------------------------------------------------------------------------
+
+describe("takhin.kafka (the librdkafka producer binding)", function()
+    local why = kafka_missing()
+    local tmp, cluster
+
+    before_each(function()
+        tmp = util.tmpdir()
+        cluster = nil
+    end)
+
+    after_each(function()
+        if cluster then cluster:stop() end
+        collectgarbage(); collectgarbage()
+        util.rmtree(tmp)
+    end)
+
+    it("checks its configuration: librdkafka's refusals are INVALID, wrong types raise", function()
+        if why then pending(why); return end
+        local msg = assert.fails_with("INVALID", KAFKA.producer{ ["no.such.property"] = "1" })
+        assert.matches("no.such.property", msg)
+        assert.fails_with("INVALID", KAFKA.producer{ ["linger.ms"] = "soon" })
+        assert.has_error(function() KAFKA.producer{ ["linger.ms"] = {} } end)
+        assert.has_error(function() KAFKA.producer{ [1] = "x" } end)
+        assert.has_error(function() KAFKA.producer("bootstrap.servers=x") end)
+        assert.is_string(KAFKA.librdkafka_version)
+        assert.is_number(KAFKA.clock_ms())
+    end)
+
+    it("produces keys (absent, empty), values, timestamps and headers as given, and closes once", function()
+        if why then pending(why); return end
+        cluster = start_cluster(tmp, "--brokers 1 --topic p:1")
+        local p = assert(KAFKA.producer{ ["bootstrap.servers"] = cluster.bootstrap, ["linger.ms"] = 1 })
+        assert.matches("^takhin.kafka.Producer%(.*, %d+ queued%)$", tostring(p))
+        assert.is_true(p:produce("p", nil, "no key", T0, { ["takhin-offset"] = "0" }, 0))
+        assert.is_true(p:produce("p", "", "", T0 + 1, { ["takhin-offset"] = "1" }, 1))
+        assert.is_true(p:produce("p", "k\0\255", "v\0\255", T0 + 2, { ["takhin-offset"] = "2" }, 2))
+        assert.has_error(function() p:produce("p", 1, "v") end)
+        assert.has_error(function() p:produce("p", "k", "v", 1.5) end)
+        assert.has_error(function() p:produce("p", "k", "v", nil, { x = 1 }) end)
+        assert.is_true(p:flush(30000))
+        local delivered, failed, lost = p:poll(0)
+        table.sort(delivered)
+        assert.are.same({ 0, 1, 2 }, delivered)
+        assert.are.same({}, failed)
+        assert.are.equal(0, lost)
+        local s = p:stats()
+        assert.are.equal(3, s.produced)
+        assert.are.equal(3, s.delivered)
+        assert.are.equal(0, s.queued)
+        assert.is_nil(p:fatal())
+        assert.is_true(p:close())
+        assert.is_true(p:close())
+        assert.are.equal("takhin.kafka.Producer(closed)", tostring(p))
+        assert.has_error(function() p:poll(0) end, "attempt to use a closed takhin.kafka.Producer")
+        local msgs = cluster:consume(tmp, "p")
+        assert.are.equal(3, #msgs)
+        assert.is_nil(msgs[1].key)
+        assert.are.equal("no key", msgs[1].value)
+        assert.are.equal("", msgs[2].key)
+        assert.are.equal("", msgs[2].value)
+        assert.are.equal("k\0\255", msgs[3].key)
+        assert.are.equal("v\0\255", msgs[3].value)
+        for i, m in ipairs(msgs) do
+            assert.are.equal(T0 + i - 1, m.timestamp)
+            assert.are.equal(i - 1, m.takhin_offset)
+        end
+    end)
+
+    it("produce_log sends a range of a log as it is, and says where and why it stopped", function()
+        if why then pending(why); return end
+        cluster = start_cluster(tmp, "--brokers 1 --topic pl:1")
+        local dir = tmp .. "/log"
+        local log = assert(takhin.open_log{ dir = dir })
+        append_records(log, 0, 300)
+        local p = assert(KAFKA.producer{ ["bootstrap.servers"] = cluster.bootstrap })
+        local n, nxt, status = p:produce_log("pl", dir, 0, 200, "takhin-offset")
+        assert.are.same({ 200, 200, "done" }, { n, nxt, status })
+        n, nxt, status = p:produce_log("pl", dir, 200, 300, "takhin-offset")
+        assert.are.same({ 100, 300, "done" }, { n, nxt, status })
+        assert.are.same({ 0, 300, "done" }, { p:produce_log("pl", dir, 300, 300) })
+        assert.are.same({ 0, 300, "done" }, { p:produce_log("pl", dir, 300, 400) })   -- to: clamped
+        assert.fails_with("OUT_OF_RANGE", p:produce_log("pl", dir, 400, 500))
+        assert.is_true(p:flush(30000))
+        assert.are.equal(300, #(p:poll(0)))
+        p:close()
+        local msgs = cluster:consume(tmp, "pl")
+        assert.are.equal(300, #msgs)
+        local _, repeats = check_messages(msgs, 300)
+        assert.are.equal(0, repeats)
+        check_order(msgs)
+        log:close()
+    end)
+end)
+
+-------------------------------------------------------------------------
 -- In nginx: 2 workers appending, worker 0 forwarding
 -------------------------------------------------------------------------
 
