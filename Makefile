@@ -80,7 +80,7 @@ luajit:
 
 # ---------------------------------------------------------------- kafka
 
-# The optional module takhin.kafka (csrc/lua_kafka.c, a librdkafka producer
+# The optional module takhin.kafka (csrc/kafka/lua_kafka.c, a librdkafka producer
 # binding that lua/takhin/forwarder.lua uses) and the mock Kafka cluster
 # the specs start (tests/kafka_mock.c).  Built by `make` and `make luajit`
 # only where librdkafka's headers are (Debian: librdkafka-dev); takhin.core
@@ -95,9 +95,9 @@ else
 endif
 
 # It links the engine (produce_log reads logs itself), hidden as in core.so.
-$(BUILD)/takhin/kafka.so: csrc/lua_kafka.c $(BUILD)/libtakhin.a $(HEADERS)
+$(BUILD)/takhin/kafka.so: csrc/kafka/lua_kafka.c $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -DTK_LUA_MODULE -I$(LUA_INC) -shared $< $(BUILD)/libtakhin.a -o $@ \
+	$(CC) $(CFLAGS_ALL) -DTK_LUA_MODULE -Icsrc -I$(LUA_INC) -shared $< $(BUILD)/libtakhin.a -o $@ \
 	  -Wl,--exclude-libs,ALL $(RDKAFKA_LIBS) $(LDLIBS_ALL)
 
 $(BUILD)/kafka/kafka_mock: tests/kafka_mock.c

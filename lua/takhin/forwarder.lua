@@ -7,7 +7,7 @@
 --     fwd:run{ follow = true }                  -- a plain Lua loop
 --     fwd:stats()   fwd:close()
 --
--- The producer is takhin.kafka (csrc/lua_kafka.c, librdkafka), loaded when
+-- The producer is takhin.kafka (csrc/kafka/lua_kafka.c, librdkafka), loaded when
 -- the first forwarder is made: takhin itself never needs librdkafka.
 --
 -- How it keeps records (docs/API.md, "Forwarding to Kafka"):
