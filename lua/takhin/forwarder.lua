@@ -239,6 +239,9 @@ end
 local function commit(self)
     local low, committed = self.low, self.committed
     if committed ~= nil and low <= committed then return true end
+    -- Retention deleted records still in flight: nothing to commit until
+    -- their reports come (the cursor cannot go below the base offset).
+    if low < self.log:base_offset() then return true end
     local ok, msg, code = self.log:commit(self.cursor, low)
     if ok then
         self.committed, self.n_commits = low, self.n_commits + 1
