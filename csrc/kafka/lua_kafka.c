@@ -110,6 +110,13 @@ static const char *code_of(rd_kafka_resp_err_t err) {
     }
 }
 
+static int push_tk_error(lua_State *L, const tk_err *e) {
+    lua_pushnil(L);
+    lua_pushstring(L, e->msg);
+    lua_pushstring(L, tk_code_name(e->code));
+    return 3;
+}
+
 static int push_kafka_error(lua_State *L, const char *what, rd_kafka_resp_err_t err,
                             const char *detail) {
     lua_pushnil(L);
@@ -181,9 +188,8 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
 
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
     producer *p = (producer *)opaque;
-    (void)rk;
     (void)len;
-    free(p->stats_json);
+    rd_kafka_mem_free(rk, p->stats_json);
     p->stats_json = json;
     return 1;                           /* we keep json; librdkafka must not free it */
 }
@@ -208,7 +214,7 @@ static void producer_release(producer *p) {
     free(p->reports);
     p->reports = NULL;
     p->n_reports = p->cap_reports = 0;
-    free(p->stats_json);
+    rd_kafka_mem_free(NULL, p->stats_json);
     p->stats_json = NULL;
     tk_log_close(p->reader);
     p->reader = NULL;
@@ -433,7 +439,7 @@ static int l_produce_log(lua_State *L) {
     tk_err e;
     memset(&e, 0, sizeof e);
     tk_log *log = reader_for(p, dir, &e);
-    if (!log) return lua_pushnil(L), lua_pushstring(L, e.msg), lua_pushstring(L, tk_code_name(e.code)), 3;
+    if (!log) return push_tk_error(L, &e);
     rd_kafka_topic_t *rkt = topic_handle(p, topic);
     if (!rkt) return push_kafka_error(L, "produce_log: topic", rd_kafka_last_error(), NULL);
 
@@ -443,8 +449,7 @@ static int l_produce_log(lua_State *L) {
     const char *code = NULL;
     tk_iter *it = NULL;
     msg[0] = '\0';
-    if (to > from && tk_iter_open(log, from, to, &it, &e) != TK_OK)
-        return lua_pushnil(L), lua_pushstring(L, e.msg), lua_pushstring(L, tk_code_name(e.code)), 3;
+    if (to > from && tk_iter_open(log, from, to, &it, &e) != TK_OK) return push_tk_error(L, &e);
     while (it) {
         int done = 0;
         if (tk_iter_next(it, &p->rec, &done, &e) != TK_OK) {
