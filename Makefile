@@ -95,10 +95,13 @@ else
 endif
 
 # It links the engine (produce_log reads logs itself), hidden as in core.so.
+# -z nodelete: Lua unloads C modules when a state closes, and librdkafka is
+# not made to be unloaded (its global state -- SASL, SSL -- would leak, and
+# a producer collected late would run code that is gone).
 $(BUILD)/takhin/kafka.so: csrc/kafka/lua_kafka.c $(BUILD)/libtakhin.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DTK_LUA_MODULE -Icsrc -I$(LUA_INC) -shared $< $(BUILD)/libtakhin.a -o $@ \
-	  -Wl,--exclude-libs,ALL $(RDKAFKA_LIBS) $(LDLIBS_ALL)
+	  -Wl,--exclude-libs,ALL -Wl,-z,nodelete $(RDKAFKA_LIBS) $(LDLIBS_ALL)
 
 $(BUILD)/kafka/kafka_mock: tests/kafka_mock.c
 	@mkdir -p $(dir $@)
