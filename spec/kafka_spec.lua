@@ -460,6 +460,16 @@ describe("takhin.forwarder's bookkeeping (a stand-in producer)", function()
         fwd:close(0)
     end)
 
+    it("is NOT_FOUND, naming the module, where takhin.kafka cannot be loaded", function()
+        local loaded, preload = package.loaded["takhin.kafka"], package.preload["takhin.kafka"]
+        package.loaded["takhin.kafka"] = nil
+        package.preload["takhin.kafka"] = function() error("module 'takhin.kafka' not found") end
+        local ok, fwd, msg, code = pcall(takhin.forwarder, { log = log, topic = "t", brokers = "b" })
+        package.loaded["takhin.kafka"], package.preload["takhin.kafka"] = loaded, preload
+        assert.is_true(ok, tostring(fwd))
+        assert.matches("takhin.kafka", assert.fails_with("NOT_FOUND", fwd, msg, code))
+    end)
+
     it("checks its options: misuse raises, bad values are INVALID", function()
         local K = fake_kafka()
         assert.has_error(function() takhin.forwarder{ log = log, topic = "t", brokers = "b", kafak = K } end,

@@ -569,6 +569,13 @@ end
 
 Forwarder.__close = function(self) self:close() end
 
+-- Collected without close (Lua 5.4; LuaJIT has no __gc for tables, and
+-- there the producer's own __gc frees librdkafka): commit what was
+-- confirmed, wait for nothing.  Never raises.
+Forwarder.__gc = function(self)
+    if not self.closed then pcall(self.close, self, 0) end
+end
+
 function Forwarder.__tostring(self)
     if self.closed then return "takhin.Forwarder(closed)" end
     return format("takhin.Forwarder(cursor %s -> topic %s, committed %s, lag %d)", self.cursor,
