@@ -18,6 +18,12 @@ ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)
 C_TESTS    = $(BUILD)/tests/test_crc32c $(BUILD)/tests/test_threads $(BUILD)/tests/test_api
+# The optional takhin.kafka module and the specs' mock cluster ("kafka"
+# below): only where librdkafka-dev is installed.
+RDKAFKA_LIBS ?= -lrdkafka
+HAVE_RDKAFKA := $(shell printf '\043include <librdkafka/rdkafka.h>\n\043include <librdkafka/rdkafka_mock.h>\n' | \
+                  $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+KAFKA_TARGETS = $(if $(HAVE_RDKAFKA),$(BUILD)/takhin/kafka.so $(BUILD)/kafka/kafka_mock)
 
 BUSTED     = busted --lua=$(LUA)
 SPEC_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
@@ -25,11 +31,12 @@ SPEC_ENV   = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' \
 
 .PHONY: all help deps fault luajit test test-asan test-tsan bench demo clean
 
-all: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(C_TESTS)
+all: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(C_TESTS) $(KAFKA_TARGETS)
 
 help:
 	@echo "make            build $(BUILD)/takhin/core.so (Lua 5.4) and $(BUILD)/libtakhin.a"
 	@echo "make luajit     build build/luajit/takhin/core.so for LuaJIT 2.1 (OpenResty)"
+	@echo "make kafka      build the optional takhin.kafka module (librdkafka; part of make and make luajit when librdkafka-dev is installed)"
 	@echo "make deps       install missing Debian packages (as root) or print the command"
 	@echo "make test       run every C test and busted spec; last line 'N passed, N failed'"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
@@ -68,7 +75,37 @@ $(BUILD)/tests/%: tests/%.c tests/tap.h $(BUILD)/libtakhin.a $(HEADERS)
 LUAJIT_INC ?= /usr/include/luajit-2.1
 
 luajit:
-	@$(MAKE) --no-print-directory build/luajit/takhin/core.so BUILD=build/luajit LUA_INC=$(LUAJIT_INC)
+	@$(MAKE) --no-print-directory build/luajit/takhin/core.so $(if $(HAVE_RDKAFKA),build/luajit/takhin/kafka.so) \
+	  BUILD=build/luajit LUA_INC=$(LUAJIT_INC)
+
+# ---------------------------------------------------------------- kafka
+
+# The optional module takhin.kafka (csrc/kafka/lua_kafka.c, a librdkafka producer
+# binding that lua/takhin/forwarder.lua uses) and the mock Kafka cluster
+# the specs start (tests/kafka_mock.c).  Built by `make` and `make luajit`
+# only where librdkafka's headers are (Debian: librdkafka-dev); takhin.core
+# never links librdkafka.
+
+.PHONY: kafka
+kafka:
+ifeq ($(HAVE_RDKAFKA),yes)
+	@$(MAKE) --no-print-directory $(KAFKA_TARGETS)
+else
+	@echo "kafka: librdkafka-dev is not installed: takhin.kafka not built (make deps installs it)"
+endif
+
+# It links the engine (produce_log reads logs itself), hidden as in core.so.
+# -z nodelete: Lua unloads C modules when a state closes, and librdkafka is
+# not made to be unloaded (its global state -- SASL, SSL -- would leak, and
+# a producer collected late would run code that is gone).
+$(BUILD)/takhin/kafka.so: csrc/kafka/lua_kafka.c $(BUILD)/libtakhin.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -DTK_LUA_MODULE -Icsrc -I$(LUA_INC) -shared $< $(BUILD)/libtakhin.a -o $@ \
+	  -Wl,--exclude-libs,ALL -Wl,-z,nodelete $(RDKAFKA_LIBS) $(LDLIBS_ALL)
+
+$(BUILD)/kafka/kafka_mock: tests/kafka_mock.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $< -o $@ $(RDKAFKA_LIBS)
 
 # ---------------------------------------------------------------- deps
 
@@ -128,6 +165,7 @@ bench: deps
 	@$(SPEC_ENV) $(LUA) bench/log_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/snapshot_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/follow_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/kafka_bench.lua
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -148,10 +186,11 @@ INST_CMOD    = $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/takhin
 INST_LMOD    = $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VERSION)/takhin
 
 .PHONY: install
-install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a
+install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(if $(HAVE_RDKAFKA),$(BUILD)/takhin/kafka.so)
 	$(INSTALL) -d $(INST_CMOD) $(INST_LMOD) $(INST_LMOD)/cli $(DESTDIR)$(PREFIX)/bin \
 	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib
 	$(INSTALL) -m 755 $(BUILD)/takhin/core.so $(INST_CMOD)/core.so
+	$(if $(HAVE_RDKAFKA),$(INSTALL) -m 755 $(BUILD)/takhin/kafka.so $(INST_CMOD)/kafka.so)
 	$(INSTALL) -m 644 lua/takhin/*.lua $(INST_LMOD)/
 	$(INSTALL) -m 644 lua/takhin/cli/*.lua $(INST_LMOD)/cli/
 	$(INSTALL) -m 755 bin/takhin $(DESTDIR)$(PREFIX)/bin/takhin

@@ -81,9 +81,14 @@ build = {
         ["takhin.cli.log"] = "lua/takhin/cli/log.lua",
         ["takhin.cli.output"] = "lua/takhin/cli/output.lua",
         ["takhin.cli.snapshot"] = "lua/takhin/cli/snapshot.lua",
+        ["takhin.cli.forward"] = "lua/takhin/cli/forward.lua",
         ["takhin.duration"] = "lua/takhin/duration.lua",
         ["takhin.metrics"] = "lua/takhin/metrics.lua",
         ["takhin.ngx"] = "lua/takhin/ngx.lua",
+        -- The forwarder's Lua side; it needs takhin.kafka, which this
+        -- rockspec does not build (librdkafka would become a requirement
+        -- of every install): `make kafka` / `make install` build it.
+        ["takhin.forwarder"] = "lua/takhin/forwarder.lua",
         ["takhin.policy"] = "lua/takhin/policy.lua",
         ["takhin.scheduler"] = "lua/takhin/scheduler.lua",
     },

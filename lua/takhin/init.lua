@@ -19,6 +19,7 @@ local M = {
     policy = policy,
     scheduler = scheduler,
     core = core,
+    forwarder = function(opts) return require("takhin.forwarder").new(opts) end,  -- loads librdkafka on first use
 }
 
 --- The seed's DefaultSnapshotConfig: { max_snapshots = 5,
