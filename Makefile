@@ -9,11 +9,11 @@ CFLAGS_WARN = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -fPIC -fvisibility=hidden $(CFLAGS_WARN)
 SAN        ?=
 CFLAGS_ALL  = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
-LDLIBS_ALL  = -ljansson -lpthread $(LDLIBS)
+LDLIBS_ALL  = -ljansson -lzstd -lpthread $(LDLIBS)
 
 ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/sys.c csrc/names.c csrc/fs.c csrc/lock.c \
              csrc/state.c csrc/cursors.c csrc/record.c csrc/restore.c csrc/index.c csrc/segment.c csrc/log.c \
-             csrc/manifest.c csrc/snapshot.c
+             csrc/manifest.c csrc/snapshot.c csrc/archive.c csrc/transfer.c
 ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)
