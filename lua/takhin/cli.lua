@@ -17,6 +17,7 @@
 --     common.lua     failures; opening logs and managers
 --     log.lua        the log commands (info, dump, append, verify)
 --     snapshot.lua   the snapshot commands (takhin snapshot create, ...)
+--     transfer.lua   takhin snapshot export and import
 --
 -- A new command is a definition in its group's module (args.lua says what
 -- one holds) and one register() line below; a new group adds a GROUPS entry.
@@ -26,6 +27,7 @@ local common = require("takhin.cli.common")
 local output = require("takhin.cli.output")
 local log_cmds = require("takhin.cli.log")
 local snapshot_cmds = require("takhin.cli.snapshot")
+local transfer_cmds = require("takhin.cli.transfer")
 
 local M = {}
 
@@ -56,6 +58,8 @@ register(snapshot_cmds.restore)
 register(snapshot_cmds.delete)
 register(snapshot_cmds.cleanup)
 register(snapshot_cmds.verify)
+register(transfer_cmds.export)
+register(transfer_cmds.import)
 
 -- Command groups: `takhin PREFIX NAME ...`.  The commands without a prefix
 -- come first in `takhin --help`.
