@@ -297,6 +297,7 @@ struct tk_arc_reader {
     size_t raw_pos, raw_len;
     int src_eof;
     size_t zret;                /* ZSTD_decompressStream's last answer: 0 at a frame's end */
+    int zpending;               /* its last call filled the output: more may come */
     unsigned char *out;         /* decompressed bytes (zstd) */
     const unsigned char *buf;   /* the tar bytes: raw (plain) or out (zstd) */
     size_t pos, len;
@@ -373,30 +374,38 @@ static tk_code zstd_error(tk_arc_reader *r, size_t ret, tk_err *err) {
     }
 }
 
-/* Decompresses until some bytes come out, or the stream ends (*eof). */
+/* Decompresses until some bytes come out, or the stream ends (*eof).
+ * zstd is called with no new input only when its last call filled the
+ * output buffer (more may be pending): called again at a frame's end, it
+ * would start waiting for the next frame and no longer say the last one
+ * was complete. */
 static tk_code fill_zstd(tk_arc_reader *r, int *eof, tk_err *err) {
     for (;;) {
         ZSTD_inBuffer in = { r->raw, r->raw_len, r->raw_pos };
         ZSTD_outBuffer out = { r->out, BUF_SIZE, 0 };
-        size_t ret = ZSTD_decompressStream(r->z, &out, &in);
+        size_t ret;
         tk_code rc;
+        if (r->raw_pos == r->raw_len && !r->zpending) {
+            if (r->src_eof) {
+                if (r->zret != 0)
+                    return tk_fail(err, TK_CORRUPT, "%s: the zstd stream is truncated (it ends "
+                                   "inside a frame after %" PRIu64 " bytes)", r->what, r->consumed);
+                *eof = 1;
+                return TK_OK;
+            }
+            if ((rc = read_raw(r, err)) != TK_OK) return rc;
+            continue;
+        }
+        ret = ZSTD_decompressStream(r->z, &out, &in);
         r->raw_pos = in.pos;
         if (ZSTD_isError(ret)) return zstd_error(r, ret, err);
         r->zret = ret;
+        r->zpending = out.pos == out.size;
         if (out.pos > 0) {
             r->pos = 0;
             r->len = out.pos;
             return TK_OK;
         }
-        if (r->raw_pos < r->raw_len) continue;
-        if (r->src_eof) {
-            if (r->zret != 0)
-                return tk_fail(err, TK_CORRUPT, "%s: the zstd stream is truncated (it ends "
-                               "inside a frame after %" PRIu64 " bytes)", r->what, r->consumed);
-            *eof = 1;
-            return TK_OK;
-        }
-        if ((rc = read_raw(r, err)) != TK_OK) return rc;
     }
 }
 
