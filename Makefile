@@ -171,7 +171,7 @@ FUZZ_CC      ?= clang
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS   ?=
-FUZZ_NAMES    = fuzz_segment fuzz_index fuzz_manifest
+FUZZ_NAMES    = fuzz_segment fuzz_index fuzz_manifest fuzz_archive
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Icsrc -fno-omit-frame-pointer \
                 -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_OBJ      = $(ENGINE_SRC:csrc/%.c=$(FUZZ_BUILD)/obj/%.o)
@@ -188,7 +188,7 @@ $(FUZZ_BUILD)/obj/%.o: csrc/%.c $(HEADERS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/common.c $(FUZZ_OBJ) $(HEADERS)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) -o $@ -ljansson -lpthread
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) -o $@ -ljansson -lzstd -lpthread
 
 fuzz: $(FUZZ_RUNS)
 

@@ -32,6 +32,7 @@
 #include "internal.h"
 
 #define BUF_SIZE (1u << 20)
+#define TAIL_MAX (1u << 20)             /* zeros allowed after the end marker */
 
 /* Header fields: offset and width. */
 #define H_NAME 0
@@ -580,15 +581,21 @@ static tk_code parse_header(tk_arc_reader *r, const unsigned char *h, tk_arc_ent
     return TK_OK;
 }
 
-/* After the two zero blocks: zeros (tar's record padding) to the end. */
+/* After the two zero blocks: zeros (tar's record padding, 10 KiB with
+ * tar's defaults) to the end, at most TAIL_MAX of them. */
 static tk_code check_tail(tk_arc_reader *r, tk_err *err) {
+    uint64_t seen = 0;
     for (;;) {
         int eof;
         tk_code rc;
         if (r->pos < r->len) {
+            seen += r->len - r->pos;
             if (!all_zero(r->buf + r->pos, r->len - r->pos))
                 return tk_fail(err, TK_CORRUPT, "%s: data after the end of the archive "
                                "(garbage, or two archives in one stream)", r->what);
+            if (seen > TAIL_MAX)
+                return tk_fail(err, TK_CORRUPT, "%s: more than %u KiB of zeros after the end of "
+                               "the archive", r->what, TAIL_MAX >> 10);
             r->pos = r->len;
         }
         if ((rc = fill(r, &eof, err)) != TK_OK) return rc;

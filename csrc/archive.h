@@ -15,8 +15,8 @@
  *   - its data and padding come exactly as the header says: a stream that
  *     ends early is CORRUPT, padding that is not zeros is CORRUPT;
  *   - the archive ends with two zero blocks, and after them only zeros
- *     (tar's record padding) until the end of the stream: anything else,
- *     and an incomplete or damaged zstd frame, is CORRUPT.
+ *     (tar's record padding, at most 1 MiB) until the end of the stream:
+ *     anything else, and an incomplete or damaged zstd frame, is CORRUPT.
  *
  * Writing:
  *
