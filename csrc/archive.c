@@ -33,6 +33,7 @@
 
 #define BUF_SIZE (1u << 20)
 #define TAIL_MAX (1u << 20)             /* zeros allowed after the end marker */
+#define WORKER_JOB (4 << 20)            /* bytes of tar per zstd job */
 
 /* Header fields: offset and width. */
 #define H_NAME 0
@@ -163,12 +164,25 @@ static tk_code zeros(tk_arc_writer *w, uint64_t n, tk_err *err) {
     return TK_OK;
 }
 
+/* Compression runs on zstd's own worker threads (two, or one on a single
+ * CPU), while the caller's thread reads, checksums and writes: as
+ * `tar | zstd` overlaps its two processes.  Jobs of WORKER_JOB bytes keep
+ * its buffers to ~30 MiB at level 3 (its default, 4 windows, would take
+ * ~60).  A libzstd built without threads compresses in the caller's
+ * thread: the setting fails, and is ignored. */
+static void zstd_workers(ZSTD_CCtx *z) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (!ZSTD_isError(ZSTD_CCtx_setParameter(z, ZSTD_c_nbWorkers, cpus >= 2 ? 2 : 1)))
+        ZSTD_CCtx_setParameter(z, ZSTD_c_jobSize, WORKER_JOB);
+}
+
 static tk_code zstd_setup(tk_arc_writer *w, int level, uint64_t size, tk_err *err) {
     size_t ret;
     if (!(w->z = ZSTD_createCCtx()) || !(w->zout = tk_malloc(w->zcap = ZSTD_CStreamOutSize())))
         return tk_fail(err, TK_NOMEM, "%s: out of memory", w->what);
     ret = ZSTD_CCtx_setParameter(w->z, ZSTD_c_compressionLevel, level);
     if (!ZSTD_isError(ret)) ret = ZSTD_CCtx_setParameter(w->z, ZSTD_c_checksumFlag, 1);
+    if (!ZSTD_isError(ret)) zstd_workers(w->z);
     if (!ZSTD_isError(ret) && size) ret = ZSTD_CCtx_setPledgedSrcSize(w->z, size);
     return ZSTD_isError(ret) ? zstd_failed(w, ret, err) : TK_OK;
 }
