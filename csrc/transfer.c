@@ -48,6 +48,8 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,6 +274,33 @@ static tk_code write_archive(exporter *x, tk_err *err) {
     return rc;
 }
 
+/* A reader that went away (a closed pipe) must fail the export with
+ * EPIPE, not kill the process with SIGPIPE: the signal is blocked on this
+ * thread while it writes, and one it raised is consumed before the mask
+ * is restored (the way libraries that write to sockets they do not own
+ * do it).  A SIGPIPE pending from before is left alone. */
+typedef struct pipe_guard {
+    sigset_t set, old;
+    int was_pending;
+} pipe_guard;
+
+static void block_sigpipe(pipe_guard *g) {
+    sigset_t pending;
+    sigemptyset(&g->set);
+    sigaddset(&g->set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
+    g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+}
+
+static void restore_sigpipe(pipe_guard *g) {
+    sigset_t pending;
+    if (!g->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+        struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&g->set, NULL, &zero) < 0 && errno == EINTR) {}
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 tk_code tk_snap_export(tk_snapmgr *m, const char *id, int fd, const tk_export_opts *opts,
                        tk_err *err) {
     tk_export_opts defaults;
@@ -306,7 +335,12 @@ tk_code tk_snap_export(tk_snapmgr *m, const char *id, int fd, const tk_export_op
     rc = plan(&x, err);
     if (rc == TK_OK) rc = archive_size(&x, &size, err);
     if (rc == TK_OK) rc = tk_arc_writer_open(fd, level, size, x.what, &x.w, err);
-    if (rc == TK_OK) rc = write_archive(&x, err);
+    if (rc == TK_OK) {
+        pipe_guard g;
+        block_sigpipe(&g);
+        rc = write_archive(&x, err);
+        restore_sigpipe(&g);
+    }
     if (opts->written) *opts->written = x.w ? tk_arc_written(x.w) : 0;
     tk_arc_writer_free(x.w);
     free(x.send);

@@ -377,6 +377,33 @@ describe("snapshot export and import", function()
             assert.fails_with("EXISTS", sm:import(tmp .. "/s2.tar"))
         end)
 
+        it("a reader that went away: IO (Broken pipe), and the process lives on", function()
+            -- The reader closes its end and says so; only then does the
+            -- writer export (no race: the pipe has no reader left).
+            local ready, result = tmp .. "/reader-closed", tmp .. "/result"
+            local path = os.getenv("LUA_PATH") or "lua/?.lua;lua/?/init.lua;;"
+            local cpath = os.getenv("LUA_CPATH") or "build/?.so;;"
+            local code = ([[
+                local ready, result = %q, %q
+                for _ = 1, 1000 do
+                    local f = io.open(ready)
+                    if f then f:close() break end
+                    os.execute("sleep 0.01")
+                end
+                local sm = assert(require("takhin").snapshot_manager(%q))
+                local ok, msg, code = sm:export(%q, io.stdout)
+                local f = assert(io.open(result, "w"))
+                f:write(tostring(ok), " ", tostring(code), " ", tostring(msg))
+                f:close()]]):format(ready, result, dir, s2.id)
+            local _, err, status = shell(tmp, ("env LUA_PATH=%s LUA_CPATH=%s %s -e %s | sh -c %s"):format(
+                q(path), q(cpath), q(util.lua_bin()), q(code), q("exec 0<&-; touch " .. q(ready))))
+            assert.are.equal(0, status, err)
+            local got = util.read_file(result)
+            assert.truthy(got:find("^nil IO "), got)
+            assert.truthy(got:find("Broken pipe", 1, true), got)
+            assert.truthy(got:find(s2.id, 1, true), got)
+        end)
+
         it("to export a damaged snapshot: CORRUPT naming the file, and no archive", function()
             local smc = assert(takhin.snapshot_manager(dir, { dir = tmp .. "/copies", mode = "copy" }))
             local s = assert(smc:create(log))
