@@ -418,6 +418,48 @@ describe("snapshot export and import", function()
     end)
 
     ---------------------------------------------------------------------
+    describe("on a full filesystem", function()
+        local mnt, mounted, big, smf
+
+        before_each(function()
+            mnt = tmp .. "/small"
+            assert(util.sh("mkdir " .. q(mnt)))
+            mounted = util.sh("mount -t tmpfs -o size=1m takhin-spec " .. q(mnt) .. " 2>/dev/null")
+        end)
+
+        after_each(function()
+            if smf then smf:close() end
+            if big then big:close() end
+            smf, big = nil, nil
+            collectgarbage()
+            if mounted then assert(util.sh("umount " .. q(mnt))) end
+        end)
+
+        it("an import that runs out of space is NOSPC and leaves nothing behind", function()
+            if not mounted then
+                pending("mount -t tmpfs is not permitted here (the spec needs root)")
+                return
+            end
+            big = assert(takhin.open_log({ dir = tmp .. "/big" }))
+            for i = 0, 1999 do assert(big:append(nil, value(i) .. ("x"):rep(1000), i)) end
+            local bsm = assert(takhin.snapshot_manager(tmp .. "/big"))
+            local s = assert(bsm:create(big))
+            assert(bsm:export(s.id, tmp .. "/big.tar"))
+            bsm:close()
+            smf = assert(takhin.snapshot_manager(mnt))
+            local before = tree(mnt)
+            local msg = assert.fails_with({ NOSPC = true }, smf:import(tmp .. "/big.tar"))
+            assert.truthy(msg:find(s.id, 1, true), msg)
+            assert.are.equal(before, tree(mnt))
+            assert.are.same({}, assert(smf:list()))
+            -- a smaller one still fits
+            assert(sm:export(s1.id, tmp .. "/s1.tar"))
+            assert(smf:import(tmp .. "/s1.tar"))
+            assert(smf:verify(s1.id))
+        end)
+    end)
+
+    ---------------------------------------------------------------------
     describe("the archive, read by real tools", function()
         local function need(tool)
             if not has(tool) then
