@@ -127,6 +127,7 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@$(SPEC_ENV) $(LUA) bench/log_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/snapshot_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/transfer_bench.lua
 
 demo: deps
 	@$(MAKE) --no-print-directory all
