@@ -16,7 +16,9 @@
  *   2. imported into the target manager from a descriptor (memfd).  It may
  *      succeed -- then the snapshot verifies, is listed, and is deleted
  *      again -- or fail with CORRUPT, INVALID, NOT_FOUND (a missing base)
- *      or EXISTS (snapshot A's id).  Either way the target's snapshot
+ *      or EXISTS (snapshot A's id) -- or CANCELED: an input whose last byte
+ *      is odd is canceled after (first byte % 5) of the checks made between
+ *      blocks and files.  Either way the target's snapshot
  *      directory then holds exactly what it held before (no .tmp-*, no
  *      other entry), A's files are untouched (checked every 64 runs and at
  *      the end of a replay), and the scratch directory holds nothing new:
@@ -315,14 +317,29 @@ static void check_a(void) {
     fz_buf_free(&now);
 }
 
+static int cancel_now(void *ud) {
+    int *left = ud;
+    return (*left)-- <= 0;
+}
+
 static void fuzz_import(const uint8_t *data, size_t size) {
+    tk_import_opts o;
+    int cancel_after = 0;
     tk_snapshot snap;
     tk_err e;
     tk_code rc;
     FZ_CHECK(ftruncate(mem_fd, 0) == 0 && lseek(mem_fd, 0, SEEK_SET) == 0, "memfd reset");
     if (size) FZ_CHECK(write(mem_fd, data, size) == (ssize_t)size, "memfd write");
     FZ_CHECK(lseek(mem_fd, 0, SEEK_SET) == 0, "memfd seek");
-    rc = tk_snap_import(tgt, mem_fd, &snap, &e);
+    /* An input whose last byte is odd is canceled after a few of the
+     * checks the import makes between blocks and files. */
+    tk_import_opts_init(&o);
+    if (size && (data[size - 1] & 1)) {
+        cancel_after = data[0] % 5;
+        o.cancel = cancel_now;
+        o.cancel_ud = &cancel_after;
+    }
+    rc = tk_snap_import_ex(tgt, mem_fd, &o, &snap, &e);
     if (getenv("FUZZ_DEBUG"))
         fprintf(stderr, "import: %s%s%s\n", tk_code_name(rc), rc ? ": " : "", rc ? e.msg : "");
     if (rc == TK_OK) {
@@ -337,8 +354,8 @@ static void fuzz_import(const uint8_t *data, size_t size) {
         FZ_CHECK(tk_snap_delete(tgt, snap.id, &e) == TK_OK, "delete %s: %s", snap.id, e.msg);
         tk_snapshot_free(&snap);
     } else {
-        FZ_CHECK(rc == TK_CORRUPT || rc == TK_INVALID || rc == TK_NOT_FOUND || rc == TK_EXISTS,
-                 "import: %s: %s", tk_code_name(rc), e.msg);
+        FZ_CHECK(rc == TK_CORRUPT || rc == TK_INVALID || rc == TK_NOT_FOUND || rc == TK_EXISTS ||
+                 (rc == TK_CANCELED && o.cancel), "import: %s: %s", tk_code_name(rc), e.msg);
     }
     check_unchanged(rc == TK_OK ? "after an import and its deletion" : "after a refused import");
     if (++runs % 64 == 0) check_a();
