@@ -95,6 +95,8 @@ struct tk_arc_writer {
     uint64_t written;           /* bytes written to fd */
     int in_entry;
     uint64_t size, remain;      /* the current entry's size, and what it still needs */
+    int writeback;              /* start the writeback of what is written */
+    uint64_t wb_from;
     char *what;
 };
 
@@ -111,6 +113,7 @@ static tk_code zstd_failed(tk_arc_writer *w, size_t ret, tk_err *err) {
 static tk_code write_out(tk_arc_writer *w, const void *p, size_t n, tk_err *err) {
     if (n && tk_write_all(w->fd, p, n) < 0) return write_failed(w, errno, err);
     w->written += n;
+    if (w->writeback) tk_arc_writeback(w->fd, &w->wb_from, w->written, 0);
     return TK_OK;
 }
 
@@ -286,6 +289,14 @@ tk_code tk_arc_finish(tk_arc_writer *w, tk_err *err) {
 }
 
 uint64_t tk_arc_written(const tk_arc_writer *w) { return w->written; }
+
+void tk_arc_start_writeback(tk_arc_writer *w) { w->writeback = 1; }
+
+void tk_arc_writeback(int fd, uint64_t *from, uint64_t to, int final) {
+    if (to <= *from || (to - *from < TK_ARC_WRITEBACK && !final)) return;
+    (void)sync_file_range(fd, (off_t)*from, (off_t)(to - *from), SYNC_FILE_RANGE_WRITE);
+    *from = to;
+}
 
 void tk_arc_writer_free(tk_arc_writer *w) {
     if (!w) return;

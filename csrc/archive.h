@@ -96,6 +96,10 @@ tk_code tk_arc_end_entry(tk_arc_writer *w, tk_err *err);
  * everything written to fd. */
 tk_code tk_arc_finish(tk_arc_writer *w, tk_err *err);
 
+/* fd is a regular file, written from its start, that the caller will
+ * fsync: start its writeback as the archive is written (tk_arc_writeback). */
+void tk_arc_start_writeback(tk_arc_writer *w);
+
 /* Bytes written to fd so far. */
 uint64_t tk_arc_written(const tk_arc_writer *w);
 
@@ -148,5 +152,19 @@ void tk_arc_reader_free(tk_arc_reader *r);
 
 /* A tk_arc_read_fn over a file descriptor (ud points to the int). */
 ssize_t tk_arc_read_fd(void *ud, void *buf, size_t cap);
+
+/* ------------------------------------------------------------------ */
+/* Writeback                                                            */
+/* ------------------------------------------------------------------ */
+
+/* Starts writing back bytes [*from, to) of fd to disk without waiting
+ * (sync_file_range), once they are TK_ARC_WRITEBACK bytes or more, or, with
+ * final, whatever there is; *from moves to `to`.  For files that are
+ * fsynced when complete: their writeback then runs while the stream is
+ * still being read, and the fsync has little left to wait for.  A hint:
+ * its failure changes nothing (the fsync reports any error), so the call's
+ * result is ignored and it needs no sys.h wrapper. */
+#define TK_ARC_WRITEBACK (UINT64_C(8) << 20)
+void tk_arc_writeback(int fd, uint64_t *from, uint64_t to, int final);
 
 #endif

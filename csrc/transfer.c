@@ -301,8 +301,9 @@ static void restore_sigpipe(pipe_guard *g) {
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
 }
 
-tk_code tk_snap_export(tk_snapmgr *m, const char *id, int fd, const tk_export_opts *opts,
-                       tk_err *err) {
+/* writeback: fd is a new regular file that will be fsynced. */
+static tk_code export_fd(tk_snapmgr *m, const char *id, int fd, const tk_export_opts *opts,
+                         int writeback, tk_err *err) {
     tk_export_opts defaults;
     exporter x;
     uint64_t size = 0;
@@ -335,6 +336,7 @@ tk_code tk_snap_export(tk_snapmgr *m, const char *id, int fd, const tk_export_op
     rc = plan(&x, err);
     if (rc == TK_OK) rc = archive_size(&x, &size, err);
     if (rc == TK_OK) rc = tk_arc_writer_open(fd, level, size, x.what, &x.w, err);
+    if (rc == TK_OK && writeback) tk_arc_start_writeback(x.w);
     if (rc == TK_OK) {
         pipe_guard g;
         block_sigpipe(&g);
@@ -347,6 +349,11 @@ tk_code tk_snap_export(tk_snapmgr *m, const char *id, int fd, const tk_export_op
     tk_manifest_free(&x.man);
     tk_manifest_free(&x.base);
     return rc;
+}
+
+tk_code tk_snap_export(tk_snapmgr *m, const char *id, int fd, const tk_export_opts *opts,
+                       tk_err *err) {
+    return export_fd(m, id, fd, opts, 0, err);
 }
 
 static void parent_dir(const char *path, char *out, size_t cap) {
@@ -387,7 +394,7 @@ tk_code tk_snap_export_file(tk_snapmgr *m, const char *id, const char *path,
     unlink(tmp);                                /* a crash's leftover */
     if ((fd = tk_open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
         return tk_fail_errno(err, errno, "export %s: create %s", id, tmp);
-    rc = tk_snap_export(m, id, fd, &o, err);
+    rc = export_fd(m, id, fd, &o, 1, err);
     if (rc == TK_OK && tk_fsync(fd) < 0) rc = tk_fail_errno(err, errno, "export %s: fsync %s", id, tmp);
     if (close(fd) < 0 && rc == TK_OK) rc = tk_fail_errno(err, errno, "export %s: close %s", id, tmp);
     if (rc == TK_OK && tk_rename(tmp, path) < 0)
@@ -620,6 +627,7 @@ static tk_code read_since(importer *im, const tk_arc_entry *e, tk_err *err) {
 static tk_code receive(importer *im, const tk_mfile *f, tk_err *err) {
     char path[PATH_MAX];
     uint32_t crc = 0;
+    uint64_t written = 0, started = 0;
     tk_code rc = TK_OK;
     int fd;
     if (tk_path_join(path, sizeof path, im->tmp, f->name) < 0)
@@ -636,8 +644,11 @@ static tk_code receive(importer *im, const tk_mfile *f, tk_err *err) {
             break;
         }
         crc = tk_crc32c(crc, p, n);
+        written += n;
+        tk_arc_writeback(fd, &started, written, 0);
         advance(&im->j, n);
     }
+    if (rc == TK_OK) tk_arc_writeback(fd, &started, written, 1);
     if (close(fd) < 0 && rc == TK_OK) rc = tk_fail_errno(err, errno, "%s: close %s", im->what, path);
     if (rc == TK_OK && crc != f->crc)
         rc = tk_fail(err, TK_CORRUPT, "%s: %s fails its checksum (crc32c %08" PRIx32 ", the "
