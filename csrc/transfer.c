@@ -121,6 +121,7 @@ static const tk_mfile **sort_files(const tk_manifest *man) {
 static const tk_mfile *find_file(const tk_mfile **sorted, size_t n, const char *name) {
     tk_mfile key;
     const tk_mfile *k = &key, **hit;
+    if (strlen(name) >= sizeof key.name) return NULL;       /* no file has such a name */
     snprintf(key.name, sizeof key.name, "%s", name);
     hit = bsearch(&k, sorted, n, sizeof *sorted, cmp_mfile);
     return hit ? *hit : NULL;

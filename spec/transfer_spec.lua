@@ -672,6 +672,19 @@ out:close()
             assert_restores(s2, "restored")
         end)
 
+        it("is listed in --help, with its options", function()
+            local out, err, status = shell(tmp, takhin_cmd({ "--help" }))
+            assert.are.equal(0, status, err)
+            assert.truthy(out:find("snapshot export DIR ID", 1, true), out)
+            assert.truthy(out:find("snapshot import DIR [FILE|-]", 1, true), out)
+            out = shell(tmp, takhin_cmd({ "snapshot", "export", "--help" }))
+            for _, opt in ipairs({ "-o FILE", "--since ID", "--zstd", "--level N", "--progress", "--json" }) do
+                assert.truthy(out:find(opt, 1, true), opt)
+            end
+            out = shell(tmp, takhin_cmd({ "snapshot", "import", "--help" }))
+            assert.truthy(out:find("usage: takhin snapshot import [OPTIONS] DIR [FILE|-]", 1, true), out)
+        end)
+
         it("fails with the code (exit 1) or a usage error (exit 2)", function()
             local _, err, status = shell(tmp, takhin_cmd({ "snapshot", "export", dir, s2.id, "--since",
                 s1.id, "-o", tmp .. "/inc.tar" }))
