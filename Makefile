@@ -9,11 +9,11 @@ CFLAGS_WARN = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -fPIC -fvisibility=hidden $(CFLAGS_WARN)
 SAN        ?=
 CFLAGS_ALL  = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
-LDLIBS_ALL  = -ljansson -lpthread $(LDLIBS)
+LDLIBS_ALL  = -ljansson -lzstd -lpthread $(LDLIBS)
 
 ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/sys.c csrc/names.c csrc/fs.c csrc/lock.c \
              csrc/state.c csrc/cursors.c csrc/record.c csrc/restore.c csrc/index.c csrc/segment.c csrc/log.c \
-             csrc/manifest.c csrc/job.c csrc/snapshot.c
+             csrc/manifest.c csrc/job.c csrc/snapshot.c csrc/archive.c csrc/transfer.c
 ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)
@@ -166,6 +166,7 @@ bench: deps
 	@$(SPEC_ENV) $(LUA) bench/snapshot_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/follow_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/kafka_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/transfer_bench.lua
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -211,7 +212,7 @@ FUZZ_CC      ?= clang
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS   ?=
-FUZZ_NAMES    = fuzz_segment fuzz_index fuzz_manifest
+FUZZ_NAMES    = fuzz_segment fuzz_index fuzz_manifest fuzz_archive
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Icsrc -fno-omit-frame-pointer \
                 -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_OBJ      = $(ENGINE_SRC:csrc/%.c=$(FUZZ_BUILD)/obj/%.o)
@@ -228,7 +229,7 @@ $(FUZZ_BUILD)/obj/%.o: csrc/%.c $(HEADERS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/common.c $(FUZZ_OBJ) $(HEADERS)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) -o $@ -ljansson -lpthread
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) -o $@ -ljansson -lzstd -lpthread
 
 fuzz: $(FUZZ_RUNS)
 

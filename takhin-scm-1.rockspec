@@ -40,6 +40,7 @@ dependencies = {
 
 external_dependencies = {
     JANSSON = { header = "jansson.h", library = "jansson" },
+    ZSTD = { header = "zstd.h", library = "zstd" },
 }
 
 build = {
@@ -48,6 +49,7 @@ build = {
         -- Every C file of csrc/: the engine and the Lua binding.
         ["takhin.core"] = {
             sources = {
+                "csrc/archive.c",
                 "csrc/crc32c.c",
                 "csrc/cursors.c",
                 "csrc/error.c",
@@ -65,13 +67,14 @@ build = {
                 "csrc/snapshot.c",
                 "csrc/state.c",
                 "csrc/sys.c",
+                "csrc/transfer.c",
             },
             -- TK_LUA_MODULE: the engine's API stays hidden inside the
             -- module (takhin.h, TK_API); only luaopen_takhin_core is exported.
             defines = { "_GNU_SOURCE", "TK_LUA_MODULE" },
-            incdirs = { "csrc", "$(JANSSON_INCDIR)" },
-            libdirs = { "$(JANSSON_LIBDIR)" },
-            libraries = { "jansson", "pthread" },
+            incdirs = { "csrc", "$(JANSSON_INCDIR)", "$(ZSTD_INCDIR)" },
+            libdirs = { "$(JANSSON_LIBDIR)", "$(ZSTD_LIBDIR)" },
+            libraries = { "jansson", "zstd", "pthread" },
         },
         ["takhin"] = "lua/takhin/init.lua",
         ["takhin.cli"] = "lua/takhin/cli.lua",
@@ -82,6 +85,7 @@ build = {
         ["takhin.cli.output"] = "lua/takhin/cli/output.lua",
         ["takhin.cli.snapshot"] = "lua/takhin/cli/snapshot.lua",
         ["takhin.cli.forward"] = "lua/takhin/cli/forward.lua",
+        ["takhin.cli.transfer"] = "lua/takhin/cli/transfer.lua",
         ["takhin.duration"] = "lua/takhin/duration.lua",
         ["takhin.metrics"] = "lua/takhin/metrics.lua",
         ["takhin.ngx"] = "lua/takhin/ngx.lua",

@@ -20,6 +20,7 @@
  *     freeing what the engine is using.  (They cannot be collected: they
  *     are on the call's stack.)
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1391,6 +1392,149 @@ static int l_check_id(lua_State *L) {
     return 1;
 }
 
+/* ------------------------------------------------------------------ */
+/* SnapshotManager: export and import                                   */
+/* ------------------------------------------------------------------ */
+
+#ifndef LUA_FILEHANDLE
+#define LUA_FILEHANDLE "FILE*"                      /* Lua 5.1 / LuaJIT: lualib.h */
+#endif
+
+/* The FILE * of the Lua file at idx (io.stdout, io.open(...)), or NULL
+ * when the value is not a Lua file; a closed one raises.  The userdata
+ * starts with the FILE * in Lua 5.4 (luaL_Stream, closef NULL once
+ * closed) and in Lua 5.1 and LuaJIT (NULL once closed). */
+static FILE *to_lua_file(lua_State *L, int idx) {
+    void *u = lua_touserdata(L, idx);
+    FILE *f;
+    int same;
+    if (!u || !lua_getmetatable(L, idx)) return NULL;
+    luaL_getmetatable(L, LUA_FILEHANDLE);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!same) return NULL;
+#if LUA_VERSION_NUM >= 502
+    f = ((luaL_Stream *)u)->closef ? ((luaL_Stream *)u)->f : NULL;
+#else
+    f = *(FILE **)u;
+#endif
+    if (!f) luaL_error(L, "attempt to use a closed file");
+    return f;
+}
+
+/* How messages name a Lua file.  export and import take a path or an
+ * open Lua file; for a file, Lua's buffer is flushed first and the engine
+ * reads or writes its descriptor (fileno) from its current position. */
+static const char *file_name(FILE *f) {
+    return f == stdin ? "stdin" : f == stdout ? "stdout" : f == stderr ? "stderr" : NULL;
+}
+
+static const char *const export_opt_names[] = { "since", "compress", "level", "progress", NULL };
+
+/* export(id, dest [, opts]) -> true, bytes written */
+static int l_sm_export(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    const char *id = check_cstring(L, 2), *path = NULL, *comp;
+    FILE *f = NULL;
+    tk_export_opts o;
+    lua_progress pr;
+    uint64_t written = 0;
+    tk_err e;
+    int t = 0, bad = 0;
+    tk_code rc;
+    if (!id) return push_invalid(L, "export: id contains a NUL byte");
+    lua_settop(L, 4);
+    if (lua_type(L, 3) == LUA_TSTRING) {
+        if (!(path = check_cstring(L, 3))) return push_invalid(L, "export: path contains a NUL byte");
+    } else if (!(f = to_lua_file(L, 3))) {
+        return compat_typeerror(L, 3, "path or file");
+    }
+    tk_export_opts_init(&o);
+    if (!lua_isnil(L, 4)) {
+        int64_t v;
+        luaL_checktype(L, 4, LUA_TTABLE);
+        t = 4;
+        check_field_names(L, 4, "export", export_opt_names);
+        o.since = field_string(L, 4, "since", &bad);        /* stays on the stack */
+        if (bad) return push_invalid(L, "export: since contains a NUL byte");
+        comp = field_string(L, 4, "compress", &bad);
+        if (comp && strcmp(comp, "zstd") == 0) o.compress = TK_COMPRESS_ZSTD;
+        else if (comp && strcmp(comp, "none") != 0)
+            return push_invalid(L, "export: compress must be \"zstd\" or \"none\"");
+        if (field_int(L, 4, "level", &v)) {
+            if (v < 1 || v > 19) {
+                char msg[128];
+                snprintf(msg, sizeof msg, "export %s: zstd level %lld is outside 1..19", id,
+                         (long long)v);
+                return push_invalid(L, msg);
+            }
+            o.level = (int)v;
+        }
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    o.written = &written;
+    if (f && fflush(f) != 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "export %s: flush the file: %s", id, strerror(errno));
+        return push_fail(L, TK_IO, msg);
+    }
+    u->busy++;
+    if (path) {
+        rc = tk_snap_export_file(u->mgr, id, path, &o, &e);
+    } else {
+        o.name = file_name(f);
+        rc = tk_snap_export(u->mgr, id, fileno(f), &o, &e);
+    }
+    u->busy--;
+    raise_progress_error(L, &pr);
+    if (rc != TK_OK) return push_error(L, &e);
+    lua_pushboolean(L, 1);
+    compat_pushint64(L, (int64_t)written);
+    return 2;
+}
+
+static const char *const import_opt_names[] = { "progress", NULL };
+
+/* import(src [, opts]) -> the snapshot's record */
+static int l_sm_import(lua_State *L) {
+    lua_sm *u = check_sm(L, 1);
+    const char *path = NULL;
+    FILE *f = NULL;
+    tk_import_opts o;
+    tk_snapshot snap;
+    lua_progress pr;
+    tk_err e;
+    int t = 0;
+    tk_code rc;
+    lua_settop(L, 3);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        if (!(path = check_cstring(L, 2))) return push_invalid(L, "import: path contains a NUL byte");
+    } else if (!(f = to_lua_file(L, 2))) {
+        return compat_typeerror(L, 2, "path or file");
+    }
+    tk_import_opts_init(&o);
+    if (!lua_isnil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        t = 3;
+        check_field_names(L, 3, "import", import_opt_names);
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    if (f) fflush(f);           /* a seekable file's descriptor moves to the Lua position */
+    u->busy++;
+    if (path) {
+        rc = tk_snap_import_file(u->mgr, path, &o, &snap, &e);
+    } else {
+        o.name = file_name(f);
+        rc = tk_snap_import_ex(u->mgr, fileno(f), &o, &snap, &e);
+    }
+    u->busy--;
+    raise_progress_error(L, &pr);
+    if (rc != TK_OK) return push_error(L, &e);
+    push_snapshot(L, u->mgr, &snap);
+    tk_snapshot_free(&snap);
+    return 1;
+}
+
 static const luaL_Reg sm_methods[] = {
     { "_create", l_sm_create },
     { "restore", l_sm_restore },
@@ -1401,6 +1545,8 @@ static const luaL_Reg sm_methods[] = {
     { "_delete_many", l_sm_delete_many },
     { "_cleanup", l_sm_cleanup },
     { "verify", l_sm_verify },
+    { "export", l_sm_export },
+    { "import", l_sm_import },
     { "size", l_sm_size },
     { "dir", l_sm_dir },
     { "close", l_sm_close },

@@ -449,6 +449,71 @@ TK_API tk_code tk_snap_total_size(tk_snapmgr *mgr, uint64_t *size, tk_err *err);
 /* INVALID unless id is a plausible snapshot id (no '/', no "..", ...). */
 TK_API tk_code tk_snap_check_id(const char *id, tk_err *err);
 
+/* Export and import (csrc/transfer.c; docs/FORMAT.md, "The archive"): a
+ * snapshot as one stream -- a POSIX tar archive, manifest.json first, the
+ * whole stream zstd-compressed on request -- for files, pipes, ssh, age,
+ * restic.  Memory stays bounded whatever the snapshot's size.  Neither
+ * touches anything but the descriptor, the manager's directory and the
+ * callbacks, so either can run on a thread of its own; cancel, asked
+ * between files and between blocks of at most 1 MiB, stops it with
+ * TK_CANCELED (an import then leaves nothing behind). */
+typedef enum tk_compress { TK_COMPRESS_NONE = 0, TK_COMPRESS_ZSTD = 1 } tk_compress;
+
+/* Nonzero: stop.  Called on the thread doing the work. */
+typedef int (*tk_cancel_fn)(void *ud);
+
+typedef struct tk_export_opts {
+    const char *since;              /* NULL: every file.  Else an incremental archive:
+                                       only the files snapshot since does not hold
+                                       (same name, size and CRC32C); importing it
+                                       needs since in the target manager */
+    tk_compress compress;
+    int level;                      /* zstd level 1..19; 0: 3.  INVALID without zstd */
+    const char *name;               /* optional: the destination, for messages */
+    tk_progress_fn progress;        /* bytes of file data written, of all to write */
+    void *progress_ud;
+    tk_cancel_fn cancel;
+    void *cancel_ud;
+    uint64_t *written;              /* optional: gets the bytes written to fd */
+} tk_export_opts;
+
+typedef struct tk_import_opts {
+    const char *name;               /* optional: the source, for messages */
+    tk_progress_fn progress;        /* bytes of the snapshot's files in place, of all */
+    void *progress_ud;
+    tk_cancel_fn cancel;
+    void *cancel_ud;
+} tk_import_opts;
+
+TK_API void tk_export_opts_init(tk_export_opts *opts);
+TK_API void tk_import_opts_init(tk_import_opts *opts);
+
+/* Writes snapshot id as an archive to fd (from its current position; fd
+ * is not closed).  Every file is checked against the manifest's size and
+ * CRC32C as it is read: CORRUPT, and the archive is left unfinished, when
+ * one differs.  opts may be NULL. */
+TK_API tk_code tk_snap_export(tk_snapmgr *mgr, const char *id, int fd,
+                              const tk_export_opts *opts, tk_err *err);
+
+/* The same into the file path, replaced atomically (written as
+ * <path>.tmp, fsynced, renamed).  A path that is not a regular file
+ * (/dev/null, a FIFO) is written to directly. */
+TK_API tk_code tk_snap_export_file(tk_snapmgr *mgr, const char *id, const char *path,
+                                   const tk_export_opts *opts, tk_err *err);
+
+/* Reads an archive from fd to its end (zstd is recognized by its magic
+ * number) and adds the snapshot to mgr under its own id: EXISTS when it
+ * is already there, NOT_FOUND (naming it) when the archive is incremental
+ * and its base is not there.  Every file's size and CRC32C and the
+ * manifest's consistency are checked first; a damaged or hostile archive
+ * is CORRUPT or INVALID and leaves nothing behind.  *out (may be NULL)
+ * gets the snapshot's record; free it with tk_snapshot_free. */
+TK_API tk_code tk_snap_import(tk_snapmgr *mgr, int fd, tk_snapshot *out, tk_err *err);
+TK_API tk_code tk_snap_import_ex(tk_snapmgr *mgr, int fd, const tk_import_opts *opts,
+                                 tk_snapshot *out, tk_err *err);
+TK_API tk_code tk_snap_import_file(tk_snapmgr *mgr, const char *path,
+                                   const tk_import_opts *opts, tk_snapshot *out, tk_err *err);
+
 /* ------------------------------------------------------------------ */
 /* Background jobs                                                      */
 /* ------------------------------------------------------------------ */

@@ -9,7 +9,7 @@
 #
 # --replay: each harness runs, once each and in name order, the seeds in
 # fuzz/corpus/<name>/ and the findings in fuzz/findings/ named for it
-# (<name> without "fuzz_", then "-": segment-*, index-*, manifest-*),
+# (<name> without "fuzz_", then "-": segment-*, index-*, manifest-*, archive-*),
 # without fuzzing: the same inputs and the same outcome on every run.
 # This is what `make test` runs.
 #
@@ -19,7 +19,7 @@
 # stay as they are); a failing input is kept in
 # FUZZ_BUILD_DIR/short-artifacts/<name>/.
 here=$(cd "$(dirname "$0")/.." && pwd)
-names="fuzz_segment fuzz_index fuzz_manifest"
+names="fuzz_segment fuzz_index fuzz_manifest fuzz_archive"
 LC_ALL=C; export LC_ALL                  # glob order: byte order of the names
 
 # One line from a libFuzzer log: runs, speed, coverage, corpus size.

@@ -61,7 +61,7 @@ describe("the rockspec", function()
         assert.are.same(listed("csrc", ".c"), sorted({ util.unpack(core.sources) }))
         assert.are.same({ "_GNU_SOURCE", "TK_LUA_MODULE" }, core.defines)
         assert.are.equal("csrc", core.incdirs[1])
-        assert.are.same({ "jansson", "pthread" }, core.libraries)
+        assert.are.same({ "jansson", "zstd", "pthread" }, core.libraries)
     end)
 
     it("installs every Lua module under lua/takhin and the takhin command", function()

@@ -20,6 +20,7 @@
 --     log.lua        the log commands (info, dump, append, verify)
 --     snapshot.lua   the snapshot commands (takhin snapshot create, ...)
 --     cursor.lua     the cursor commands (takhin cursor list, ...)
+--     transfer.lua   takhin snapshot export and import
 --
 -- A new command is a definition in its group's module (args.lua says what
 -- one holds) and one register() line below; a new group adds a GROUPS entry.
@@ -30,6 +31,7 @@ local output = require("takhin.cli.output")
 local log_cmds = require("takhin.cli.log")
 local snapshot_cmds = require("takhin.cli.snapshot")
 local cursor_cmds = require("takhin.cli.cursor")
+local transfer_cmds = require("takhin.cli.transfer")
 
 local M = {}
 
@@ -65,6 +67,8 @@ register(snapshot_cmds.verify)
 register(cursor_cmds.list)
 register(cursor_cmds.commit)
 register(cursor_cmds.delete)
+register(transfer_cmds.export)
+register(transfer_cmds.import)
 
 -- Command groups: `takhin PREFIX NAME ...`.  The commands without a prefix
 -- come first in `takhin --help`.
