@@ -219,7 +219,7 @@ static void setup(void) {
     make_snapshot(src_dir, ID_B, 1700000001000LL, NREC_B);
     FZ_CHECK(tk_snapmgr_open(log_dir, src_dir, TK_SNAP_COPY, &src, &e) == TK_OK, "%s", e.msg);
     FZ_CHECK(tk_snapmgr_open(tgt_log, tgt_dir, TK_SNAP_COPY, &tgt, &e) == TK_OK, "%s", e.msg);
-    FZ_CHECK(tk_snap_verify(tgt, ID_A, NULL, NULL, &e) == TK_OK, "fixture: %s", e.msg);
+    FZ_CHECK(tk_snap_verify(tgt, ID_A, NULL, &e) == TK_OK, "fixture: %s", e.msg);
     mem_fd = memfd_create("fuzz_archive", MFD_CLOEXEC);
     FZ_CHECK(mem_fd >= 0, "memfd_create: %s", strerror(errno));
     list_dir(tgt_dir, &listing);
@@ -345,7 +345,7 @@ static void fuzz_import(const uint8_t *data, size_t size) {
     if (rc == TK_OK) {
         tk_snapshot got;
         FZ_CHECK(strcmp(snap.id, ID_A) != 0, "imported a second %s", ID_A);
-        FZ_CHECK(tk_snap_verify(tgt, snap.id, NULL, NULL, &e) == TK_OK, "imported %s does not "
+        FZ_CHECK(tk_snap_verify(tgt, snap.id, NULL, &e) == TK_OK, "imported %s does not "
                  "verify: %s", snap.id, e.msg);
         FZ_CHECK(tk_snap_get(tgt, snap.id, &got, &e) == TK_OK, "imported %s is not listed: %s",
                  snap.id, e.msg);

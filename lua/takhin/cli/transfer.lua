@@ -56,7 +56,7 @@ local EXPORT_ORDER = { "id", "since", "compress", "level", "output", "bytes" }
 
 M.export = {
     name = "snapshot export", args = { "DIR", "ID" },
-    summary = "write a snapshot as a tar archive (to a file or stdout)",
+    summary = "write a snapshot as a tar archive",
     options = {
         { "-o", "FILE", "string", "write the archive to FILE (replaced atomically);\n" ..
             "'-' or none: stdout" },
@@ -118,7 +118,7 @@ end
 
 M.import = {
     name = "snapshot import", args = { "DIR" }, rest = "FILE|-",
-    summary = "add a snapshot from an archive (a file or stdin)",
+    summary = "add a snapshot from a tar archive",
     options = { PROGRESS_OPTS[1], PROGRESS_OPTS[2], SNAPSHOT_DIR },
     help = "Read an archive made by `takhin snapshot export` from FILE, or stdin when\n" ..
         "FILE is '-' or missing, and add its snapshot to the snapshots of DIR (a\n" ..
