@@ -13,7 +13,7 @@ LDLIBS_ALL  = -ljansson -lzstd -lpthread $(LDLIBS)
 
 ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/sys.c csrc/names.c csrc/fs.c csrc/lock.c \
              csrc/state.c csrc/cursors.c csrc/record.c csrc/restore.c csrc/index.c csrc/segment.c csrc/log.c \
-             csrc/manifest.c csrc/job.c csrc/snapshot.c csrc/archive.c csrc/transfer.c
+             csrc/manifest.c csrc/job.c csrc/snapshot.c csrc/archive.c csrc/transfer.c csrc/watch.c
 ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)

@@ -68,6 +68,7 @@ build = {
                 "csrc/state.c",
                 "csrc/sys.c",
                 "csrc/transfer.c",
+                "csrc/watch.c",
             },
             -- TK_LUA_MODULE: the engine's API stays hidden inside the
             -- module (takhin.h, TK_API); only luaopen_takhin_core is exported.

@@ -68,6 +68,7 @@
 #include "restore.h"
 #include "segment.h"
 #include "state.h"
+#include "watch.h"
 #include "sys.h"
 #include "internal.h"
 
@@ -100,6 +101,7 @@ struct tk_log {
     pthread_cond_t scv;
     int sync_errno;                     /* a background fsync failed: the next call says so */
     unsigned pins;                      /* atomic: background jobs using this handle */
+    tk_watch watch;                     /* on the active .log (watch.h) */
 };
 
 struct tk_iter {
@@ -857,6 +859,7 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
     log->st.fd = -1;
     log->st.slot = -1;
     log->cur.fd = -1;
+    log->watch.wd = -1;
     log->fds.max = opts->max_open_segments ? opts->max_open_segments : default_max_open();
     pthread_mutex_init(&log->wmu, NULL);
     pthread_rwlock_init(&log->rw, NULL);
@@ -883,6 +886,7 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
 void tk_log_close(tk_log *log) {
     if (!log) return;
     stop_syncer(log);
+    tk_watch_disarm(&log->watch);
     if (keeps_durable(log) && log->st.sh) tk_state_durable_writer(&log->st, -1);
     drop_segments_from(log, 0);
     free(log->segs);
@@ -900,27 +904,49 @@ void tk_log_close(tk_log *log) {
 /* Appending                                                            */
 /* ------------------------------------------------------------------ */
 
+/* Whether the active .log must be looked at (fstat) before this append:
+ * when it is not watched yet (a new segment or inode: arm the watch first,
+ * then look, so that a link made after the look fires the watch), when the
+ * watch fired (its link count or other attributes changed), when no watch
+ * can be had, or when a failed append may have left bytes past its end.
+ * Otherwise an append is one pwrite.  Caller holds the lock. */
+static int log_needs_check(tk_log *log, tk_segment *s) {
+    char path[PATH_MAX];
+    if (tk_state_torn(&log->st)) return 1;
+    if (tk_watch_armed(&log->watch, s->serial)) return tk_watch_take(&log->watch);
+    if (tk_seg_path(path, sizeof path, log->dir, s->base, TK_EXT_LOG) == 0)
+        tk_watch_arm(&log->watch, path, s->serial);
+    return 1;
+}
+
 /* Hard-link safety (docs/FORMAT.md): no file with another link is written
- * in place.  The .log is checked before every append -- one fstat, the
- * only way to notice a link another program made while we write -- and
- * the index files before entries are written to them (tk_seg_unshare). */
+ * in place.  The .log is checked when it becomes the one appended to and
+ * whenever its inotify watch says its attributes changed (watch.h: that
+ * is how a link another program makes is noticed without an fstat per
+ * append), and the index files before entries are written to them
+ * (tk_seg_unshare). */
 static tk_code unshare_active(tk_log *log, unsigned which, tk_err *err) {
     tk_segment *s = active(log);
     tk_code rc;
     int shared = 0;
-    if (which & (1u << TK_EXT_LOG)) {
+    if ((which & (1u << TK_EXT_LOG)) && log_needs_check(log, s)) {
         /* The same fstat tells whether a failed append whose undo failed
          * too (ftruncate refused) left bytes past the published end: cut
          * them first, or a record of that append could outlive a shorter
          * one written over its start, and come back at the next open. */
         struct stat st;
-        if (fstat(s->log_fd, &st) < 0)
+        if (fstat(s->log_fd, &st) < 0) {
+            tk_watch_disarm(&log->watch);               /* look again next time */
             return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".log", log->dir, s->base);
+        }
         if (st.st_nlink > 1) shared = 1;
-        if ((uint64_t)st.st_size > s->size && tk_ftruncate(s->log_fd, (off_t)s->size) < 0)
+        if ((uint64_t)st.st_size > s->size && tk_ftruncate(s->log_fd, (off_t)s->size) < 0) {
+            tk_watch_disarm(&log->watch);
             return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".log: cut the %" PRIu64
                                  " bytes a failed append left past its end", log->dir, s->base,
                                  (uint64_t)st.st_size - s->size);
+        }
+        tk_state_set_torn(&log->st, 0);
     }
     if ((which & (1u << TK_EXT_INDEX)) && tk_link_count(s->idx_fd) > 1) shared = 1;
     if ((which & (1u << TK_EXT_TIMEINDEX)) && tk_link_count(s->tim_fd) > 1) shared = 1;
@@ -933,6 +959,7 @@ static tk_code unshare_active(tk_log *log, unsigned which, tk_err *err) {
     log->vgen++;
     pthread_rwlock_unlock(&log->rw);
     change_end(log);
+    if (rc != TK_OK) tk_watch_disarm(&log->watch);     /* still linked: look again next time */
     return rc;
 }
 
@@ -1099,7 +1126,9 @@ undo:
     if (n > 0) s->icrc_known = 0;
     if (tk_ftruncate(s->log_fd, (off_t)s->size) < 0 || tk_ftruncate(s->tim_fd, (off_t)ti) < 0 ||
         tk_ftruncate(s->idx_fd, (off_t)oi) < 0) {
-        /* Recovery trims whatever is left: the published size is what counts. */
+        /* The published size is what counts; the next appender (any
+         * process) cuts what is left before it writes. */
+        tk_state_set_torn(&log->st, 1);
     }
     return rc;
 }

@@ -67,6 +67,11 @@ static const unsigned char *cursor_get(tk_window *c, const tk_segment *s, int fd
 /* Life cycle                                                           */
 /* ------------------------------------------------------------------ */
 
+static uint64_t next_serial(void) {
+    static uint64_t serial;
+    return __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED);
+}
+
 tk_segment *tk_seg_new(int64_t base, tk_fdcache *cache) {
     tk_segment *s = tk_calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -493,6 +498,7 @@ tk_code tk_seg_open_writable(const char *dir, tk_segment *s, tk_err *err) {
         tk_seg_close_fd(s);
         s->log_fd = fd;
         s->writable = 1;
+        s->serial = next_serial();
         counted_open(s);
     }
     return tk_seg_open_index_fds(dir, s, err);
@@ -562,8 +568,11 @@ static tk_code unshare_file(const char *dir, int64_t base, tk_ext ext, int *fd,
 tk_code tk_seg_unshare(const char *dir, tk_segment *s, unsigned which, int durable,
                        tk_err *err) {
     tk_code rc = TK_OK;
-    if ((which & (1u << TK_EXT_LOG)) && s->log_fd >= 0)
+    if ((which & (1u << TK_EXT_LOG)) && s->log_fd >= 0) {
+        int before = s->log_fd;
         rc = unshare_file(dir, s->base, TK_EXT_LOG, &s->log_fd, s->size, durable, err);
+        if (s->log_fd != before) s->serial = next_serial();     /* a new inode */
+    }
     if (rc == TK_OK && (which & (1u << TK_EXT_INDEX)) && s->idx_fd >= 0)
         rc = unshare_file(dir, s->base, TK_EXT_INDEX, &s->idx_fd,
                           s->idx_n * TK_OIDX_ENTRY, durable, err);

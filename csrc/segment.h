@@ -46,6 +46,8 @@ typedef struct tk_segment {
     int icrc_known;
     int log_fd;             /* atomic; -1 until first needed */
     int writable;           /* log_fd is open read-write (a writer's active segment) */
+    uint64_t serial;        /* new for every inode log_fd is opened read-write on
+                               (watch.h: what a writer's watch is armed for) */
     int idx_fd, tim_fd;     /* writer's active segment only, else -1 */
     uint64_t used;          /* atomic: fd cache tick of the last use */
     tk_fdcache *cache;      /* counts log_fd while it is open; may be NULL */

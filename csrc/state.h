@@ -99,7 +99,11 @@ typedef struct tk_shared {
     uint32_t ready;                 /* 1 once the initializer has published */
     uint32_t stale;                 /* 1: the next locker rebuilds the layout */
     uint64_t boot;                  /* random tag of this initialization */
-    uint64_t pad0[3];
+    uint32_t torn;                  /* under mu: a failed append whose undo failed may
+                                       have left bytes past the active .log's published
+                                       end; the next appender cuts them */
+    uint32_t pad1;
+    uint64_t pad0[2];
     pthread_mutex_t mu __attribute__((aligned(64)));
     /* published under mu, read through the seqlock */
     uint64_t seq __attribute__((aligned(64)));
@@ -160,6 +164,10 @@ void tk_state_unlock(tk_state *st);
  * seqlock stayed odd (a writer died inside it, or is very slow) or the
  * layout is marked stale: then take the lock, which hands over the repair. */
 int tk_state_try_read(const tk_state *st, tk_layout *l);
+
+/* The torn flag (tk_shared.torn); caller holds the lock. */
+static inline int tk_state_torn(const tk_state *st) { return st->sh->torn != 0; }
+static inline void tk_state_set_torn(tk_state *st, int v) { st->sh->torn = v ? 1u : 0u; }
 
 /* 1 while the published layout is marked stale (nobody rebuilt it yet). */
 int tk_state_is_stale(const tk_state *st);

@@ -160,4 +160,45 @@ describe("a hard link to a segment file", function()
         log:close()
         assert_kept(kept)
     end)
+
+    -- The link count is not looked at before every append (watch.h): an
+    -- inotify watch says when the active .log's attributes changed, so an
+    -- append is one pwrite -- and a link made meanwhile is still honoured
+    -- (the tests above make theirs while the log is open).
+    it("costs no system call per append but the write itself", function()
+        if not util.sh("command -v strace >/dev/null 2>&1") then
+            return pending("strace is not installed")
+        end
+        local trace = tmp .. "/trace"
+        local out, ok = util.run_lua_as("strace -f -qq -o " .. util.q(trace), tmp, [[
+            local takhin = require("takhin")
+            local log = assert(takhin.open_log{ dir = arg[1] })
+            log:append("k", "warm up")                  -- arms the watch
+            io.stderr:write("MARK-BEGIN\n")
+            for i = 1, 200 do assert(log:append("k", "value " .. i)) end
+            io.stderr:write("MARK-END\n")
+            log:close()
+        ]], { dir })
+        assert(ok, out)
+        -- The calls of the thread that appends (other threads -- the
+        -- watcher starting up -- are not the append's), leaving out the
+        -- Lua allocator's memory calls and lock waits.
+        local IGNORED = { futex = true, mmap = true, munmap = true, mprotect = true, brk = true,
+                          madvise = true, mremap = true }
+        local lines, inside, calls, writes, me = util.lines(trace), false, {}, 0, nil
+        for _, line in ipairs(lines) do
+            local pid, name = line:match("^(%d+)%s+([%w_]+)%(")
+            if line:find("MARK-END", 1, true) then inside = false end
+            if inside and pid == me and name and not IGNORED[name] then
+                calls[#calls + 1] = name
+                if name == "pwrite64" then writes = writes + 1 end
+            end
+            if line:find("MARK-BEGIN", 1, true) then inside, me = true, pid end
+        end
+        -- 200 records of ~40 bytes write one or two index entries (two
+        -- pwrites and a link-count check each): nothing else.
+        assert.is_true(writes >= 200, table.concat(calls, " "))
+        assert.is_true(#calls <= 200 + 8, ("%d system calls for 200 appends: %s"):format(#calls,
+            table.concat(calls, " "):sub(1, 600)))
+    end)
 end)

@@ -144,8 +144,15 @@ function M.alive(pid)
     if not f then return false end
     local stat = f:read("a") or ""
     f:close()
-    local state = stat:match("^%d+ %b() (%a)")
-    return state ~= nil and state ~= "Z" and state ~= "X"
+    local state, rest = stat:match("^%d+ %b() (%a) (.*)$")
+    if state == nil or state == "X" then return false end
+    if state ~= "Z" then return true end
+    -- A zombie leader whose other threads are still exiting: the process
+    -- still holds its descriptors (and its locks) until the last one goes.
+    -- num_threads is field 20 of the line, the 17th after the state.
+    local fields = {}
+    for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
+    return (tonumber(fields[17]) or 1) > 1
 end
 
 function M.kill9(pid)
