@@ -294,7 +294,7 @@ void tk_arc_start_writeback(tk_arc_writer *w) { w->writeback = 1; }
 
 void tk_arc_writeback(int fd, uint64_t *from, uint64_t to, int final) {
     if (to <= *from || (to - *from < TK_ARC_WRITEBACK && !final)) return;
-    (void)sync_file_range(fd, (off_t)*from, (off_t)(to - *from), SYNC_FILE_RANGE_WRITE);
+    (void)tk_sync_file_range(fd, (off_t)*from, (off_t)(to - *from));
     *from = to;
 }
 

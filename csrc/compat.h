@@ -83,4 +83,18 @@ static inline int compat_typeerror(lua_State *L, int arg, const char *tname) {
     return luaL_argerror(L, arg, msg);
 }
 
+/* An integer argument: a number with an exact integer value.  Strings are
+ * refused (no silent coercion of "10" into an offset). */
+static inline int64_t compat_checkint64(lua_State *L, int idx) {
+    int64_t v = 0;
+    if (lua_type(L, idx) != LUA_TNUMBER) compat_typeerror(L, idx, "integer");
+    if (!compat_toint64(L, idx, &v))
+        luaL_argerror(L, idx, "number has no exact integer representation");
+    return v;
+}
+
+static inline int64_t compat_optint64(lua_State *L, int idx, int64_t def) {
+    return lua_isnoneornil(L, idx) ? def : compat_checkint64(L, idx);
+}
+
 #endif

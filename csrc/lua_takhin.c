@@ -108,20 +108,6 @@ static lua_sm *check_sm(lua_State *L, int idx) {
     return u;
 }
 
-/* An integer argument: a number with an exact integer value.  Strings are
- * refused (no silent coercion of "10" into an offset). */
-static int64_t check_int64(lua_State *L, int idx) {
-    int64_t v = 0;
-    if (lua_type(L, idx) != LUA_TNUMBER) compat_typeerror(L, idx, "integer");
-    if (!compat_toint64(L, idx, &v))
-        luaL_argerror(L, idx, "number has no exact integer representation");
-    return v;
-}
-
-static int64_t opt_int64(lua_State *L, int idx, int64_t def) {
-    return lua_isnoneornil(L, idx) ? def : check_int64(L, idx);
-}
-
 static const char *check_string(lua_State *L, int idx, size_t *len) {
     if (lua_type(L, idx) != LUA_TSTRING) compat_typeerror(L, idx, "string");
     return lua_tolstring(L, idx, len);
@@ -352,7 +338,7 @@ static int l_append(lua_State *L) {
         r.has_key = 1;
     }
     r.value = check_string(L, 3, &r.value_len);
-    r.timestamp = opt_int64(L, 4, -1);
+    r.timestamp = compat_optint64(L, 4, -1);
     if (!lua_isnoneornil(L, 4) && r.timestamp < 0) return push_invalid(L, "append: timestamp must be >= 0");
     if (tk_log_append(u->log, &r, 1, &off, &e) != TK_OK) return push_error(L, &e);
     compat_pushint64(L, (int64_t)off);
@@ -422,7 +408,7 @@ static int l_append_batch(lua_State *L) {
 static int l_truncate(lua_State *L) {
     lua_log *u = check_log(L, 1);
     tk_err e;
-    if (tk_log_truncate(u->log, check_int64(L, 2), &e) != TK_OK) return push_error(L, &e);
+    if (tk_log_truncate(u->log, compat_checkint64(L, 2), &e) != TK_OK) return push_error(L, &e);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -464,7 +450,7 @@ static void push_record(lua_State *L, const tk_record *r) {
 static int l_read(lua_State *L) {
     lua_log *u = check_log(L, 1);
     tk_err e;
-    if (tk_log_read(u->log, check_int64(L, 2), &u->rec, &e) != TK_OK) return push_error(L, &e);
+    if (tk_log_read(u->log, compat_checkint64(L, 2), &u->rec, &e) != TK_OK) return push_error(L, &e);
     push_record(L, &u->rec);
     if (u->rec.cap > TRIM_ABOVE) tk_record_free(&u->rec);  /* an idle handle keeps no big buffer */
     return 1;
@@ -499,8 +485,8 @@ static int iter_step(lua_State *L) {
 
 static int l_records(lua_State *L) {
     lua_log *u = check_log(L, 1);
-    int64_t from = opt_int64(L, 2, 0);
-    int64_t to = opt_int64(L, 3, -1);
+    int64_t from = compat_optint64(L, 2, 0);
+    int64_t to = compat_optint64(L, 3, -1);
     lua_iter *it;
     tk_err e;
     if (lua_isnoneornil(L, 2)) {
@@ -529,7 +515,7 @@ static int l_offset_for_time(lua_State *L) {
     lua_log *u = check_log(L, 1);
     int64_t off;
     tk_err e;
-    if (tk_log_offset_for_time(u->log, check_int64(L, 2), &off, &e) != TK_OK)
+    if (tk_log_offset_for_time(u->log, compat_checkint64(L, 2), &off, &e) != TK_OK)
         return push_error(L, &e);
     compat_pushint64(L, (int64_t)off);
     return 1;
@@ -616,7 +602,7 @@ static int l_delete_before(lua_State *L) {
     lua_log *u = check_log(L, 1);
     int64_t base;
     tk_err e;
-    if (tk_log_delete_before(u->log, check_int64(L, 2), &base, &e) != TK_OK) return push_error(L, &e);
+    if (tk_log_delete_before(u->log, compat_checkint64(L, 2), &base, &e) != TK_OK) return push_error(L, &e);
     compat_pushint64(L, base);
     return 1;
 }
@@ -637,7 +623,7 @@ static const char *const commit_opt_names[] = { "expect", "force", NULL };
 static int l_commit(lua_State *L) {
     lua_log *u = check_log(L, 1);
     const char *name = check_cstring(L, 2);
-    int64_t offset = check_int64(L, 3);
+    int64_t offset = compat_checkint64(L, 3);
     tk_commit_opts o = { 0, 0, 0 };
     tk_err e;
     if (!name) return push_invalid(L, "commit: cursor name contains a NUL byte");
@@ -765,7 +751,7 @@ static int l_stats(lua_State *L) {
  * ever.  takhin/init.lua parses durations and words the result. */
 static int l_wait(lua_State *L) {
     lua_log *u = check_log(L, 1);
-    int64_t offset = check_int64(L, 2), timeout = opt_int64(L, 3, -1);
+    int64_t offset = compat_checkint64(L, 2), timeout = compat_optint64(L, 3, -1);
     lua_pushboolean(L, tk_log_wait(u->log, offset, timeout));
     return 1;
 }
@@ -884,7 +870,7 @@ static int l_job_cancel(lua_State *L) {
  * "timeout" (takhin/init.lua parses durations). */
 static int l_job_wait(lua_State *L) {
     lua_job *u = check_job(L, 1);
-    int64_t ms = opt_int64(L, 2, -1);
+    int64_t ms = compat_optint64(L, 2, -1);
     const char *kind = tk_job_kind(u->job);
     tk_err e;
     if (!tk_job_wait(u->job, ms)) {
@@ -1299,7 +1285,7 @@ static int l_sm_delete_many(lua_State *L) {
  * rule off.  The Lua layer (takhin.policy) parses the user's options. */
 static int l_sm_cleanup(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
-    int64_t max = check_int64(L, 2), retention = check_int64(L, 3);
+    int64_t max = compat_checkint64(L, 2), retention = compat_checkint64(L, 3);
     size_t deleted = 0;
     tk_err e;
     if (max < 0) return push_invalid(L, "cleanup: max_snapshots must be >= 0");
@@ -1601,7 +1587,7 @@ static int l_fault_reset(lua_State *L) {
 static int l_crc32c(lua_State *L) {
     size_t len;
     const char *s = check_string(L, 1, &len);
-    int64_t crc = opt_int64(L, 2, 0);
+    int64_t crc = compat_optint64(L, 2, 0);
     luaL_argcheck(L, crc >= 0 && crc <= 0xffffffffLL, 2, "CRC out of range");
     compat_pushint64(L, (int64_t)tk_crc32c((uint32_t)crc, s, len));
     return 1;

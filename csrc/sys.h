@@ -69,6 +69,10 @@ static inline int tk_fsync(int fd) {
 static inline int tk_fdatasync(int fd) {
     return TK_SYS_FAILS(TK_SYS_FSYNC) ? -1 : fdatasync(fd);
 }
+/* A writeback hint (its result is advice, not an error a caller reports). */
+static inline int tk_sync_file_range(int fd, off_t off, off_t len) {
+    return TK_SYS_FAILS(TK_SYS_FSYNC) ? -1 : sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE);
+}
 static inline int tk_syncfs(int fd) {
     return TK_SYS_FAILS(TK_SYS_FSYNC) ? -1 : syncfs(fd);
 }

@@ -207,9 +207,12 @@ TK_API tk_code tk_log_refresh(tk_log *log, tk_err *err);
  * passes (0; < 0 waits forever).  Woken by appends from any process. */
 TK_API int tk_log_wait(tk_log *log, int64_t offset, int64_t timeout_ms);
 
-/* Accessors: memory only, never an error.  The high water mark and the
- * base offset are the log's as published by its writers; the others
- * describe the handle's view (see tk_log_refresh). */
+/* Accessors: never an error.  The high water mark and the base offset are
+ * the log's as published by its writers, a memory load -- except right
+ * after a failure left the published layout marked stale (a truncate whose
+ * undo failed, an in-place restore that could not republish): then the
+ * first call rebuilds it from the files.  The others describe the
+ * handle's view (see tk_log_refresh). */
 TK_API int64_t tk_log_high_water_mark(tk_log *log);
 TK_API int64_t tk_log_base_offset(tk_log *log);
 TK_API size_t tk_log_num_segments(tk_log *log);

@@ -126,19 +126,6 @@ static int push_kafka_error(lua_State *L, const char *what, rd_kafka_resp_err_t 
     return 4;
 }
 
-/* An integer argument (an exact integer value; strings refused). */
-static int64_t check_int64(lua_State *L, int idx) {
-    int64_t v = 0;
-    if (lua_type(L, idx) != LUA_TNUMBER) compat_typeerror(L, idx, "integer");
-    if (!compat_toint64(L, idx, &v))
-        luaL_argerror(L, idx, "number has no exact integer representation");
-    return v;
-}
-
-static int64_t opt_int64(lua_State *L, int idx, int64_t def) {
-    return lua_isnoneornil(L, idx) ? def : check_int64(L, idx);
-}
-
 /* A string or nil; NULL for nil. */
 static const char *opt_bytes(lua_State *L, int idx, size_t *len) {
     *len = 0;
@@ -364,9 +351,9 @@ static int l_produce(lua_State *L) {
     const char *key = opt_bytes(L, 3, &klen);
     const char *value = opt_bytes(L, 4, &vlen);
     int has_ts = !lua_isnoneornil(L, 5);
-    int64_t ts = opt_int64(L, 5, 0);
+    int64_t ts = compat_optint64(L, 5, 0);
     if (!lua_isnoneornil(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
-    int64_t opaque = opt_int64(L, 7, 0);
+    int64_t opaque = compat_optint64(L, 7, 0);
 
     rd_kafka_topic_t *rkt = topic_handle(p, topic);
     if (!rkt) return push_kafka_error(L, "produce: topic", rd_kafka_last_error(), NULL);
@@ -446,7 +433,7 @@ static int l_produce_log(lua_State *L) {
     if (lua_type(L, 2) != LUA_TSTRING) compat_typeerror(L, 2, "string");
     if (lua_type(L, 3) != LUA_TSTRING) compat_typeerror(L, 3, "string");
     const char *topic = lua_tostring(L, 2), *dir = lua_tostring(L, 3);
-    int64_t from = check_int64(L, 4), to = check_int64(L, 5);
+    int64_t from = compat_checkint64(L, 4), to = compat_checkint64(L, 5);
     const char *header = lua_isnoneornil(L, 6) ? NULL : luaL_checkstring(L, 6);
     tk_err e;
     memset(&e, 0, sizeof e);
@@ -560,7 +547,7 @@ static int push_reports(lua_State *L, producer *p) {
 
 /* A timeout in ms from argument idx: default def, -1 for ever. */
 static int check_timeout(lua_State *L, int idx, int def) {
-    int64_t t = opt_int64(L, idx, def);
+    int64_t t = compat_optint64(L, idx, def);
     if (t < -1) luaL_argerror(L, idx, "timeout must be >= 0 ms, or -1 for ever");
     return t > 0x7fffffff ? 0x7fffffff : (int)t;
 }
