@@ -49,6 +49,8 @@ help:
 	@echo "make fault      the crash-point build ($(BUILD)-fault) used by spec/fault_spec.lua"
 	@echo "make bench      benchmarks with ratios against baselines run side by side"
 	@echo "make demo       run examples/quickstart.lua"
+	@echo "make openresty-demo [PORT=8080]  start examples/openresty in nginx on 127.0.0.1:PORT (prefix $(OPENRESTY_DEMO_DIR)); prints what to try"
+	@echo "make openresty-demo-stop         stop it (SIGQUIT to its pid)"
 	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR too): Lua module, bin/takhin, takhin.h, libtakhin.a"
 	@echo "make clean      remove build outputs"
 
@@ -173,6 +175,20 @@ demo: deps
 	@$(SPEC_ENV) $(LUA) examples/quickstart.lua
 	@echo
 	@$(SPEC_ENV) $(LUA) examples/snapshot_example.lua
+
+# make openresty-demo [PORT=8080] [OPENRESTY_DEMO_DIR=dir]: the OpenResty
+# example (examples/openresty/demo.sh says what it does) in nginx on
+# 127.0.0.1:PORT; make openresty-demo-stop stops it.
+PORT               ?= 8080
+OPENRESTY_DEMO_DIR ?= build/openresty-demo
+
+.PHONY: openresty-demo openresty-demo-stop
+openresty-demo:
+	@$(MAKE) --no-print-directory luajit
+	@sh examples/openresty/demo.sh start '$(PORT)' '$(OPENRESTY_DEMO_DIR)'
+
+openresty-demo-stop:
+	@sh examples/openresty/demo.sh stop '$(OPENRESTY_DEMO_DIR)'
 
 # ---------------------------------------------------------------- install
 

@@ -9,7 +9,12 @@
 -- all come from one worker, and the error log is clean.  A second test
 -- drains a cursor through POST /drain while the workers append and one
 -- of them is killed with SIGKILL: every acknowledged append is drained at
--- least once, none is skipped.
+-- least once, none is skipped.  A third counts appends spread over both
+-- workers and checks that GET /metrics (takhin.metrics.prometheus, which
+-- promtool accepts) reports exactly that many from either worker, and
+-- verifies and restores snapshots through the job-based endpoints.  A
+-- fourth starts the example with `make openresty-demo PORT=...`, curls an
+-- append and /metrics, and stops it with `make openresty-demo-stop`.
 --
 -- Pending when nginx, its Lua module (with NDK) or lua-resty-core is not
 -- installed, or curl is missing (scripts/deps.sh installs them).  Builds
@@ -146,14 +151,15 @@ local function free_port()
     error("no free TCP port found between 20000 and 32000")
 end
 
--- curl one request; returns status (number, 0 when no answer) and body.
+-- curl one request; returns status (number, 0 when no answer), body and
+-- the answer's X-Takhin-Worker header (a number, or nil).
 local function http(port, method, path, body_file)
-    local cmd = ENV .. "curl -s -m 30 -o - -w '\\n@@ %{http_code}' -X " .. method
+    local cmd = ENV .. "curl -s -m 30 -o - -w '\\n@@ %{http_code} %header{x-takhin-worker}' -X " .. method
     if body_file then cmd = cmd .. " --data-binary @" .. q(body_file) end
     local out = util.capture(cmd .. " " .. q("http://127.0.0.1:" .. port .. path) .. " 2>/dev/null")
-    local body, code = out:match("^(.-)\n@@ (%d%d%d)$")
+    local body, code, worker = out:match("^(.-)\n@@ (%d%d%d) ?(%d*)$")
     if not body then return 0, out end
-    return tonumber(code), (body:gsub("\n$", ""))
+    return tonumber(code), (body:gsub("\n$", "")), tonumber(worker)
 end
 
 local function json_int(body, name)
@@ -320,6 +326,16 @@ describe("takhin in nginx (OpenResty style)", function()
         util.rmtree(tmp)
     end)
 
+    -- A watchdog: should this process die without its after_each (SIGKILL,
+    -- a timeout), it stops nginx, by nginx's own pid, within a second.  It
+    -- exits as soon as nginx is gone.
+    local function watchdog(master, prefix)
+        local m, me = string.format("%d", master), string.format("%d", util.getpid())
+        util.sh("sh -c " .. q("while kill -0 " .. me .. " && kill -0 " .. m .. "; do sleep 1; done; "
+            .. "grep -qF " .. q(prefix) .. " /proc/" .. m .. "/cmdline && kill -QUIT " .. m)
+            .. " </dev/null >/dev/null 2>&1 &")
+    end
+
     -- Renders the template, starts nginx on a free port and waits until it
     -- answers.  Returns the server table.
     local function start_nginx(opts)
@@ -349,13 +365,7 @@ describe("takhin in nginx (OpenResty style)", function()
                 local master = util.wait_until(function() return read_pid(prefix .. "/nginx.pid") end, 500)
                 assert(master, "nginx started but wrote no pid file:\n" .. out .. tail(prefix .. "/error.log"))
                 server = { master = master, prefix = prefix, port = port, error_log = prefix .. "/error.log" }
-                -- A watchdog: should this process die without its after_each
-                -- (SIGKILL, a timeout), it stops nginx, by nginx's own pid,
-                -- within a second.  It exits as soon as nginx is gone.
-                local m, me = string.format("%d", master), string.format("%d", util.getpid())
-                util.sh("sh -c " .. q("while kill -0 " .. me .. " && kill -0 " .. m .. "; do sleep 1; done; "
-                    .. "grep -qF " .. q(prefix) .. " /proc/" .. m .. "/cmdline && kill -QUIT " .. m)
-                    .. " </dev/null >/dev/null 2>&1 &")
+                watchdog(master, prefix)
                 -- every worker up (their pids, to check they are gone at the end)
                 util.wait_until(function()
                     return #children_of(master) >= opts.workers
@@ -548,6 +558,13 @@ describe("takhin in nginx (OpenResty style)", function()
         assert.are.equal(200, status, body)
         assert.are.equal(rsnap.hwm, json_int(body, "high_water_mark"), body)
         assert.are.equal(restore_dir .. "/r1", cjson.decode(body).target)
+        -- ... and a verify (a job too), of the same snapshot and of none.
+        status, body = http(port, "POST", "/verify?id=" .. rsnap.id)
+        assert.are.equal(200, status, body)
+        assert.is_true(cjson.decode(body).verified, body)
+        status, body = http(port, "POST", "/verify?id=1-00000000")
+        assert.are.equal(404, status, body)
+        assert.are.equal("NOT_FOUND", cjson.decode(body).code)
 
         -- The scheduler goes on: wait (bounded) for one of its snapshots to
         -- hold every append.
@@ -817,5 +834,217 @@ describe("takhin in nginx (OpenResty style)", function()
         print(("\n# openresty drain: %d appends acknowledged (%d unanswered when worker %d was killed), "
                .. "%d records, %d drains (%d began again below what was delivered, %d unanswered)")
               :format(#acks, lost, killed, hwm, drains, repeats, failed))
+    end)
+
+    -- promtool, for the /metrics checks; nil when not installed.
+    local function promtool()
+        return which("promtool")
+    end
+
+    local function promtool_check(text)
+        local tool = promtool()
+        local path = tmp .. "/metrics.prom"
+        util.write_file(path, text)
+        local out = util.capture(ENV .. q(tool) .. " check metrics < " .. q(path) .. " 2>&1; echo \"rc=$?\"")
+        return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
+    end
+
+    -- The value of sample `name{log="log"}` (or manager) in /metrics' text.
+    local function sample(text, name, label)
+        return tonumber(text:match("\n" .. name .. "{" .. (label or 'log="log"') .. "} (%S+)"))
+    end
+
+    -- GET /metrics (a new connection each: reuseport picks the worker)
+    -- until both workers answered; returns { [worker] = text }.
+    local function metrics_from_both(port)
+        local by_worker, tries = {}, 0
+        while (by_worker[0] == nil or by_worker[1] == nil) and tries < 200 do
+            tries = tries + 1
+            local status, body, w = http(port, "GET", "/metrics")
+            assert.are.equal(200, status, "GET /metrics: " .. body)
+            assert(w, "GET /metrics: no X-Takhin-Worker header")
+            by_worker[w] = "\n" .. body .. "\n"
+        end
+        assert(by_worker[0] and by_worker[1], "GET /metrics: only one worker answered in 200 tries")
+        return by_worker
+    end
+
+    -- GET /metrics, the counters summed by the engine across workers: N
+    -- appends spread over 2 workers by reuseport (a connection each) are
+    -- exactly N in takhin_log_appends_total, whichever worker answers, and
+    -- promtool accepts the text.  Snapshots, verify (also of a damaged
+    -- snapshot) and restore go through the job-based endpoints.
+    it("reports in /metrics the appends of both workers, as counted by the clients", function()
+        if not env then
+            pending("skipped: " .. why)
+            return
+        end
+        build_luajit()
+        local data_dir = tmp .. "/data"
+        start_nginx({ workers = 2, data_dir = data_dir, restore_dir = tmp .. "/restored",
+                      max_segment_size = 64 * 1024, snapshot_interval = "off" })
+        local port = server.port
+        local M_CLIENTS, M_PER = 4, 150
+        local sent = {}
+        for c = 1, M_CLIENTS do
+            local reqs = {}
+            for i = 1, M_PER do reqs[i] = request_for(c, i) end
+            sent[c] = reqs
+            write_curl_config(tmp .. "/m-client" .. c .. ".curl", port, reqs, true)
+        end
+        for c = 1, M_CLIENTS do
+            curls[c] = spawn_curl(tmp, "m-client" .. c, tmp .. "/m-client" .. c .. ".curl")
+        end
+        assert(util.wait_until(function()
+            for _, cl in ipairs(curls) do if not util.exists(cl.rc) then return false end end
+            return true
+        end, 6000, 0.02), "the curl clients did not finish")
+
+        -- What the clients counted: every answer 200, by worker.
+        local acked, by_worker = 0, {}
+        for c = 1, M_CLIENTS do
+            local answers = parse_answers(curls[c].out)
+            assert.are.equal(M_PER, #answers, "client " .. c .. ": answers")
+            for k, a in ipairs(answers) do
+                assert.are.equal(200, a.status, "client " .. c .. " " .. sent[c][k].path .. ": " .. a.body)
+                local w = json_int(a.body, "worker")
+                by_worker[w] = (by_worker[w] or 0) + 1
+                acked = acked + 1
+            end
+        end
+        -- Both workers must have appended; a few more appends (a
+        -- connection each) settle a rare tie of reuseport.
+        local extra = 0
+        while not (by_worker[0] and by_worker[1]) and extra < 64 do
+            extra = extra + 1
+            local status, body = http(port, "POST", "/append?key=extra" .. extra)
+            assert.are.equal(200, status, body)
+            local w = json_int(body, "worker")
+            by_worker[w] = (by_worker[w] or 0) + 1
+            acked = acked + 1
+        end
+        assert(by_worker[0] and by_worker[1], "only one worker appended")
+
+        -- Either worker reports every append, records and high water mark alike.
+        local texts = metrics_from_both(port)
+        for w, text in pairs(texts) do
+            local who = "worker " .. w .. "'s /metrics"
+            assert.are.equal(acked, sample(text, "takhin_log_appends_total"), who .. text)
+            assert.are.equal(acked, sample(text, "takhin_log_records_total"), who)
+            assert.are.equal(acked, sample(text, "takhin_log_high_water_mark"), who)
+            assert.are.equal(2, sample(text, "takhin_log_writers"), who)
+            assert.truthy(text:find("\n# TYPE takhin_log_appends_total counter\n", 1, true), who)
+        end
+        if promtool() then
+            local rc, out = promtool_check(texts[0]:sub(2))
+            assert.are.equal(0, rc, "promtool check metrics (GET /metrics):\n" .. out)
+            assert.are.equal("", (out:gsub("%s+", "")), "promtool check metrics (GET /metrics):\n" .. out)
+        end
+
+        -- Jobs through HTTP: two snapshots, a verify of each, a restore.
+        local ids = {}
+        for k = 1, 2 do
+            local status, body = http(port, "POST", "/snapshot")
+            assert.are.equal(200, status, "POST /snapshot: " .. body)
+            local snap = cjson.decode(body)
+            assert.are.equal(acked, snap.high_water_mark)
+            ids[k] = snap.id
+            status, body = http(port, "POST", "/verify?id=" .. snap.id)
+            assert.are.equal(200, status, "POST /verify: " .. body)
+            assert.is_true(cjson.decode(body).verified)
+        end
+        local status, body = http(port, "POST", "/restore?id=" .. ids[1] .. "&target=m1")
+        assert.are.equal(200, status, "POST /restore: " .. body)
+        assert.are.equal(acked, cjson.decode(body).high_water_mark)
+        status, body = http(port, "POST", "/restore?id=" .. ids[1] .. "&target=m1")
+        assert.are.equal(409, status, body)                      -- the target exists now
+        -- A damaged snapshot: a byte of one of its .log files flipped, in a
+        -- copy of its own (its files are hard links the log shares until
+        -- it writes them).  /verify says 422 CORRUPT, naming the file.
+        local sm = assert(takhin.snapshot_manager(data_dir))
+        local sdir = assert(sm:get(ids[2])).path
+        sm:close()
+        local damaged
+        for _, f in ipairs(util.ls(sdir)) do
+            if f:match("%.log$") and (util.file_size(sdir .. "/" .. f) or 0) > 40 then damaged = f; break end
+        end
+        assert(damaged, "snapshot " .. ids[2] .. " has no .log file")
+        local path = sdir .. "/" .. damaged
+        assert(util.sh("cp -p " .. q(path) .. " " .. q(path .. ".copy") .. " && mv " .. q(path .. ".copy")
+                       .. " " .. q(path)), "cannot copy " .. path)
+        util.flip_byte(path, 40)
+        status, body = http(port, "POST", "/verify?id=" .. ids[2])
+        assert.are.equal(422, status, body)
+        assert.are.equal("CORRUPT", cjson.decode(body).code)
+        assert.truthy(body:find(damaged, 1, true), body)
+
+        -- The manager's gauges, and the counters once more.
+        texts = metrics_from_both(port)
+        for w, text in pairs(texts) do
+            assert.are.equal(2, sample(text, "takhin_snapshot_snapshots", 'manager="log"'), "worker " .. w)
+            assert.are.equal(acked, sample(text, "takhin_log_appends_total"), "worker " .. w)
+        end
+        -- the restored copy is whole
+        assert.is_true(stop_nginx(), "nginx did not stop on SIGQUIT")
+        local r = assert(takhin.open_log({ dir = tmp .. "/restored/m1", readonly = true }))
+        assert.are.equal(acked, r:high_water_mark())
+        r:close()
+        local bad = error_lines(server.error_log)
+        assert.are.equal(0, #bad, "error log:\n" .. table.concat(bad, "\n"))
+        local wl = {}
+        for w, n in pairs(by_worker) do wl[#wl + 1] = ("worker %d: %d"):format(w, n) end
+        table.sort(wl)
+        print(("\n# openresty metrics: %d appends acknowledged (%s) = takhin_log_appends_total from "
+               .. "both workers; promtool %s"):format(acked, table.concat(wl, ", "),
+               promtool() and "check metrics: ok" or "not installed"))
+    end)
+
+    -- make openresty-demo PORT=... starts the example in one command; an
+    -- append and /metrics answer; make openresty-demo-stop stops nginx.
+    it("starts with `make openresty-demo PORT=...` and stops with `make openresty-demo-stop`", function()
+        if not env then
+            pending("skipped: " .. why)
+            return
+        end
+        -- As root the demo's workers run as nobody: its directory must be
+        -- reachable by them (tmpdir's is 0700).
+        util.sh("chmod 755 " .. q(tmp))
+        local dir = tmp .. "/demo"
+        local started, out, port
+        for _ = 1, 5 do
+            port = free_port()
+            out = util.capture(ENV .. "make -s -C " .. q(root) .. " openresty-demo PORT=" .. port
+                               .. " OPENRESTY_DEMO_DIR=" .. q(dir) .. " 2>&1; echo \"rc=$?\"")
+            started = out:match("rc=0%s*$")
+            if started or not out:find("in use", 1, true) then break end
+        end
+        local master = read_pid(dir .. "/nginx.pid")
+        if master then
+            server = { master = master, workers = children_of(master), prefix = dir }
+            watchdog(master, dir)
+        end
+        assert(started, "make openresty-demo failed:\n" .. out .. tail(dir .. "/error.log"))
+        assert.truthy(out:find("http://127.0.0.1:" .. port, 1, true), out)
+        assert.truthy(out:find("make openresty-demo-stop", 1, true), out)
+        local status, body = http(port, "POST", "/append?key=demo")
+        assert.are.equal(200, status, body)
+        assert.are.equal(0, json_int(body, "offset"))
+        status, body = http(port, "GET", "/metrics")
+        assert.are.equal(200, status, body)
+        assert.truthy(body:find('\ntakhin_log_appends_total{log="log"} 1\n', 1, true), body)
+        if util.capture("id -u"):match("^0") then
+            -- workers as nobody, the log theirs
+            for _, w in ipairs(children_of(master)) do
+                local user = util.capture("ps -o user= -p " .. string.format("%d", w)):gsub("%s+$", "")
+                assert.are.equal("nobody", user, "worker " .. w)
+            end
+        end
+        local stopped = util.capture(ENV .. "make -s -C " .. q(root) .. " openresty-demo-stop OPENRESTY_DEMO_DIR="
+                                     .. q(dir) .. " 2>&1; echo \"rc=$?\"")
+        assert.truthy(stopped:match("rc=0%s*$"), stopped)
+        assert.is_false(util.alive(master), "nginx " .. master .. " still runs after openresty-demo-stop")
+        server.master = nil
+        assert.truthy(util.exists(dir .. "/data/00000000000000000000.log"))
+        print("\n# openresty demo: " .. (out:match("^[^\n]*") or "") .. " / " .. (stopped:match("^[^\n]*") or ""))
     end)
 end)

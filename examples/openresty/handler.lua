@@ -8,9 +8,11 @@
 --   GET  /read?offset=N                         -> {"offset":N,"timestamp":T,"key":K,"value":V}
 --   POST /snapshot                              -> {"id":...,"high_water_mark":N,...}
 --   GET  /snapshots                             -> {"snapshots":[...]}  (newest first)
+--   POST /verify?id=ID                          -> {"id":...,"verified":true,"bytes":N}
 --   POST /restore?id=ID&target=NAME             -> {"id":...,"target":DIR,"high_water_mark":N}
 --   GET  /info                                  -> {"worker":W,"pid":P,"high_water_mark":N,...}
 --   POST /drain?cursor=NAME&max=N               -> {"cursor":NAME,"from":F,"next":T,"records":[...],...}
+--   GET  /metrics                               -> Prometheus' text format (takhin.metrics)
 --
 -- Errors: HTTP 4xx/5xx with {"error":"message","code":"CODE"}, CODE being
 -- takhin's code (NOT_FOUND, OUT_OF_RANGE, INVALID, ...) or one of
@@ -38,10 +40,19 @@
 -- is delivered at least once, none is skipped, and two drains of one
 -- cursor at once never both move it.
 --
--- All takhin calls block the worker while they run (appends wait for the
--- directory lock; a snapshot copies the active segment).  That is fine for
--- small records on a local disk; keep snapshots off the request path
--- (the scheduler) when the active segment is large.
+-- What reads or copies whole segments runs as a job on one of the
+-- engine's threads: POST /snapshot, /verify and /restore and the
+-- scheduler's snapshots and cleanups start one (async = true) and wait
+-- for it with takhin.ngx.wait, which yields with ngx.sleep (1 ms doubling
+-- up to 100 ms) until the job is done.  The worker's event loop serves
+-- other requests meanwhile.  The rest (appends, reads, cursor commits,
+-- /info, /metrics) are plain calls of microseconds; an append may wait
+-- briefly for the directory lock while another worker appends.
+--
+-- GET /metrics answers takhin.metrics.prometheus for this worker's log
+-- and manager, labelled log="<name>" and manager="<name>" (config `name`,
+-- default "log").  The log's counters live in its shared state, so any
+-- worker answers the same totals: every worker's appends, reads, ...
 
 local takhin = require("takhin")
 
@@ -55,6 +66,7 @@ local state = {
     worker = -1,
     pid = 0,
     restore_dir = nil,
+    name = "log",       -- the label of /metrics
 }
 
 -------------------------------------------------------------------------
@@ -335,13 +347,52 @@ function M.drain()
     end
 end
 
--- POST /snapshot: a point-in-time snapshot of the log as it is now.
+-- Starts obj:name(...) as a job and waits for it without blocking the
+-- event loop; returns what the plain call returns (nil, msg, code on
+-- failure, INTERNAL when it raised).  The job is closed at once rather
+-- than left to the garbage collector.
+local function run_job(obj, name, ...)
+    local job, msg, code = call(obj, name, ...)
+    if not job then return nil, msg, code end
+    local ok, a, b, c = pcall(takhin.ngx.wait, job)
+    job:close()
+    if not ok then return nil, tostring(a), "INTERNAL" end
+    return a, b, c
+end
+
+-- POST /snapshot: a point-in-time snapshot of the log as it is now (the
+-- cut is taken before the job starts; the copying runs on its thread).
 function M.snapshot()
     if not method("POST") or not ready() then return end
     local label = fmt("api worker=%d pid=%d", state.worker, state.pid)
-    local snap, msg, code = call(state.sm, "create", state.log, { label = label })
+    local snap, msg, code = run_job(state.sm, "create", state.log, { label = label, async = true })
     if not snap then return fail(code, msg) end
     return send(200, snapshot_json(snap))
+end
+
+-- POST /verify?id=ID: re-reads every file of snapshot ID and compares it
+-- with the manifest.  A damaged snapshot is 422 with code CORRUPT (its
+-- answer names the first file that differs), logged as a warning: the
+-- request was fine, the snapshot is not.
+function M.verify()
+    if not method("POST") or not ready() then return end
+    local id = arg(ngx.req.get_uri_args(), "id")
+    if id == false then return end
+    if not id or id == "" then return fail("INVALID", "query argument 'id' is required") end
+    local snap, msg, code = call(state.sm, "get", id)
+    if not snap then return fail(code, msg) end
+    local ok
+    ok, msg, code = run_job(state.sm, "verify", id, { async = true })
+    if not ok and code == "CORRUPT" then
+        ngx.log(ngx.WARN, "takhin: verify ", id, ": ", tostring(msg))
+        return send(422, '{"error":' .. json_string(tostring(msg)) .. ',"code":"CORRUPT"}')
+    end
+    if not ok then return fail(code, msg) end
+    return send(200, "{" .. table.concat({
+        '"id":' .. json_string(snap.id),
+        '"verified":true',
+        '"bytes":' .. int(snap.total_size),
+    }, ",") .. "}")
 end
 
 -- GET /snapshots: every snapshot, newest first.
@@ -374,7 +425,7 @@ function M.restore()
     if not snap then return fail(code, msg) end
     local dir = state.restore_dir .. "/" .. target
     local ok
-    ok, msg, code = call(state.sm, "restore", id, dir)
+    ok, msg, code = run_job(state.sm, "restore", id, dir, { async = true })
     if not ok then return fail(code, msg) end
     return send(200, "{" .. table.concat({
         '"id":' .. json_string(snap.id),
@@ -399,6 +450,21 @@ function M.info()
     }, ",") .. "}")
 end
 
+-- GET /metrics: Prometheus' text format (version 0.0.4).  The X-Takhin-Worker
+-- header says which worker answered; the numbers are the same from any.
+function M.metrics()
+    if not method("GET") or not ready() then return end
+    local ok, text = pcall(takhin.metrics.prometheus, {
+        logs = { [state.name] = state.log }, managers = { [state.name] = state.sm },
+    })
+    if not ok then return fail("INTERNAL", text) end
+    ngx.status = 200
+    ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    ngx.header["X-Takhin-Worker"] = int(state.worker)
+    ngx.print(text)
+    return ngx.exit(200)
+end
+
 -- Anything else.
 function M.not_found()
     return fail("NOT_FOUND", fmt("no endpoint %s %s", ngx.req.get_method(), ngx.var.uri))
@@ -411,7 +477,7 @@ end
 local CONFIG_KEYS = {
     data_dir = true, restore_dir = true, max_segment_size = true, sync = true,
     snapshot_interval = true, snapshot_min_interval = true, snapshot_keep = true,
-    scheduler_worker = true,
+    scheduler_worker = true, name = true,
 }
 
 local function init_failed(msg, code)
@@ -435,6 +501,7 @@ local function start_scheduler(cfg, every)
     return takhin.scheduler.openresty(sched, {
         interval = every,
         worker = cfg.scheduler_worker or 0,
+        async = true,             -- create and cleanup as jobs, waited for with ngx.sleep
         on_report = function(report)
             for _, e in ipairs(report) do
                 if e.action == "snapshot" and not e.error then
@@ -457,6 +524,7 @@ end
 --   snapshot_keep          keep_last for cleanup after each scheduled snapshot;
 --                          0 keeps everything
 --   scheduler_worker       the worker id that runs the scheduler (default 0)
+--   name                   the log's and manager's label in /metrics (default "log")
 function M.init_worker(cfg)
     state.worker = ngx.worker.id() or 0
     state.pid = ngx.worker.pid()
@@ -464,6 +532,7 @@ function M.init_worker(cfg)
         if not CONFIG_KEYS[k] then return init_failed("unknown config key '" .. tostring(k) .. "'", "INVALID") end
     end
     state.restore_dir = cfg.restore_dir
+    state.name = cfg.name or "log"
 
     local log, msg, code = takhin.open_log{
         dir = cfg.data_dir, shared = true,

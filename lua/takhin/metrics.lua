@@ -42,9 +42,18 @@ local function label(v)
     return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
 end
 
+-- A sample value or an `le` bound: integers exactly, other numbers in the
+-- fewest digits that read back as the same double (0.00025, not
+-- 0.00025000000000000001: an `le` label is compared as text by people).
 local function num(v)
     if v == math.huge then return "+Inf" end
+    if v == -math.huge then return "-Inf" end
+    if v ~= v then return "NaN" end
     if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
+    for digits = 15, 16 do
+        local s = ("%." .. digits .. "g"):format(v)
+        if tonumber(s) == v then return s end
+    end
     return ("%.17g"):format(v)
 end
 

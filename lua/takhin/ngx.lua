@@ -9,11 +9,15 @@
 -- append never wakes an nginx worker directly (the engine's thread cannot
 -- touch the worker's Lua state, and a futex wait would block the event
 -- loop).  Why not ngx.run_worker_thread: it runs a Lua function in a
--- separate Lua VM of a thread pool, so the job's objects (the log, the
--- manager) would have to be opened again there, and the pool's size caps
--- how many run at once; takhin's jobs already run off the event loop and
--- only their completion needs polling.  Runs under LuaJIT in nginx; needs
--- ngx.sleep (available in rewrite, access, content and timer contexts).
+-- separate Lua VM of a thread pool, and only plain values cross (a
+-- takhin.Log argument fails: "unsupported Lua type: LUA_TUSERDATA"), so
+-- the job's objects (the log, the manager) would have to be opened again
+-- there; a snapshot's cut would wait for a free pool thread, a queued call
+-- cannot be canceled, and the pool's size caps how many run at once.
+-- takhin's jobs already run off the event loop and only their completion
+-- needs polling: at most 100 ms late, about ten wake-ups a second.  Runs
+-- under LuaJIT in nginx; needs ngx.sleep (available in rewrite, access,
+-- content and timer contexts).
 local duration = require("takhin.duration")
 
 local M = {}

@@ -10,6 +10,11 @@
 --   sched:run{ interval = "1m", stop = function() return done end }
 --   scheduler.openresty(sched, { interval = "1m" })   -- in init_worker_by_lua
 --
+-- With `wait` (scheduler.new's option), create and cleanup run as jobs
+-- (async = true) and wait(job) gets their results; scheduler.openresty
+-- does that with takhin.ngx.wait, so a tick yields with ngx.sleep while
+-- the engine's thread copies and fsyncs, instead of blocking the worker.
+--
 -- A target is due when its manager has no snapshot, or its newest one is
 -- at least the policy's min_interval older than `now` (no min_interval:
 -- due at every tick), or is damaged, or is dated more than a minute after
@@ -108,13 +113,15 @@ local function check_target(t, i, seen)
     return { name = t.name, log = t.log, manager = m, label = t.label }
 end
 
-local NEW_KEYS = { targets = true, policy = true, now = true }
+local NEW_KEYS = { targets = true, policy = true, now = true, wait = true }
 
---- scheduler.new{ targets = {...}, policy = pol, now = fn } -> sched | nil, msg, "INVALID"
+--- scheduler.new{ targets = {...}, policy = pol, now = fn, wait = fn } -> sched | nil, msg, "INVALID"
 -- targets: an array of { name =, log =, manager = [, label =] } (names
 -- unique).  policy: a takhin.policy or a table of its fields; default the
 -- seed's (policy.defaults()).  now: a function returning ms since the
--- epoch; default the wall clock (seconds resolution).  Misuse raises; an
+-- epoch; default the wall clock (seconds resolution).  wait: a function
+-- (job) -> the job's results (takhin.ngx.wait); when given, create and
+-- cleanup are started as jobs and waited for with it.  Misuse raises; an
 -- empty target list, an empty or repeated name and bad policy values are
 -- INVALID.
 function M.new(opts)
@@ -128,6 +135,7 @@ function M.new(opts)
     end
     if #opts.targets == 0 then return invalid("targets must not be empty") end
     check_function(opts.now, "scheduler", "now", true)
+    check_function(opts.wait, "scheduler", "wait", true)
     if opts.policy ~= nil and type(opts.policy) ~= "table" then
         raise(("scheduler: policy must be a takhin.policy or a table of its fields, not %s")
               :format(type(opts.policy)))
@@ -141,7 +149,8 @@ function M.new(opts)
         if not target then return nil, msg, code end
         targets[i] = target
     end
-    return setmetatable({ targets = targets, policy = pol, now = opts.now or wall_clock_ms }, Scheduler)
+    return setmetatable({ targets = targets, policy = pol, now = opts.now or wall_clock_ms,
+                          wait = opts.wait }, Scheduler)
 end
 
 -------------------------------------------------------------------------
@@ -156,6 +165,32 @@ end
 -- Calls manager[method](manager, ...) under pcall: ok, results...
 local function call(m, method, ...)
     return pcall(m[method], m, ...)
+end
+
+-- What a call that returned a job (or nil, msg, code) would have
+-- returned without async: wait(job)'s results.
+local function waited(wait, job, msg, code)
+    if not job then return nil, msg, code end
+    local a, b, c = wait(job)
+    if type(job.close) == "function" then job:close() end   -- no need to wait for __gc
+    return a, b, c
+end
+
+-- sm:create and sm:cleanup for a tick: plain calls, or jobs waited for
+-- with `wait`.  ok, results... as call.
+local function create(t, wait)
+    if not wait then return call(t.manager, "create", t.log, { label = t.label }) end
+    return pcall(function()
+        return waited(wait, t.manager:create(t.log, { label = t.label, async = true }))
+    end)
+end
+
+local function cleanup(self, t, wait)
+    if not wait then return call(t.manager, "cleanup", self.policy) end
+    local rules = {}                        -- a plain copy: a policy has no async field
+    for k, v in pairs(self.policy) do rules[k] = v end
+    rules.async = true
+    return pcall(function() return waited(wait, t.manager:cleanup(rules)) end)
 end
 
 -- Clocks disagree a little: the default clock counts whole seconds, an
@@ -175,19 +210,19 @@ local function due_in(self, latest, now)
 end
 
 -- The report entries for one target: one, or two (snapshot, cleanup).
-local function tick_target(self, t, now)
+local function tick_target(self, t, now, wait)
     local ok, latest, msg, code = call(t.manager, "latest")
     if not ok then return failed(t.name, "snapshot", latest) end
     if not latest and code ~= "NOT_FOUND" then return failed(t.name, "snapshot", msg, code) end
-    local wait = due_in(self, latest, now)
-    if wait > 0 then return { name = t.name, action = "skip", id = latest.id, due_in = wait } end
+    local due = due_in(self, latest, now)
+    if due > 0 then return { name = t.name, action = "skip", id = latest.id, due_in = due } end
     local snap
-    ok, snap, msg, code = call(t.manager, "create", t.log, { label = t.label })
+    ok, snap, msg, code = create(t, wait)
     if not ok then return failed(t.name, "snapshot", snap) end
     if not snap then return failed(t.name, "snapshot", msg, code) end
     local made = { name = t.name, action = "snapshot", id = snap.id }
     local deleted
-    ok, deleted, msg, code = call(t.manager, "cleanup", self.policy)
+    ok, deleted, msg, code = cleanup(self, t, wait)
     if not ok then return made, failed(t.name, "cleanup", deleted) end
     if not deleted then return made, failed(t.name, "cleanup", msg, code) end
     return made, { name = t.name, action = "cleanup", deleted = deleted }
@@ -201,8 +236,9 @@ end
 -- skip entry the newest id and the ms until the target is due.  A failure
 -- (a call that returned nil, msg, code -- or raised, code then nil) is
 -- reported in its entry and the other targets go on.  With now_ms given
--- the clock is not read.
-function Scheduler:tick(now_ms)
+-- the clock is not read.  With scheduler.new's wait, create and cleanup
+-- run as jobs.
+local function run_tick(self, now_ms, wait)
     local now = now_ms
     if now == nil then now = self.now() end
     if type(now) ~= "number" or now ~= now then
@@ -210,12 +246,16 @@ function Scheduler:tick(now_ms)
     end
     local report = {}
     for _, t in ipairs(self.targets) do
-        local ok, first, second = pcall(tick_target, self, t, now)
+        local ok, first, second = pcall(tick_target, self, t, now, wait)
         if not ok then first, second = failed(t.name, "snapshot", first), nil end
         report[#report + 1] = first
         report[#report + 1] = second
     end
     return report
+end
+
+function Scheduler:tick(now_ms)
+    return run_tick(self, now_ms, self.wait)
 end
 
 -------------------------------------------------------------------------
@@ -265,16 +305,19 @@ end
 -- OpenResty
 -------------------------------------------------------------------------
 
-local OPENRESTY_KEYS = { interval = true, worker = true, immediate = true, on_report = true }
+local OPENRESTY_KEYS = { interval = true, worker = true, immediate = true, on_report = true,
+                         async = true }
 
 -- The ngx.timer handler: one tick at a time (ngx.timer.every starts a new
--- light thread at each expiry even while the last one still runs).
-local function timer_handler(ngx, sched, on_report)
+-- light thread at each expiry even while the last one still runs, and a
+-- tick that waits for jobs yields).  wait: how jobs are waited for, or
+-- nil for plain calls.
+local function timer_handler(ngx, sched, on_report, wait)
     local running = false
     return function(premature)
         if premature or running then return end
         running = true
-        local ok, report = pcall(sched.tick, sched)
+        local ok, report = pcall(run_tick, sched, nil, wait)
         running = false
         if not ok then
             ngx.log(ngx.ERR, "takhin scheduler: tick failed: ", tostring(report))
@@ -302,13 +345,16 @@ local function check_ngx(ngx, what)
 end
 
 --- scheduler.openresty(sched, { interval = "1m" [, worker = 0] [, immediate = true]
---                               [, on_report = fn] }) -> true | nil, msg, code
+--                               [, on_report = fn] [, async = bool] }) -> true | nil, msg, code
 -- Call from init_worker_by_lua*.  Only the worker whose ngx.worker.id()
 -- is `worker` (default 0) schedules anything; in the others this returns
 -- true and does nothing.  Ticks run from ngx.timer.every(interval), plus
 -- one at once (ngx.timer.at(0)) unless immediate = false.  Errors in
--- reports go to the error log.  Snapshots do blocking file I/O in that
--- worker while they run.  A bad interval or worker is INVALID; a timer
+-- reports go to the error log.  async (default: true where ngx.sleep
+-- exists): create and cleanup run as jobs on the engine's threads, waited
+-- for with takhin.ngx.wait (or sched's own wait), so the worker's event
+-- loop goes on; async = false makes them plain calls that block the
+-- worker while they copy and fsync.  A bad interval or worker is INVALID; a timer
 -- nginx refuses is "IO" (the message carries nginx's reason); misuse --
 -- not a scheduler, an unknown option, a wrong type, no ngx or no worker
 -- id (not called from init_worker_by_lua*) -- raises.
@@ -331,6 +377,9 @@ function M.openresty(sched, opts)
         raise(("%s: immediate must be a boolean, not %s"):format(what, type(opts.immediate)))
     end
     check_function(opts.on_report, what, "on_report", true)
+    if opts.async ~= nil and type(opts.async) ~= "boolean" then
+        raise(("%s: async must be a boolean, not %s"):format(what, type(opts.async)))
+    end
     check_ngx(ngx, what)
     local interval = opts.interval
     if interval == nil then interval = "1m" end
@@ -340,7 +389,11 @@ function M.openresty(sched, opts)
     local id = ngx.worker.id()
     if id == nil then raise(what .. ": no worker id (call it from init_worker_by_lua*)") end
     if id ~= worker then return true end
-    local handler = timer_handler(ngx, sched, opts.on_report)
+    local async = opts.async
+    if async == nil then async = type(ngx.sleep) == "function" end
+    local wait = nil
+    if async then wait = sched.wait or require("takhin.ngx").wait end
+    local handler = timer_handler(ngx, sched, opts.on_report, wait)
     local ok, terr = ngx.timer.every(ms / 1000, handler)
     if not ok then return nil, what .. ": ngx.timer.every: " .. tostring(terr), "IO" end
     if opts.immediate ~= false then
