@@ -41,7 +41,8 @@ tk_code tk_job_start(tk_jobs *owner, const char *kind, tk_job_fn fn, void *arg,
 int tk_job_canceled(const tk_job *job);
 void tk_job_set_progress(tk_job *job, uint64_t done, uint64_t total);
 
-/* For the work: its result, kept by the job (a snapshot, a count). */
+/* For the work: its result, kept by the job (a snapshot, whose
+ * segment_offsets the job takes over and frees; a count). */
 void tk_job_set_snapshot(tk_job *job, const tk_snapshot *snap, const char *path);
 void tk_job_set_count(tk_job *job, size_t n);
 

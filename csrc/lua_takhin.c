@@ -879,7 +879,7 @@ static int l_job_wait(lua_State *L) {
         return 2;
     }
     if (tk_job_result(u->job, &e) != TK_OK) return push_error(L, &e);
-    if (strcmp(kind, "create") == 0) {
+    if (strcmp(kind, "create") == 0 || strcmp(kind, "import") == 0) {
         tk_snapshot snap;
         char path[4096];
         if (!tk_job_snapshot(u->job, &snap, path, sizeof path))
@@ -887,6 +887,11 @@ static int l_job_wait(lua_State *L) {
         push_snapshot_at(L, &snap, path);
         tk_snapshot_free(&snap);
         return 1;
+    }
+    if (strcmp(kind, "export") == 0) {                 /* true, bytes written */
+        lua_pushboolean(L, 1);
+        compat_pushint64(L, (int64_t)tk_job_count(u->job));
+        return 2;
     }
     if (strcmp(kind, "cleanup") == 0) {
         compat_pushint64(L, (int64_t)tk_job_count(u->job));
@@ -1415,7 +1420,21 @@ static const char *file_name(FILE *f) {
     return f == stdin ? "stdin" : f == stdout ? "stdout" : f == stderr ? "stderr" : NULL;
 }
 
-static const char *const export_opt_names[] = { "since", "compress", "level", "progress", NULL };
+static const char *const export_opt_names[] = { "since", "compress", "level", "progress", "async",
+                                                 NULL };
+
+/* An async export or import keeps the Lua file it reads or writes alive
+ * (and open) in the job's uservalue until the job is collected. */
+static lua_job *new_transfer_job(lua_State *L, int file_idx) {
+    lua_job *j = new_job(L, 1, NULL, 0);
+    if (file_idx) {
+        compat_getuservalue(L, -1);
+        lua_pushvalue(L, file_idx);
+        lua_setfield(L, -2, "file");
+        lua_pop(L, 1);
+    }
+    return j;
+}
 
 /* export(id, dest [, opts]) -> true, bytes written */
 static int l_sm_export(lua_State *L) {
@@ -1457,13 +1476,20 @@ static int l_sm_export(lua_State *L) {
             o.level = (int)v;
         }
     }
-    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
-    o.written = &written;
     if (f && fflush(f) != 0) {
         char msg[160];
         snprintf(msg, sizeof msg, "export %s: flush the file: %s", id, strerror(errno));
         return push_fail(L, TK_IO, msg);
     }
+    if (field_async(L, t)) {
+        lua_job *j = new_transfer_job(L, f ? 3 : 0);
+        if (f) o.name = file_name(f);
+        if (tk_snap_export_async(u->mgr, id, f ? fileno(f) : -1, path, &o, &j->job, &e) != TK_OK)
+            return push_error(L, &e);
+        return 1;
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
+    o.written = &written;
     u->busy++;
     if (path) {
         rc = tk_snap_export_file(u->mgr, id, path, &o, &e);
@@ -1479,7 +1505,7 @@ static int l_sm_export(lua_State *L) {
     return 2;
 }
 
-static const char *const import_opt_names[] = { "progress", NULL };
+static const char *const import_opt_names[] = { "progress", "async", NULL };
 
 /* import(src [, opts]) -> the snapshot's record */
 static int l_sm_import(lua_State *L) {
@@ -1504,8 +1530,15 @@ static int l_sm_import(lua_State *L) {
         t = 3;
         check_field_names(L, 3, "import", import_opt_names);
     }
-    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
     if (f) fflush(f);           /* a seekable file's descriptor moves to the Lua position */
+    if (field_async(L, t)) {
+        lua_job *j = new_transfer_job(L, f ? 2 : 0);
+        if (f) o.name = file_name(f);
+        if (tk_snap_import_async(u->mgr, f ? fileno(f) : -1, path, &o, &j->job, &e) != TK_OK)
+            return push_error(L, &e);
+        return 1;
+    }
+    setup_progress(L, t, &pr, &o.progress, &o.progress_ud);
     u->busy++;
     if (path) {
         rc = tk_snap_import_file(u->mgr, path, &o, &snap, &e);

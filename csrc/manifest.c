@@ -61,7 +61,7 @@ static void json_release(void *p) {
 static pthread_once_t json_once = PTHREAD_ONCE_INIT;
 static void json_route(void) { json_set_alloc_funcs(json_alloc, json_release); }
 
-static int arena_begin(arena *a, size_t size) {
+__attribute__((noinline)) static int arena_begin(arena *a, size_t size) {
     pthread_once(&json_once, json_route);
     a->size = size;
     a->used = 0;
@@ -262,6 +262,24 @@ static tk_code load_json(const char *path, json_t **root, arena *a, tk_err *err)
         return tk_fail(err, TK_CORRUPT, "parse %s: %s (line %d)", path, je.text, je.line);
     }
     return TK_OK;
+}
+
+int tk_json_parse(const char *text, size_t len, int (*fn)(void *root, void *ud), void *ud,
+                  char *why, size_t cap) {
+    json_error_t je;
+    json_t *root;
+    arena a;
+    int r;
+    if (arena_begin(&a, 16 * len + (64u << 10)) < 0) return -2;
+    if (!(root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je))) {
+        arena_end(&a);
+        snprintf(why, cap, "%s (line %d)", je.text, je.line);
+        return -1;
+    }
+    r = fn(root, ud);
+    json_decref(root);
+    arena_end(&a);
+    return r;
 }
 
 tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err) {

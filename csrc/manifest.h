@@ -32,6 +32,13 @@ tk_code tk_manifest_write(const char *path, const tk_manifest *m, tk_err *err);
 /* NOT_FOUND when missing, CORRUPT when not a valid manifest. */
 tk_code tk_manifest_read(const char *path, tk_manifest *m, tk_err *err);
 
+/* Parses the JSON text [text, text + len) and calls fn(root, ud) while the
+ * tree lives, with jansson kept from ever seeing a failed allocation (the
+ * arena, manifest.c).  Returns fn's result; -1 with why filled when the
+ * text does not parse, -2 when out of memory.  root is a json_t *. */
+int tk_json_parse(const char *text, size_t len, int (*fn)(void *root, void *ud), void *ud,
+                  char *why, size_t cap);
+
 tk_code tk_catalog_write(const char *path, const tk_snapshot *snaps, size_t n, tk_err *err);
 tk_code tk_catalog_read(const char *path, tk_snapshot **snaps, size_t *n, tk_err *err);
 

@@ -37,4 +37,8 @@ tk_code tk_snap_import_publish(tk_snapmgr *m, const char *tmp, tk_manifest *man,
 /* Removes tmp and lets its claim go. */
 void tk_snap_import_abort(const char *tmp, int tmp_fd);
 
+/* The manager's registry of background jobs (job.h): a job started there
+ * is canceled and waited for when the manager closes. */
+struct tk_jobs *tk_snap_jobs(tk_snapmgr *m);
+
 #endif

@@ -1807,6 +1807,8 @@ tk_code tk_snap_import_publish(tk_snapmgr *m, const char *tmp, tk_manifest *man,
     return publish(m, NULL, tmp, &b, 1, err);
 }
 
+tk_jobs *tk_snap_jobs(tk_snapmgr *m) { return m->jobs; }
+
 void tk_snap_import_abort(const char *tmp, int tmp_fd) {
     tk_rmtree(tmp);
     if (tmp_fd >= 0) close(tmp_fd);

@@ -538,6 +538,15 @@ TK_API tk_code tk_snap_verify_async(tk_snapmgr *mgr, const char *id,
                                     const tk_verify_opts *opts, tk_job **job, tk_err *err);
 TK_API tk_code tk_snap_cleanup_async(tk_snapmgr *mgr, size_t max_snapshots,
                                      int64_t retention_ms, tk_job **job, tk_err *err);
+/* path non-NULL: to (from) that file, else the descriptor fd, which the
+ * caller keeps open until the job is done.  The options' progress and
+ * cancel are the job's own (tk_job_progress, tk_job_cancel); the job's
+ * result is the bytes written (tk_job_count) for an export, the snapshot
+ * (tk_job_snapshot) for an import. */
+TK_API tk_code tk_snap_export_async(tk_snapmgr *mgr, const char *id, int fd, const char *path,
+                                    const tk_export_opts *opts, tk_job **job, tk_err *err);
+TK_API tk_code tk_snap_import_async(tk_snapmgr *mgr, int fd, const char *path,
+                                    const tk_import_opts *opts, tk_job **job, tk_err *err);
 TK_API tk_code tk_snap_delete_many_async(tk_snapmgr *mgr, const char *const *ids, size_t n,
                                          tk_job **job, tk_err *err);
 

@@ -60,6 +60,7 @@
 #include "archive.h"
 #include "error.h"
 #include "fs.h"
+#include "job.h"
 #include "manifest.h"
 #include "names.h"
 #include "record.h"
@@ -452,24 +453,32 @@ static tk_code read_small(importer *im, const tk_arc_entry *e, size_t max, char 
     return TK_OK;
 }
 
-/* The snapshot id manifest.json names, before anything is written. */
-static tk_code manifest_id(importer *im, const char *text, size_t len, char *id, tk_err *err) {
-    json_error_t je;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je), *v;
-    tk_code rc = TK_OK;
-    if (!root)
-        return tk_fail(err, TK_CORRUPT, "%s: the archive's manifest.json does not parse: %s "
-                       "(line %d)", im->what, je.text, je.line);
-    v = json_object_get(root, "id");
+/* A string field of a JSON object that is a valid snapshot id, into out
+ * (TK_SNAP_ID_MAX bytes); -1 when there is none. */
+static int id_field(json_t *root, const char *key, char *out) {
+    json_t *v = json_object_get(root, key);
     if (!json_is_string(v) || json_string_length(v) >= TK_SNAP_ID_MAX ||
         strlen(json_string_value(v)) != json_string_length(v) ||
         tk_snap_check_id(json_string_value(v), NULL) != TK_OK)
-        rc = tk_fail(err, TK_CORRUPT, "%s: the archive's manifest.json has no valid snapshot id",
-                     im->what);
-    else
-        snprintf(id, TK_SNAP_ID_MAX, "%s", json_string_value(v));
-    json_decref(root);
-    return rc;
+        return -1;
+    snprintf(out, TK_SNAP_ID_MAX, "%s", json_string_value(v));
+    return 0;
+}
+
+static int get_id(void *root, void *id) { return id_field(root, "id", id); }
+
+/* The snapshot id manifest.json names, before anything is written. */
+static tk_code manifest_id(importer *im, const char *text, size_t len, char *id, tk_err *err) {
+    char why[200] = "";
+    int r = tk_json_parse(text, len, get_id, id, why, sizeof why);
+    if (r == -2) return tk_fail(err, TK_NOMEM, "%s: out of memory", im->what);
+    if (r == -1 && why[0])
+        return tk_fail(err, TK_CORRUPT, "%s: the archive's manifest.json does not parse: %s",
+                       im->what, why);
+    if (r < 0)
+        return tk_fail(err, TK_CORRUPT, "%s: the archive's manifest.json has no valid snapshot id",
+                       im->what);
+    return TK_OK;
 }
 
 static tk_code bad_manifest(importer *im, tk_err *err, const char *fmt, ...) TK_PRINTF(3, 4);
@@ -581,35 +590,39 @@ static tk_code read_manifest(importer *im, const char *source, tk_err *err) {
     return TK_OK;
 }
 
+typedef struct since_arg {
+    char since[TK_SNAP_ID_MAX];
+    int format_ok;
+} since_arg;
+
+static int get_since(void *root, void *ud) {
+    since_arg *a = ud;
+    json_t *v = json_object_get(root, "format");
+    a->format_ok = json_is_integer(v) && json_integer_value(v) == ARCHIVE_FORMAT;
+    return id_field(root, "since", a->since);
+}
+
 /* Step 4: since.json names the base, which must be here. */
 static tk_code read_since(importer *im, const tk_arc_entry *e, tk_err *err) {
-    json_error_t je;
-    json_t *root, *v;
-    char *text;
+    since_arg a = { "", 0 };
+    char *text, why[200] = "";
+    int r;
     tk_code rc;
     if (im->files || im->have_base || e->index != 2)
         return tk_fail(err, TK_INVALID, "%s: " SINCE_FILE " is entry %u; it may only come "
                        "right after manifest.json", im->what, e->index);
     if ((rc = read_small(im, e, SINCE_MAX, &text, err)) != TK_OK) return rc;
-    root = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+    r = tk_json_parse(text, strlen(text), get_since, &a, why, sizeof why);
     free(text);
-    if (!root)
-        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE " does not parse: %s (line %d)",
-                       im->what, je.text, je.line);
-    v = json_object_get(root, "format");
-    if (!json_is_integer(v) || json_integer_value(v) != ARCHIVE_FORMAT)
-        rc = tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE ": archive format is not %d", im->what,
-                     ARCHIVE_FORMAT);
-    else if (!json_is_string(v = json_object_get(root, "since")) ||
-             json_string_length(v) >= TK_SNAP_ID_MAX ||
-             strlen(json_string_value(v)) != json_string_length(v) ||
-             tk_snap_check_id(json_string_value(v), NULL) != TK_OK ||
-             strcmp(json_string_value(v), im->man.snap.id) == 0)
-        rc = tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE " names no valid base snapshot", im->what);
-    else
-        snprintf(im->since, sizeof im->since, "%s", json_string_value(v));
-    json_decref(root);
-    if (rc != TK_OK) return rc;
+    if (r == -2) return tk_fail(err, TK_NOMEM, "%s: out of memory", im->what);
+    if (r == -1 && why[0])
+        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE " does not parse: %s", im->what, why);
+    if (!a.format_ok)
+        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE ": archive format is not %d", im->what,
+                       ARCHIVE_FORMAT);
+    if (r < 0 || strcmp(a.since, im->man.snap.id) == 0)
+        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE " names no valid base snapshot", im->what);
+    snprintf(im->since, sizeof im->since, "%s", a.since);
     rc = tk_snap_read_manifest(im->m, im->since, &im->base, err);
     if (rc == TK_NOT_FOUND)
         return tk_fail(err, TK_NOT_FOUND, "%s: the archive is incremental: it needs snapshot %s, "
@@ -799,4 +812,111 @@ tk_code tk_snap_import_file(tk_snapmgr *m, const char *path, const tk_import_opt
         rc = tk_snap_import_ex(m, fd, &o, out, err);
     close(fd);
     return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Background jobs                                                      */
+/* ------------------------------------------------------------------ */
+
+/* What an export or import job keeps: its own copies of the strings, the
+ * descriptor or the path (the caller keeps a descriptor open until the
+ * job is done). */
+typedef struct moving {
+    tk_snapmgr *m;
+    char id[TK_SNAP_ID_MAX];
+    char *path, *since, *name;
+    int fd;
+    tk_export_opts eo;
+    tk_import_opts io;
+} moving;
+
+static void free_moving(void *arg) {
+    moving *x = arg;
+    if (!x) return;
+    free(x->path);
+    free(x->since);
+    free(x->name);
+    free(x);
+}
+
+static void job_progress(void *ud, uint64_t done, uint64_t total) {
+    tk_job_set_progress(ud, done, total);
+}
+
+static int job_canceled(void *ud) { return tk_job_canceled(ud); }
+
+static tk_code export_job(tk_job *bg, void *arg, tk_err *err) {
+    moving *x = arg;
+    uint64_t written = 0;
+    tk_code rc;
+    x->eo.progress = job_progress;
+    x->eo.progress_ud = bg;
+    x->eo.cancel = job_canceled;
+    x->eo.cancel_ud = bg;
+    x->eo.written = &written;
+    rc = x->path ? tk_snap_export_file(x->m, x->id, x->path, &x->eo, err)
+                 : tk_snap_export(x->m, x->id, x->fd, &x->eo, err);
+    if (rc == TK_OK) tk_job_set_count(bg, (size_t)written);
+    return rc;
+}
+
+static tk_code import_job(tk_job *bg, void *arg, tk_err *err) {
+    moving *x = arg;
+    tk_snapshot snap;
+    char path[PATH_MAX];
+    tk_code rc;
+    x->io.progress = job_progress;
+    x->io.progress_ud = bg;
+    x->io.cancel = job_canceled;
+    x->io.cancel_ud = bg;
+    rc = x->path ? tk_snap_import_file(x->m, x->path, &x->io, &snap, err)
+                 : tk_snap_import_ex(x->m, x->fd, &x->io, &snap, err);
+    if (rc != TK_OK) return rc;
+    if (tk_snap_path(x->m, snap.id, path, sizeof path, NULL) != TK_OK) path[0] = '\0';
+    tk_job_set_snapshot(bg, &snap, path);          /* the job owns snap now */
+    return TK_OK;
+}
+
+static moving *new_moving(tk_snapmgr *m, const char *path, int fd, const char *name) {
+    moving *x = tk_calloc(1, sizeof *x);
+    if (!x) return NULL;
+    x->m = m;
+    x->fd = fd;
+    if ((path && !(x->path = tk_strdup(path))) || (name && !(x->name = tk_strdup(name)))) {
+        free_moving(x);
+        return NULL;
+    }
+    return x;
+}
+
+tk_code tk_snap_export_async(tk_snapmgr *m, const char *id, int fd, const char *path,
+                             const tk_export_opts *opts, tk_job **out, tk_err *err) {
+    moving *x;
+    tk_code rc = tk_snap_check_id(id, err);
+    *out = NULL;
+    if (rc != TK_OK) return rc;
+    if (!(x = new_moving(m, path, fd, opts ? opts->name : NULL)))
+        return tk_fail(err, TK_NOMEM, "export %s: out of memory", id);
+    snprintf(x->id, sizeof x->id, "%s", id);
+    if (opts) x->eo = *opts;
+    else tk_export_opts_init(&x->eo);
+    x->eo.name = x->name;
+    if (opts && opts->since && !(x->since = tk_strdup(opts->since))) {
+        free_moving(x);
+        return tk_fail(err, TK_NOMEM, "export %s: out of memory", id);
+    }
+    x->eo.since = x->since;
+    return tk_job_start(tk_snap_jobs(m), "export", export_job, x, free_moving, out, err);
+}
+
+tk_code tk_snap_import_async(tk_snapmgr *m, int fd, const char *path, const tk_import_opts *opts,
+                             tk_job **out, tk_err *err) {
+    moving *x;
+    *out = NULL;
+    if (!(x = new_moving(m, path, fd, opts ? opts->name : NULL)))
+        return tk_fail(err, TK_NOMEM, "import into %s: out of memory", tk_snapmgr_dir(m));
+    if (opts) x->io = *opts;
+    else tk_import_opts_init(&x->io);
+    x->io.name = x->name;
+    return tk_job_start(tk_snap_jobs(m), "import", import_job, x, free_moving, out, err);
 }

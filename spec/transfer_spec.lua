@@ -337,6 +337,87 @@ describe("snapshot export and import", function()
     end)
 
     ---------------------------------------------------------------------
+    describe("as background jobs (async = true)", function()
+        it("give what the synchronous calls give, through a path or a Lua file", function()
+            local path, fpath = tmp .. "/s2.tar.zst", tmp .. "/s1.tar"
+            local job = assert(sm:export(s2.id, path, { async = true, compress = "zstd" }))
+            assert.truthy(tostring(job):find("takhin.Job(export", 1, true))
+            local ok, bytes = job:wait()
+            assert.is_true(ok)
+            assert.are.equal(util.file_size(path), bytes)
+            local done, total = job:progress()
+            assert.are.equal(total, done)
+            local f = assert(io.open(fpath, "wb"))
+            ok, bytes = sm:export(s1.id, f, { async = true }):wait()
+            f:close()
+            assert.is_true(ok)
+            assert.are.equal(util.file_size(fpath), bytes)
+            same_record(s2, assert(sm2:import(path, { async = true }):wait()))
+            local src = assert(io.open(fpath, "rb"))
+            same_record(s1, assert(sm2:import(src, { async = true }):wait()))
+            src:close()
+            assert_restores(s2, "restored-2")
+            assert_restores(s1, "restored-1")
+            -- the same failures, with the same codes
+            assert.fails_with("EXISTS", sm2:import(path, { async = true }):wait())
+            assert.fails_with("NOT_FOUND", sm:export("1600000000000-deadbeef", tmp .. "/x.tar",
+                                                     { async = true }):wait())
+            assert.is_false(util.exists(tmp .. "/x.tar"))
+        end)
+
+        it("leave nothing behind when canceled, collected or when the manager closes", function()
+            local function leftovers()
+                local names = {}
+                for _, n in ipairs(util.ls(tmp)) do
+                    if n:find("%.tmp$") or n:find("^x") then names[#names + 1] = n end
+                end
+                return names
+            end
+            for round = 1, 20 do
+                local job = assert(sm:export(s2.id, tmp .. "/x" .. round .. ".tar", { async = true }))
+                if round % 2 == 0 then util.nap(0.001 * (round % 5)) end
+                job:cancel()
+                local ok, msg, code = job:wait()
+                if ok then
+                    util.sh("rm -f " .. q(tmp .. "/x" .. round .. ".tar"))   -- it finished first
+                else
+                    assert.are.equal("CANCELED", code, msg)
+                end
+            end
+            assert.are.same({}, leftovers())
+            -- collected while running: stopped, nothing left
+            local job = assert(sm:export(s2.id, tmp .. "/xgc.tar", { async = true }))
+            job = nil                                               -- luacheck: ignore
+            collectgarbage(); collectgarbage()
+            util.sh("rm -f " .. q(tmp .. "/xgc.tar"))
+            -- an import canceled leaves the other manager as it was
+            assert(sm:export(s2.id, tmp .. "/full.tar"))
+            local ij = assert(sm2:import(tmp .. "/full.tar", { async = true }))
+            ij:cancel()
+            local got, _, code = ij:wait()
+            if got then assert.are.equal(s2.id, got.id) else assert.are.equal("CANCELED", code) end
+            assert.are.equal(got and 1 or 0, #assert(sm2:list()))
+            -- the manager closing cancels what runs
+            local last = assert(sm:export(s2.id, tmp .. "/xlast.tar", { async = true }))
+            sm:close()
+            sm = nil
+            local ok, msg, c = last:wait()
+            if not ok then assert.are.equal("CANCELED", c, msg) end
+            util.sh("rm -f " .. q(tmp .. "/xlast.tar"))
+            assert.are.same({}, leftovers())
+        end)
+
+        it("refuse a progress callback (use job:progress())", function()
+            assert.has_error(function()
+                sm:export(s2.id, tmp .. "/p.tar", { async = true, progress = function() end })
+            end)
+            assert.has_error(function()
+                sm2:import(tmp .. "/p.tar", { async = true, progress = function() end })
+            end)
+        end)
+    end)
+
+    ---------------------------------------------------------------------
     describe("refuses", function()
         it("misuse: unknown options, wrong types, closed files raise", function()
             assert.has_error(function() sm:export(s2.id, tmp .. "/x", { compres = "zstd" }) end)
