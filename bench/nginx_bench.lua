@@ -17,7 +17,8 @@
 -- B. Latency of a trivial endpoint (2 workers, wrk at a moderate rate)
 --    (a) idle, (b) while a copy-mode snapshot of a 1 GiB log and its
 --    verify run as jobs (async + takhin.ngx.wait) in the same nginx,
---    (c) the same through the synchronous calls.
+--    (c) the same through the synchronous calls, (d) the same in a Lua 5.4
+--    process of its own (info: the machine's share of the cost).
 --
 -- bench/README.md ("nginx bench") says how each number is taken.  Targets
 -- are reported PASS/MISS, never fatal; the script exits 1 only when
