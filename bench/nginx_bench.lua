@@ -530,6 +530,11 @@ local function wrk_start(port, path, opts)
     local pid = tonumber(C.capture("sh -c " .. q(cmd) .. " </dev/null >" .. q(base .. ".out") .. " 2>&1 & echo $!")
                          :match("%d+"))
     assert(pid, "wrk did not start")
+    -- a watchdog, as for nginx: should this script die, wrk stops too
+    local me, wp = format("%d", MYPID), format("%d", pid)
+    C.sh("sh -c " .. q("while kill -0 " .. me .. " && kill -0 " .. wp .. "; do sleep 1; done; "
+         .. "grep -qF " .. q(base) .. " /proc/" .. wp .. "/cmdline && kill -INT " .. wp)
+         .. " </dev/null >/dev/null 2>&1 &")
     local w = { pid = pid, out = base .. ".out", t0 = now() }
     wrks[#wrks + 1] = w
     return w
