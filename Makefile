@@ -169,6 +169,7 @@ bench: deps
 	@$(SPEC_ENV) $(LUA) bench/follow_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/kafka_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/transfer_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/nginx_bench.lua
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -47,6 +47,7 @@ local MAX_SEG = 64 * 1024 * 1024             -- takhin's default max_segment_siz
 local PER_SEG = MAX_SEG // FRAMED            -- records in a sealed segment
 local BATCH   = math.max(1, (1024 * 1024) // FRAMED)   -- ~1 MiB per append_batch
 local GIB     = 1024 * 1024 * 1024
+local NCPU    = tonumber((C.capture("nproc 2>/dev/null"):match("%d+"))) or 1
 
 assert(FRAMED <= 16 * 1024 * 1024, "BENCH_SNAP_VALUE: a record must fit max_record_size (16 MiB)")
 
@@ -323,9 +324,11 @@ local function main()
         rcopyf = { name = "restore(copy) / cp -a+fsync", info = true, bytes_a = bytesA, bytes_b = bytesA },
         rlink  = { name = "restore(link) / cp -a", target = 0.8, bytes_a = bytesA, bytes_b = bytesA },
         verify = { name = "verify / cat >/dev/null", target = 0.5, bytes_a = bytesA, bytes_b = bytesA },
+        vthreads = { name = format("verify: %d threads / 1 thread", NCPU), info = true,
+                     bytes_a = bytesA, bytes_b = bytesA },
     }
     local results = { rows.create, rows.scale, rows.ccopy, rows.ccopyf, rows.rcopy, rows.rcopyf,
-                      rows.rlink, rows.verify }
+                      rows.rlink, rows.verify, rows.vthreads }
 
     -- 1. link-mode create vs cp -a ----------------------------------------
     run_pair(rows.create, tk_create(smA, logA, SEALED_A), cp_a(dirA), speedup)
@@ -368,6 +371,19 @@ local function main()
                  sh(cat_cmd)
                  return now() - t0
              end, speedup)
+
+    -- 6. verify with one thread per CPU (threads unset) vs threads = 1 ---------
+    local function tk_verify(opts)
+        return function()
+            collectgarbage()
+            local t0 = now()
+            local okv, msg, code = smA:verify(snap.id, opts)
+            local t = now() - t0
+            check("verify", okv, msg, code)
+            return t
+        end
+    end
+    run_pair(rows.vthreads, tk_verify(nil), tk_verify({ threads = 1 }), speedup)
     check("delete", smA:delete(snap.id))
     local elapsed = now() - t_start
 
@@ -412,6 +428,9 @@ local function main()
           .. "~1 ms of sh + exec; between runs the output is deleted and `sync` runs, untimed")
     print("cp -a+fsync rows (info, no target): cp -a, then `sync COPY COPY/*` fsyncs every "
           .. "copied file and the directory, as takhin does")
+    print(format("verify threads row (info): sm:verify with threads unset (one per CPU: %d) against "
+                 .. "threads = 1, same snapshot (%d segments); at most %dx expected", NCPU,
+                 #seg_files(dirA) // 3, NCPU))
     for _, e in ipairs(errors) do print("ERROR " .. e) end
     print(format("summary: %d/%d targets met%s%s%s (%.1f s)", met, total,
                  #missed > 0 and "; MISS: " or "", concat(missed, "; "),

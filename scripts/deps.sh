@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages takhin needs to build, test and bench.
 # As root, missing packages are installed; otherwise the command is printed.
-PKGS="build-essential lua5.4 liblua5.4-dev lua-busted lua-cjson lua-sql-sqlite3 libjansson-dev nginx libnginx-mod-http-lua libluajit2-5.1-dev luajit2 lua-resty-core curl redis-server lua-socket librdkafka-dev kcat libzstd-dev zstd tar age restic prometheus"
+PKGS="build-essential lua5.4 liblua5.4-dev lua-busted lua-cjson lua-sql-sqlite3 libjansson-dev nginx libnginx-mod-http-lua libluajit2-5.1-dev luajit2 lua-resty-core curl redis-server lua-socket librdkafka-dev kcat libzstd-dev zstd tar age restic prometheus wrk strace"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
