@@ -1245,11 +1245,24 @@ static int l_sm_latest(lua_State *L) {
     return 1;
 }
 
+static const char *const delete_opt_names[] = { "async", NULL };
+
+/* delete(id [, { async = true }]) -> true (or a takhin.Job) */
 static int l_sm_delete(lua_State *L) {
     lua_sm *u = check_sm(L, 1);
     const char *id = check_cstring(L, 2);
     tk_err e;
     if (!id) return push_invalid(L, "delete: id contains a NUL byte");
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        check_field_names(L, 3, "delete", delete_opt_names);
+        if (field_async(L, 3)) {
+            lua_job *j = new_job(L, 1, NULL, 0);
+            if (tk_snap_delete_async(u->mgr, id, &j->job, &e) != TK_OK) return push_error(L, &e);
+            return 1;
+        }
+    }
     if (tk_snap_delete(u->mgr, id, &e) != TK_OK) return push_error(L, &e);
     lua_pushboolean(L, 1);
     return 1;

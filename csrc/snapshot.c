@@ -1716,6 +1716,27 @@ static tk_code cleanup_job(tk_job *job, void *arg, tk_err *err) {
     return rc;
 }
 
+static tk_code delete_job(tk_job *job, void *arg, tk_err *err) {
+    cleaning *c = arg;
+    if (tk_job_canceled(job)) return tk_fail(err, TK_CANCELED, "delete %s: canceled", c->ids[0]);
+    return tk_snap_delete(c->m, c->ids[0], err);
+}
+
+tk_code tk_snap_delete_async(tk_snapmgr *m, const char *id, tk_job **job, tk_err *err) {
+    cleaning *c;
+    tk_code rc = tk_snap_check_id(id, err);
+    *job = NULL;
+    if (rc != TK_OK) return rc;
+    if (!(c = tk_calloc(1, sizeof *c)) || !(c->ids = tk_calloc(1, sizeof *c->ids)) ||
+        !(c->ids[0] = tk_strdup(id))) {
+        free_cleaning(c);
+        return tk_fail(err, TK_NOMEM, "delete %s: out of memory", id);
+    }
+    c->m = m;
+    c->nids = 1;
+    return tk_job_start(m->jobs, "delete", delete_job, c, free_cleaning, job, err);
+}
+
 tk_code tk_snap_cleanup_async(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
                               tk_job **job, tk_err *err) {
     cleaning *c = tk_calloc(1, sizeof *c);

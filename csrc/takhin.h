@@ -547,6 +547,7 @@ TK_API tk_code tk_snap_export_async(tk_snapmgr *mgr, const char *id, int fd, con
                                     const tk_export_opts *opts, tk_job **job, tk_err *err);
 TK_API tk_code tk_snap_import_async(tk_snapmgr *mgr, int fd, const char *path,
                                     const tk_import_opts *opts, tk_job **job, tk_err *err);
+TK_API tk_code tk_snap_delete_async(tk_snapmgr *mgr, const char *id, tk_job **job, tk_err *err);
 TK_API tk_code tk_snap_delete_many_async(tk_snapmgr *mgr, const char *const *ids, size_t n,
                                          tk_job **job, tk_err *err);
 
