@@ -51,8 +51,8 @@ help:
 	@echo "make demo       run examples/quickstart.lua"
 	@echo "make openresty-demo [PORT=8080]  start examples/openresty in nginx on 127.0.0.1:PORT (prefix $(OPENRESTY_DEMO_DIR)); prints what to try"
 	@echo "make openresty-demo-stop         stop it (SIGQUIT to its pid)"
-	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR too): Lua module, bin/takhin, takhin.h, libtakhin.a"
-	@echo "make clean      remove build outputs"
+	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR too): Lua module, bin/takhin, takhin.h, libtakhin.a, takhin.pc"
+	@echo "make clean      remove build outputs (also what luarocks make leaves in the checkout)"
 
 # ---------------------------------------------------------------- build
 
@@ -196,8 +196,10 @@ openresty-demo-stop:
 # make install [PREFIX=/usr/local] [DESTDIR=/staging/root]: the C module in
 # lib/lua/5.4/takhin/core.so, the Lua modules in share/lua/5.4/takhin/ (the
 # command's own in takhin/cli/), the command in bin/, the C header and static
-# library in include/ and lib/.
+# library in include/ and lib/, and lib/pkgconfig/takhin.pc (from
+# takhin.pc.in) for C programs: `pkg-config --cflags --libs takhin`.
 PREFIX      ?= /usr/local
+VERSION     := $(shell sed -n 's/^\#define TAKHIN_VERSION "\(.*\)"/\1/p' csrc/takhin.h)
 LUA_VERSION ?= 5.4
 INSTALL     ?= install
 INST_CMOD    = $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/takhin
@@ -206,7 +208,7 @@ INST_LMOD    = $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VERSION)/takhin
 .PHONY: install
 install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(if $(HAVE_RDKAFKA),$(BUILD)/takhin/kafka.so)
 	$(INSTALL) -d $(INST_CMOD) $(INST_LMOD) $(INST_LMOD)/cli $(DESTDIR)$(PREFIX)/bin \
-	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib
+	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	$(INSTALL) -m 755 $(BUILD)/takhin/core.so $(INST_CMOD)/core.so
 	$(if $(HAVE_RDKAFKA),$(INSTALL) -m 755 $(BUILD)/takhin/kafka.so $(INST_CMOD)/kafka.so)
 	$(INSTALL) -m 644 lua/takhin/*.lua $(INST_LMOD)/
@@ -214,9 +216,17 @@ install: $(BUILD)/takhin/core.so $(BUILD)/libtakhin.a $(if $(HAVE_RDKAFKA),$(BUI
 	$(INSTALL) -m 755 bin/takhin $(DESTDIR)$(PREFIX)/bin/takhin
 	$(INSTALL) -m 644 csrc/takhin.h $(DESTDIR)$(PREFIX)/include/takhin.h
 	$(INSTALL) -m 644 $(BUILD)/libtakhin.a $(DESTDIR)$(PREFIX)/lib/libtakhin.a
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' takhin.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/takhin.pc
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/pkgconfig/takhin.pc
 
+# `luarocks make` (builtin backend) compiles in the checkout: objects next
+# to the sources and the module as takhin/core.so, which Lua's default
+# ./?.so would load in place of build/'s.  clean removes those too.
 clean:
 	rm -rf build build-fault build-asan build-asan-fault build-tsan build-fuzz
+	rm -f csrc/*.o csrc/kafka/*.o takhin/core.so
+	rmdir takhin 2>/dev/null || true
 
 # ---------------------------------------------------------------- fuzzing
 

@@ -1,15 +1,22 @@
--- takhin from a checkout:
---     luarocks --lua-version=5.4 make takhin-scm-1.rockspec
+-- takhin from a checkout, as root (or add --local, or --tree=DIR):
+--     luarocks --lua-version=5.4 make
 -- builds the C core (takhin.core) with the builtin backend and installs the
--- Lua modules and the `takhin` command.  `make` (the Makefile) is the
--- development build; both compile the same sources.
+-- Lua modules and the `takhin` command.  --lua-version=5.4 is needed where
+-- LuaRocks defaults to another Lua (Debian's luarocks defaults to 5.1): the
+-- rock is for Lua 5.4 only (dependencies below), and without it the build
+-- would fail against the 5.1 headers.  LuaJIT (OpenResty) builds the same
+-- sources with `make luajit`; this rockspec does not cover it.  `make` (the
+-- Makefile) is the development build; both compile the same sources.
+--
+-- The builtin backend compiles in the checkout: it leaves csrc/*.o and
+-- takhin/core.so there (`make clean` removes them).
 --
 -- Compiler flags: the builtin backend compiles with LuaRocks' CFLAGS
 -- (`-O2 -fPIC` by default) plus the defines and incdirs below; a rockspec
 -- cannot add other flags.  The sources are C11 with _GNU_SOURCE and build
 -- under GCC's and Clang's default (gnu17); for the Makefile's strict
 -- standard, pass it on the command line:
---     luarocks make takhin-scm-1.rockspec CFLAGS="-O2 -fPIC -std=c11"
+--     luarocks --lua-version=5.4 make CFLAGS="-O2 -fPIC -std=c11"
 rockspec_format = "3.0"
 package = "takhin"
 version = "scm-1"
@@ -34,8 +41,10 @@ Lua 5.4 or LuaJIT.  Includes the `takhin` command-line tool.
     labels = { "log", "kafka", "storage", "snapshot" },
 }
 
+-- The binding builds for the Lua 5.4 C API and for LuaJIT's (see above),
+-- not for PUC Lua 5.1 to 5.3.
 dependencies = {
-    "lua >= 5.1",
+    "lua >= 5.4, < 5.5",
 }
 
 external_dependencies = {

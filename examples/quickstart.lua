@@ -27,8 +27,8 @@ for i = 1001, 2000 do
     batch[#batch + 1] = { key = "order-" .. i, value = ('{"id":%d}'):format(i) }
 end
 local first, last = check(log:append_batch(batch))
-print(("appended 1000 single records and a batch of %d (offsets %d..%d)"):format(
-    #batch, first, last))
+print(("appended 1000 single records and a batch of %d (offsets [%d, %d))"):format(
+    #batch, first, last + 1))
 print(tostring(log))
 
 -- 3. Read by offset, iterate a range, look up by time.
@@ -63,8 +63,8 @@ print(("next append gets offset %d"):format(check(log:append(nil, "after recover
 -- 6. Snapshot, keep appending, restore the snapshot elsewhere, verify.
 local sm = check(takhin.snapshot_manager(dir))
 local snap = check(sm:create(log, { label = "demo" }))
-print(("snapshot %s: offsets %d..%d in %d segments (%d bytes)"):format(
-    snap.id, snap.base_offset, snap.high_water_mark - 1, snap.num_segments, snap.total_size))
+print(("snapshot %s: offsets [%d, %d) in %d segments (%d bytes)"):format(
+    snap.id, snap.base_offset, snap.high_water_mark, snap.num_segments, snap.total_size))
 for i = 1, 500 do check(log:append("late-" .. i, "after the snapshot")) end
 check(sm:verify(snap.id))
 check(sm:restore(snap.id, tmp .. "/restored"))

@@ -21,8 +21,8 @@ print(("Appended 100 messages, high water mark: %d"):format(log:high_water_mark(
 -- NewSnapshotManager + CreateSnapshot
 local sm = must(takhin.snapshot_manager(log_dir))
 local snap = must(sm:create(log))
-print(("Created snapshot %s: offsets %d..%d, %d segments, %d bytes"):format(
-    snap.id, snap.base_offset, snap.high_water_mark - 1, snap.num_segments, snap.total_size))
+print(("Created snapshot %s: offsets [%d, %d), %d segments, %d bytes"):format(
+    snap.id, snap.base_offset, snap.high_water_mark, snap.num_segments, snap.total_size))
 
 -- ListSnapshots
 for _, s in ipairs(must(sm:list())) do

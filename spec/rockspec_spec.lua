@@ -1,8 +1,9 @@
--- takhin-scm-1.rockspec: `luarocks make` builds and installs takhin into a
--- private tree, offline, and what it installs works in a fresh lua5.4
--- process (the module, the C core, the `takhin` command).  The build runs
--- in a copy of the checkout: the builtin backend leaves its objects next
--- to the sources.
+-- takhin-scm-1.rockspec: `luarocks --lua-version=5.4 make` (README.md's
+-- line) builds and installs takhin into a private tree, offline, and what
+-- it installs works in a fresh lua5.4 process (the module, the C core, the
+-- `takhin` command).  The build runs in a copy of the checkout: the builtin
+-- backend leaves its objects next to the sources, and `make clean` removes
+-- them.
 
 local util = require("helpers.util")
 
@@ -64,6 +65,10 @@ describe("the rockspec", function()
         assert.are.same({ "jansson", "zstd", "pthread" }, core.libraries)
     end)
 
+    it("asks for the Lua it builds for: 5.4 (LuaJIT builds with make luajit)", function()
+        assert.are.same({ "lua >= 5.4, < 5.5" }, load_rockspec().dependencies)
+    end)
+
     it("installs every Lua module under lua/takhin and the takhin command", function()
         local spec = load_rockspec()
         local files = {}
@@ -89,16 +94,25 @@ describe("the rockspec", function()
                 return
             end
             local src, tree = tmp .. "/src", tmp .. "/tree"
-            assert(util.sh(("%s sh -c %s"):format(TOOL, q(("mkdir -p %s && cd %s && cp -a csrc lua bin %s %s/"):format(
+            assert(util.sh(("%s sh -c %s"):format(TOOL, q(("mkdir -p %s && cd %s && cp -a csrc lua bin Makefile %s %s/"):format(
                 q(src), q(ROOT), ROCKSPEC, q(src))))))
             -- HOME: nothing of the user's LuaRocks state is read or written.
             local out = util.capture(("cd %s && %s HOME=%s luarocks --lua-version=5.4 make --deps-mode=none " ..
                 "--tree=%s %s 2>&1; echo \"exit=$?\""):format(q(src), TOOL, q(tmp), q(tree), ROCKSPEC))
             assert.truthy(out:find("exit=0\n", 1, true), out)
             assert.truthy(out:find("-D_GNU_SOURCE", 1, true), out)
+            assert.truthy(out:find("-I/usr/include/lua5.4", 1, true), out)
             for _, f in ipairs({ "lib/lua/5.4/takhin/core.so", "bin/takhin" }) do
                 assert.truthy(util.exists(tree .. "/" .. f), f)
             end
+            -- what the builtin backend leaves in the checkout, make clean removes
+            assert.truthy(util.exists(src .. "/takhin/core.so"))
+            assert.truthy(util.exists(src .. "/csrc/log.o"))
+            out = util.capture(("cd %s && %s make --no-print-directory clean 2>&1; echo \"exit=$?\""):format(
+                q(src), TOOL))
+            assert.truthy(out:find("exit=0\n", 1, true), out)
+            assert.is_false(util.exists(src .. "/takhin"))
+            assert.are.same({}, util.ls_suffix(src .. "/csrc", ".o"))
             for _, f in ipairs(lua_files("lua")) do
                 assert.truthy(util.exists(tree .. "/share/lua/5.4/" .. f:sub(5)), f)
             end
@@ -137,6 +151,17 @@ io.write("ok ", takhin.version, "\n")
     end)
 end)
 
+-- A `luarocks make` run in the checkout leaves takhin/core.so there, which
+-- Lua's default ./?.so would load, silently, wherever build/ has none.
+describe("the module the specs load", function()
+    it("is the build's, and no stray takhin/core.so is in the checkout (make clean removes it)", function()
+        assert.is_false(util.exists(ROOT .. "/takhin/core.so"))
+        local build = os.getenv("TAKHIN_BUILD") or "build"
+        local found = package.searchpath("takhin.core", package.cpath)
+        assert.are.equal(build .. "/takhin/core.so", found)
+    end)
+end)
+
 -- The Makefile's install target, into a staging directory (DESTDIR).
 describe("make install", function()
     local tmp
@@ -151,12 +176,19 @@ describe("make install", function()
             "echo \"exit=$?\""):format(q(ROOT), q(build), q(stage), prefix))
         assert.truthy(out:find("exit=0\n", 1, true), out)
         local root = stage .. prefix
-        local want = { "lib/lua/5.4/takhin/core.so", "bin/takhin", "include/takhin.h", "lib/libtakhin.a" }
+        local want = { "lib/lua/5.4/takhin/core.so", "bin/takhin", "include/takhin.h", "lib/libtakhin.a",
+                       "lib/pkgconfig/takhin.pc" }
         for _, f in ipairs(lua_files("lua")) do
             want[#want + 1] = "share/lua/5.4/" .. f:sub(5)       -- lua/takhin/cli/log.lua ...
         end
         for _, f in ipairs(want) do assert.truthy(util.exists(root .. "/" .. f), f) end
         assert.truthy(util.sh("test -x " .. q(root .. "/bin/takhin")))
+        -- pkg-config's paths are PREFIX's, not DESTDIR's; the version is takhin.h's
+        local pc = util.read_file(root .. "/lib/pkgconfig/takhin.pc")
+        assert.truthy(pc:find("\nprefix=" .. prefix .. "\n", 1, true), pc)
+        assert.truthy(pc:find("\nLibs: -L${libdir} -ltakhin -ljansson -lzstd -lpthread\n", 1, true), pc)
+        local version = util.read_file(ROOT .. "/csrc/takhin.h"):match('#define TAKHIN_VERSION "([^"]+)"')
+        assert.truthy(pc:find("\nVersion: " .. version .. "\n", 1, true), pc)
         -- the installed command finds the modules under its prefix
         out = util.capture(("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 " ..
             "%s append --create --json %s hello 2>&1; echo \"exit=$?\""):format(q(root .. "/bin/takhin"), q(tmp .. "/log")))

@@ -15,6 +15,7 @@ local M = {
     snapshot_manager = core.snapshot_manager,
     check_snapshot_id = core.check_snapshot_id,
     crc32c = core.crc32c,
+    crc32c_hw = core.crc32c_hw,         -- true: CRC32C runs on the CPU's instruction
     duration = duration,
     policy = policy,
     scheduler = scheduler,
