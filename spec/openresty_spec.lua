@@ -549,6 +549,9 @@ describe("takhin in nginx (OpenResty style)", function()
         status, body = http(port, "POST", "/restore?id=..%2Fx&target=r0")
         assert.are.equal(400, status, body)
         assert.are.equal("INVALID", cjson.decode(body).code)
+        status, body = http(port, "POST", "/restore?id=" .. api_snaps[1].id)
+        assert.are.equal(400, status, body)
+        assert.truthy(body:find("query argument 'target' is required", 1, true), body)
 
         -- A restore through the server, of a snapshot taken during the load
         -- when there is one.

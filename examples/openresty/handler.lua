@@ -414,7 +414,8 @@ function M.restore()
     local id, target = arg(args, "id"), arg(args, "target")
     if id == false or target == false then return end
     if not id or id == "" then return fail("INVALID", "query argument 'id' is required") end
-    if not target or not target:match("^[%w_][%w_.%-]*$") or #target > 63 then
+    if not target or target == "" then return fail("INVALID", "query argument 'target' is required") end
+    if not target:match("^[%w_][%w_.%-]*$") or #target > 63 then
         return fail("INVALID", fmt("target must be a name of letters, digits, '-', '_', '.' "
                                    .. "(at most 63 bytes), not '%s'", tostring(target)))
     end
