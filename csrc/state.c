@@ -230,10 +230,30 @@ void tk_state_close(tk_state *st) {
 /* The lock                                                             */
 /* ------------------------------------------------------------------ */
 
+/* The wait for the lock is in slices of 50 ms: a robust mutex can lose a
+ * wake-up.  An unlock wakes waiter B; before B runs, writer A takes the
+ * free lock on the fast path (which does not mark it contended); B is
+ * killed; the kernel, seeing the lock held, wakes nobody for B; A's unlock
+ * then sees no waiter and wakes nobody either, and waiter C sleeps on a
+ * free lock for as long as nobody else comes.  A waiter whose slice ends
+ * simply tries again.  (A fast lock costs nothing more: the slices only
+ * start when the lock is held.) */
+static int lock_slices(pthread_mutex_t *mu) {
+    int rc = pthread_mutex_trylock(mu);
+    while (rc == EBUSY || rc == ETIMEDOUT || rc == EINTR) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += 50 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+        rc = pthread_mutex_clocklock(mu, CLOCK_MONOTONIC, &until);
+    }
+    return rc;
+}
+
 tk_code tk_state_lock(tk_state *st, const char *dir, int *repair, tk_err *err) {
     int rc;
     *repair = 0;
-    while ((rc = pthread_mutex_lock(&st->sh->mu)) == EINTR) {}
+    rc = lock_slices(&st->sh->mu);
     if (rc == EOWNERDEAD) {
         *repair = 1;                    /* a holder died: caller repairs */
         return TK_OK;
