@@ -162,9 +162,17 @@ soak: deps
 	@$(MAKE) --no-print-directory all
 	@$(SPEC_ENV) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_DIR='$(SOAK_DIR)' $(LUA) soak/soak.lua
 
+# The C programs the benches run (bench/*.c), linked as the C tests are.
+BENCH_PROGS = $(BUILD)/bench/group_commit
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libtakhin.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Icsrc $< $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
+
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(BENCH_PROGS)
 	@$(SPEC_ENV) $(LUA) bench/log_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/append_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/snapshot_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/follow_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/kafka_bench.lua

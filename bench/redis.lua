@@ -60,11 +60,11 @@ end
 resp.read_reply = read_reply
 -- One command in RESP: an array of bulk strings.
 function resp.encode(...)
-    local n = select("#", ...)
+    local args, n = { ... }, select("#", ...)
     local parts = { "*" .. n .. "\r\n" }
     for i = 1, n do
-        local a = tostring((select(i, ...)))
-        parts[#parts + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+        local a = tostring(args[i])
+        parts[i + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
     end
     return table.concat(parts)
 end
