@@ -32,6 +32,7 @@
 --   BENCH_VALUE         value bytes (100); keys are 10 bytes ("key0000042")
 --   BENCH_REPS          repetitions of each pair (5)
 --   BENCH_VERBOSE       1: print every repetition
+--   BENCH_ONLY          run only the rows whose name contains this text
 
 local format, concat, pack = string.format, table.concat, string.pack
 
@@ -49,6 +50,7 @@ local BATCH   = env_int("BENCH_BATCH", 1000)
 local VSIZE   = env_int("BENCH_VALUE", 100, 0)
 local REPS    = env_int("BENCH_REPS", 5)
 local VERBOSE = os.getenv("BENCH_VERBOSE") == "1"
+local ONLY = os.getenv("BENCH_ONLY") or ""
 local POOL, KEYLEN = 1024, 10
 local FRAMED = 34 + KEYLEN + VSIZE
 local THREADS = 4                               -- the group-commit rows
@@ -127,13 +129,16 @@ local function fmt_rate(r)
 end
 
 local rows = {}
-local function add_pair(name, target, fa, fb, note)
-    local row = { name = name, target = target, note = note }
+local per_fsync = {}        -- appends per fdatasync of each sync = "always" run, by side
+local function add_pair(name, target, fa, fb)
+    if not name:find(ONLY, 1, true) then return end
+    local row = { name = name, target = target }
     C.run_pair(row, REPS, fa, fb, function(a, b) return a / b end, VERBOSE and fmt_rate or nil)
     rows[#rows + 1] = row
     return row
 end
 local function skip_row(name, target, why)
+    if not name:find(ONLY, 1, true) then return end
     rows[#rows + 1] = { name = name, target = target, skipped = why }
 end
 
@@ -423,7 +428,6 @@ local function main()
     end
 
     -- 4., 5., 6. sync = "always"
-    local per_fsync = {}
     local function note_fsyncs(tag, r, a, f)
         per_fsync[tag] = per_fsync[tag] or {}
         per_fsync[tag][#per_fsync[tag] + 1] = a / math.max(f, 1)
@@ -488,8 +492,10 @@ local function main()
         local m = per_fsync[tag] and C.median(per_fsync[tag])
         return m and format("%.1f", m) or "-"
     end
-    print(format("sync = \"always\": appends per fdatasync (median): 4 threads %s, 1 thread %s, "
-                 .. "4 procs %s, 1 proc %s", apf("threads"), apf("thread"), apf("procs"), apf("proc")))
+    if next(per_fsync) then
+        print(format("sync = \"always\": appends per fdatasync (median): 4 threads %s, 1 thread %s, "
+                     .. "4 procs %s, 1 proc %s", apf("threads"), apf("thread"), apf("procs"), apf("proc")))
+    end
     print("processes: started and opened untimed, released together at a start time on the "
           .. "monotonic clock; rate = all records / (last end - first start)")
     print(format("summary: %d/%d targets met%s%s (%.1f s)", met, total,

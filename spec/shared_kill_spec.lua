@@ -273,13 +273,13 @@ describe("a shared-mode writer killed with SIGKILL", function()
     end
 
     it("wedges no other writer and loses no acknowledged record (sync = none)", function()
-        local hwm, wedged = rounds("none", 30)
+        local hwm, wedged = rounds("none", 24)
         if wedged then return pending(ENGINE_BUG .. wedged) end
         assert.is_true(hwm > 2 * SEGMENT / 300, "the log should span several segments")
     end)
 
     it("wedges no other writer and loses no acknowledged record (sync = always: killed leading a group commit)", function()
-        local _, wedged = rounds("always", 10)
+        local _, wedged = rounds("always", 8)
         if wedged then return pending(ENGINE_BUG .. wedged) end
     end)
 end)
