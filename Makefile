@@ -17,7 +17,8 @@ ENGINE_SRC = csrc/crc32c.c csrc/error.c csrc/sys.c csrc/names.c csrc/fs.c csrc/l
 ENGINE_OBJ = $(ENGINE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 BINDING    = csrc/lua_takhin.c
 HEADERS    = $(wildcard csrc/*.h)
-C_TESTS    = $(BUILD)/tests/test_crc32c $(BUILD)/tests/test_threads $(BUILD)/tests/test_api
+C_TESTS    = $(BUILD)/tests/test_crc32c $(BUILD)/tests/test_threads $(BUILD)/tests/test_api \
+             $(BUILD)/tests/test_group_commit
 # The optional takhin.kafka module and the specs' mock cluster ("kafka"
 # below): only where librdkafka-dev is installed.
 RDKAFKA_LIBS ?= -lrdkafka
@@ -40,7 +41,7 @@ help:
 	@echo "make deps       install missing Debian packages (as root) or print the command"
 	@echo "make test       run every C test and busted spec; last line 'N passed, N failed'"
 	@echo "make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer"
-	@echo "make test-tsan  the C thread test under ThreadSanitizer"
+	@echo "make test-tsan  the C thread tests (test_threads, test_group_commit) under ThreadSanitizer"
 	@echo "make test-valgrind  the C tests and specs under valgrind memcheck ($(VG_BUILD)); ends with valgrind's verdict and 'N passed, N failed'"
 	@echo "make soak       randomized writer/kill/snapshot/restore run checked against a model (SOAK_SECONDS=$(SOAK_SECONDS), SOAK_DIR=temp); not in CI"
 	@echo "make fuzz       build the libFuzzer harnesses (clang) into $(FUZZ_BUILD)/ and run each for FUZZ_SECONDS=$(FUZZ_SECONDS); -j2 for two at once"
@@ -141,9 +142,10 @@ test-asan: deps
 	  sh scripts/run-tests.sh build-asan $(LUA)
 
 test-tsan: deps
-	@$(MAKE) --no-print-directory build-tsan/tests/test_threads BUILD=build-tsan OPT=-O1 \
-	  SAN="-fsanitize=thread"
+	@$(MAKE) --no-print-directory build-tsan/tests/test_threads build-tsan/tests/test_group_commit \
+	  BUILD=build-tsan OPT=-O1 SAN="-fsanitize=thread"
 	TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_threads
+	TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_group_commit
 
 # valgrind memcheck over the C tests, busted and every lua5.4 child the
 # specs start (scripts/valgrind-tests.sh says how); suppressions for code
@@ -162,9 +164,17 @@ soak: deps
 	@$(MAKE) --no-print-directory all
 	@$(SPEC_ENV) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_DIR='$(SOAK_DIR)' $(LUA) soak/soak.lua
 
+# The C programs the benches run (bench/*.c), linked as the C tests are.
+BENCH_PROGS = $(BUILD)/bench/group_commit
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libtakhin.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Icsrc $< $(BUILD)/libtakhin.a -o $@ $(LDLIBS_ALL)
+
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(BENCH_PROGS)
 	@$(SPEC_ENV) $(LUA) bench/log_bench.lua
+	@$(SPEC_ENV) $(LUA) bench/append_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/snapshot_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/follow_bench.lua
 	@$(SPEC_ENV) $(LUA) bench/kafka_bench.lua

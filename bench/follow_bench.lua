@@ -20,7 +20,7 @@
 -- is started by this script on 127.0.0.1 at a free port, with persistence
 -- off, and stopped through its pid at the end (also after an error); the
 -- redis rows are skipped when it is not installed.  Redis is spoken to
--- with lua-socket and the RESP protocol directly (a few lines below): no
+-- with lua-socket and the RESP protocol directly (bench/redis.lua): no
 -- client library to install, and no redis-cli process per command, which
 -- would time a fork and exec instead of Redis.
 --
@@ -56,144 +56,20 @@ if not ok_takhin then
     print("follow bench skipped: takhin is not loadable: " .. tostring(takhin):match("^[^\n]*"))
     os.exit(0)
 end
-local has_socket, socket = pcall(require, "socket")
 local has_system = pcall(require, "system")
 
--------------------------------------------------------------------------
--- RESP (Redis' protocol) over lua-socket.  The same text is loaded by the
--- child processes.
--------------------------------------------------------------------------
-
-local RESP = [=[
-local socket = require("socket")
-local resp = {}
-function resp.connect(port)
-    local c = assert(socket.tcp())
-    assert(c:connect("127.0.0.1", port))
-    c:setoption("tcp-nodelay", true)
-    return c
-end
-local function read_reply(c)
-    local line = assert(c:receive("*l"))
-    local kind, rest = line:sub(1, 1), line:sub(2)
-    if kind == "+" then return rest
-    elseif kind == "-" then error("redis: " .. rest, 0)
-    elseif kind == ":" then return tonumber(rest)
-    elseif kind == "$" then
-        local n = tonumber(rest)
-        if n < 0 then return nil end
-        return assert(c:receive(n + 2)):sub(1, n)
-    elseif kind == "*" then
-        local n = tonumber(rest)
-        if n < 0 then return nil end
-        local t = {}
-        for i = 1, n do t[i] = read_reply(c) end
-        return t
-    end
-    error("redis: unexpected reply " .. line, 0)
-end
-function resp.call(c, ...)
-    local n = select("#", ...)
-    local parts = { "*" .. n .. "\r\n" }
-    for i = 1, n do
-        local a = tostring((select(i, ...)))
-        parts[#parts + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
-    end
-    assert(c:send(table.concat(parts)))
-    return read_reply(c)
-end
-return resp
-]=]
-
-local resp = has_socket and load(RESP)() or nil
-
--------------------------------------------------------------------------
--- redis-server: started here, stopped by its pid
--------------------------------------------------------------------------
-
--- TCP ports in use (any state), from /proc/net/tcp{,6}.
-local function used_ports()
-    local used = {}
-    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-        local h = io.open(f, "r")
-        if h then
-            for hex in h:read("a"):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do used[tonumber(hex, 16)] = true end
-            h:close()
-        end
-    end
-    return used
-end
-
-local function free_port()
-    local used = used_ports()
-    local seed = proc.getpid() * 7919 + os.time()
-    for k = 1, 12000 do
-        local port = 20000 + (seed + k * 4099) % 12000
-        if not used[port] then return port end
-    end
-    error("no free TCP port between 20000 and 32000")
-end
-
+-- redis-server and RESP (Redis' protocol) over lua-socket: bench/redis.lua,
+-- shared with append_bench.lua.  Its text (Redis.RESP) is loaded by the
+-- child processes too.
+local Redis = dofile((arg[0]:match("^(.*)/") or ".") .. "/redis.lua")
+local resp, RESP = Redis.resp, Redis.RESP
 local redis = { pid = nil, port = nil, why = nil }
 
-local function redis_stop()
-    if not redis.pid then return end
-    local pid = format("%d", redis.pid)
-    C.sh("kill -TERM " .. pid .. " 2>/dev/null")
-    local gone = false
-    for _ = 1, 300 do
-        if not proc.alive(redis.pid) then gone = true break end
-        C.sleep(0.01)
-    end
-    if not gone then C.sh("kill -KILL " .. pid .. " 2>/dev/null") end
-    redis.pid = nil
+local function redis_start(dir)
+    redis = Redis.start(C, dir, { "--appendonly", "no" })
 end
 
-local function redis_start(dir)
-    local bin = C.capture("PATH=\"$PATH:/usr/sbin:/sbin\" command -v redis-server 2>/dev/null"):gsub("%s+$", "")
-    if bin == "" then redis.why = "redis-server is not installed (make deps)"; return end
-    if not has_socket then redis.why = "lua-socket is not installed (make deps)"; return end
-    for _ = 1, 5 do
-        local port = free_port()
-        local pidfile = dir .. "/redis.pid"
-        os.remove(pidfile)
-        local cmd = table.concat({
-            C.q(bin), "--bind 127.0.0.1", "--port", format("%d", port), "--save ''",
-            "--appendonly no", "--dir", C.q(dir), "--logfile", C.q(dir .. "/redis.log"),
-            "--daemonize yes", "--pidfile", C.q(pidfile),
-        }, " ")
-        if C.sh(cmd .. " </dev/null >/dev/null 2>&1") then
-            local pid
-            for _ = 1, 300 do
-                local f = io.open(pidfile, "r")
-                if f then pid = tonumber((f:read("a") or ""):match("%d+")); f:close() end
-                if pid then break end
-                C.sleep(0.01)
-            end
-            if pid then
-                redis.pid, redis.port = pid, port
-                -- a watchdog: should this script die first, it stops redis
-                -- (redis names itself "redis-server 127.0.0.1:PORT")
-                local me, p = format("%d", proc.getpid()), format("%d", pid)
-                C.sh("sh -c " .. C.q("while kill -0 " .. me .. " 2>/dev/null && kill -0 " .. p
-                     .. " 2>/dev/null; do sleep 1; done; grep -qF " .. C.q("127.0.0.1:" .. port)
-                     .. " /proc/" .. p .. "/cmdline 2>/dev/null && kill -TERM " .. p)
-                     .. " </dev/null >/dev/null 2>&1 &")
-                for _ = 1, 300 do
-                    local ok, c = pcall(resp.connect, port)
-                    if ok then
-                        local pong = resp.call(c, "PING")
-                        c:close()
-                        if pong == "PONG" then return end
-                    end
-                    C.sleep(0.01)
-                end
-                redis_stop()
-            end
-        end
-    end
-    redis.why = "redis-server did not start (see its log in the temp dir)"
-end
+local function redis_stop() Redis.stop(C, redis) end
 
 -------------------------------------------------------------------------
 -- Rows
@@ -451,11 +327,8 @@ local function main()
     end
     redis_start(TMP)
     if redis.pid then
-        local c = resp.connect(redis.port)
-        local info = resp.call(c, "INFO", "server")
-        c:close()
         print(format("  redis-server %s (pid %d, 127.0.0.1:%d, no persistence), RESP over lua-socket",
-                     info:match("redis_version:([%w%.]+)") or "?", redis.pid, redis.port))
+                     Redis.version(redis), redis.pid, redis.port))
     else
         print("  redis rows skipped: " .. tostring(redis.why))
     end
