@@ -143,9 +143,19 @@ int tk_job_canceled(const tk_job *job) {
     return job && __atomic_load_n(&job->canceled, __ATOMIC_ACQUIRE);
 }
 
+/* Several workers report (tk_parallel): each adds to a shared count, then
+ * stores what it got, and a slower one may store an older count -- so
+ * done only ever moves forward (a new total starts a new count). */
 void tk_job_set_progress(tk_job *job, uint64_t done, uint64_t total) {
-    __atomic_store_n(&job->ptotal, total, __ATOMIC_RELAXED);
-    __atomic_store_n(&job->pdone, done, __ATOMIC_RELAXED);
+    uint64_t old;
+    if (__atomic_load_n(&job->ptotal, __ATOMIC_RELAXED) != total) {
+        __atomic_store_n(&job->ptotal, total, __ATOMIC_RELAXED);
+        __atomic_store_n(&job->pdone, done, __ATOMIC_RELAXED);
+        return;
+    }
+    old = __atomic_load_n(&job->pdone, __ATOMIC_RELAXED);
+    while (done > old && !__atomic_compare_exchange_n(&job->pdone, &old, done, 1,
+                                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
 }
 
 void tk_job_set_snapshot(tk_job *job, const tk_snapshot *snap, const char *path) {
