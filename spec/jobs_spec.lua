@@ -608,6 +608,15 @@ describe("an async job", function()
     describe("life", function()
         local N = 4096                  -- about 16 MB: jobs run a little while
 
+        -- Starts a job with start() and keeps it only in a weak table:
+        -- once this returns, nothing references it.  Returns whether it
+        -- was still running then.
+        local function start_and_drop(weak, start)
+            local job = ok(start())
+            weak[#weak + 1] = job
+            return not job:done()
+        end
+
         it("a running job whose references are dropped is canceled and joined when collected", function()
             local log = open(dir)
             fill(log, 0, N)
@@ -618,9 +627,12 @@ describe("an async job", function()
                 function() return sm:verify(snap.id, { async = true }) end,
                 function() return sm:restore(snap.id, tmp .. "/r", { async = true }) end,
             }
+            local running = 0
             for _, start in ipairs(starts) do
-                ok(start())                     -- and forgotten
+                local weak = setmetatable({}, { __mode = "v" })
+                if start_and_drop(weak, start) then running = running + 1 end
                 collectgarbage(); collectgarbage()
+                assert.is_nil(weak[1], "the job was not collected")
                 assert.are.same({}, snapshot_leftovers(sm))
                 -- A restore that finished first left the whole log.
                 if util.exists(tmp .. "/r") then
@@ -629,6 +641,7 @@ describe("an async job", function()
                 end
                 assert.are.same({ "log" }, util.ls(tmp))
             end
+            print(("\n# jobs: %d of 3 jobs were still running when dropped and collected"):format(running))
             -- Whatever the collected create did, what is listed verifies.
             for _, s in ipairs(ok(sm:list())) do assert.is_true(ok(sm:verify(s.id))) end
             local s = ok(ok(sm:create(log, { async = true })):wait())
@@ -639,13 +652,16 @@ describe("an async job", function()
         end)
 
         it("a job collected with its manager and its log releases the log", function()
-            do
+            local weak = setmetatable({}, { __mode = "v" })
+            start_and_drop(weak, function()
                 local log = open(dir)
                 fill(log, 0, N)
                 local sm = manager(dir, { mode = "copy" })
-                ok(sm:create(log, { async = true }))
-            end
+                weak.log, weak.sm = log, sm
+                return sm:create(log, { async = true })
+            end)
             collectgarbage(); collectgarbage(); collectgarbage()
+            assert.is_nil(next(weak), "the job, its manager or its log was not collected")
             -- The log was closed (a new writer gets its lock) and nothing is
             -- half-made.
             local log = open(dir)
