@@ -203,6 +203,10 @@ describe("an async job", function()
                 -- wait again: the same snapshot
                 assert.are.same(async, ok(job:wait()))
                 assert.is_true(ok(sm:verify(async.id)))
+                -- Refused before any job starts: the same TOO_SOON.
+                local s = pack(sm:create(log, { min_interval = "1h" }))
+                assert.fails_with("TOO_SOON", s[1], s[2], s[3])
+                assert.are.same(s, pack(sm:create(log, { min_interval = "1h", async = true })))
                 sm:close()
             end
             log:close()
