@@ -46,6 +46,11 @@
  * and reopen nothing changed, and every snapshot still verifies after the
  * reopened writer appended (hard links are never written through).
  *
+ * Phase 3, background jobs on another log: threads start async create,
+ * verify and restore on shared managers, cancel some at random moments and
+ * free some while they run, while other threads append; a manager is
+ * closed under its running jobs (see "Phase 3" below for what is checked).
+ *
  * Output is TAP; the exit status is non-zero when any test fails.  A
  * watchdog (TK_TEST_TIMEOUT seconds, default 300) turns a hang into a
  * "Bail out!" rather than a stuck CI job.
@@ -1598,6 +1603,753 @@ static void run_concurrent(void) {
        "some deleted)", budget_out ? 2 : MIN_SNAPS, MIN_RESTORES);
 }
 
+/* ------------------------------------------------------------------ */
+/* Phase 3: background jobs                                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A second log, in a directory of its own, grows under J_APPENDERS threads
+ * (records as in phase 1) while J_STARTERS threads start background jobs on
+ * two managers they all share: one in link mode on the log's default
+ * snapshot directory, one in copy mode on a directory of its own.  Each
+ * round starts an async create, verify or restore, with 1 to 3 threads,
+ * and then either waits for it, cancels it at a random moment (at once;
+ * from another thread after a random pause, while this one waits; or once
+ * its progress passes a random fraction) and waits, or frees it while it
+ * runs (tk_job_free cancels and joins).
+ * The appenders wait at J_GATES points for jobs to have started, so the
+ * jobs run while the log grows whatever the relative speeds.
+ *
+ * Checked: a create's snapshot holds the log between the marks read
+ * around tk_snap_create_async (the cut is taken before it returns) and is
+ * listed; a restore holds exactly the live log's records below its hwm; a
+ * verify passes; a job that was not canceled succeeds, one that was ends
+ * OK or CANCELED and then leaves no snapshot, no restore target and no
+ * temporary directory; the progress of a job on one thread never goes
+ * back, never passes its total and ends at it.  Then main closes a third
+ * manager while its jobs run (tk_snapmgr_close cancels and joins them:
+ * each is done when it returns), and, once the appenders are done, checks
+ * the log, every listed snapshot, an async cleanup's count, and that
+ * nothing is left half-made.
+ */
+
+#define J_APPENDERS   2
+#define J_PER_THREAD  1500
+#define J_TOTAL       (J_APPENDERS * J_PER_THREAD)
+#define J_SEGMENT     (16u * 1024u)     /* a few dozen files per snapshot */
+#define J_STARTERS    3
+#define J_ROUNDS      30                /* jobs each starter starts */
+#define J_GATES       16
+#define J_MAX_SNAPS   (J_STARTERS * J_ROUNDS + 8)
+
+enum { JK_APPEND, JK_CREATE, JK_VERIFY, JK_RESTORE, JK_CANCEL, JK_PROGRESS,
+       JK_CLOSE, JK_COUNT };
+
+static struct check jchecks[JK_COUNT];
+
+__attribute__((format(printf, 2, 3)))
+static void jfail(int ck, const char *fmt, ...) {
+    if (atomic_fetch_add(&jchecks[ck].fails, 1) == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(jchecks[ck].first, sizeof jchecks[ck].first, fmt, ap);
+        va_end(ap);
+    }
+}
+
+static void jran(int ck) {
+    atomic_fetch_add_explicit(&jchecks[ck].runs, 1, memory_order_relaxed);
+}
+
+static void jreport(int ck, const char *what) {
+    long f = atomic_load(&jchecks[ck].fails), r = atomic_load(&jchecks[ck].runs);
+    ok(f == 0, "%s (%ld checks, %ld failed)", what, r, f);
+    if (f)
+        diag(jchecks[ck].first);
+}
+
+static tk_log *j_log;
+static tk_snapmgr *j_link, *j_copy;     /* shared by every starter */
+static char j_root[64], j_dir[96], j_copy_dir[96], j_close_dir[96], j_restores[96];
+static atomic_int j_started;            /* jobs started, for the appenders' gates */
+static atomic_int j_gates_open;
+
+/* Snapshots the jobs created (and waited for), for the others to use. */
+static struct j_snap {
+    char id[TK_SNAP_ID_MAX];
+    int64_t hwm;
+    int copy;                           /* made by j_copy */
+} j_snaps[J_MAX_SNAPS];
+static int j_nsnaps;
+static pthread_mutex_t j_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static atomic_long j_creates, j_verifies, j_restores_ok, j_canceled, j_cancel_asked,
+    j_freed, j_freed_running, j_progress_watched;
+static atomic_long j_freed_creates[2];  /* by manager: 0 link, 1 copy */
+
+static void j_register(const tk_snapshot *sn, int copy) {
+    pthread_mutex_lock(&j_mu);
+    if (j_nsnaps < J_MAX_SNAPS) {
+        snprintf(j_snaps[j_nsnaps].id, TK_SNAP_ID_MAX, "%s", sn->id);
+        j_snaps[j_nsnaps].hwm = sn->high_water_mark;
+        j_snaps[j_nsnaps].copy = copy;
+        j_nsnaps++;
+    }
+    pthread_mutex_unlock(&j_mu);
+}
+
+/* A random registered snapshot into *out; 0 when there is none yet. */
+static int j_pick(uint64_t *st, struct j_snap *out) {
+    int found = 0;
+    pthread_mutex_lock(&j_mu);
+    if (j_nsnaps > 0) {
+        *out = j_snaps[rng(st) % (uint64_t)j_nsnaps];
+        found = 1;
+    }
+    pthread_mutex_unlock(&j_mu);
+    return found;
+}
+
+static void *j_appender(void *arg) {
+    uint32_t t = (uint32_t)(uintptr_t)arg;
+    uint64_t st = 0x10B5A000u + t;
+    tk_rec_in in[BATCH];
+    struct rec_buf bufs[BATCH];
+    tk_err err;
+    uint32_t s = 0;
+
+    while (s < J_PER_THREAD) {
+        size_t n = (J_PER_THREAD - s >= BATCH && (rng(&st) & 1)) ? BATCH : 1;
+        int gate = (int)((uint64_t)s * J_GATES / J_PER_THREAD);
+        int64_t first = -1;
+        while (gate * (J_STARTERS * J_ROUNDS) / J_GATES > atomic_load(&j_started) &&
+               !atomic_load(&j_gates_open))
+            sleep_us(100);
+        for (size_t i = 0; i < n; i++)
+            fill_rec(t, s + (uint32_t)i, &in[i], &bufs[i]);
+        tk_code rc = tk_log_append(j_log, in, n, &first, &err);
+        jran(JK_APPEND);
+        if (rc != TK_OK) {
+            jfail(JK_APPEND, "thread %u seq %u: tk_log_append: %s: %s", t, s,
+                  code_name(rc), err.msg);
+            break;
+        }
+        s += (uint32_t)n;
+    }
+    return NULL;
+}
+
+/*
+ * The restored log in dir holds [0, want): every record intact, each
+ * appender's records in order, and each the live log's record at that
+ * offset.
+ */
+static int j_check_restored(const char *dir, int64_t want, tk_record *rec,
+                            tk_record *live, char *why, size_t whylen) {
+    tk_log_opts o;
+    tk_log *ro = NULL;
+    tk_iter *it = NULL;
+    tk_err err;
+    uint32_t next_seq[APPENDERS] = { 0 };
+    int64_t off = 0;
+    int done = 0, good = 1;
+
+    tk_log_opts_init(&o);
+    o.mode = TK_LOG_READONLY;
+    tk_code rc = tk_log_open(dir, &o, &ro, &err);
+    if (rc != TK_OK) {
+        snprintf(why, whylen, "restored %s: tk_log_open(readonly): %s: %.500s", dir,
+                 code_name(rc), err.msg);
+        return 0;
+    }
+    if (tk_log_high_water_mark(ro) != want) {
+        snprintf(why, whylen, "restored %s: hwm %" PRId64 ", want %" PRId64, dir,
+                 tk_log_high_water_mark(ro), want);
+        good = 0;
+    }
+    if (good && (rc = tk_iter_open(ro, 0, -1, &it, &err)) != TK_OK) {
+        snprintf(why, whylen, "restored %s: tk_iter_open: %s: %.500s", dir,
+                 code_name(rc), err.msg);
+        good = 0;
+    }
+    while (good) {
+        uint32_t t, s, lt, ls;
+        rc = tk_iter_next(it, rec, &done, &err);
+        if (rc != TK_OK) {
+            snprintf(why, whylen, "restored %s: tk_iter_next at %" PRId64 ": %s: %.500s",
+                     dir, off, code_name(rc), err.msg);
+            good = 0;
+        } else if (done) {
+            break;
+        } else if (!check_record(rec, off, &t, &s, why, whylen)) {
+            good = 0;
+        } else if (t >= J_APPENDERS || s != next_seq[t]) {
+            snprintf(why, whylen, "restored %s: offset %" PRId64 " holds t%u s%u, "
+                     "want s%u", dir, off, t, s, t < J_APPENDERS ? next_seq[t] : 0);
+            good = 0;
+        } else if ((rc = tk_log_read(j_log, off, live, &err)) != TK_OK ||
+                   !check_record(live, off, &lt, &ls, why, whylen) ||
+                   lt != t || ls != s) {
+            if (rc != TK_OK)
+                snprintf(why, whylen, "live tk_log_read(%" PRId64 "): %s: %.500s", off,
+                         code_name(rc), err.msg);
+            else
+                snprintf(why, whylen, "restored %s: offset %" PRId64 " holds t%u s%u, "
+                         "the live log t%u s%u", dir, off, t, s, lt, ls);
+            good = 0;
+        } else {
+            next_seq[t]++;
+            off++;
+        }
+    }
+    if (good && off != want) {
+        snprintf(why, whylen, "restored %s: %" PRId64 " records, want %" PRId64, dir,
+                 off, want);
+        good = 0;
+    }
+    tk_iter_close(it);
+    tk_log_close(ro);
+    return good;
+}
+
+static int path_exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static void remove_tree(const char *path) {
+    if (path_exists(path))
+        nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/*
+ * Until job is done: polls its progress (single-threaded jobs: it never
+ * goes back), and cancels it once done passes cancel_at of the total
+ * (cancel_at < 0: never).  Returns whether it asked for a cancel.
+ */
+static int j_watch(tk_job *job, int one_thread, double cancel_at, const char *what) {
+    uint64_t last = 0, d, t;
+    int asked = 0;
+    jran(JK_PROGRESS);
+    while (!tk_job_wait(job, 1)) {
+        tk_job_progress(job, &d, &t);
+        if (t > 0 && d > t)
+            jfail(JK_PROGRESS, "%s: progress %" PRIu64 " of %" PRIu64, what, d, t);
+        if (one_thread && d < last)
+            jfail(JK_PROGRESS, "%s: progress went from %" PRIu64 " back to %" PRIu64,
+                  what, last, d);
+        last = d;
+        if (!asked && cancel_at >= 0 && t > 0 && (double)d >= cancel_at * (double)t) {
+            tk_job_cancel(job);
+            asked = 1;
+        }
+    }
+    atomic_fetch_add(&j_progress_watched, 1);
+    return asked;
+}
+
+/* How a starter ends a job. */
+enum { J_WAIT, J_CANCEL_NOW, J_CANCEL_LATER, J_CANCEL_AT, J_FREE };
+
+/* Three in eight are waited for, two freed, one of each cancel. */
+static int j_how(uint64_t *st) {
+    static const int hows[8] = { J_WAIT, J_WAIT, J_WAIT, J_CANCEL_NOW, J_CANCEL_LATER,
+                                 J_CANCEL_AT, J_FREE, J_FREE };
+    return hows[rng(st) % 8];
+}
+
+struct j_later {
+    tk_job *job;
+    long pause_us;
+};
+
+static void *j_cancel_later(void *arg) {
+    struct j_later *l = arg;
+    sleep_us(l->pause_us);
+    tk_job_cancel(l->job);
+    return NULL;
+}
+
+/* Ends job as `how` says; returns its result (TK_OK for J_FREE), and
+ * whether a cancel was asked in *asked. */
+static tk_code j_finish(tk_job *job, int how, uint64_t *st, int one_thread,
+                        const char *what, int *asked, tk_err *err) {
+    double frac = (double)(rng(st) % 1000) / 1000.0;
+    *asked = 0;
+    switch (how) {
+    case J_CANCEL_NOW:
+        tk_job_cancel(job);
+        *asked = 1;
+        break;
+    case J_CANCEL_LATER: {
+        /* Another thread cancels while this one waits in tk_job_result. */
+        struct j_later later = { job, (long)(rng(st) % 3000) };
+        pthread_t th;
+        *asked = 1;
+        if (pthread_create(&th, NULL, j_cancel_later, &later) != 0) {
+            tk_job_cancel(job);
+            break;
+        }
+        atomic_fetch_add(&j_cancel_asked, 1);
+        tk_code rc = tk_job_result(job, err);
+        pthread_join(th, NULL);
+        return rc;
+    }
+    case J_CANCEL_AT:
+        *asked = j_watch(job, one_thread, frac, what);
+        break;
+    case J_FREE:
+        atomic_fetch_add(&j_freed, 1);
+        *asked = !tk_job_done(job);
+        if (*asked)
+            atomic_fetch_add(&j_freed_running, 1);
+        tk_job_free(job);
+        return TK_OK;
+    default:
+        j_watch(job, one_thread, -1, what);
+        break;
+    }
+    if (*asked)
+        atomic_fetch_add(&j_cancel_asked, 1);
+    tk_code rc = tk_job_result(job, err);
+    if (rc == TK_OK && how == J_WAIT) {
+        uint64_t d, t;
+        tk_job_progress(job, &d, &t);
+        if (one_thread && d != t)
+            jfail(JK_PROGRESS, "%s: done with progress %" PRIu64 " of %" PRIu64, what,
+                  d, t);
+    }
+    return rc;
+}
+
+/* A result that is neither OK nor, after a cancel, CANCELED. */
+static int j_bad_result(int ck, const char *what, tk_code rc, int asked, const tk_err *err) {
+    if (asked)
+        jran(JK_CANCEL);
+    if (rc == TK_OK)
+        return 0;
+    if (rc == TK_CANCELED && asked) {
+        atomic_fetch_add(&j_canceled, 1);
+        return 0;
+    }
+    jfail(asked ? JK_CANCEL : ck, "%s: %s%s: %s", what, code_name(rc),
+          asked ? " after a cancel (want OK or CANCELED)" : "", err->msg);
+    return 1;
+}
+
+static void j_create(uint64_t *st, int how) {
+    int copy = (int)(rng(st) & 1), asked = 0;
+    tk_snapmgr *m = copy ? j_copy : j_link;
+    tk_create_opts o;
+    tk_job *job = NULL;
+    tk_err err;
+    char what[64];
+
+    tk_create_opts_init(&o);
+    o.threads = copy ? 1 + (unsigned)(rng(st) % 3) : 0;
+    snprintf(what, sizeof what, "create (%s, %u threads)", copy ? "copy" : "link", o.threads);
+    int64_t h0 = tk_log_high_water_mark(j_log);
+    tk_code rc = tk_snap_create_async(m, j_log, &o, &job, &err);
+    int64_t h1 = tk_log_high_water_mark(j_log);
+    atomic_fetch_add(&j_started, 1);
+    jran(JK_CREATE);
+    if (rc != TK_OK) {
+        jfail(JK_CREATE, "tk_snap_create_async: %s: %s", code_name(rc), err.msg);
+        return;
+    }
+    if (how == J_FREE) {
+        atomic_fetch_add(&j_freed_creates[copy], 1);
+        j_finish(job, how, st, 0, what, &asked, &err);
+        return;
+    }
+    rc = j_finish(job, how, st, !copy || o.threads == 1, what, &asked, &err);
+    if (!j_bad_result(JK_CREATE, what, rc, asked, &err) && rc == TK_OK) {
+        tk_snapshot sn, got;
+        char path[4096] = "";
+        memset(&sn, 0, sizeof sn);
+        memset(&got, 0, sizeof got);
+        if (!tk_job_snapshot(job, &sn, path, sizeof path)) {
+            jfail(JK_CREATE, "%s: done, but tk_job_snapshot has no snapshot", what);
+        } else if (sn.base_offset != 0 || sn.high_water_mark < h0 ||
+                   sn.high_water_mark > h1 || !path_exists(path) ||
+                   sn.mode != (copy ? TK_SNAP_COPY : TK_SNAP_LINK)) {
+            jfail(JK_CREATE, "%s: snapshot %s holds [%" PRId64 ", %" PRId64 ") (marks "
+                  "%" PRId64 "..%" PRId64 " around the call), mode %d, path '%.200s'",
+                  what, sn.id, sn.base_offset, sn.high_water_mark, h0, h1, (int)sn.mode,
+                  path);
+        } else if ((rc = tk_snap_get(m, sn.id, &got, &err)) != TK_OK ||
+                   got.high_water_mark != sn.high_water_mark) {
+            jfail(JK_CREATE, "%s: tk_snap_get(%s) after the job: %s", what, sn.id,
+                  code_name(rc));
+        } else {
+            j_register(&sn, copy);
+            atomic_fetch_add(&j_creates, 1);
+        }
+        tk_snapshot_free(&got);
+        tk_snapshot_free(&sn);
+    }
+    tk_job_free(job);
+}
+
+static void j_verify(uint64_t *st, int how) {
+    struct j_snap s;
+    tk_verify_opts o;
+    tk_job *job = NULL;
+    tk_err err;
+    char what[128];
+    int asked = 0;
+
+    if (!j_pick(st, &s))
+        return;
+    memset(&o, 0, sizeof o);
+    o.threads = 1 + (unsigned)(rng(st) % 3);
+    snprintf(what, sizeof what, "verify %s (%u threads)", s.id, o.threads);
+    tk_code rc = tk_snap_verify_async(s.copy ? j_copy : j_link, s.id, &o, &job, &err);
+    atomic_fetch_add(&j_started, 1);
+    jran(JK_VERIFY);
+    if (rc != TK_OK) {
+        jfail(JK_VERIFY, "tk_snap_verify_async(%s): %s: %s", s.id, code_name(rc), err.msg);
+        return;
+    }
+    rc = j_finish(job, how, st, o.threads == 1, what, &asked, &err);
+    if (how != J_FREE) {
+        if (!j_bad_result(JK_VERIFY, what, rc, asked, &err) && rc == TK_OK)
+            atomic_fetch_add(&j_verifies, 1);
+        tk_job_free(job);
+    }
+}
+
+static void j_restore(uint64_t *st, int how, int me, int round, tk_record *rec,
+                      tk_record *live) {
+    struct j_snap s;
+    tk_restore_opts o;
+    tk_job *job = NULL;
+    tk_err err;
+    char what[320], target[160], why[WHY_LEN];
+    int asked = 0;
+
+    if (!j_pick(st, &s))
+        return;
+    tk_restore_opts_init(&o);
+    o.threads = 1 + (unsigned)(rng(st) % 2);
+    int64_t want = s.hwm;
+    if (rng(st) % 3 == 0) {
+        o.upto_offset = (int64_t)(rng(st) % (uint64_t)(s.hwm + 1));
+        want = o.upto_offset;
+    }
+    snprintf(target, sizeof target, "%s/r-%d-%d", j_restores, me, round);
+    snprintf(what, sizeof what, "restore %s to %s (%u threads, upto %" PRId64 ")", s.id,
+             target, o.threads, o.upto_offset);
+    tk_code rc = tk_snap_restore_async(s.copy ? j_copy : j_link, s.id, target, &o, &job, &err);
+    atomic_fetch_add(&j_started, 1);
+    jran(JK_RESTORE);
+    if (rc != TK_OK) {
+        jfail(JK_RESTORE, "tk_snap_restore_async: %s: %s", code_name(rc), err.msg);
+        return;
+    }
+    rc = j_finish(job, how, st, o.threads == 1, what, &asked, &err);
+    if (how == J_FREE) {
+        /* Canceled and joined, or finished first: all of it, or nothing. */
+        jran(JK_CANCEL);
+        if (path_exists(target) && !j_check_restored(target, want, rec, live, why, sizeof why))
+            jfail(JK_CANCEL, "%s, freed while running: %s", what, why);
+    } else if (!j_bad_result(JK_RESTORE, what, rc, asked, &err)) {
+        if (rc == TK_OK && !j_check_restored(target, want, rec, live, why, sizeof why))
+            jfail(JK_RESTORE, "%s: %s", what, why);
+        else if (rc == TK_OK)
+            atomic_fetch_add(&j_restores_ok, 1);
+        else if (path_exists(target))
+            jfail(JK_CANCEL, "%s: CANCELED, but the target exists", what);
+    }
+    if (how != J_FREE)
+        tk_job_free(job);
+    remove_tree(target);
+}
+
+static void *j_starter(void *arg) {
+    int me = (int)(uintptr_t)arg;
+    uint64_t st = 0x5DA27000u + (uint64_t)me;
+    tk_record rec, live;
+
+    memset(&rec, 0, sizeof rec);
+    memset(&live, 0, sizeof live);
+    for (int round = 0; round < J_ROUNDS; round++) {
+        int how = j_how(&st);
+        uint64_t op = rng(&st) % 3;
+        if (round < 2 || op == 0)           /* something to verify and restore */
+            j_create(&st, round < 2 ? J_WAIT : how);
+        else if (op == 1)
+            j_verify(&st, how);
+        else
+            j_restore(&st, how, me, round, &rec, &live);
+    }
+    tk_record_free(&rec);
+    tk_record_free(&live);
+    return NULL;
+}
+
+/* A manager of its own, closed while its jobs run: close cancels them and
+ * waits, so each is done when it returns, OK or CANCELED, and nothing is
+ * left half-made. */
+static void j_close_while_running(void) {
+    tk_snapmgr *m = NULL;
+    tk_snapshot sn;
+    tk_job *jobs[3] = { NULL, NULL, NULL };
+    tk_err err;
+    char target[160], why[WHY_LEN] = "", first[300] = "";
+    tk_record rec, live;
+    int good = 1;
+
+    memset(&sn, 0, sizeof sn);
+    memset(&rec, 0, sizeof rec);
+    memset(&live, 0, sizeof live);
+    snprintf(target, sizeof target, "%s/close-r", j_restores);
+    tk_code rc = tk_snapmgr_open(j_dir, j_close_dir, TK_SNAP_COPY, &m, &err);
+    if (rc == TK_OK)
+        rc = tk_snap_create(m, j_log, NULL, &sn, &err);
+    if (rc == TK_OK)
+        rc = tk_snap_create_async(m, j_log, NULL, &jobs[0], &err);
+    if (rc == TK_OK)
+        rc = tk_snap_verify_async(m, sn.id, NULL, &jobs[1], &err);
+    if (rc == TK_OK)
+        rc = tk_snap_restore_async(m, sn.id, target, NULL, &jobs[2], &err);
+    jran(JK_CLOSE);
+    if (rc != TK_OK) {
+        jfail(JK_CLOSE, "starting jobs to close under: %s: %s", code_name(rc), err.msg);
+        good = 0;
+    }
+    tk_snapmgr_close(m);
+    for (int i = 0; good && i < 3; i++) {
+        jran(JK_CLOSE);
+        if (!tk_job_done(jobs[i])) {
+            jfail(JK_CLOSE, "%s job not done when tk_snapmgr_close returned",
+                  tk_job_kind(jobs[i]));
+            continue;
+        }
+        rc = tk_job_result(jobs[i], &err);
+        if (rc != TK_OK && rc != TK_CANCELED)
+            jfail(JK_CLOSE, "%s job under a closed manager: %s: %s", tk_job_kind(jobs[i]),
+                  code_name(rc), err.msg);
+        if (i == 2 && rc == TK_CANCELED && path_exists(target))
+            jfail(JK_CLOSE, "restore canceled by close left %s", target);
+        if (i == 2 && rc == TK_OK &&
+            !j_check_restored(target, sn.high_water_mark, &rec, &live, why, sizeof why))
+            jfail(JK_CLOSE, "restore finished before close: %s", why);
+    }
+    for (int i = 0; i < 3; i++)
+        tk_job_free(jobs[i]);
+    remove_tree(target);
+    /* A new manager on that directory: nothing half-made, all verifies. */
+    m = NULL;
+    rc = tk_snapmgr_open(j_dir, j_close_dir, TK_SNAP_COPY, &m, &err);
+    jran(JK_CLOSE);
+    if (rc != TK_OK) {
+        jfail(JK_CLOSE, "reopen the closed manager's directory: %s: %s", code_name(rc),
+              err.msg);
+    } else {
+        tk_snapshot *list = NULL;
+        size_t n = 0;
+        long left = count_entries(j_close_dir, 1, first, sizeof first);
+        if (left != 0)
+            jfail(JK_CLOSE, "after the close: %ld left in %s, first %s", left, j_close_dir,
+                  first);
+        if ((rc = tk_snap_list(m, &list, &n, &err)) != TK_OK || n < 1 || n > 2)
+            jfail(JK_CLOSE, "after the close: tk_snap_list: %s, %zu snapshots (want 1 or 2)",
+                  code_name(rc), n);
+        for (size_t i = 0; rc == TK_OK && i < n; i++)
+            if (tk_snap_verify(m, list[i].id, NULL, &err) != TK_OK)
+                jfail(JK_CLOSE, "after the close: verify %s: %s", list[i].id, err.msg);
+        tk_snapshot_list_free(list, n);
+    }
+    tk_snapmgr_close(m);
+    tk_snapshot_free(&sn);
+    tk_record_free(&rec);
+    tk_record_free(&live);
+}
+
+/* Every listed snapshot of m verifies; every one registered is listed,
+ * and the others are at most the creates freed unwaited (a canceled create
+ * leaves none).  Returns the number listed. */
+static size_t j_check_listed(tk_snapmgr *m, int copy, const char *name) {
+    tk_snapshot *list = NULL;
+    size_t n = 0, bad = 0, missing = 0, registered = 0;
+    tk_err err;
+    char why[WHY_LEN] = "";
+    tk_code rc = tk_snap_list(m, &list, &n, &err);
+
+    if (rc != TK_OK)
+        snprintf(why, sizeof why, "tk_snap_list: %s: %.500s", code_name(rc), err.msg);
+    for (size_t i = 0; rc == TK_OK && i < n; i++)
+        if (tk_snap_verify(m, list[i].id, NULL, &err) != TK_OK && bad++ == 0)
+            snprintf(why, sizeof why, "tk_snap_verify(%s): %.500s", list[i].id, err.msg);
+    for (int k = 0; rc == TK_OK && k < j_nsnaps; k++) {
+        size_t i;
+        if (j_snaps[k].copy != copy)
+            continue;
+        registered++;
+        for (i = 0; i < n && strcmp(list[i].id, j_snaps[k].id) != 0; i++) {}
+        if (i == n && missing++ == 0)
+            snprintf(why, sizeof why, "snapshot %.64s made by a job is not listed",
+                     j_snaps[k].id);
+    }
+    long freed = atomic_load(&j_freed_creates[copy]);
+    ok(rc == TK_OK && bad == 0 && missing == 0 && n >= registered &&
+       n <= registered + (size_t)freed,
+       "jobs: the %s manager lists %zu snapshots: the %zu waited creates made, and at "
+       "most the %ld creates freed unwaited; each verifies", name, n, registered, freed);
+    diag(why);
+    tk_snapshot_list_free(list, n);
+    return rc == TK_OK ? n : 0;
+}
+
+/* Scan the jobs' log: every (thread, seq) once, each thread's in order. */
+static void j_check_log(void) {
+    tk_iter *it = NULL;
+    tk_record rec;
+    tk_err err;
+    char why[WHY_LEN] = "";
+    uint32_t next_seq[APPENDERS] = { 0 };
+    int64_t off = 0;
+    int done = 0, good = 1;
+
+    memset(&rec, 0, sizeof rec);
+    tk_code rc = tk_iter_open(j_log, 0, -1, &it, &err);
+    if (rc != TK_OK) {
+        snprintf(why, sizeof why, "tk_iter_open: %s: %s", code_name(rc), err.msg);
+        good = 0;
+    }
+    while (good) {
+        uint32_t t, s;
+        rc = tk_iter_next(it, &rec, &done, &err);
+        if (rc != TK_OK) {
+            snprintf(why, sizeof why, "tk_iter_next at %" PRId64 ": %s: %s", off,
+                     code_name(rc), err.msg);
+            good = 0;
+        } else if (done) {
+            break;
+        } else if (!check_record(&rec, off, &t, &s, why, sizeof why)) {
+            good = 0;
+        } else if (t >= J_APPENDERS || s != next_seq[t]) {
+            snprintf(why, sizeof why, "offset %" PRId64 " holds t%u s%u", off, t, s);
+            good = 0;
+        } else {
+            next_seq[t]++;
+            off++;
+        }
+    }
+    tk_iter_close(it);
+    tk_record_free(&rec);
+    ok(good && off == J_TOTAL && tk_log_high_water_mark(j_log) == J_TOTAL,
+       "jobs: the log holds the %d records appended beside the jobs, each once, in "
+       "order (%" PRId64 " found)", J_TOTAL, off);
+    diag(why);
+}
+
+static void run_jobs(void) {
+    pthread_t app[J_APPENDERS], starters[J_STARTERS];
+    tk_log_opts opts;
+    tk_err err;
+    char first[300] = "";
+
+    snprintf(j_root, sizeof j_root, "/tmp/takhin-jobs.XXXXXX");
+    if (mkdtemp(j_root) == NULL) {
+        ok(0, "jobs: mkdtemp: %s", strerror(errno));
+        return;
+    }
+    snprintf(j_dir, sizeof j_dir, "%s/log", j_root);
+    snprintf(j_copy_dir, sizeof j_copy_dir, "%s/snaps-copy", j_root);
+    snprintf(j_close_dir, sizeof j_close_dir, "%s/snaps-close", j_root);
+    snprintf(j_restores, sizeof j_restores, "%s/restores", j_root);
+    mkdir(j_restores, 0755);
+    printf("# jobs: %s\n", j_root);
+
+    tk_log_opts_init(&opts);
+    opts.max_segment_size = J_SEGMENT;
+    opts.index_interval_bytes = INDEX_BYTES;
+    tk_code rc = tk_log_open(j_dir, &opts, &j_log, &err);
+    if (rc == TK_OK)
+        rc = tk_snapmgr_open(j_dir, NULL, TK_SNAP_LINK, &j_link, &err);
+    if (rc == TK_OK)
+        rc = tk_snapmgr_open(j_dir, j_copy_dir, TK_SNAP_COPY, &j_copy, &err);
+    ok(rc == TK_OK, "jobs: open a log and two managers to share (link, copy)");
+    if (rc != TK_OK) {
+        printf("#   %s: %s\n", code_name(rc), err.msg);
+        tk_snapmgr_close(j_link);
+        tk_log_close(j_log);
+        return;
+    }
+
+    double t0 = now_s();
+    int na = start_threads(app, J_APPENDERS, j_appender);
+    int ns = start_threads(starters, J_STARTERS, j_starter);
+    if (ns < J_STARTERS)
+        atomic_store(&j_gates_open, 1);
+    join_threads(starters, ns);
+    atomic_store(&j_gates_open, 1);
+    j_close_while_running();
+    join_threads(app, na);
+    ok(na == J_APPENDERS && ns == J_STARTERS, "jobs: started %d appenders and %d job "
+       "starters", na, ns);
+    printf("# jobs: %d jobs started in %.2f s: %ld creates, %ld verifies, %ld restores "
+           "checked; %ld cancels asked, %ld CANCELED; %ld freed unwaited (%ld of them while "
+           "running, %ld creates); progress watched on %ld\n", atomic_load(&j_started),
+           now_s() - t0, atomic_load(&j_creates), atomic_load(&j_verifies),
+           atomic_load(&j_restores_ok), atomic_load(&j_cancel_asked),
+           atomic_load(&j_canceled), atomic_load(&j_freed), atomic_load(&j_freed_running),
+           atomic_load(&j_freed_creates[0]) + atomic_load(&j_freed_creates[1]),
+           atomic_load(&j_progress_watched));
+    jreport(JK_APPEND, "jobs: appends beside running jobs succeed");
+    jreport(JK_CREATE, "jobs: async creates on shared managers hold the log between the "
+            "marks around the call, and are listed");
+    jreport(JK_VERIFY, "jobs: async verifies pass");
+    jreport(JK_RESTORE, "jobs: async restores hold exactly the live log's records below "
+            "their hwm");
+    jreport(JK_CANCEL, "jobs: a canceled or freed job ends OK or CANCELED, and a "
+            "canceled restore leaves no target");
+    jreport(JK_PROGRESS, "jobs: progress never passes the total; on one thread it never "
+            "goes back and ends at the total");
+    jreport(JK_CLOSE, "jobs: tk_snapmgr_close cancels and waits for its running jobs; "
+            "nothing is left half-made");
+    ok(atomic_load(&j_creates) >= 2 && atomic_load(&j_cancel_asked) > 0,
+       "jobs: some jobs finished, some were canceled");
+
+    j_check_log();
+    j_check_listed(j_link, 0, "link");
+    size_t n = j_check_listed(j_copy, 1, "copy");
+
+    /* Cleanup as a job: all but the newest. */
+    tk_job *job = NULL;
+    tk_snapshot *list = NULL;
+    size_t left_n = 0;
+    rc = tk_snap_cleanup_async(j_copy, 1, -1, &job, &err);
+    if (rc == TK_OK)
+        rc = tk_job_result(job, &err);
+    size_t count = rc == TK_OK ? tk_job_count(job) : 0;
+    tk_job_free(job);
+    if (rc == TK_OK)
+        rc = tk_snap_list(j_copy, &list, &left_n, &err);
+    ok(rc == TK_OK && n >= 1 && count == n - 1 && left_n == 1,
+       "jobs: an async cleanup keeping 1 of %zu deletes %zu (%zu left)", n, count, left_n);
+    if (rc != TK_OK)
+        printf("#   %s: %s\n", code_name(rc), err.msg);
+    tk_snapshot_list_free(list, left_n);
+
+    char linkdir[128];
+    snprintf(linkdir, sizeof linkdir, "%s/.snapshots", j_dir);
+    long l1 = count_entries(linkdir, 1, first, sizeof first);
+    long l2 = count_entries(j_copy_dir, 1, first, sizeof first);
+    long l3 = count_entries(j_restores, 0, first, sizeof first);
+    ok(l1 == 0 && l2 == 0 && l3 == 0, "jobs: nothing half-made: no .tmp-/.del- in either "
+       "snapshot dir (%ld, %ld), nothing in the restore dir (%ld)", l1, l2, l3);
+    if (l1 || l2 || l3)
+        diag(first);
+
+    tk_snapmgr_close(j_link);
+    tk_snapmgr_close(j_copy);
+    tk_log_close(j_log);
+    ok(nftw(j_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, "jobs: remove %s", j_root);
+}
+
 int main(void) {
     char dir[] = "/tmp/takhin-threads.XXXXXX";
     char root[] = "/tmp/takhin-threads-restore.XXXXXX";
@@ -1644,6 +2396,7 @@ int main(void) {
             verify_all(sm, "after the writer reopened and appended");
         tk_snapmgr_close(sm);
         tk_log_close(g_log);
+        run_jobs();
     }
 
     int rm = nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
