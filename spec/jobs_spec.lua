@@ -372,10 +372,6 @@ describe("an async job", function()
         end)
 
         it("never goes back and ends at the total with several threads", function()
-            pending("engine bug: with threads > 1, tk_job_set_progress can store an older "
-                    .. "done over a newer one (csrc/snapshot.c step(): atomic add, then a plain "
-                    .. "store from each worker), so job:progress() can go back and can end "
-                    .. "below total after the job is done; repro in the jobsspec report")
             check_progress(2)
         end)
 
