@@ -1366,6 +1366,8 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
     if (!is_writer(log))
         return tk_fail(err, TK_READONLY, "append to %s: log is open read-only", log->dir);
     if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
+    int keeps = durable(log);
+    if (keeps) tk_state_appending(&log->st, 1);     /* the group commit's leader waits for us */
     pthread_mutex_lock(&log->wmu);
     int64_t at = TK_NONE;
     if ((rc = take_sync_error(log, err)) == TK_OK && (rc = writer_enter(log, err)) == TK_OK) {
@@ -1373,6 +1375,7 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         end = active(log)->next;
         writer_leave(log);
     }
+    if (keeps) tk_state_appending(&log->st, -1);
     if (rc == TK_OK && first) *first = at;
     /* The records are in the log (published: other handles may have read
      * them already, and appended after them), so a failed fsync cannot

@@ -241,11 +241,13 @@ void tk_state_close(tk_state *st) {
 static int lock_slices(pthread_mutex_t *mu) {
     int rc = pthread_mutex_trylock(mu);
     while (rc == EBUSY || rc == ETIMEDOUT || rc == EINTR) {
+        /* timedlock's clock is CLOCK_REALTIME: a step of the clock only
+         * makes one slice shorter or longer. */
         struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
+        clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += 50 * 1000000L;
         if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
-        rc = pthread_mutex_clocklock(mu, CLOCK_MONOTONIC, &until);
+        rc = pthread_mutex_timedlock(mu, &until);
     }
     return rc;
 }
@@ -454,6 +456,29 @@ static int alive(int32_t pid) {
     return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
+void tk_state_appending(tk_state *st, int delta) {
+    if (!st->sh || st->is_private) return;
+    if (delta > 0) __atomic_fetch_add(&st->sh->appending, 1, __ATOMIC_SEQ_CST);
+    else if (__atomic_load_n(&st->sh->appending, __ATOMIC_RELAXED) > 0)
+        __atomic_fetch_sub(&st->sh->appending, 1, __ATOMIC_SEQ_CST);
+}
+
+/* The leader, before its fsync: other durable appenders that have entered
+ * append but not yet written get a moment (at most 100 us) to write, so
+ * that one fsync covers them too -- PostgreSQL's commit_delay with
+ * commit_siblings, but waiting only for appends already under way (a
+ * lone writer never waits). */
+static void gather(tk_shared *sh) {
+    struct timespec t0, now;
+    if (__atomic_load_n(&sh->appending, __ATOMIC_SEQ_CST) == 0) return;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (__atomic_load_n(&sh->appending, __ATOMIC_SEQ_CST) > 0 &&
+             (now.tv_sec - t0.tv_sec) * 1000000000L + (now.tv_nsec - t0.tv_nsec) < 100000L);
+}
+
 int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) {
     tk_shared *sh = st->sh;
     int32_t me = (int32_t)getpid();
@@ -464,7 +489,10 @@ int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) 
         if (__atomic_compare_exchange_n(&sh->syncing, &holder, me, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
             int64_t target = end;
-            int rc = sync(ud, &target), e = errno;
+            int rc, e;
+            if (!st->is_private) gather(sh);
+            rc = sync(ud, &target);
+            e = errno;
             if (rc == 0) tk_state_synced_to(st, target);
             __atomic_store_n(&sh->syncing, 0, __ATOMIC_SEQ_CST);
             __atomic_fetch_add(&sh->sync_wake, 1, __ATOMIC_SEQ_CST);

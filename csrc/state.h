@@ -102,7 +102,10 @@ typedef struct tk_shared {
     uint32_t torn;                  /* under mu: a failed append whose undo failed may
                                        have left bytes past the active .log's published
                                        end; the next appender cuts them */
-    uint32_t pad1;
+    uint32_t appending;             /* durable appenders between entering append and
+                                       their group commit: a leader waits for them a
+                                       moment (a hint; a killed one leaves it high,
+                                       which costs that moment per fsync at most) */
     uint64_t pad0[2];
     pthread_mutex_t mu __attribute__((aligned(64)));
     /* published under mu, read through the seqlock */
@@ -205,6 +208,9 @@ int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms);
  * replaced.  Returns 0, or -1 with errno from the leader's own fsync. */
 typedef int (*tk_sync_fn)(void *ud, int64_t *target);
 int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud);
+
+/* A durable append starts (+1) or has written its records (-1). */
+void tk_state_appending(tk_state *st, int delta);
 
 /* Records below `to` are durable (a roll, an interval sync). */
 void tk_state_synced_to(tk_state *st, int64_t to);
