@@ -415,7 +415,7 @@ static tk_code recover_active(tk_log *log, tk_segment *s, int writer, tk_err *er
         if ((rc = tk_seg_unshare(log->dir, s, 1u << TK_EXT_LOG, durable(log), err)) != TK_OK)
             goto out;
         if (tk_ftruncate(s->log_fd, (off_t)pos) < 0) {
-            rc = tk_fail_errno(err, errno, "truncate %s/%020" PRId64 ".log", log->dir, s->base);
+            rc = tk_fail_errno(err, errno, "truncate " TK_SEG_LOG_FMT, log->dir, s->base);
             goto out;
         }
     }
@@ -448,7 +448,7 @@ static tk_code adopt_active(tk_log *log, tk_segment *s, const tk_layout *l, int 
     if (tk_ftruncate(s->log_fd, (off_t)l->size) < 0 ||
         tk_ftruncate(s->idx_fd, (off_t)(l->idx_n * TK_OIDX_ENTRY)) < 0 ||
         tk_ftruncate(s->tim_fd, (off_t)(l->idx_n * TK_TIDX_ENTRY)) < 0)
-        return tk_fail_errno(err, errno, "truncate %s/%020" PRId64 ".log", log->dir, s->base);
+        return tk_fail_errno(err, errno, "truncate " TK_SEG_LOG_FMT, log->dir, s->base);
     return TK_OK;
 }
 
@@ -937,7 +937,7 @@ static tk_code unshare_active(tk_log *log, unsigned which, tk_err *err) {
         struct stat st;
         if (fstat(s->log_fd, &st) < 0) {
             tk_watch_disarm(&log->watch);               /* look again next time */
-            return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".log", log->dir, s->base);
+            return tk_fail_errno(err, errno, "append to " TK_SEG_LOG_FMT, log->dir, s->base);
         }
         if (st.st_nlink > 1) shared = 1;
         if ((uint64_t)st.st_size > s->size && tk_ftruncate(s->log_fd, (off_t)s->size) < 0) {
@@ -1194,7 +1194,7 @@ static tk_code ready_active(tk_log *log, tk_err *err) {
     if ((rc = tk_seg_open_index_fds(log->dir, s, err)) != TK_OK) return rc;
     if (tk_ftruncate(s->tim_fd, (off_t)(s->idx_n * TK_TIDX_ENTRY)) < 0 ||
         tk_ftruncate(s->idx_fd, (off_t)(s->idx_n * TK_OIDX_ENTRY)) < 0)
-        return tk_fail_errno(err, errno, "append to %s/%020" PRId64 ".timeindex", log->dir, s->base);
+        return tk_fail_errno(err, errno, "append to " TK_SEG_LOG_FMT " (its index files)", log->dir, s->base);
     s->icrc_known = 0;
     return TK_OK;
 }
@@ -1277,13 +1277,13 @@ static tk_code group_commit(tk_log *log, int64_t end, tk_err *err) {
     int rc, e;
     if (tk_state_synced(&log->st) >= end) return TK_OK;
     if ((c.fd = fcntl(a->log_fd, F_DUPFD_CLOEXEC, 0)) < 0)
-        return tk_fail_errno(err, errno, "fsync %s/%020" PRId64 ".log", log->dir, a->base);
+        return tk_fail_errno(err, errno, "fsync " TK_SEG_LOG_FMT, log->dir, a->base);
     pthread_mutex_unlock(&log->wmu);
     rc = tk_state_group_commit(&log->st, end, commit_sync, &c);
     e = errno;
     close(c.fd);
     pthread_mutex_lock(&log->wmu);
-    if (rc < 0) return tk_fail_errno(err, e, "fsync %s/%020" PRId64 ".log", log->dir, c.base);
+    if (rc < 0) return tk_fail_errno(err, e, "fsync " TK_SEG_LOG_FMT, log->dir, c.base);
     return TK_OK;
 }
 
@@ -1429,7 +1429,7 @@ static tk_code cut_segment(tk_log *log, tk_segment *s, int64_t offset, tk_err *e
     s->size = pos;
     if ((rc = tk_seg_unshare(log->dir, s, TK_UNSHARE_ALL, durable(log), err)) != TK_OK) goto out;
     if (tk_ftruncate(s->log_fd, (off_t)pos) < 0) {
-        rc = tk_fail_errno(err, errno, "truncate %s/%020" PRId64 ".log", log->dir, s->base);
+        rc = tk_fail_errno(err, errno, "truncate " TK_SEG_LOG_FMT, log->dir, s->base);
         goto out;
     }
     k = tk_index_floor_rel(&s->ix, (uint32_t)(offset - s->base));

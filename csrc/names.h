@@ -24,6 +24,7 @@
 #define TK_NAMES_H
 
 #include <stddef.h>
+#include <inttypes.h>
 #include <stdint.h>
 
 #include "takhin.h"
@@ -35,6 +36,10 @@ typedef enum tk_ext { TK_EXT_LOG = 0, TK_EXT_INDEX = 1, TK_EXT_TIMEINDEX = 2 } t
 extern const char *const tk_ext_name[TK_EXT_COUNT];    /* ".log", ".index", ".timeindex" */
 
 #define TK_SEG_NAME_MAX 32          /* "<20 digits>.timeindex" and the NUL */
+
+/* For messages that name a segment's .log without building its path:
+ * printf(TK_SEG_LOG_FMT, dir, base). */
+#define TK_SEG_LOG_FMT "%s/%020" PRId64 ".log"
 
 /* Log directory entries. */
 #define TK_LOCK_FILE      ".lock"
@@ -54,6 +59,9 @@ extern const char *const tk_ext_name[TK_EXT_COUNT];    /* ".log", ".index", ".ti
 #define TK_SNAP_DEL       ".del-"
 #define TK_SNAP_SEQ_FILE  ".seq"
 #define TK_SNAP_DEFAULT_DIR ".snapshots"
+
+/* In an incremental snapshot archive (docs/FORMAT.md, the archive). */
+#define TK_ARC_SINCE_FILE "since.json"
 
 /* "<20 digits><ext>" for a base offset; 0 or -1 (ENAMETOOLONG). */
 int tk_seg_name(char *out, size_t cap, int64_t base, tk_ext ext);

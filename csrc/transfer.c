@@ -68,7 +68,6 @@
 #include "sys.h"
 #include "internal.h"
 
-#define SINCE_FILE "since.json"
 #define ARCHIVE_FORMAT 1
 #define MANIFEST_MAX (16u << 20)            /* bytes of manifest.json an import reads */
 #define SINCE_MAX (64u << 10)
@@ -264,7 +263,7 @@ static tk_code archive_size(exporter *x, uint64_t *size, tk_err *err) {
 static tk_code write_archive(exporter *x, tk_err *err) {
     tk_code rc = send_file(x, TK_MANIFEST_FILE, NULL, NULL, err);
     if (rc == TK_OK && x->have_base) {
-        rc = tk_arc_add(x->w, SINCE_FILE, x->since_len, mtime_of(&x->man), err);
+        rc = tk_arc_add(x->w, TK_ARC_SINCE_FILE, x->since_len, mtime_of(&x->man), err);
         if (rc == TK_OK) rc = tk_arc_write(x->w, x->since_json, x->since_len, err);
         if (rc == TK_OK) rc = tk_arc_end_entry(x->w, err);
     }
@@ -609,19 +608,19 @@ static tk_code read_since(importer *im, const tk_arc_entry *e, tk_err *err) {
     int r;
     tk_code rc;
     if (im->files || im->have_base || e->index != 2)
-        return tk_fail(err, TK_INVALID, "%s: " SINCE_FILE " is entry %u; it may only come "
+        return tk_fail(err, TK_INVALID, "%s: " TK_ARC_SINCE_FILE " is entry %u; it may only come "
                        "right after manifest.json", im->what, e->index);
     if ((rc = read_small(im, e, SINCE_MAX, &text, err)) != TK_OK) return rc;
     r = tk_json_parse(text, strlen(text), get_since, &a, why, sizeof why);
     free(text);
     if (r == -2) return tk_fail(err, TK_NOMEM, "%s: out of memory", im->what);
     if (r == -1 && why[0])
-        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE " does not parse: %s", im->what, why);
+        return tk_fail(err, TK_CORRUPT, "%s: " TK_ARC_SINCE_FILE " does not parse: %s", im->what, why);
     if (!a.format_ok)
-        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE ": archive format is not %d", im->what,
+        return tk_fail(err, TK_CORRUPT, "%s: " TK_ARC_SINCE_FILE ": archive format is not %d", im->what,
                        ARCHIVE_FORMAT);
     if (r < 0 || strcmp(a.since, im->man.snap.id) == 0)
-        return tk_fail(err, TK_CORRUPT, "%s: " SINCE_FILE " names no valid base snapshot", im->what);
+        return tk_fail(err, TK_CORRUPT, "%s: " TK_ARC_SINCE_FILE " names no valid base snapshot", im->what);
     snprintf(im->since, sizeof im->since, "%s", a.since);
     rc = tk_snap_read_manifest(im->m, im->since, &im->base, err);
     if (rc == TK_NOT_FOUND)
@@ -675,7 +674,7 @@ static tk_code read_file_entry(importer *im, const tk_arc_entry *e, tk_err *err)
     const tk_mfile *f;
     size_t i;
     tk_code rc;
-    if (strcmp(e->name, TK_MANIFEST_FILE) == 0 || strcmp(e->name, SINCE_FILE) == 0)
+    if (strcmp(e->name, TK_MANIFEST_FILE) == 0 || strcmp(e->name, TK_ARC_SINCE_FILE) == 0)
         return tk_fail(err, TK_INVALID, "%s: entry %u is a second %s", im->what, e->index, e->name);
     if (!tk_is_segment_file(e->name))
         return tk_fail(err, TK_INVALID, "%s: entry %u (%s) is not a segment file", im->what,
@@ -748,7 +747,7 @@ static tk_code run_import(importer *im, const char *source, tk_err *err) {
         tk_arc_entry e;
         int end;
         if ((rc = tk_arc_next(im->r, &e, &end, err)) != TK_OK || end) break;
-        rc = strcmp(e.name, SINCE_FILE) == 0 && !im->have_base ? read_since(im, &e, err)
+        rc = strcmp(e.name, TK_ARC_SINCE_FILE) == 0 && !im->have_base ? read_since(im, &e, err)
                                                                : read_file_entry(im, &e, err);
     }
     if (rc == TK_OK) rc = complete(im, err);
