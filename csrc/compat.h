@@ -88,8 +88,15 @@ static inline int compat_typeerror(lua_State *L, int arg, const char *tname) {
 static inline int64_t compat_checkint64(lua_State *L, int idx) {
     int64_t v = 0;
     if (lua_type(L, idx) != LUA_TNUMBER) compat_typeerror(L, idx, "integer");
-    if (!compat_toint64(L, idx, &v))
+    if (!compat_toint64(L, idx, &v)) {
+#if LUA_VERSION_NUM < 503
+        lua_Number d = lua_tonumber(L, idx);
+        if (d == floor(d) && fabs(d) >= COMPAT_EXACT_MAX)
+            luaL_argerror(L, idx, "integer at or beyond 2^53: a LuaJIT number cannot hold it "
+                          "exactly (2^53 + 1 reads as 2^53)");
+#endif
         luaL_argerror(L, idx, "number has no exact integer representation");
+    }
     return v;
 }
 

@@ -149,9 +149,9 @@ local function verify_records(log, rs, from, to, what)
         end
     end)
     if not ok then
-        violation("%s: reading records %d..%d failed at %d: %s", what, from, to, expect, tostring(err))
+        violation("%s: reading records [%d, %d) failed at %d: %s", what, from, to, expect, tostring(err))
     elseif not reported and expect ~= to then
-        violation("%s: records %d..%d ended at %d", what, from, to, expect)
+        violation("%s: records [%d, %d) ended at %d", what, from, to, expect)
     end
     count("records checked", checked)
     return checked
@@ -208,7 +208,7 @@ local function sync_acks()
             local f1, l1 = rest:match("^(%d+) (%d+)$")
             f1, l1 = math.tointeger(tonumber(f1)), math.tointeger(tonumber(l1))
             if f1 ~= child.next or l1 < f1 then
-                violation("writer %d acknowledged %d..%d, expected to start at %s",
+                violation("writer %d acknowledged [%d, %d], expected to start at %s",
                           child.gen, f1, l1, tostring(child.next))
             end
             child.next = l1 + 1

@@ -280,6 +280,18 @@ describe("hostile input", function()
             assert_unchanged()
         end)
 
+        it("refuses, under LuaJIT, an integer at or beyond 2^53, saying why", function()
+            if not util.is_luajit then
+                return pending("LuaJIT only: Lua 5.4 has 64-bit integers")
+            end
+            -- 2^53 + 1 in a script is already 2^53: both are refused
+            for _, o in ipairs({ 2 ^ 53, 2 ^ 53 + 1, -(2 ^ 53), 2 ^ 60 }) do
+                local err = raises("read(" .. tostring(o) .. ")", function() return log:read(o) end)
+                assert.truthy(err:find("beyond 2^53", 1, true), err)
+            end
+            assert_unchanged()
+        end)
+
         it("truncate returns OUT_OF_RANGE and keeps every record", function()
             for _, o in ipairs(EDGES) do assert.fails_with("OUT_OF_RANGE", log:truncate(o)) end
             assert.is_true(log:truncate(N))                -- the high water mark: nothing to remove
