@@ -1120,7 +1120,9 @@ static tk_code unlist(const tk_snapmgr *m, tk_snapshot *snaps, size_t n, const i
     return rc;
 }
 
-static void empty_trash(char **trash, size_t n, const char *step) {
+/* A background job's progress counts snapshots: (removed, unlisted). */
+static void empty_trash(char **trash, size_t n, const char *step, tk_job *job) {
+    if (job) tk_job_set_progress(job, 0, n);
     for (size_t i = 0; i < n; i++) {
         int fd;
         if (i == 0) TK_FAULT(step);
@@ -1128,17 +1130,25 @@ static void empty_trash(char **trash, size_t n, const char *step) {
         tk_rmtree(trash[i]);
         if (fd >= 0) close(fd);
         free(trash[i]);
+        if (job) tk_job_set_progress(job, i + 1, n);
     }
     free(trash);
 }
 
 static tk_code delete_marked(tk_snapmgr *m, tk_snapshot *snaps, size_t n, int *doomed,
-                             int lock_fd, const char *what, size_t *deleted, tk_err *err) {
+                             int lock_fd, const char *what, size_t *deleted, tk_job *job,
+                             tk_err *err) {
     char **trash = NULL, step[64];
     size_t ntrash = 0, unlisted = 0;
     tk_code rc;
     snprintf(step, sizeof step, "%s.renamed", what);
     rc = unlist(m, snaps, n, doomed, step, &trash, &ntrash, &unlisted, err);
+    if (rc != TK_OK) {          /* say how far it got: the others may be gone */
+        size_t marked = 0;
+        for (size_t i = 0; i < n; i++) marked += doomed[i] != 0;
+        tk_fail_prefix(err, rc, "%s in %s: %zu of %zu snapshots deleted", what, m->dir,
+                       unlisted, marked);
+    }
     if (rc == TK_OK && unlisted > 0) {
         snprintf(step, sizeof step, "%s.published", what);
         TK_FAULT(step);
@@ -1146,12 +1156,12 @@ static tk_code delete_marked(tk_snapmgr *m, tk_snapshot *snaps, size_t n, int *d
     tk_dirlock_release(lock_fd);
     if (deleted) *deleted = unlisted;
     snprintf(step, sizeof step, "%s.removing", what);
-    if (trash) empty_trash(trash, ntrash, step);
+    if (trash) empty_trash(trash, ntrash, step, job);
     return rc;
 }
 
-tk_code tk_snap_delete_many(tk_snapmgr *m, const char *const *ids, size_t nids,
-                            size_t *deleted, tk_err *err) {
+static tk_code delete_many(tk_snapmgr *m, const char *const *ids, size_t nids,
+                           size_t *deleted, tk_job *job, tk_err *err) {
     tk_snapshot *snaps;
     size_t n;
     int lock_fd, *doomed;
@@ -1168,10 +1178,15 @@ tk_code tk_snap_delete_many(tk_snapmgr *m, const char *const *ids, size_t nids,
         for (size_t j = 0; j < nids; j++)
             if (strcmp(snaps[i].id, ids[j]) == 0) doomed[i] = 1;
     rc = delete_marked(m, snaps, n, doomed, lock_fd, nids == 1 ? "delete" : "cleanup",
-                       deleted, err);
+                       deleted, job, err);
     free(doomed);
     tk_snapshot_list_free(snaps, n);
     return rc;
+}
+
+tk_code tk_snap_delete_many(tk_snapmgr *m, const char *const *ids, size_t nids,
+                            size_t *deleted, tk_err *err) {
+    return delete_many(m, ids, nids, deleted, NULL, err);
 }
 
 tk_code tk_snap_delete(tk_snapmgr *m, const char *id, tk_err *err) {
@@ -1181,8 +1196,8 @@ tk_code tk_snap_delete(tk_snapmgr *m, const char *id, tk_err *err) {
     return rc;
 }
 
-tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
-                        size_t *deleted, tk_err *err) {
+static tk_code cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
+                       size_t *deleted, tk_job *job, tk_err *err) {
     tk_snapshot *snaps;
     size_t n, rank = 0;
     int lock_fd, *doomed;
@@ -1205,10 +1220,15 @@ tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_m
             doomed[i] = 1;
         rank++;
     }
-    rc = delete_marked(m, snaps, n, doomed, lock_fd, "cleanup", deleted, err);
+    rc = delete_marked(m, snaps, n, doomed, lock_fd, "cleanup", deleted, job, err);
     free(doomed);
     tk_snapshot_list_free(snaps, n);
     return rc;
+}
+
+tk_code tk_snap_cleanup(tk_snapmgr *m, size_t max_snapshots, int64_t retention_ms,
+                        size_t *deleted, tk_err *err) {
+    return cleanup(m, max_snapshots, retention_ms, deleted, NULL, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1710,16 +1730,20 @@ static tk_code cleanup_job(tk_job *job, void *arg, tk_err *err) {
     size_t deleted = 0;
     tk_code rc;
     if (tk_job_canceled(job)) return tk_fail(err, TK_CANCELED, "cleanup: canceled");
-    rc = c->ids ? tk_snap_delete_many(c->m, (const char *const *)c->ids, c->nids, &deleted, err)
-                : tk_snap_cleanup(c->m, c->max_snapshots, c->retention_ms, &deleted, err);
+    rc = c->ids ? delete_many(c->m, (const char *const *)c->ids, c->nids, &deleted, job, err)
+                : cleanup(c->m, c->max_snapshots, c->retention_ms, &deleted, job, err);
     tk_job_set_count(job, deleted);
     return rc;
 }
 
 static tk_code delete_job(tk_job *job, void *arg, tk_err *err) {
     cleaning *c = arg;
+    size_t deleted = 0;
+    tk_code rc;
     if (tk_job_canceled(job)) return tk_fail(err, TK_CANCELED, "delete %s: canceled", c->ids[0]);
-    return tk_snap_delete(c->m, c->ids[0], err);
+    rc = delete_many(c->m, (const char *const *)c->ids, 1, &deleted, job, err);
+    if (rc == TK_OK && deleted == 0) return not_found(c->m, c->ids[0], err);
+    return rc;
 }
 
 tk_code tk_snap_delete_async(tk_snapmgr *m, const char *id, tk_job **job, tk_err *err) {

@@ -524,7 +524,7 @@ TK_API tk_code tk_snap_import_file(tk_snapmgr *mgr, const char *path,
 /* The _async forms start the operation and return a job at once -- after
  * what must happen under the log's lock (a create's cut).  The work runs
  * on an engine thread; progress callbacks are not called (tk_job_progress
- * reports bytes).  Closing the manager cancels its jobs and waits for
+ * reports bytes; for a delete or cleanup, snapshots).  Closing the manager cancels its jobs and waits for
  * them; the log given to tk_snap_create_async must stay open until the
  * job is done.  A canceled job fails with TK_CANCELED and leaves nothing
  * half made. */

@@ -42,11 +42,14 @@ else
         busted --lua="$LUAJIT" -o TAP ${SPECS:-spec} > "$out/luajit.tap" 2>&1 || status=1
     cat "$out/luajit.tap"; cat "$out/luajit.tap" >> "$out/all.tap"
 fi
-passed=$(grep -c '^ok ' "$out/all.tap")
+# A skipped test (the other interpreter's half of a pair, a fuzzer the
+# compiler cannot link) is counted apart, never as passed.
+ok=$(grep -c '^ok ' "$out/all.tap")
 failed=$(grep -c '^not ok ' "$out/all.tap")
 skipped=$(grep -ci '^ok .*# skip' "$out/all.tap")
+passed=$((ok - skipped))
 [ "$failed" -eq 0 ] || status=1
 [ "$passed" -gt 0 ] || status=1
-echo "# $skipped of the passed were skipped (# SKIP)"
+echo "# $skipped skipped (# SKIP lines above say why)"
 echo "$passed passed, $failed failed"
 exit $status

@@ -598,6 +598,7 @@ describe("a snapshot manager", function()
             local job = ok(sm:delete(made[1].id, { async = true }))
             assert.truthy(tostring(job):find("takhin.Job(delete", 1, true))
             assert.is_true(job:wait())
+            assert.are.same({ 1, 1 }, { job:progress() })    -- in snapshots
             assert.fails_with("NOT_FOUND", sm:get(made[1].id))
             assert.fails_with("NOT_FOUND", sm:delete(made[1].id, { async = true }):wait())
             assert.fails_with("INVALID", sm:delete("../x", { async = true }))
@@ -813,6 +814,36 @@ describe("a snapshot manager", function()
                 assert.fails_with("INVALID", sm:cleanup(rules))
                 assert.are.same(all, ids_of(sm:list()))
             end
+            log:close()
+        end)
+
+        it("that cannot delete one victim deletes the others, keeps that one listed and "
+           .. "says how many it deleted", function()
+            local log, sm = setup(5)
+            local made = snapshots(sm, log, 4)
+            -- A non-empty .del-<id> makes the rename of snapshot-<id> fail.
+            local stuck = made[2].id
+            local trash = dir .. "/.snapshots/.del-" .. stuck
+            assert(util.sh("mkdir -p " .. util.q(trash .. "/x")))
+            util.write_file(trash .. "/x/y", "y")
+            local n, msg, code = sm:cleanup({ max_snapshots = 1 })
+            assert.is_nil(n)
+            assert.are.equal("NOT_EMPTY", code)
+            assert.truthy(msg:find("cleanup in " .. dir .. "/.snapshots: 2 of 3 snapshots deleted: "
+                                   .. "rename ", 1, true), msg)
+            assert.truthy(msg:find(stuck, 1, true), msg)
+            assert.are.same({ made[4].id, stuck }, ids_of(sm:list()))
+            -- The same through a job; once the way is clear, it goes.
+            local job = ok(sm:cleanup({ max_snapshots = 1, async = true }))
+            n, msg, code = job:wait()
+            assert.is_nil(n)
+            assert.are.equal("NOT_EMPTY", code)
+            assert.truthy(msg:find("0 of 1 snapshots deleted", 1, true), msg)
+            util.rmtree(trash)
+            job = ok(sm:cleanup({ max_snapshots = 1, async = true }))
+            assert.are.equal(1, job:wait())
+            assert.are.same({ 1, 1 }, { job:progress() })
+            assert.are.same({ made[4].id }, ids_of(sm:list()))
             log:close()
         end)
     end)
