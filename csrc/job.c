@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -77,6 +79,15 @@ void tk_jobs_close(tk_jobs *jobs) {
 /* ------------------------------------------------------------------ */
 /* Jobs                                                                 */
 /* ------------------------------------------------------------------ */
+
+/* Linux keeps a nice value per thread, and raising it needs no privilege
+ * -- but neither can it be lowered again without one: only a thread that
+ * takes no lock another thread may wait for calls this. */
+void tk_run_in_background(void) {
+#ifdef SYS_gettid
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+#endif
+}
 
 static void *job_main(void *arg) {
     tk_job *job = arg;
@@ -249,6 +260,7 @@ typedef struct par {
     int stop;                   /* atomic: a failure happened */
     size_t failed;              /* lowest i that failed (under mu), n: none */
     tk_err err;
+    int background;             /* the workers run at nice 19 */
 } par;
 
 /* Runs items until none are left (or one failed); returns after each item
@@ -273,22 +285,27 @@ static int par_run(par *p, int one) {
 }
 
 static void *par_main(void *arg) {
-    par_run(arg, 0);
+    par *p = arg;
+    if (p->background) tk_run_in_background();
+    par_run(p, 0);
     return NULL;
 }
 
-tk_code tk_parallel(size_t n, unsigned threads, tk_par_fn fn, void *ud,
+tk_code tk_parallel(size_t n, unsigned threads, int background, tk_par_fn fn, void *ud,
                     void (*tick)(void *tick_ud), void *tick_ud, tk_err *err) {
-    par p = { n, 0, fn, ud, PTHREAD_MUTEX_INITIALIZER, 0, n, { TK_OK, 0, "" } };
+    par p = { n, 0, fn, ud, PTHREAD_MUTEX_INITIALIZER, 0, n, { TK_OK, 0, "" }, background };
     pthread_t ids[64];
     unsigned started = 0;
     if (threads == 0) threads = tk_cpu_count();
     if (threads > 64) threads = 64;
     if (threads > n) threads = (unsigned)n;
-    for (unsigned t = 1; t < threads; t++)     /* the caller is the first */
+    /* The caller is the first worker, unless the work is background: then
+     * every worker is a thread of its own, and the caller only waits. */
+    for (unsigned t = background ? 0 : 1; t < threads; t++)
         if (pthread_create(&ids[started], NULL, par_main, &p) == 0) started++;
-    while (par_run(&p, 1))
-        if (tick) tick(tick_ud);
+    if (!background || started == 0)           /* no thread: the caller does it */
+        while (par_run(&p, 1))
+            if (tick) tick(tick_ud);
     for (unsigned t = 0; t < started; t++) {
         pthread_join(ids[t], NULL);
         if (tick) tick(tick_ud);

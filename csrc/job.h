@@ -51,10 +51,20 @@ void tk_job_set_count(tk_job *job, size_t n);
  * new i is started; the result is the failure of the lowest i that failed
  * (its message in err), every lower i having run.  tick(tick_ud) runs on the
  * calling thread only, now and then: the place to report progress to a
- * caller that is not thread-safe (Lua). */
+ * caller that is not thread-safe (Lua).
+ *
+ * background (a job's bulk work): every worker is a thread of its own at
+ * nice 19 and the caller only waits, so that a thread serving requests
+ * gets the CPU first -- while the caller, which takes the locks (a cut, the
+ * catalog), keeps its priority: a lock is never held by a thread that a
+ * busy machine leaves waiting.  Should no thread start, the caller works. */
 typedef tk_code (*tk_par_fn)(void *ud, size_t i, tk_err *err);
-tk_code tk_parallel(size_t n, unsigned threads, tk_par_fn fn, void *ud,
+tk_code tk_parallel(size_t n, unsigned threads, int background, tk_par_fn fn, void *ud,
                     void (*tick)(void *tick_ud), void *tick_ud, tk_err *err);
+
+/* Lowers the calling thread's CPU priority to nice 19 for good (best
+ * effort).  Only for a thread that takes no lock others may wait for. */
+void tk_run_in_background(void);
 
 unsigned tk_cpu_count(void);
 

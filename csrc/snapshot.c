@@ -709,7 +709,7 @@ static tk_code place_cut(const tk_snapmgr *m, const tk_cut *cut, const char *tmp
         s->segment_offsets[s->num_segments++] = cs->base;
         p.segs[n++] = i;
     }
-    rc = tk_parallel(n, m->mode == TK_SNAP_COPY ? threads : 1, place_task, &p, report, pg, err);
+    rc = tk_parallel(n, m->mode == TK_SNAP_COPY ? threads : 1, pg->job != NULL, place_task, &p, report, pg, err);
     for (size_t t = 0; rc == TK_OK && t < n; t++) {
         b->linked |= p.out[t].linked;
         b->link_tried |= p.out[t].link_tried;
@@ -1310,7 +1310,7 @@ static tk_code verify_files(const tk_snapmgr *m, const tk_manifest *man, progres
     checking c = { m, man, NULL, pg };
     pg->total = 0;
     for (size_t i = 0; i < man->nfiles; i++) pg->total += man->files[i].size;
-    return tk_parallel(man->nfiles, threads, check_task, &c, report, pg, err);
+    return tk_parallel(man->nfiles, threads, pg->job != NULL, check_task, &c, report, pg, err);
 }
 
 tk_code tk_snap_verify(tk_snapmgr *m, const char *id, const tk_verify_opts *o, tk_err *err) {
@@ -1392,7 +1392,7 @@ static tk_code fill_restore(const tk_snapmgr *m, const tk_manifest *man, const c
     tk_code rc;
     pg->total = 0;
     for (size_t i = 0; i < man->nfiles; i++) pg->total += man->files[i].size;
-    rc = tk_parallel(man->nfiles, threads, fill_task, &c, report, pg, err);
+    rc = tk_parallel(man->nfiles, threads, pg->job != NULL, fill_task, &c, report, pg, err);
     if (rc == TK_OK) TK_FAULT("restore.placed");
     return rc;
 }

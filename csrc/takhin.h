@@ -523,11 +523,14 @@ TK_API tk_code tk_snap_import_file(tk_snapmgr *mgr, const char *path,
 
 /* The _async forms start the operation and return a job at once -- after
  * what must happen under the log's lock (a create's cut).  The work runs
- * on an engine thread; progress callbacks are not called (tk_job_progress
- * reports bytes; for a delete or cleanup, snapshots).  Closing the manager cancels its jobs and waits for
- * them; the log given to tk_snap_create_async must stay open until the
- * job is done.  A canceled job fails with TK_CANCELED and leaves nothing
- * half made. */
+ * on an engine thread (the bulk of a create, restore or verify on threads
+ * at nice 19, so that a thread serving requests gets the CPU first; the
+ * steps that take locks at the caller's priority).  Progress callbacks are
+ * not called (tk_job_progress reports bytes; for a delete or cleanup,
+ * snapshots).
+ * Closing the manager cancels its jobs and waits for them; the log given
+ * to tk_snap_create_async must stay open until the job is done.  A
+ * canceled job fails with TK_CANCELED and leaves nothing half made. */
 typedef struct tk_job tk_job;
 
 TK_API tk_code tk_snap_create_async(tk_snapmgr *mgr, tk_log *log, const tk_create_opts *opts,

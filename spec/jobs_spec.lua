@@ -867,6 +867,26 @@ describe("while an async verify of a big snapshot runs", function()
         util.rmtree(tmp)
     end)
 
+    -- nice of each thread of this process: { [tid] = nice }, and the pid
+    -- (the main thread's tid).  /proc/<pid>/task/<tid>/stat, field 19.
+    local function thread_nices()
+        local f = assert(io.open("/proc/self/stat"))
+        local pid = f:read("l"):match("^(%d+)")
+        f:close()
+        local nices = {}
+        for _, tid in ipairs(util.ls("/proc/" .. pid .. "/task")) do
+            local t = io.open(("/proc/%s/task/%s/stat"):format(pid, tid))
+            if t then
+                local rest = (t:read("l") or ""):match("^%d+ %b() (.*)$")
+                t:close()
+                local fields = {}
+                for v in (rest or ""):gmatch("%S+") do fields[#fields + 1] = v end
+                nices[tid] = tonumber(fields[17])
+            end
+        end
+        return nices, pid
+    end
+
     it("the calling thread keeps appending and reading", function()
         tmp = util.memory_tmpdir(BIG_MB * MIB + 256 * MIB)
         local dir = tmp .. "/log"
@@ -897,6 +917,13 @@ describe("while an async verify of a big snapshot runs", function()
             assert.are.same(pack(true), w)
         end
         assert.fails_with("INVALID", job:wait("soon"))
+        -- The job's threads run at nice 19 (background work yields the
+        -- CPU to the thread serving requests); the caller's stays at 0.
+        local nices, pid = thread_nices()
+        local before = nices[pid]
+        local niced = 0
+        for _, n in pairs(nices) do if n == 19 then niced = niced + 1 end end
+        local seen_running = not job:done()
         while not job:done() do
             local off = log:append("live", "appended during verify " .. appends)
             assert.are.equal(base + appends, off)
@@ -915,6 +942,9 @@ describe("while an async verify of a big snapshot runs", function()
             if d < t then midway = midway + 1 end
         end
         assert.are.same(pack(true), pack(job:wait()))
+        assert.are.equal(0, before)
+        assert.are.equal(0, thread_nices()[pid])
+        if seen_running then assert.is_true(niced >= 1, "no thread at nice 19 while the job ran") end
         assert.is_true(appends > 0, "no append completed while the verify ran")
         assert.is_true(reads > 0)
         -- What was appended is there, in order, after the job too.
