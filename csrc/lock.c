@@ -19,7 +19,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,7 +41,7 @@ static void describe_holder(int fd, char *out, size_t cap) {
     if (n <= 0) return;
     buf[n] = '\0';
     /* The text outlives its writer: name only a live process. */
-    if (sscanf(buf, "pid %ld", &pid) == 1 && pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+    if (sscanf(buf, "pid %ld", &pid) == 1 && tk_pid_alive(pid))
         snprintf(out, cap, "pid %ld", pid);
 }
 

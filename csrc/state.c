@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fault.h"
 #include "fs.h"
 #include "names.h"
 #include "state.h"
@@ -452,9 +453,35 @@ uint32_t tk_state_durable_writers(const tk_state *st) {
     return __atomic_load_n(&st->sh->durable_writers, __ATOMIC_ACQUIRE);
 }
 
-static int alive(int32_t pid) {
-    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+/* kill(pid, 0) succeeds on a zombie too: a process that died but whose
+ * parent has not reaped it (a parent busy elsewhere, or one that never
+ * reaps) would hold a group commit's lead, or a writer's slot, until it
+ * is reaped.  /proc/PID/stat says Z (or X) -- but Z also while the main
+ * thread has exited and other threads still run, holding the process's
+ * descriptors and locks: dead means Z with one thread left (field 20,
+ * num_threads).  Without /proc, kill's answer stands. */
+int tk_pid_alive(long pid) {
+    char path[64], buf[1024];
+    const char *p;
+    ssize_t n;
+    int fd, field;
+    if (pid <= 0 || (kill((pid_t)pid, 0) < 0 && errno != EPERM)) return 0;
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return 1;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 1;
+    buf[n] = '\0';
+    /* "pid (comm) S f4 f5 ...": comm may hold spaces and parentheses */
+    if (!(p = strrchr(buf, ')')) || p[1] != ' ') return 1;
+    p += 2;                                             /* field 3, the state */
+    if (*p == 'X') return 0;
+    if (*p != 'Z') return 1;
+    for (field = 3; field < 20 && (p = strchr(p, ' ')); field++) p++;
+    return p && field == 20 && strtol(p, NULL, 10) > 1;
 }
+
+static int alive(int32_t pid) { return tk_pid_alive(pid); }
 
 void tk_state_appending(tk_state *st, int delta) {
     if (!st->sh || st->is_private) return;
@@ -490,6 +517,7 @@ int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) 
                                         __ATOMIC_ACQUIRE)) {
             int64_t target = end;
             int rc, e;
+            TK_FAULT("sync.leading");
             if (!st->is_private) gather(sh);
             rc = sync(ud, &target);
             e = errno;
@@ -558,7 +586,7 @@ void tk_state_add_writer(tk_state *st) {
     for (int i = 0; i < TK_STATE_WRITERS; i++) {
         int32_t cur = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);
         /* A slot of a process that died without closing is free too. */
-        if (cur != 0 && (kill(cur, 0) == 0 || errno == EPERM)) continue;
+        if (cur != 0 && alive(cur)) continue;
         if (__atomic_compare_exchange_n(&st->sh->writers[i], &cur, pid, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_RELAXED)) {
             st->slot = i;
@@ -578,7 +606,7 @@ uint64_t tk_state_writer_count(const tk_state *st) {
     if (!st->sh || st->is_private) return 0;
     for (int i = 0; i < TK_STATE_WRITERS; i++) {
         int32_t pid = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);
-        if (pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)) n++;
+        if (alive(pid)) n++;
     }
     return n;
 }
@@ -597,7 +625,7 @@ void tk_state_describe_writers(const char *dir, char *out, size_t cap) {
     if (header_ok(sh)) {
         for (int i = 0; i < TK_STATE_WRITERS && len + 16 < cap; i++) {
             int32_t pid = __atomic_load_n(&sh->writers[i], __ATOMIC_RELAXED);
-            if (pid <= 0 || (kill(pid, 0) < 0 && errno != EPERM)) continue;
+            if (!alive(pid)) continue;
             len += (size_t)snprintf(out + len, cap - len, "%spid %d", len ? ", " : "", pid);
         }
     }

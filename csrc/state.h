@@ -239,6 +239,9 @@ uint64_t tk_state_writer_count(const tk_state *st);
  * empty when nobody maps the state). */
 void tk_state_describe_writers(const char *dir, char *out, size_t cap);
 
+/* Whether process pid lives: kill(pid, 0), and not a zombie (/proc). */
+int tk_pid_alive(long pid);
+
 /* For an in-place restore done while no writer has the log open: marks
  * the layout stale and moves the generation, so that every read-only
  * handle reloads and the next locker rebuilds the layout. */

@@ -307,9 +307,9 @@ describe("a shared-mode writer killed at a crash point under the lock", function
         skip = "needs the fault build: `make fault` and TAKHIN_FAULT_BUILD=build-fault"
     end
 
-    -- A lua5.4 child of the fault build in the background; point: the
-    -- TAKHIN_FAULT crash point, or nil.  Returns its pid and output file.
-    local function spawn_fault(source, args, point)
+    -- The command line of a lua5.4 child of the fault build; point: the
+    -- TAKHIN_FAULT crash point, or nil.  Returns it and an output file.
+    local function fault_command(source, args, point)
         local script = util.write_script(tmp, source)
         local path = os.getenv("LUA_PATH")
         if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
@@ -320,10 +320,15 @@ describe("a shared-mode writer killed at a crash point under the lock", function
         parts[#parts + 1] = util.q(util.lua54_bin())
         parts[#parts + 1] = util.q(script)
         for _, a in ipairs(args) do parts[#parts + 1] = util.q(a) end
-        local out = script .. ".out"
-        local pid = tonumber(util.capture("sh -c " .. util.q("exec " .. table.concat(parts, " "))
+        return table.concat(parts, " "), script .. ".out"
+    end
+
+    -- That child in the background.  Returns its pid and output file.
+    local function spawn_fault(source, args, point)
+        local cmd, out = fault_command(source, args, point)
+        local pid = tonumber(util.capture("sh -c " .. util.q("exec " .. cmd)
                                           .. " </dev/null >" .. util.q(out) .. " 2>&1 & echo $!"):match("%d+"))
-        assert(pid, "could not start " .. script)
+        assert(pid, "could not start " .. cmd)
         pids[#pids + 1] = pid
         return pid, out
     end
@@ -372,4 +377,63 @@ describe("a shared-mode writer killed at a crash point under the lock", function
             log:close()
         end)
     end
+
+    -- A group-commit leader that dies but is not reaped -- its parent never
+    -- waits: here a `sleep` the shell exec'd -- stays a zombie, which
+    -- kill(pid, 0) still finds.  The next durable append must see it dead
+    -- and lead, not wait for it until the parent reaps it.
+    it("at sync.leading, left a zombie by a parent that never reaps it: the next durable append "
+       .. "takes the lead", function()
+        if skip then return pending(skip) end
+        local dir = tmp .. "/log"
+        -- A durable writer holds the log open throughout (so the state the
+        -- dead leader left is the one it uses); it appends when told to.
+        local go = tmp .. "/go"
+        local wpid, wout = util.spawn_lua(tmp, [[
+            local takhin = require("takhin")
+            local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
+            print("ready")
+            io.stdout:flush()
+            while not io.open(arg[2]) do os.execute("sleep 0.01") end
+            print("offset " .. assert(log:append("k", "next")))
+            io.stdout:flush()
+            log:close()
+        ]], { dir, go })
+        pids[#pids + 1] = wpid
+        assert.truthy(util.wait_for_content(wout, "ready"):find("ready", 1, true))
+        local victim = [[
+            local takhin = require("takhin")
+            local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
+            log:append("k", "led")
+            io.stderr:write("never reached the crash point\n")
+            os.exit(5)
+        ]]
+        local cmd, out = fault_command(victim, { dir }, "sync.leading")
+        local pidfile = tmp .. "/victim.pid"
+        local parent = tonumber(util.capture("sh -c " .. util.q("(exec " .. cmd .. ") </dev/null >"
+                                             .. util.q(out) .. " 2>&1 & echo $! >" .. util.q(pidfile)
+                                             .. "; exec sleep 300")
+                                             .. " </dev/null >/dev/null 2>&1 & echo $!"):match("%d+"))
+        assert(parent, "could not start the victim's parent")
+        pids[#pids + 1] = parent
+        local vpid
+        util.wait_until(function()
+            local f = io.open(pidfile)
+            vpid = f and tonumber((f:read("a") or ""):match("%d+"))
+            if f then f:close() end
+            return vpid
+        end, 1000, 0.005)
+        assert(vpid, "no victim pid")
+        -- dead, still there as a zombie, and seen by kill -0
+        assert.is_true(util.wait_exit(vpid, 3000), "the victim did not reach sync.leading")
+        assert.is_nil(util.read_file(out):find("never reached", 1, true), util.read_file(out))
+        local stat = util.read_file("/proc/" .. vpid .. "/stat") or ""
+        assert.are.equal("Z", stat:match("^%d+ %b() (%a)"), "the victim should be a zombie: " .. stat)
+        assert.is_true(util.sh("kill -0 " .. vpid .. " 2>/dev/null"))
+        -- the durable writer appends: it must take the lead (bounded wait)
+        util.write_file(go, "go")
+        local res = util.wait_for_content(wout, "offset ", 2000) or ""
+        assert.truthy(res:find("offset %d+"), "the durable append did not return: " .. res)
+        assert.is_true(util.wait_exit(wpid))
+    end)
 end)
