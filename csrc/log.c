@@ -1368,6 +1368,7 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
     if ((rc = check_batch(log, recs, n, err)) != TK_OK) return rc;
     int keeps = durable(log);
     if (keeps) tk_state_appending(&log->st, 1);     /* the group commit's leader waits for us */
+    if (keeps) TK_FAULT("append.entered");
     pthread_mutex_lock(&log->wmu);
     int64_t at = TK_NONE;
     if ((rc = take_sync_error(log, err)) == TK_OK && (rc = writer_enter(log, err)) == TK_OK) {

@@ -484,26 +484,42 @@ int tk_pid_alive(long pid) {
 static int alive(int32_t pid) { return tk_pid_alive(pid); }
 
 void tk_state_appending(tk_state *st, int delta) {
+    uint32_t v;
     if (!st->sh || st->is_private) return;
-    if (delta > 0) __atomic_fetch_add(&st->sh->appending, 1, __ATOMIC_SEQ_CST);
-    else if (__atomic_load_n(&st->sh->appending, __ATOMIC_RELAXED) > 0)
-        __atomic_fetch_sub(&st->sh->appending, 1, __ATOMIC_SEQ_CST);
+    if (delta > 0) {
+        __atomic_fetch_add(&st->sh->appending, 1, __ATOMIC_SEQ_CST);
+        return;
+    }
+    /* never below 0: a leader may have cleared a count it found stale */
+    v = __atomic_load_n(&st->sh->appending, __ATOMIC_RELAXED);
+    while (v > 0 && !__atomic_compare_exchange_n(&st->sh->appending, &v, v - 1, 0,
+                                                 __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {}
 }
 
 /* The leader, before its fsync: other durable appenders that have entered
  * append but not yet written get a moment (at most 100 us) to write, so
  * that one fsync covers them too -- PostgreSQL's commit_delay with
  * commit_siblings, but waiting only for appends already under way (a
- * lone writer never waits). */
+ * lone writer never waits).  A count that did not move in the whole
+ * moment is taken for stale -- left by appenders killed in between -- and
+ * cleared, so that it costs one moment, not one per fsync from then on
+ * (an appender still under way finds it 0 and leaves it there). */
 static void gather(tk_shared *sh) {
     struct timespec t0, now;
-    if (__atomic_load_n(&sh->appending, __ATOMIC_SEQ_CST) == 0) return;
+    uint32_t first = __atomic_load_n(&sh->appending, __ATOMIC_SEQ_CST), cur;
+    int moved = 0;
+    if (first == 0) return;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     do {
         sched_yield();
         clock_gettime(CLOCK_MONOTONIC, &now);
-    } while (__atomic_load_n(&sh->appending, __ATOMIC_SEQ_CST) > 0 &&
+        cur = __atomic_load_n(&sh->appending, __ATOMIC_SEQ_CST);
+        moved |= cur != first;
+    } while (cur > 0 &&
              (now.tv_sec - t0.tv_sec) * 1000000000L + (now.tv_nsec - t0.tv_nsec) < 100000L);
+    if (cur > 0 && !moved)
+        __atomic_compare_exchange_n(&sh->appending, &cur, 0, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_RELAXED);
 }
 
 int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) {

@@ -98,14 +98,14 @@ typedef struct tk_shared {
     uint32_t mutex_size;            /* sizeof(pthread_mutex_t) */
     uint32_t ready;                 /* 1 once the initializer has published */
     uint32_t stale;                 /* 1: the next locker rebuilds the layout */
-    uint64_t boot;                  /* random tag of this initialization */
+    uint64_t boot;                  /* random tag of this initialization (read by people) */
     uint32_t torn;                  /* under mu: a failed append whose undo failed may
                                        have left bytes past the active .log's published
                                        end; the next appender cuts them */
     uint32_t appending;             /* durable appenders between entering append and
                                        their group commit: a leader waits for them a
-                                       moment (a hint; a killed one leaves it high,
-                                       which costs that moment per fsync at most) */
+                                       moment (a hint; one killed leaves it high: the
+                                       next leader it holds up a whole moment clears it) */
     uint64_t pad0[2];
     pthread_mutex_t mu __attribute__((aligned(64)));
     /* published under mu, read through the seqlock */
