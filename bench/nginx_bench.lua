@@ -41,7 +41,7 @@
 --   BENCH_NGX_LAT_REPS    B: rounds of (a) and (b); the ratio is the median of the rounds' (3)
 --   BENCH_NGX_LAT_DELAY_MS  B: pause of each connection between requests (10)
 --   BENCH_NGX_SNAP_GB     B: the log's size in GiB (1)
---   BENCH_NGX_JOB_THREADS B: `threads` of create and verify (unset: one per CPU)
+--   BENCH_NGX_JOB_THREADS B: `threads` of create and verify (unset: the default -- jobs one fewer than the CPUs, the synchronous calls one per CPU)
 --   BENCH_NGX_QUICK       1: 1 round of 1 s runs, a 2 s idle run, a 0.25 GiB log
 --   TMPDIR                where the data goes (else the larger of /var/tmp, /tmp)
 
@@ -997,7 +997,7 @@ local function section_b()
                               or "no pause"
     print(format("\nB. latency of a trivial endpoint (content_by_lua: ngx.say), 2 workers, wrk -t2 -c%d, %s; "
                  .. "create and verify with threads = %s", LAT_CONNS, SERVER_DELAY_NOTE,
-                 JOB_THREADS and tostring(JOB_THREADS) or "unset (one per CPU)"))
+                 JOB_THREADS and tostring(JOB_THREADS) or "unset (jobs: one fewer than the CPUs; synchronous: one per CPU)"))
     local t0 = now()
     local dir, snaps = TMP .. "/B-log", TMP .. "/B-snaps"
     local nsegs, bytes = build_big(dir)

@@ -57,7 +57,12 @@ void tk_job_set_count(tk_job *job, size_t n);
  * nice 19 and the caller only waits, so that a thread serving requests
  * gets the CPU first -- while the caller, which takes the locks (a cut, the
  * catalog), keeps its priority: a lock is never held by a thread that a
- * busy machine leaves waiting.  Should no thread start, the caller works. */
+ * busy machine leaves waiting.  Should no thread start, the caller works.
+ * threads == 0 is then one fewer than the CPUs (at least 1): measured in
+ * nginx on 2 CPUs (bench/nginx_bench.lua B), a copy-mode create + verify
+ * on 2 threads tripled a trivial endpoint's p99 even at nice 19, on 1
+ * thread it left it as it was, and took about as long (the copy is
+ * bound by memory and disk, not by one CPU). */
 typedef tk_code (*tk_par_fn)(void *ud, size_t i, tk_err *err);
 tk_code tk_parallel(size_t n, unsigned threads, int background, tk_par_fn fn, void *ud,
                     void (*tick)(void *tick_ud), void *tick_ud, tk_err *err);

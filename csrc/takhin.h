@@ -390,7 +390,8 @@ typedef struct tk_create_opts {
     tk_progress_fn progress;        /* optional: bytes placed so far (on the
                                        calling thread) */
     void *progress_ud;
-    unsigned threads;               /* copies of sealed segments at once; 0: a CPU each */
+    unsigned threads;               /* copies of sealed segments at once; 0: a CPU each
+                                       (a job: one CPU fewer) */
 } tk_create_opts;
 
 TK_API void tk_create_opts_init(tk_create_opts *opts);
@@ -409,7 +410,8 @@ typedef struct tk_restore_opts {
                                        one with timestamp > upto_timestamp */
     tk_progress_fn progress;
     void *progress_ud;
-    unsigned threads;               /* files checked and placed at once; 0: a CPU each */
+    unsigned threads;               /* files checked and placed at once; 0: a CPU each
+                                       (a job: one CPU fewer) */
 } tk_restore_opts;
 
 TK_API void tk_restore_opts_init(tk_restore_opts *opts);
@@ -431,7 +433,8 @@ TK_API tk_code tk_snap_delete_many(tk_snapmgr *mgr, const char *const *ids, size
 typedef struct tk_verify_opts {
     tk_progress_fn progress;
     void *progress_ud;
-    unsigned threads;               /* files checked at once; 0: a CPU each */
+    unsigned threads;               /* files checked at once; 0: a CPU each
+                                       (a job: one CPU fewer) */
 } tk_verify_opts;
 
 /* Re-reads every file and compares size and CRC32C with the manifest;
