@@ -14,7 +14,14 @@
  *       hand-rolled durable log does at the least;
  *   group_commit check DIR FILE N VALUE
  *       both of the above with one thread, untimed, then exits 1 unless
- *       the raw file is byte for byte the log's segment.
+ *       the raw file is byte for byte the log's segment;
+ *   group_commit rawprocs FILE N PROCS VALUE
+ *       PROCS processes (fork) write the same N framed records to a new
+ *       FILE, no fsync: each takes the next record number from a counter
+ *       in shared memory (an atomic add, no lock) and pwrite(2)s the
+ *       record at its place -- the floor for shared-mode appends from
+ *       several processes into one file, which bench/append_bench.lua
+ *       shows beside them.
  *
  * The timed modes print one line:
  *
@@ -39,6 +46,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -191,6 +200,52 @@ static int run_raw(const char *path, int64_t n, int timed) {
 }
 
 /* ------------------------------------------------------------------ */
+/* rawprocs: processes pwrite(2) into one file, offsets from a counter   */
+/* ------------------------------------------------------------------ */
+
+static int run_rawprocs(const char *path, int64_t n, int procs) {
+    struct shared { int64_t next; int go; int failed; } *sh;
+    size_t len = HEADER + KEY_LEN + value_len;
+    double t0, t1;
+    int fd, status, failed = 0;
+    if (procs < 1 || procs > 64) die("PROCS", "1 .. 64");
+    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) die("mmap", strerror(errno));
+    memset(sh, 0, sizeof *sh);
+    if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        die(path, strerror(errno));
+    for (int p = 0; p < procs; p++) {
+        pid_t pid = fork();
+        if (pid < 0) die("fork", strerror(errno));
+        if (pid == 0) {
+            unsigned char *buf = malloc(len);
+            if (!buf) _exit(3);
+            while (!__atomic_load_n(&sh->go, __ATOMIC_ACQUIRE)) {}
+            for (;;) {
+                int64_t o = __atomic_fetch_add(&sh->next, 1, __ATOMIC_ACQ_REL);
+                if (o >= n) break;
+                frame(buf, o);
+                if (pwrite(fd, buf, len, (off_t)o * (off_t)len) != (ssize_t)len) {
+                    __atomic_store_n(&sh->failed, 1, __ATOMIC_RELEASE);
+                    _exit(1);
+                }
+            }
+            _exit(0);
+        }
+    }
+    t0 = now_s();
+    __atomic_store_n(&sh->go, 1, __ATOMIC_RELEASE);
+    while (wait(&status) > 0)
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failed = 1;
+    t1 = now_s();
+    close(fd);
+    if (failed || sh->failed) die(path, "a writer failed");
+    munmap(sh, sizeof *sh);
+    printf("records %" PRId64 " seconds %.9f appends %" PRId64 " fsyncs 0\n", n, t1 - t0, n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* check: the raw file is the log's segment                             */
 /* ------------------------------------------------------------------ */
 
@@ -243,7 +298,13 @@ int main(int argc, char **argv) {
         make_pool();
         return run_check(argv[2], argv[3], atoll(argv[4]));
     }
+    if (strcmp(mode, "rawprocs") == 0 && argc == 6) {
+        value_len = (size_t)atol(argv[5]);
+        if (value_len > MAX_VALUE) die("VALUE", "too large");
+        make_pool();
+        return run_rawprocs(argv[2], atoll(argv[3]), atoi(argv[4]));
+    }
     fprintf(stderr, "usage: group_commit takhin DIR N THREADS VALUE | raw FILE N VALUE | "
-                    "check DIR FILE N VALUE\n");
+                    "check DIR FILE N VALUE | rawprocs FILE N PROCS VALUE\n");
     return 2;
 }
