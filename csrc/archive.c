@@ -190,6 +190,20 @@ static tk_code zstd_setup(tk_arc_writer *w, int level, uint64_t size, tk_err *er
     return ZSTD_isError(ret) ? zstd_failed(w, ret, err) : TK_OK;
 }
 
+/* A pipe (takhin snapshot export - | ssh ...) holds 64 KiB by default: each
+ * 1 MiB write would wake the reader 16 times.  Ask for a pipe as large as
+ * a write (Linux, F_SETPIPE_SZ; an unprivileged process gets up to
+ * /proc/sys/fs/pipe-max-size, 1 MiB by default).  Best effort. */
+static void grow_pipe(int fd) {
+#ifdef F_SETPIPE_SZ
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) && fcntl(fd, F_GETPIPE_SZ) < (int)BUF_SIZE)
+        (void)fcntl(fd, F_SETPIPE_SZ, (int)BUF_SIZE);
+#else
+    (void)fd;
+#endif
+}
+
 tk_code tk_arc_writer_open(int fd, int level, uint64_t size, const char *what,
                            tk_arc_writer **out, tk_err *err) {
     tk_arc_writer *w;
@@ -199,6 +213,7 @@ tk_code tk_arc_writer_open(int fd, int level, uint64_t size, const char *what,
         return tk_fail(err, TK_INVALID, "%s: zstd level %d is outside %d..%d", what, level,
                        TK_ARC_LEVEL_MIN, TK_ARC_LEVEL_MAX);
     if (!(w = tk_calloc(1, sizeof *w))) return tk_fail(err, TK_NOMEM, "%s: out of memory", what);
+    grow_pipe(fd);
     w->fd = fd;
     w->what = tk_strdup(what);
     w->buf = tk_malloc(BUF_SIZE);

@@ -21,6 +21,7 @@
 #include "takhin.h"
 #include "tap.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
@@ -194,6 +195,47 @@ static void test_log(void) {
 /* Snapshots                                                            */
 /* ------------------------------------------------------------------ */
 
+/* An export into a pipe makes the pipe as large as one of its writes
+ * (1 MiB: a 64 KiB pipe would wake the reader 16 times a write), and the
+ * reader gets every byte the job counts. */
+static void export_to_pipe(tk_snapmgr *mgr, const char *id) {
+    static char buf[1 << 16];
+    int fds[2], size;
+    uint64_t got = 0;
+    tk_export_opts xo;
+    tk_job *job = NULL;
+    tk_err e;
+    if (pipe(fds) < 0) {
+        ok(0, "pipe");
+        return;
+    }
+    fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    tk_export_opts_init(&xo);
+    if (tk_snap_export_async(mgr, id, fds[1], NULL, &xo, &job, &e) != TK_OK) {
+        ok(0, "tk_snap_export_async into a pipe");
+        diag(e.msg);
+    } else {
+        for (;;) {
+            ssize_t n = read(fds[0], buf, sizeof buf);
+            if (n > 0) { got += (uint64_t)n; continue; }
+            if (n < 0 && errno != EAGAIN) break;
+            if (tk_job_done(job)) {
+                while ((n = read(fds[0], buf, sizeof buf)) > 0) got += (uint64_t)n;
+                break;
+            }
+            usleep(1000);
+        }
+        size = fcntl(fds[0], F_GETPIPE_SZ);
+        ok(tk_job_result(job, &e) == TK_OK, "an export into a pipe succeeds");
+        ok(got == tk_job_count(job) && got > 0, "the reader got the %zu bytes exported (%llu)",
+           tk_job_count(job), (unsigned long long)got);
+        ok(size >= 1 << 20, "the export made the pipe 1 MiB (%d bytes)", size);
+        tk_job_free(job);
+    }
+    close(fds[0]);
+    close(fds[1]);
+}
+
 static void test_snapshots(void) {
     char dir[PATH_MAX], snapdir[PATH_MAX], target[PATH_MAX], path[PATH_MAX + 64];
     char label[300];
@@ -240,6 +282,7 @@ static void test_snapshots(void) {
         return;
     }
     ok(snap.num_segments >= 3, "the snapshot has %zu segments", snap.num_segments);
+    export_to_pipe(mgr, snap.id);
     tk_log_close(log);
 
     tk_restore_opts_init(&ro);
