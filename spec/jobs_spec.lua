@@ -956,7 +956,11 @@ describe("while an async verify of a big snapshot runs", function()
         assert.are.same(pack(true), pack(job:wait()))
         assert.are.equal(0, before)
         assert.are.equal(0, thread_nices()[pid])
-        if seen_running then assert.are.equal(want, niced, "threads at nice 19 while the job ran") end
+        -- (at most `want`: fewer when the snapshot has fewer files)
+        if seen_running then
+            assert.is_true(niced >= 1 and niced <= want,
+                           ("%d threads at nice 19 while the job ran, want 1 to %d"):format(niced, want))
+        end
         assert.is_true(appends > 0, "no append completed while the verify ran")
         assert.is_true(reads > 0)
         -- What was appended is there, in order, after the job too.
