@@ -264,13 +264,13 @@ local function build_c_example(blocks, tmp)
         q(ROOT), TOOL, q(build), q(prefix)))
     assert(ok, out)
     assert.truthy(util.exists(prefix .. "/lib/pkgconfig/takhin.pc"))
+    local dir, source = tmp .. "/c", cmd:match("^cc (%S+%.c) ")
     -- a sanitizer build's library needs the sanitizer's runtime linked in
     if util.sh(("nm %s 2>/dev/null | grep -q __asan_"):format(q(abs(build) .. "/libtakhin.a"))) then
         cmd = cmd:gsub("^cc ", "cc -fsanitize=address,undefined ")
     end
-    local dir = tmp .. "/c"
     util.sh("mkdir -p " .. q(dir))
-    util.write_file(dir .. "/" .. cmd:match("^cc (%S+%.c) "), code)
+    util.write_file(dir .. "/" .. source, code)
     -- The compiler does not run under a sanitizer's LD_PRELOAD (its own
     -- leaks would fail the run); the program links the runtime itself.
     out, ok = run(("cd %s && PKG_CONFIG_PATH=%s env -u LD_PRELOAD sh -c %s"):format(q(dir), q(prefix .. "/lib/pkgconfig"),
