@@ -333,6 +333,26 @@ describe("a shared-mode writer killed at a crash point under the lock", function
         return pid, out
     end
 
+    -- A shared writer with sync = "always" holding the log open (so .state
+    -- is not rebuilt under the case) until the file `go` exists; then it
+    -- appends one record and prints its offset when `append`, and closes.
+    -- Returns its pid and output file, once it is ready.
+    local function durable_holder(dir, go, append)
+        local pid, out = util.spawn_lua(tmp, [[
+            local takhin = require("takhin")
+            local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
+            print("ready")
+            io.stdout:flush()
+            while not io.open(arg[2]) do os.execute("sleep 0.01") end
+            if arg[3] == "append" then print("offset " .. assert(log:append("k", "next"))) end
+            io.stdout:flush()
+            log:close()
+        ]], { dir, go, append and "append" or "-" })
+        pids[#pids + 1] = pid
+        assert.truthy(util.wait_for_content(out, "ready"):find("ready", 1, true))
+        return pid, out
+    end
+
     for _, point in ipairs(CRASH_POINTS) do
         it("at " .. point .. ": the others go on, every acknowledged record from the new start on is there", function()
             if skip then return pending(skip) end
@@ -385,22 +405,10 @@ describe("a shared-mode writer killed at a crash point under the lock", function
     it("at sync.leading, left a zombie by a parent that never reaps it: the next durable append "
        .. "takes the lead", function()
         if skip then return pending(skip) end
-        local dir = tmp .. "/log"
-        -- A durable writer holds the log open throughout (so the state the
-        -- dead leader left is the one it uses); it appends when told to.
-        local go = tmp .. "/go"
-        local wpid, wout = util.spawn_lua(tmp, [[
-            local takhin = require("takhin")
-            local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
-            print("ready")
-            io.stdout:flush()
-            while not io.open(arg[2]) do os.execute("sleep 0.01") end
-            print("offset " .. assert(log:append("k", "next")))
-            io.stdout:flush()
-            log:close()
-        ]], { dir, go })
-        pids[#pids + 1] = wpid
-        assert.truthy(util.wait_for_content(wout, "ready"):find("ready", 1, true))
+        local dir, go = tmp .. "/log", tmp .. "/go"
+        -- the durable writer that must take the lead, holding the log open
+        -- throughout (the state the dead leader left is the one it uses)
+        local wpid, wout = durable_holder(dir, go, true)
         local victim = [[
             local takhin = require("takhin")
             local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
@@ -445,19 +453,8 @@ describe("a shared-mode writer killed at a crash point under the lock", function
        .. "one after", function()
         if skip then return pending(skip) end
         assert(util.sh("command -v strace >/dev/null 2>&1"), "strace is not installed")
-        local dir = tmp .. "/log"
-        -- a writer holds the log open throughout, so .state is not rebuilt
-        local go = tmp .. "/go"
-        local hpid, hout = util.spawn_lua(tmp, [[
-            local takhin = require("takhin")
-            local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
-            print("ready")
-            io.stdout:flush()
-            while not io.open(arg[2]) do os.execute("sleep 0.01") end
-            log:close()
-        ]], { dir, go })
-        pids[#pids + 1] = hpid
-        assert.truthy(util.wait_for_content(hout, "ready"):find("ready", 1, true))
+        local dir, go = tmp .. "/log", tmp .. "/go"
+        local hpid = durable_holder(dir, go, false)
         local vpid, vout = spawn_fault([[
             local takhin = require("takhin")
             local log = assert(takhin.open_log({ dir = arg[1], shared = true, sync = "always" }))
