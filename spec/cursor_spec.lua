@@ -577,28 +577,8 @@ end)
 -- Crash points (the fault build)
 -------------------------------------------------------------------------
 
-local FAULT_BUILD = os.getenv("TAKHIN_FAULT_BUILD")
-local FAULT_SO = FAULT_BUILD and FAULT_BUILD ~= "" and (FAULT_BUILD .. "/takhin/core.so") or nil
-
--- Runs source under lua5.4 with the crash-point build and
--- TAKHIN_FAULT=step; returns its output and exit status (137: SIGKILL).
-local function run_fault_child(dir, step, source, args)
-    local script = util.write_script(dir, source)
-    local path = os.getenv("LUA_PATH")
-    if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-    local cpath = FAULT_BUILD .. "/?.so;;"
-    local parts = {
-        "env", "TAKHIN_FAULT=" .. util.q(step),
-        "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-        "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-        util.q(util.lua54_bin()), util.q(script),
-    }
-    for _, a in ipairs(args) do parts[#parts + 1] = util.q(a) end
-    local cmd = "{ " .. table.concat(parts, " ") .. " </dev/null 2>&1; echo \"@exit=$?\"; } 2>/dev/null"
-    local out = util.capture(cmd)
-    local status = tonumber(out:match("@exit=(%d+)%s*$"))
-    return (out:gsub("@exit=%d+%s*$", "")), status
-end
+-- (children: util.run_fault, the crash-point build under lua5.4)
+local FAULT_BUILD, NO_FAULT_BUILD = util.fault_build()
 
 local CRASH_CHILD = [[
 local takhin = require("takhin")
@@ -623,9 +603,9 @@ local CASES = {
 }
 
 describe("a cursor commit killed at a crash point", function()
-    if not FAULT_SO or not util.exists(FAULT_SO) then
+    if not FAULT_BUILD then
         it("needs the crash-point build", function()
-            pending("skipped: TAKHIN_FAULT_BUILD/takhin/core.so is missing (`make fault`; `make test` does it)")
+            pending("skipped: " .. NO_FAULT_BUILD)
         end)
         return
     end
@@ -682,7 +662,7 @@ describe("a cursor commit killed at a crash point", function()
                         others.gone = 3
                     end
                     local reader = watched and open(dir, { readonly = true }) or nil
-                    local out, status = run_fault_child(work, step, CRASH_CHILD, { op, dir })
+                    local out, status = util.run_fault(work, CRASH_CHILD, { op, dir }, step)
                     assert(not out:find("survived", 1, true), step .. ": never reached: " .. out)
                     assert.are.equal(137, status, step .. ": not killed by SIGKILL: " .. out)
 

@@ -36,8 +36,7 @@
 
 local util = require("helpers.util")
 
-local FAULT_BUILD = os.getenv("TAKHIN_FAULT_BUILD")
-local FAULT_SO = FAULT_BUILD and FAULT_BUILD ~= "" and (FAULT_BUILD .. "/takhin/core.so") or nil
+local FAULT_BUILD, NO_FAULT_BUILD = util.fault_build()
 
 if util.is_luajit then
     describe("errno injection", function()
@@ -48,11 +47,9 @@ if util.is_luajit then
     return
 end
 
-if not FAULT_SO or not util.exists(FAULT_SO) then
+if not FAULT_BUILD then
     describe("errno injection", function()
-        pending(("skipped: %s -- run `make fault` and set TAKHIN_FAULT_BUILD=build-fault "
-                 .. "(`make test` does both)"):format(
-                 FAULT_SO and (FAULT_SO .. " is missing") or "TAKHIN_FAULT_BUILD is not set"))
+        pending("skipped: " .. NO_FAULT_BUILD)
     end)
     return
 end
@@ -128,17 +125,9 @@ local function setup_work()
 end
 
 local function start(name)
-    local path = os.getenv("LUA_PATH")
-    if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-    local cpath = FAULT_BUILD .. "/?.so;;"
-    local lua = util.lua54_bin()
     local out = ("%s/%s.out"):format(work, name)
-    local cmd = table.concat({
-        "env", "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-        "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-        util.q(lua), util.q(script), "supervise", util.q(lua), util.q(script), util.q(name),
-        util.q(work .. "/" .. name), tostring(WORKER_SECONDS),
-    }, " ")
+    local cmd = util.fault_command(script, { "supervise", util.lua54_bin(), script, name,
+                                             work .. "/" .. name, tostring(WORKER_SECONDS) })
     assert(util.sh("mkdir -p " .. util.q(work .. "/" .. name)))
     assert(util.sh("{ " .. cmd .. " </dev/null >" .. util.q(out) .. " 2>&1; echo $? >"
                    .. util.q(out .. ".rc") .. "; } >/dev/null 2>&1 &"))

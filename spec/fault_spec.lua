@@ -21,14 +21,11 @@
 local takhin = require("takhin")
 local util = require("helpers.util")
 
-local FAULT_BUILD = os.getenv("TAKHIN_FAULT_BUILD")
-local FAULT_SO = FAULT_BUILD and FAULT_BUILD ~= "" and (FAULT_BUILD .. "/takhin/core.so") or nil
+local FAULT_BUILD, NO_FAULT_BUILD = util.fault_build()
 
-if not FAULT_SO or not util.exists(FAULT_SO) then
+if not FAULT_BUILD then
     describe("snapshot crash points", function()
-        pending(("skipped: %s -- run `make fault` and set TAKHIN_FAULT_BUILD=build-fault "
-                 .. "(`make test` does both)"):format(
-                 FAULT_SO and (FAULT_SO .. " is missing") or "TAKHIN_FAULT_BUILD is not set"))
+        pending("skipped: " .. NO_FAULT_BUILD)
     end)
     return
 end
@@ -166,23 +163,7 @@ os.exit(0)
 -- build is made for Lua 5.4: the child is lua5.4 also when the specs run
 -- under LuaJIT (util.lua54_bin).
 local function run_child(dir, step, args)
-    local script = dir .. "/fault-child.lua"
-    util.write_file(script, CHILD)
-    local path = os.getenv("LUA_PATH")
-    if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-    local cpath = FAULT_BUILD .. "/?.so;;"
-    local parts = {
-        "env", "TAKHIN_FAULT=" .. util.q(step),
-        "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-        "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-        util.q(util.lua54_bin()), util.q(script),
-    }
-    for _, a in ipairs(args) do parts[#parts + 1] = util.q(a) end
-    -- The outer braces' stderr only gets sh's own "Killed" notice.
-    local cmd = "{ " .. table.concat(parts, " ") .. " </dev/null 2>&1; echo \"@exit=$?\"; } 2>/dev/null"
-    local out = util.capture(cmd)
-    local status = tonumber(out:match("@exit=(%d+)%s*$"))
-    return out:gsub("@exit=%d+%s*$", ""), status
+    return util.run_fault(dir, CHILD, args, step)
 end
 
 local function expect_killed(step, out, status)

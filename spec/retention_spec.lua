@@ -815,28 +815,8 @@ end)
 -- Crash points (the fault build)
 -------------------------------------------------------------------------
 
-local FAULT_BUILD = os.getenv("TAKHIN_FAULT_BUILD")
-local FAULT_SO = FAULT_BUILD and FAULT_BUILD ~= "" and (FAULT_BUILD .. "/takhin/core.so") or nil
-
--- Runs source under lua5.4 with the crash-point build and
--- TAKHIN_FAULT=step; returns its output and exit status (137: SIGKILL).
-local function run_fault_child(dir, step, source, args)
-    local script = util.write_script(dir, source)
-    local path = os.getenv("LUA_PATH")
-    if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-    local cpath = FAULT_BUILD .. "/?.so;;"
-    local parts = {
-        "env", "TAKHIN_FAULT=" .. util.q(step),
-        "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-        "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-        util.q(util.lua54_bin()), util.q(script),
-    }
-    for _, a in ipairs(args) do parts[#parts + 1] = util.q(a) end
-    local cmd = "{ " .. table.concat(parts, " ") .. " </dev/null 2>&1; echo \"@exit=$?\"; } 2>/dev/null"
-    local out = util.capture(cmd)
-    local status = tonumber(out:match("@exit=(%d+)%s*$"))
-    return (out:gsub("@exit=%d+%s*$", "")), status
-end
+-- (children: util.run_fault, the crash-point build under lua5.4)
+local FAULT_BUILD, NO_FAULT_BUILD = util.fault_build()
 
 -- The child: one retention pass on arg[2], killed at the step.
 --   delete_before    delete_before(35): .start, then [0,30) go
@@ -864,9 +844,9 @@ local STEPS = {
 }
 
 describe("a retention pass killed at a crash point", function()
-    if not FAULT_SO or not util.exists(FAULT_SO) then
+    if not FAULT_BUILD then
         it("needs the crash-point build", function()
-            pending("skipped: TAKHIN_FAULT_BUILD/takhin/core.so is missing (`make fault`; `make test` does it)")
+            pending("skipped: " .. NO_FAULT_BUILD)
         end)
         return
     end
@@ -915,7 +895,7 @@ describe("a retention pass killed at a crash point", function()
                 -- with a reader open the shared state outlives the child,
                 -- its lock "owner died": the next locker repairs
                 local reader = watched and open(dir, { readonly = true }) or nil
-                local out, status = run_fault_child(work, step, CRASH_CHILD, { op, dir })
+                local out, status = util.run_fault(work, CRASH_CHILD, { op, dir }, step)
                 assert(not out:find("survived", 1, true), step .. ": never reached: " .. out)
                 assert.are.equal(137, status, step .. ": not killed by SIGKILL: " .. out)
 

@@ -299,28 +299,19 @@ describe("a shared-mode writer killed at a crash point under the lock", function
         util.rmtree(tmp)
     end)
 
-    local fault_build = os.getenv("TAKHIN_FAULT_BUILD")
     local skip
     if util.is_luajit then
         skip = "Lua 5.4 only: the fault build is a Lua 5.4 module; the Lua 5.4 pass runs these children already"
-    elseif not fault_build or fault_build == "" or not util.exists(fault_build .. "/takhin/core.so") then
-        skip = "needs the fault build: `make fault` and TAKHIN_FAULT_BUILD=build-fault"
+    else
+        local build, why = util.fault_build()
+        if not build then skip = "needs the fault build: " .. why end
     end
 
     -- The command line of a lua5.4 child of the fault build; point: the
     -- TAKHIN_FAULT crash point, or nil.  Returns it and an output file.
     local function fault_command(source, args, point)
         local script = util.write_script(tmp, source)
-        local path = os.getenv("LUA_PATH")
-        if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-        local cpath = fault_build .. "/?.so;;"
-        local parts = { "env", "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-                        "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath) }
-        if point then parts[#parts + 1] = "TAKHIN_FAULT=" .. util.q(point) end
-        parts[#parts + 1] = util.q(util.lua54_bin())
-        parts[#parts + 1] = util.q(script)
-        for _, a in ipairs(args) do parts[#parts + 1] = util.q(a) end
-        return table.concat(parts, " "), script .. ".out"
+        return util.fault_command(script, args, point), script .. ".out"
     end
 
     -- That child in the background.  Returns its pid and output file.

@@ -101,11 +101,9 @@ describe("a log in shared mode", function()
         -- segment gets 4000 index entries, then the handles take turns;
         -- each append follows the other handle's, and must catch up from
         -- where its handle was (0 opens), not reload the index files.
-        local fault_build = os.getenv("TAKHIN_FAULT_BUILD")
-        if not fault_build or fault_build == "" or not util.exists(fault_build .. "/takhin/core.so") then
-            return pending("needs the fault build: `make fault` and TAKHIN_FAULT_BUILD=build-fault")
-        end
-        local script = util.write_script(tmp, [[
+        local fault_build, why = util.fault_build()
+        if not fault_build then return pending("needs the fault build: " .. why) end
+        local out = util.run_fault(tmp, [[
             local takhin = require("takhin")
             local core = require("takhin.core")
             local dir = arg[1]
@@ -127,15 +125,7 @@ describe("a log in shared mode", function()
             io.write("segments ", a:num_segments(), "\n")
             a:close()
             b:close()
-        ]])
-        local path = os.getenv("LUA_PATH")
-        if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-        local cpath = fault_build .. "/?.so;;"
-        local out = util.capture(table.concat({
-            "env", "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-            "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-            util.q(util.lua54_bin()), util.q(script), util.q(tmp .. "/log"), "2>&1",
-        }, " "))
+        ]], { tmp .. "/log" })
         assert.truthy(out:find("segments 1\n", 1, true), "the child failed or the segment rolled: " .. out)
         local rounds = 0
         for round, got, opens in out:gmatch("(%d+) (%d+) (%d+)\n") do

@@ -167,11 +167,9 @@ describe('sync = "interval"', function()
             return pending("Lua 5.4 only: the fault build is a Lua 5.4 module; the Lua 5.4 pass "
                            .. "runs this child already")
         end
-        local fault_build = os.getenv("TAKHIN_FAULT_BUILD")
-        if not fault_build or fault_build == "" or not util.exists(fault_build .. "/takhin/core.so") then
-            return pending("needs the fault build: `make fault` and TAKHIN_FAULT_BUILD=build-fault")
-        end
-        local script = util.write_script(tmp, [[
+        local fault_build, why = util.fault_build()
+        if not fault_build then return pending("needs the fault build: " .. why) end
+        local out = util.run_fault(tmp, [[
             local takhin = require("takhin")
             local core = require("takhin.core")
             local system = require("system")
@@ -193,15 +191,7 @@ describe('sync = "interval"', function()
             end
             print("synced", log:stats().synced_offset, log:high_water_mark())
             log:close()
-        ]])
-        local path = os.getenv("LUA_PATH")
-        if path == nil or path == "" then path = "lua/?.lua;lua/?/init.lua;spec/?.lua;;" end
-        local cpath = fault_build .. "/?.so;;"
-        local out = util.capture(table.concat({
-            "env", "LUA_PATH=" .. util.q(path), "LUA_PATH_5_4=" .. util.q(path),
-            "LUA_CPATH=" .. util.q(cpath), "LUA_CPATH_5_4=" .. util.q(cpath),
-            util.q(util.lua54_bin()), util.q(script), util.q(tmp .. "/log"), "2>&1",
-        }, " "))
+        ]], { tmp .. "/log" })
         local code, msg = out:match("failed\tnil\t(%S+)\t([^\n]*)")
         assert.are.equal("IO", code, out)
         assert.truthy(msg:find("background fsync", 1, true), out)

@@ -564,22 +564,18 @@ out:close()
 ]]
 
         it("an import that fails at any call leaves nothing behind, or the whole snapshot", function()
-            local fault = os.getenv("TAKHIN_FAULT_BUILD")
-            if not fault or fault == "" or not util.exists(fault .. "/takhin/core.so") then
-                pending("TAKHIN_FAULT_BUILD is not set (`make test` sets it; `make fault` builds it)")
+            local fault, why = util.fault_build()
+            if not fault then
+                pending(why)
                 return
             end
             local base, full, inc = tmp .. "/s1.tar", tmp .. "/full.tar", tmp .. "/inc.tar"
             assert(sm:export(s1.id, base))
             assert(sm:export(s2.id, full))
             assert(sm:export(s2.id, inc, { since = s1.id }))
-            local script, report = tmp .. "/fault_child.lua", tmp .. "/fault_report"
-            util.write_file(script, CHILD)
-            local path = os.getenv("LUA_PATH") or "lua/?.lua;lua/?/init.lua;;"
-            local cpath = fault .. "/?.so;;"
-            local _, err, status = shell(tmp, ("env LUA_PATH=%s LUA_PATH_5_4=%s LUA_CPATH=%s " ..
-                "LUA_CPATH_5_4=%s %s %s %s %s %s %s %s %s"):format(q(path), q(path), q(cpath), q(cpath),
-                q(util.lua54_bin()), q(script), q(other), q(base), q(s2.id), q(report), q(full), q(inc)))
+            local report = tmp .. "/fault_report"
+            local _, err, status = shell(tmp, util.fault_command(util.write_script(tmp, CHILD),
+                                                                 { other, base, s2.id, report, full, inc }))
             assert.are.equal(0, status, err)
             local text = util.read_file(report)
             assert.truthy(text:find("done\n$"), text)

@@ -104,6 +104,50 @@ local function lua_command(script, args)
     return table.concat(parts, " ")
 end
 
+-------------------------------------------------------------------------
+-- The crash-point / errno-injection build (`make fault`)
+-------------------------------------------------------------------------
+
+-- The fault build's directory ($TAKHIN_FAULT_BUILD), or nil and why it
+-- cannot be used (unset, or its takhin/core.so missing).
+function M.fault_build()
+    local dir = os.getenv("TAKHIN_FAULT_BUILD")
+    if dir == nil or dir == "" then
+        return nil, "TAKHIN_FAULT_BUILD is not set (`make test` sets it; `make fault` builds it)"
+    end
+    if not fs.exists(dir .. "/takhin/core.so") then
+        return nil, dir .. "/takhin/core.so is missing (`make fault` builds it)"
+    end
+    return dir
+end
+
+-- The command line that runs script with args under lua5.4 (the fault
+-- build is a Lua 5.4 module, also when the specs run under LuaJIT) on the
+-- fault build; with TAKHIN_FAULT=step when step is given (the child is
+-- killed with SIGKILL at that step).
+function M.fault_command(script, args, step)
+    local path, cpath = lua_path(), assert(M.fault_build()) .. "/?.so;;"
+    local parts = { "env" }
+    if step then parts[#parts + 1] = "TAKHIN_FAULT=" .. q(step) end
+    for _, p in ipairs({ "LUA_PATH=" .. q(path), "LUA_PATH_5_4=" .. q(path),
+                         "LUA_CPATH=" .. q(cpath), "LUA_CPATH_5_4=" .. q(cpath),
+                         q(M.lua54_bin()), q(script) }) do
+        parts[#parts + 1] = p
+    end
+    for _, a in ipairs(args or {}) do parts[#parts + 1] = q(a) end
+    return table.concat(parts, " ")
+end
+
+-- Run source that way to its end; returns its stdout+stderr and its exit
+-- status as sh reports it (137 for SIGKILL).
+function M.run_fault(dir, source, args, step)
+    local cmd = M.fault_command(M.write_script(dir, source), args, step)
+    -- The outer braces' stderr only gets sh's own "Killed" notice.
+    local out = sh.capture("{ " .. cmd .. " </dev/null 2>&1; echo \"@exit=$?\"; } 2>/dev/null")
+    local status = tonumber(out:match("@exit=(%d+)%s*$"))
+    return (out:gsub("@exit=%d+%s*$", "")), status
+end
+
 local script_seq = 0
 
 -- Write a child script into dir and return its path.
