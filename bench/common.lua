@@ -218,4 +218,31 @@ function M.fmt_int(n)
     return (out:gsub("^,", ""))
 end
 
+-- 0.01234 -> "12.34 ms", 2.5 -> "2.500 s"
+function M.fmt_time(t)
+    if t < 1 then return ("%.2f ms"):format(t * 1e3) end
+    return ("%.3f s"):format(t)
+end
+
+-- "12.34 ms  86,957 MB/s": a (median) time and the bytes it handled per
+-- second; "-" without a time.
+function M.fmt_cell(t, bytes)
+    if not t then return "-" end
+    return ("%11s %10s MB/s"):format(M.fmt_time(t), M.fmt_int(bytes / t / 1e6))
+end
+
+-- bytes -> "1.25 GiB" or "256.0 MiB"
+function M.fmt_size(b)
+    local GIB = 1024 * 1024 * 1024
+    if b >= GIB then return ("%.2f GiB"):format(b / GIB) end
+    return ("%.1f MiB"):format(b / (1024 * 1024))
+end
+
+-- takhin's (nil, msg, code) failures become errors naming the call;
+-- otherwise v.
+function M.check(what, v, msg, code)
+    if v == nil then error(("%s: %s (%s)"):format(what, tostring(msg), tostring(code)), 2) end
+    return v
+end
+
 return M

@@ -52,25 +52,7 @@ end
 -- ------------------------------------------------------------------ helpers
 local function rm_rf(path) C.rm_rf(path, "takhin-bench.") end
 
-local function fmt_time(t)
-    if t < 1 then return format("%.2f ms", t * 1e3) end
-    return format("%.3f s", t)
-end
-
-local function fmt_cell(t, bytes)
-    if not t then return "-" end
-    return format("%11s %10s MB/s", fmt_time(t), fmt_int(bytes / t / 1e6))
-end
-
-local function fmt_size(b)
-    if b >= GIB then return format("%.2f GiB", b / GIB) end
-    return format("%.1f MiB", b / (1024 * 1024))
-end
-
-local function check(what, v, msg, code)
-    if v == nil then error(format("%s: %s (%s)", what, tostring(msg), tostring(code)), 2) end
-    return v
-end
+local fmt_time, fmt_cell, fmt_size, check = C.fmt_time, C.fmt_cell, C.fmt_size, C.check
 
 local function file_size(path)
     local f = assert(io.open(path, "rb"))
