@@ -122,26 +122,32 @@ static struct check {
     char first[WHY_LEN];
 } checks[CK_COUNT];
 
+/* A check counts its runs and failures from any thread and keeps the
+ * first failure's text. */
 __attribute__((format(printf, 2, 3)))
-static void fail(int ck, const char *fmt, ...) {
-    if (atomic_fetch_add(&checks[ck].fails, 1) == 0) {
+static void check_fail(struct check *c, const char *fmt, ...) {
+    if (atomic_fetch_add(&c->fails, 1) == 0) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(checks[ck].first, sizeof checks[ck].first, fmt, ap);
+        vsnprintf(c->first, sizeof c->first, fmt, ap);
         va_end(ap);
     }
 }
 
-static void ran(int ck) {
-    atomic_fetch_add_explicit(&checks[ck].runs, 1, memory_order_relaxed);
+static void check_ran(struct check *c) {
+    atomic_fetch_add_explicit(&c->runs, 1, memory_order_relaxed);
 }
 
-static void report(int ck, const char *what) {
-    long f = atomic_load(&checks[ck].fails), r = atomic_load(&checks[ck].runs);
+static void check_report(struct check *c, const char *what) {
+    long f = atomic_load(&c->fails), r = atomic_load(&c->runs);
     ok(f == 0, "%s (%ld checks, %ld failed)", what, r, f);
     if (f)
-        diag(checks[ck].first);
+        diag(c->first);
 }
+
+#define fail(ck, ...)      check_fail(&checks[ck], __VA_ARGS__)
+#define ran(ck)            check_ran(&checks[ck])
+#define report(ck, what)   check_report(&checks[ck], what)
 
 /* ------------------------------------------------------------------ */
 /* Small utilities                                                      */
@@ -1647,26 +1653,9 @@ enum { JK_APPEND, JK_CREATE, JK_VERIFY, JK_RESTORE, JK_CANCEL, JK_PROGRESS,
 
 static struct check jchecks[JK_COUNT];
 
-__attribute__((format(printf, 2, 3)))
-static void jfail(int ck, const char *fmt, ...) {
-    if (atomic_fetch_add(&jchecks[ck].fails, 1) == 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(jchecks[ck].first, sizeof jchecks[ck].first, fmt, ap);
-        va_end(ap);
-    }
-}
-
-static void jran(int ck) {
-    atomic_fetch_add_explicit(&jchecks[ck].runs, 1, memory_order_relaxed);
-}
-
-static void jreport(int ck, const char *what) {
-    long f = atomic_load(&jchecks[ck].fails), r = atomic_load(&jchecks[ck].runs);
-    ok(f == 0, "%s (%ld checks, %ld failed)", what, r, f);
-    if (f)
-        diag(jchecks[ck].first);
-}
+#define jfail(ck, ...)     check_fail(&jchecks[ck], __VA_ARGS__)
+#define jran(ck)           check_ran(&jchecks[ck])
+#define jreport(ck, what)  check_report(&jchecks[ck], what)
 
 static tk_log *j_log;
 static tk_snapmgr *j_link, *j_copy;     /* shared by every starter */
