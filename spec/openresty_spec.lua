@@ -277,6 +277,31 @@ describe("takhin in nginx (OpenResty style)", function()
     local tmp, server          -- server = { master =, workers =, prefix = }
     local curls = {}
 
+    -- n curl clients, client c sending `per` requests (request_for(c, i))
+    -- from one config, started in the background into curls; returns the
+    -- requests by client.  close, rate: as write_curl_config.
+    local function start_clients(port, name, n, per, close, rate)
+        local sent = {}
+        for c = 1, n do
+            local reqs = {}
+            for i = 1, per do reqs[i] = request_for(c, i) end
+            sent[c] = reqs
+            write_curl_config(tmp .. "/" .. name .. c .. ".curl", port, reqs, close, rate)
+        end
+        for c = 1, n do
+            curls[c] = spawn_curl(tmp, name .. c, tmp .. "/" .. name .. c .. ".curl")
+        end
+        return sent
+    end
+
+    -- Whether every curl client started has finished.
+    local function clients_done()
+        for _, cl in ipairs(curls) do
+            if not util.exists(cl.rc) then return false end
+        end
+        return true
+    end
+
     -- Stops nginx through its own pid: QUIT (graceful), bounded wait, then
     -- TERM and KILL for a master that hangs.  Returns true when it and its
     -- workers are gone.
@@ -414,26 +439,11 @@ describe("takhin in nginx (OpenResty style)", function()
         local port = server.port
 
         -- The load: 8 curl processes, each with all its requests in one config.
-        local sent = {}          -- client -> array of requests
-        for c = 1, CLIENTS do
-            local reqs = {}
-            for i = 1, PER_CLIENT do reqs[i] = request_for(c, i) end
-            sent[c] = reqs
-            local cfg = tmp .. "/client" .. c .. ".curl"
-            write_curl_config(cfg, port, reqs)
-        end
-        for c = 1, CLIENTS do
-            curls[c] = spawn_curl(tmp, "client" .. c, tmp .. "/client" .. c .. ".curl")
-        end
+        local sent = start_clients(port, "client", CLIENTS, PER_CLIENT)   -- client -> requests
+        local all_done = clients_done
 
         -- Meanwhile, snapshots through the server.
         local api_snaps = {}
-        local function all_done()
-            for _, cl in ipairs(curls) do
-                if not util.exists(cl.rc) then return false end
-            end
-            return true
-        end
         local function take_snapshot()
             local status, body = http(port, "POST", "/snapshot")
             assert.are.equal(200, status, "POST /snapshot: " .. body)
@@ -707,22 +717,8 @@ describe("takhin in nginx (OpenResty style)", function()
                       max_segment_size = 64 * 1024, snapshot_interval = "off" })
         local port = server.port
         local D_CLIENTS, D_PER = 6, 250
-        local sent = {}
-        for c = 1, D_CLIENTS do
-            local reqs = {}
-            for i = 1, D_PER do reqs[i] = request_for(c, i) end
-            sent[c] = reqs
-            write_curl_config(tmp .. "/drain-client" .. c .. ".curl", port, reqs, true, "150/s")
-        end
-        for c = 1, D_CLIENTS do
-            curls[c] = spawn_curl(tmp, "drain-client" .. c, tmp .. "/drain-client" .. c .. ".curl")
-        end
-        local function all_done()
-            for _, cl in ipairs(curls) do
-                if not util.exists(cl.rc) then return false end
-            end
-            return true
-        end
+        local sent = start_clients(port, "drain-client", D_CLIENTS, D_PER, true, "150/s")
+        local all_done = clients_done
 
         -- The drainer.  delivered: what the drains answered so far, as a
         -- prefix [0, upto) of the log: a drain that began past it skipped.
@@ -888,20 +884,8 @@ describe("takhin in nginx (OpenResty style)", function()
                       max_segment_size = 64 * 1024, snapshot_interval = "off" })
         local port = server.port
         local M_CLIENTS, M_PER = 4, 150
-        local sent = {}
-        for c = 1, M_CLIENTS do
-            local reqs = {}
-            for i = 1, M_PER do reqs[i] = request_for(c, i) end
-            sent[c] = reqs
-            write_curl_config(tmp .. "/m-client" .. c .. ".curl", port, reqs, true)
-        end
-        for c = 1, M_CLIENTS do
-            curls[c] = spawn_curl(tmp, "m-client" .. c, tmp .. "/m-client" .. c .. ".curl")
-        end
-        assert(util.wait_until(function()
-            for _, cl in ipairs(curls) do if not util.exists(cl.rc) then return false end end
-            return true
-        end, 6000, 0.02), "the curl clients did not finish")
+        local sent = start_clients(port, "m-client", M_CLIENTS, M_PER, true)
+        assert(util.wait_until(clients_done, 6000, 0.02), "the curl clients did not finish")
 
         -- What the clients counted: every answer 200, by worker.
         local acked, by_worker = 0, {}
