@@ -146,21 +146,31 @@ end
 -- In-process workloads: each returns records per second
 -------------------------------------------------------------------------
 
--- log:append per record into a fresh log opened with extra options.
-local function tk_append(extra)
-    local dir = new_path("append")
+-- Times write(log) on a fresh log opened with extra options; write
+-- returns the last offset, which must be N - 1.  Returns records per
+-- second.
+local function on_fresh_log(what, extra, write)
+    local dir = new_path(what)
     local opts = { dir = dir }
     for k, v in pairs(extra or {}) do opts[k] = v end
     local log = open_log(opts)
     collectgarbage()
-    local append, last = log.append, nil
     local t0 = now()
-    for o = 0, N - 1 do last = append(log, keys[o + 1], vals[o % POOL + 1], TS0 + o) end
+    local last = write(log)
     local t = now() - t0
-    assert(last == N - 1, "append: last offset " .. tostring(last))
+    assert(last == N - 1, what .. ": last offset " .. tostring(last))
     log:close()
     rm(dir)
     return N / t
+end
+
+-- log:append per record into a fresh log opened with extra options.
+local function tk_append(extra)
+    return on_fresh_log("append", extra, function(log)
+        local append, last = log.append, nil
+        for o = 0, N - 1 do last = append(log, keys[o + 1], vals[o % POOL + 1], TS0 + o) end
+        return last
+    end)
 end
 
 -- The floor: an unbuffered file, one file:write (one write(2)) of each
@@ -189,22 +199,14 @@ end
 
 -- log:append_batch of BATCH records into a fresh log.
 local function tk_batches(extra)
-    local dir = new_path("batch")
-    local opts = { dir = dir }
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    local log = open_log(opts)
-    collectgarbage()
-    local append_batch, last = log.append_batch, nil
-    local t0 = now()
-    for b = 1, #batches do
-        local _, l = append_batch(log, batches[b])
-        last = l
-    end
-    local t = now() - t0
-    assert(last == N - 1, "append_batch: last offset " .. tostring(last))
-    log:close()
-    rm(dir)
-    return N / t
+    return on_fresh_log("append_batch", extra, function(log)
+        local append_batch, last = log.append_batch, nil
+        for b = 1, #batches do
+            local _, l = append_batch(log, batches[b])
+            last = l
+        end
+        return last
+    end)
 end
 
 -------------------------------------------------------------------------
