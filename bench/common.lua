@@ -94,6 +94,46 @@ function M.mktemp_dir(prefix, base)
     return dir
 end
 
+-- Bytes free on dir's filesystem (df), or nil.
+function M.df_avail(dir)
+    local line = M.capture("df -Pk " .. M.q(dir) .. " 2>/dev/null | tail -n 1")
+    local avail = line:match("^%S+%s+%d+%s+%d+%s+(%d+)")
+    return avail and tonumber(avail) * 1024
+end
+
+-- dir's filesystem type ("ext2/ext3", "tmpfs", ...).
+function M.fs_type(dir)
+    return (M.capture("stat -f -c %T " .. M.q(dir) .. " 2>/dev/null"):gsub("%s+$", ""))
+end
+
+-- A new temp directory for a bench that needs `need` bytes: under $TMPDIR
+-- when set, else under whichever of `dirs` has the most room (skipping
+-- tmpfs when no_tmpfs: it has no fdatasync cost).  Exits with status 2 and
+-- a message naming `hint` (the settings that lower the need) when none
+-- will do.  Returns the directory and the bytes free there.
+function M.bench_tmp(name, need, dirs, hint, no_tmpfs)
+    local td = os.getenv("TMPDIR")
+    local cands = (td and td ~= "") and { td } or dirs
+    local best, best_avail
+    for _, d in ipairs(cands) do
+        local a = M.df_avail(d)
+        if a and not (no_tmpfs and M.fs_type(d) == "tmpfs") and (not best_avail or a > best_avail) then
+            best, best_avail = d, a
+        end
+    end
+    if not best then
+        io.stderr:write("bench: no usable temp directory among " .. table.concat(cands, ", ")
+                        .. (no_tmpfs and " (tmpfs has no fdatasync cost; set TMPDIR)" or "") .. "\n")
+        os.exit(2)
+    end
+    if best_avail < need then
+        io.stderr:write(("bench: %s has %s free, the %s bench needs %s (%s)\n"):format(
+            best, M.fmt_size(best_avail), name, M.fmt_size(need), hint))
+        os.exit(2)
+    end
+    return M.mktemp_dir("takhin-bench.", best), best_avail
+end
+
 -- rm -rf of path, which must be (or be inside) a directory whose name
 -- starts with prefix ("takhin-bench."): a guard against removing anything
 -- else.

@@ -129,38 +129,10 @@ end
 -- Temp dir: on a real disk (fdatasync and copies must hit the device)
 -------------------------------------------------------------------------
 
-local function df_avail(dir)
-    local line = C.capture("df -Pk " .. q(dir) .. " 2>/dev/null | tail -n 1")
-    local avail = line:match("^%S+%s+%d+%s+%d+%s+(%d+)")
-    return avail and tonumber(avail) * 1024
-end
-
-local function fs_type(dir)
-    return (C.capture("stat -f -c %T " .. q(dir) .. " 2>/dev/null"):gsub("%s+$", ""))
-end
+local fs_type = C.fs_type
 
 local NEED = (RUN_B and SNAP_GB * GIB * 2.1 or 0) + (RUN_A and (0.25 + 0.75 * REPS) * GIB or 0)
-local TMP, TMP_AVAIL
-do
-    local td = os.getenv("TMPDIR")
-    local cands = (td and td ~= "") and { td } or { "/var/tmp", "/tmp" }
-    local best, best_avail
-    for _, d in ipairs(cands) do
-        local a = df_avail(d)
-        if a and fs_type(d) ~= "tmpfs" and (not best_avail or a > best_avail) then best, best_avail = d, a end
-    end
-    if not best then
-        io.stderr:write("bench: no temp directory on a disk among " .. concat(cands, ", ")
-                        .. " (tmpfs has no fdatasync cost; set TMPDIR)\n")
-        os.exit(2)
-    end
-    if best_avail < NEED then
-        io.stderr:write(format("bench: %s has %.1f GiB free, the nginx bench needs %.1f GiB "
-                               .. "(BENCH_NGX_SNAP_GB, TMPDIR)\n", best, best_avail / GIB, NEED / GIB))
-        os.exit(2)
-    end
-    TMP, TMP_AVAIL = C.mktemp_dir("takhin-bench.", best), best_avail
-end
+local TMP, TMP_AVAIL = C.bench_tmp("nginx", NEED, { "/var/tmp", "/tmp" }, "BENCH_NGX_SNAP_GB, TMPDIR", true)
 
 -------------------------------------------------------------------------
 -- HTTP (lua-socket; one request per connection)

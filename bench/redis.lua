@@ -90,29 +90,6 @@ M.resp = has_socket and load(M.RESP)() or nil
 -- redis-server: started here, stopped by its pid
 -------------------------------------------------------------------------
 
--- TCP ports in use (any state), from /proc/net/tcp{,6}.
-local function used_ports()
-    local used = {}
-    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-        local h = io.open(f, "r")
-        if h then
-            for hex in h:read("a"):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do used[tonumber(hex, 16)] = true end
-            h:close()
-        end
-    end
-    return used
-end
-
-local function free_port()
-    local used = used_ports()
-    local seed = proc.getpid() * 7919 + os.time()
-    for k = 1, 12000 do
-        local port = 20000 + (seed + k * 4099) % 12000
-        if not used[port] then return port end
-    end
-    error("no free TCP port between 20000 and 32000")
-end
-
 -- Stops a server M.start started (nothing when it did not start).
 function M.stop(C, server)
     if not server.pid then return end
@@ -137,8 +114,8 @@ function M.start(C, dir, args)
     if not M.resp then return { why = "lua-socket is not installed (make deps)" } end
     local extra = {}
     for i, a in ipairs(args or {}) do extra[i] = C.q(a) end
-    for _ = 1, 5 do
-        local port = free_port()
+    for attempt = 1, 5 do
+        local port = C.free_port(proc.getpid(), attempt)
         local pidfile = dir .. "/redis.pid"
         os.remove(pidfile)
         local cmd = table.concat({

@@ -83,35 +83,8 @@ local NEED = (RECS_A * 2 + RECS_B) * FRAMED * 1.05 + 256 * 1024 * 1024   -- A, B
 
 -- ------------------------------------------------------------------ temp dir
 -- On the filesystem with the most room (TMPDIR when set).
-local function df_avail(dir)
-    local p = io.popen("df -Pk " .. sh_quote(dir) .. " 2>/dev/null")
-    p:read("l")
-    local line = p:read("l")
-    p:close()
-    local avail = line and line:match("^%S+%s+%d+%s+%d+%s+(%d+)")
-    return avail and tonumber(avail) * 1024
-end
-
-local TMP, TMP_AVAIL
-do
-    local cands = {}
-    local td = os.getenv("TMPDIR")
-    if td and td ~= "" then cands = { td } else cands = { "/tmp", "/var/tmp" } end
-    local best, best_avail
-    for _, d in ipairs(cands) do
-        local a = df_avail(d)
-        if a and (not best_avail or a > best_avail) then best, best_avail = d, a end
-    end
-    if not best then error("no usable temp directory among " .. concat(cands, ", ")) end
-    if best_avail < NEED then
-        io.stderr:write(format("bench: %s has %s free, the snapshot bench needs %s "
-                               .. "(lower BENCH_SNAP_GB or set TMPDIR)\n",
-                               best, fmt_size(best_avail), fmt_size(NEED)))
-        os.exit(2)
-    end
-    TMP = C.mktemp_dir("takhin-bench.", best)
-    TMP_AVAIL = best_avail
-end
+local TMP, TMP_AVAIL = C.bench_tmp("snapshot", NEED, { "/tmp", "/var/tmp" },
+                                  "lower BENCH_SNAP_GB or set TMPDIR")
 
 -- ------------------------------------------------------------------ data
 math.randomseed(42)

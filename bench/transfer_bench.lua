@@ -61,36 +61,10 @@ local function file_size(path)
     return n
 end
 
-local function df_avail(dir)
-    local p = io.popen("df -Pk " .. q(dir) .. " 2>/dev/null")
-    p:read("l")
-    local line = p:read("l")
-    p:close()
-    local avail = line and line:match("^%S+%s+%d+%s+%d+%s+(%d+)")
-    return avail and tonumber(avail) * 1024
-end
-
 -- log + plain archive + zstd archive + one import or extraction at a time
 local NEED = GB * GIB * 3.6 + 256 * 1024 * 1024
-local TMP, TMP_AVAIL
-do
-    local td = os.getenv("TMPDIR")
-    local cands = (td and td ~= "") and { td } or { "/tmp", "/var/tmp" }
-    local best, best_avail
-    for _, d in ipairs(cands) do
-        local a = df_avail(d)
-        if a and (not best_avail or a > best_avail) then best, best_avail = d, a end
-    end
-    if not best then error("no usable temp directory among " .. concat(cands, ", ")) end
-    if best_avail < NEED then
-        io.stderr:write(format("bench: %s has %s free, the transfer bench needs %s "
-                               .. "(lower BENCH_XFER_GB or set TMPDIR)\n",
-                               best, fmt_size(best_avail), fmt_size(NEED)))
-        os.exit(2)
-    end
-    TMP = C.mktemp_dir("takhin-bench.", best)
-    TMP_AVAIL = best_avail
-end
+local TMP, TMP_AVAIL = C.bench_tmp("transfer", NEED, { "/tmp", "/var/tmp" },
+                                  "lower BENCH_XFER_GB or set TMPDIR")
 
 -- ------------------------------------------------------------------ data
 -- JSON-like records, as a service would log them: a few fields, some
