@@ -148,31 +148,10 @@ end
 -- Servers a bench starts (redis, nginx)
 -------------------------------------------------------------------------
 
--- TCP ports in use on this machine (any state), from /proc/net/tcp{,6}.
-local function used_ports()
-    local used = {}
-    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-        local h = io.open(f, "r")
-        if h then
-            for hex in h:read("a"):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do used[tonumber(hex, 16)] = true end
-            h:close()
-        end
-    end
-    return used
-end
-
--- A TCP port between 20000 and 32000 (below the ephemeral range, so no
--- client's own port takes it) that is not in use now, drawn from seed
--- (the caller's pid, say) and the clock; draw = 1, 2, ... gives another
--- one for a retry after "Address already in use".
+-- A free TCP port (spec/helpers/proc.lua, which the benches that start
+-- servers load anyway).
 function M.free_port(seed, draw)
-    local used = used_ports()
-    local base = seed * 7919 + os.time()
-    for k = 1, 12000 do
-        local port = 20000 + (base + ((draw or 1) + k) * 4099) % 12000
-        if not used[port] then return port end
-    end
-    error("no free TCP port between 20000 and 32000")
+    return require("helpers.proc").free_port(seed, draw)
 end
 
 -------------------------------------------------------------------------

@@ -342,27 +342,7 @@ local function lua_literal(v)
     return tostring(v)
 end
 
-local function read_pid(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local pid = tonumber((f:read("a") or ""):match("%d+"))
-    f:close()
-    return pid
-end
 
--- Pids whose parent is ppid (nginx's workers), from /proc.
-local function children_of(ppid)
-    local pids = {}
-    for name in C.capture("ls /proc"):gmatch("%d+") do
-        local f = io.open("/proc/" .. name .. "/stat", "r")
-        if f then
-            local parent = (f:read("a") or ""):match("^%d+ %b() %a (%d+)")
-            f:close()
-            if tonumber(parent) == ppid then pids[#pids + 1] = tonumber(name) end
-        end
-    end
-    return pids
-end
 
 local function wait_until(pred, seconds, pause)
     local limit = now() + seconds
@@ -374,23 +354,13 @@ local function wait_until(pred, seconds, pause)
     return pred()
 end
 
+local read_pid, children_of, error_lines = proc.read_pid, proc.children_of, proc.error_lines
+
 local servers = {}              -- every nginx started, until stopped
 local MYPID = proc.getpid()
 local USER = C.capture("id -un"):gsub("%s+$", "")
 local GROUP = C.capture("id -gn"):gsub("%s+$", "")
 
--- Errors the server logged ([error] and worse).
-local function error_lines(path)
-    local bad = {}
-    local f = io.open(path, "rb")
-    if not f then return bad end
-    for line in f:read("a"):gmatch("[^\n]+") do
-        if line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
-            or line:find("%[emerg%]") then bad[#bad + 1] = line end
-    end
-    f:close()
-    return bad
-end
 
 -- Starts nginx with `workers` workers and the worker cfg; returns the
 -- server { master, workers, port, prefix, error_log }.

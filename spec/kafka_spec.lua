@@ -839,32 +839,10 @@ local function nginx_environment()
     return env
 end
 
-local function read_pid(path)
-    local pid = tonumber(slurp(path):match("%d+"))
-    return pid
-end
 
-local function children_of(ppid)
-    local pids = {}
-    for name in util.capture("ls /proc"):gmatch("%d+") do
-        local stat = slurp("/proc/" .. name .. "/stat")
-        if tonumber(stat:match("^%d+ %b() %a (%d+)")) == ppid then pids[#pids + 1] = tonumber(name) end
-    end
-    return pids
-end
 
--- A TCP port below the ephemeral range that nothing listens on.
-local function free_port(seed)
-    local used = {}
-    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-        for hex in slurp(f):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do used[tonumber(hex, 16)] = true end
-    end
-    for k = 1, 12000 do
-        local port = 20000 + (seed + k * 4099) % 12000
-        if not used[port] then return port end
-    end
-    error("no free port")
-end
+
+local read_pid, children_of = util.read_pid, util.children_of
 
 local function curl_quote(s)
     return '"' .. s:gsub('[\\"\t\n\r]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\t"] = "\\t",
@@ -942,7 +920,7 @@ describe("takhin.forwarder in nginx (2 workers appending, worker 0 forwarding)",
             KAFKA_BROKERS = cluster.bootstrap, KAFKA_TOPIC = "nginx",
         }
         for attempt = 1, 5 do
-            vars.PORT = free_port(util.getpid() * 7919 + os.time() + attempt * 131)
+            vars.PORT = util.free_port(util.getpid(), attempt)
             local conf = prefix .. "/nginx.conf"
             util.write_file(conf, (template:gsub("{{([%u_]+)}}", function(n)
                 return tostring(assert(vars[n], "no value for {{" .. n .. "}}"))

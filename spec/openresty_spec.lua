@@ -98,58 +98,17 @@ end
 -- Processes, ports, HTTP
 -------------------------------------------------------------------------
 
-local function read_pid(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local pid = tonumber((f:read("a") or ""):match("%d+"))
-    f:close()
-    return pid
-end
 
--- Pids whose parent is `ppid` (nginx's workers), from /proc.
-local function children_of(ppid)
-    local pids = {}
-    for name in util.capture("ls /proc"):gmatch("%d+") do
-        local f = io.open("/proc/" .. name .. "/stat", "r")
-        if f then
-            local stat = f:read("a") or ""
-            f:close()
-            local parent = stat:match("^%d+ %b() %a (%d+)")
-            if tonumber(parent) == ppid then pids[#pids + 1] = tonumber(name) end
-        end
-    end
-    return pids
-end
 
--- TCP ports in use on this machine (any state), from /proc/net/tcp{,6}.
-local function used_ports()
-    local used = {}
-    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-        local h = io.open(f, "r")
-        if h then
-            for hex in h:read("a"):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do
-                used[tonumber(hex, 16)] = true
-            end
-            h:close()
-        end
-    end
-    return used
-end
 
 -- A port below the ephemeral range (so curl's own ports never take it),
--- drawn from this process's pid and the clock (not math.random: the
--- suite's random state is left alone), skipping the ones in use.
+-- another one at each call.
 local port_draws = 0
 local function free_port()
-    local used = used_ports()
-    local seed = util.getpid() * 7919 + os.time()
-    for _ = 1, 12000 do
-        port_draws = port_draws + 1
-        local port = 20000 + (seed + port_draws * 4099) % 12000
-        if not used[port] then return port end
-    end
-    error("no free TCP port found between 20000 and 32000")
+    port_draws = port_draws + 1
+    return util.free_port(util.getpid(), port_draws)
 end
+local read_pid, children_of, error_lines = util.read_pid, util.children_of, util.error_lines
 
 -- curl one request; returns status (number, 0 when no answer), body and
 -- the answer's X-Takhin-Worker header (a number, or nil).
@@ -251,19 +210,6 @@ local function render(template, vars)
     return out
 end
 
-local function error_lines(path)
-    local bad = {}
-    local f = io.open(path, "rb")
-    if not f then return bad end
-    for line in f:read("a"):gmatch("[^\n]+") do
-        if line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
-            or line:find("%[emerg%]") then
-            bad[#bad + 1] = line
-        end
-    end
-    f:close()
-    return bad
-end
 
 local function tail(path, n)
     return util.capture("tail -n " .. (n or 30) .. " " .. q(path) .. " 2>/dev/null")

@@ -295,4 +295,74 @@ function M.run_lua_as(prefix, dir, source, args)
     return read_command(prefix .. " " .. lua_command(script, args) .. " </dev/null 2>&1")
 end
 
+-------------------------------------------------------------------------
+-- Servers a spec or bench starts (nginx, redis): pids, ports, logs
+-------------------------------------------------------------------------
+
+-- The pid in a pid file, or nil.
+function M.read_pid(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local pid = tonumber((f:read("a") or ""):match("%d+"))
+    f:close()
+    return pid
+end
+
+-- Pids whose parent is ppid (nginx's workers), from /proc.
+function M.children_of(ppid)
+    local pids = {}
+    for name in sh.capture("ls /proc"):gmatch("%d+") do
+        local f = io.open("/proc/" .. name .. "/stat", "r")
+        if f then
+            local parent = (f:read("a") or ""):match("^%d+ %b() %a (%d+)")
+            f:close()
+            if tonumber(parent) == ppid then pids[#pids + 1] = tonumber(name) end
+        end
+    end
+    return pids
+end
+
+-- TCP ports in use on this machine (any state), from /proc/net/tcp{,6}.
+local function used_ports()
+    local used = {}
+    for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
+        local h = io.open(f, "r")
+        if h then
+            for hex in h:read("a"):gmatch("\n%s*%d+: %x+:(%x%x%x%x) ") do used[tonumber(hex, 16)] = true end
+            h:close()
+        end
+    end
+    return used
+end
+
+-- A TCP port between 20000 and 32000 (below the ephemeral range, so no
+-- client's own port takes it) that is not in use now, drawn from seed
+-- (the caller's pid, say) and the clock -- not math.random: the suite's
+-- random state is left alone; draw = 1, 2, ... gives another one, for a
+-- retry after "Address already in use".
+function M.free_port(seed, draw)
+    local used = used_ports()
+    local base = seed * 7919 + os.time()
+    for k = 1, 12000 do
+        local port = 20000 + (base + ((draw or 1) + k) * 4099) % 12000
+        if not used[port] then return port end
+    end
+    error("no free TCP port between 20000 and 32000")
+end
+
+-- The lines of an nginx error log at [error] or worse.
+function M.error_lines(path)
+    local bad = {}
+    local f = io.open(path, "rb")
+    if not f then return bad end
+    for line in f:read("a"):gmatch("[^\n]+") do
+        if line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
+            or line:find("%[emerg%]") then
+            bad[#bad + 1] = line
+        end
+    end
+    f:close()
+    return bad
+end
+
 return M
