@@ -296,9 +296,10 @@ tk_code tk_parallel(size_t n, unsigned threads, int background, tk_par_fn fn, vo
     par p = { n, 0, fn, ud, PTHREAD_MUTEX_INITIALIZER, 0, n, { TK_OK, 0, "" }, background };
     pthread_t ids[64];
     unsigned started = 0;
-    /* a job leaves a CPU to the threads serving requests (see job.h) */
-    if (threads == 0) threads = background && tk_cpu_count() > 1 ? tk_cpu_count() - 1
-                                                                   : tk_cpu_count();
+    if (threads == 0) {
+        threads = tk_cpu_count();
+        if (background && threads > 1) threads--;   /* a CPU left to serving (job.h) */
+    }
     if (threads > 64) threads = 64;
     if (threads > n) threads = (unsigned)n;
     /* The caller is the first worker, unless the work is background: then

@@ -481,7 +481,6 @@ int tk_pid_alive(long pid) {
     return p && field == 20 && strtol(p, NULL, 10) > 1;
 }
 
-static int alive(int32_t pid) { return tk_pid_alive(pid); }
 
 void tk_state_appending(tk_state *st, int delta) {
     uint32_t v;
@@ -554,7 +553,7 @@ int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) 
             struct timespec nap = { 0, 50 * 1000000 };
             if (st->is_private) nanosleep(&(struct timespec){ 0, 100000 }, NULL);
             else if (futex_wait(&sh->sync_wake, w, &nap) < 0 && errno == ETIMEDOUT &&
-                     !alive(holder))
+                     !tk_pid_alive(holder))
                 __atomic_compare_exchange_n(&sh->syncing, &holder, 0, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE);
         }
@@ -602,7 +601,7 @@ void tk_state_add_writer(tk_state *st) {
     for (int i = 0; i < TK_STATE_WRITERS; i++) {
         int32_t cur = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);
         /* A slot of a process that died without closing is free too. */
-        if (cur != 0 && alive(cur)) continue;
+        if (cur != 0 && tk_pid_alive(cur)) continue;
         if (__atomic_compare_exchange_n(&st->sh->writers[i], &cur, pid, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_RELAXED)) {
             st->slot = i;
@@ -622,7 +621,7 @@ uint64_t tk_state_writer_count(const tk_state *st) {
     if (!st->sh || st->is_private) return 0;
     for (int i = 0; i < TK_STATE_WRITERS; i++) {
         int32_t pid = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);
-        if (alive(pid)) n++;
+        if (tk_pid_alive(pid)) n++;
     }
     return n;
 }
@@ -641,7 +640,7 @@ void tk_state_describe_writers(const char *dir, char *out, size_t cap) {
     if (header_ok(sh)) {
         for (int i = 0; i < TK_STATE_WRITERS && len + 16 < cap; i++) {
             int32_t pid = __atomic_load_n(&sh->writers[i], __ATOMIC_RELAXED);
-            if (!alive(pid)) continue;
+            if (!tk_pid_alive(pid)) continue;
             len += (size_t)snprintf(out + len, cap - len, "%spid %d", len ? ", " : "", pid);
         }
     }
