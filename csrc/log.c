@@ -102,6 +102,8 @@ struct tk_log {
     int sync_errno;                     /* a background fsync failed: the next call says so */
     unsigned pins;                      /* atomic: background jobs using this handle */
     tk_watch watch;                     /* on the active .log (watch.h) */
+    int64_t own_res;                    /* under wmu: this handle's reservation, while it
+                                           takes the lock to void the one before it */
 };
 
 struct tk_iter {
@@ -643,13 +645,61 @@ static tk_code repair_locked(tk_log *log, tk_err *err) {
     return rc;
 }
 
-/* Takes the state's lock for a change to the files and brings the view up
- * to date.  Caller holds wmu. */
-static tk_code writer_enter(tk_log *log, tk_err *err) {
+/* Cuts the active segment's files (by name: this handle's view may be
+ * behind) back to pos bytes and idx_n index entries, where voided shared
+ * appends began.  Caller holds the lock. */
+static tk_code cut_voided(tk_log *log, uint64_t pos, uint64_t idx_n, tk_err *err) {
+    static const uint64_t unit[TK_EXT_COUNT] = { 1, TK_OIDX_ENTRY, TK_TIDX_ENTRY };
     tk_layout l;
-    int repair;
-    tk_code rc = tk_state_lock(&log->st, log->dir, &repair, err);
-    if (rc != TK_OK) return rc;
+    tk_code rc = TK_OK;
+    tk_state_copy(&log->st, &l);
+    for (int i = 0; i < TK_EXT_COUNT && rc == TK_OK; i++) {
+        char path[PATH_MAX];
+        uint64_t to = (i == TK_EXT_LOG ? pos : idx_n) * unit[i];
+        struct stat sb;
+        int fd;
+        if (tk_seg_path(path, sizeof path, log->dir, l.active_base, (tk_ext)i) < 0 ||
+            (fd = tk_open(path, O_WRONLY | O_CLOEXEC, 0)) < 0) {
+            if (errno == ENOENT && i != TK_EXT_LOG) continue;
+            return tk_fail_errno(err, errno, "append to %s: cut what voided appends wrote", path);
+        }
+        if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size > to && tk_ftruncate(fd, (off_t)to) < 0)
+            rc = tk_fail_errno(err, errno, "append to %s: cut what voided appends wrote", path);
+        close(fd);
+    }
+    return rc;
+}
+
+/* Waits for the shared appends under way to publish (caller holds the
+ * lock, so no new one starts): every change to the files under the lock
+ * sees them as published.  One that never will -- its process died, or
+ * its write failed -- is voided with every one after it: their makers
+ * append again (or report the failure), and the files are cut back to
+ * where it began.  Sets *repair when the layout needs rebuilding after
+ * (a maker died inside the seqlock). */
+static void drain_locked(tk_log *log, int *repair) {
+    uint64_t pos, idx_n;
+    while (tk_state_drain(&log->st, log->own_res, &pos, &idx_n)) {
+        tk_err scratch;
+        tk_state_void(&log->st);
+        /* Not cut: the next appender cuts the .log past its published
+         * end (the torn flag); index entries past the published count
+         * are written over. */
+        if (cut_voided(log, pos, idx_n, &scratch) != TK_OK) tk_state_set_torn(&log->st, 1);
+        tk_state_voided(&log->st);
+        tk_state_count(&log->st, TK_C_VOIDED, 1);
+        if (tk_state_is_stale(&log->st) || tk_state_seq_odd(&log->st)) *repair = 1;
+    }
+}
+
+/* The rest of writer_enter once the lock is taken: drain the shared
+ * appends, then bring the view up to date (or rebuild it).  Unlocks on
+ * failure. */
+static tk_code writer_locked(tk_log *log, int repair, tk_err *err) {
+    tk_layout l;
+    tk_code rc = TK_OK;
+    drain_locked(log, &repair);
+    if (tk_state_seq_odd(&log->st)) repair = 1;     /* a holder died publishing */
     tk_state_copy(&log->st, &l);
     if (repair || (is_writer(log) && !(l.flags & TK_LAYOUT_CHECKED)))
         rc = repair_locked(log, err);
@@ -661,6 +711,14 @@ static tk_code writer_enter(tk_log *log, tk_err *err) {
     if (rc == TK_RETRY) rc = tk_fail(err, TK_IO, "open %s: the segment files keep changing", log->dir);
     if (rc != TK_OK) tk_state_unlock(&log->st);
     return rc;
+}
+
+/* Takes the state's lock for a change to the files and brings the view up
+ * to date.  Caller holds wmu. */
+static tk_code writer_enter(tk_log *log, tk_err *err) {
+    int repair;
+    tk_code rc = tk_state_lock(&log->st, log->dir, &repair, err);
+    return rc == TK_OK ? writer_locked(log, repair, err) : rc;
 }
 
 static void writer_leave(tk_log *log) { tk_state_unlock(&log->st); }
@@ -860,6 +918,7 @@ tk_code tk_log_open(const char *dir, const tk_log_opts *opts, tk_log **out, tk_e
     log->st.slot = -1;
     log->cur.fd = -1;
     log->watch.wd = -1;
+    log->own_res = TK_NONE;
     log->fds.max = opts->max_open_segments ? opts->max_open_segments : default_max_open();
     pthread_mutex_init(&log->wmu, NULL);
     pthread_rwlock_init(&log->rw, NULL);
@@ -1046,19 +1105,32 @@ typedef struct pending {
     tk_idxstate ws;         /* writer state after the chunk */
 } pending;
 
+/* Where the next records go: the active segment as this handle sees it
+ * (under the lock), or the frontier of the shared appends under way. */
+typedef struct frame_at {
+    int64_t base, next;
+    uint64_t size;
+    tk_idxstate ws;
+} frame_at;
+
+static frame_at at_segment(const tk_segment *s) {
+    frame_at at = { s->base, s->next, s->size, s->ws };
+    return at;
+}
+
 /* Frames recs[i..*j) into wbuf, stopping where the segment or the chunk
  * would overflow (but always taking at least one record). */
-static tk_code frame_chunk(tk_log *log, tk_segment *s, const tk_rec_in *recs, size_t i,
+static tk_code frame_chunk(tk_log *log, const frame_at *at, const tk_rec_in *recs, size_t i,
                            size_t n, size_t *j, size_t *len, pending *pd, int64_t now,
                            tk_err *err) {
     size_t used = 0;
-    pd->ws = s->ws;
+    pd->ws = at->ws;
     pd->ix.n = 0;
     for (*j = i; *j < n; (*j)++) {
         tk_rec_in r = recs[*j];
         size_t sz = (size_t)tk_rec_size(r.has_key ? r.key_len : 0, r.value_len);
-        int64_t off = s->next + (int64_t)(*j - i);
-        if (used > 0 && (s->size + used + sz > log->o.max_segment_size ||
+        int64_t off = at->next + (int64_t)(*j - i);
+        if (used > 0 && (at->size + used + sz > log->o.max_segment_size ||
                          used + sz > WRITE_CHUNK))
             break;
         if (reserve_wbuf(log, used + sz) < 0)
@@ -1066,7 +1138,7 @@ static tk_code frame_chunk(tk_log *log, tk_segment *s, const tk_rec_in *recs, si
         if (r.timestamp < 0) r.timestamp = now;
         tk_rec_encode(log->wbuf + used, off, &r);
         if (tk_idxstate_step(&pd->ws, r.timestamp, sz, log->o.index_interval_bytes) &&
-            tk_index_push(&pd->ix, (uint32_t)(off - s->base), (uint32_t)(s->size + used),
+            tk_index_push(&pd->ix, (uint32_t)(off - at->base), (uint32_t)(at->size + used),
                           pd->ws.max_ts) < 0)
             return tk_fail(err, TK_NOMEM, "append to %s: out of memory", log->dir);
         used += sz;
@@ -1217,7 +1289,8 @@ static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64
             if ((rc = roll(log, err)) != TK_OK) break;
             s = active(log);
         }
-        rc = frame_chunk(log, s, recs, i, n, &j, &len, &pd, now, err);
+        frame_at at = at_segment(s);
+        rc = frame_chunk(log, &at, recs, i, n, &j, &len, &pd, now, err);
         if (rc == TK_OK && pd.ix.n > 0)
             rc = unshare_active(log, (1u << TK_EXT_INDEX) | (1u << TK_EXT_TIMEINDEX), err);
         if (rc == TK_OK) rc = write_chunk(log, s, len, &pd, err);
@@ -1240,6 +1313,208 @@ static tk_code append_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64
     tk_index_free(&pd.ix);
     if (rc == TK_OK && first) *first = start;
     return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Shared appends                                                       */
+/* ------------------------------------------------------------------ */
+
+/* In shared mode several processes append to one log.  Holding the lock
+ * across the write would make them take turns for the whole append (the
+ * pwrite is half of it), so an append that needs nothing but a write --
+ * no roll, no copy of a linked file, no repair, one chunk -- only
+ * reserves under the lock: it frames its records at the frontier (the
+ * active segment as it will be once every append under way is
+ * published), records the reservation in the shared state and moves the
+ * frontier past it.  It writes its bytes outside the lock, then waits for
+ * its turn -- every reservation before it published -- and publishes the
+ * layout with its records, which passes the turn on.  So the published
+ * layout only ever covers bytes that are written, and readers see records
+ * in offset order with no hole, as before.
+ *
+ * Everything else (rolls, truncates, retention, repairs, cuts for
+ * snapshots) takes the lock and first waits until no reservation is under
+ * way (drain_locked), so it sees the files as published.
+ *
+ * A reservation that never publishes -- its process was killed, or its
+ * write failed -- holds up the ones after it.  Whoever finds it stuck
+ * takes the lock; drain_locked voids it and every reservation after it
+ * (the epoch moves; it waits until their live makers have finished
+ * writing, so no byte of theirs lands later), cuts the files back to
+ * where the stuck one began, and the voided makers append again.  None of
+ * them was acknowledged: an append returns after it published. */
+
+/* The hard-link rule without a copy: 1 when the active .log is watched
+ * and has one link (armed here first when it is not: arm, then look, as
+ * log_needs_check does).  0: the locked path checks, and copies it. */
+static int log_unshared(tk_log *log, tk_segment *a) {
+    char path[PATH_MAX];
+    if (tk_watch_armed(&log->watch, a->serial)) return !tk_watch_fired(&log->watch);
+    if (tk_seg_path(path, sizeof path, log->dir, a->base, TK_EXT_LOG) < 0 ||
+        tk_watch_arm(&log->watch, path, a->serial) < 0)
+        return 0;
+    return tk_link_count(a->log_fd) == 1;
+}
+
+/* Under the lock: reserves room for recs at the frontier and frames them
+ * into wbuf.  *slot is -1 when this append needs the locked path. */
+static tk_code reserve_locked(tk_log *log, const tk_rec_in *recs, size_t n, pending *pd,
+                              size_t *len, tk_layout *f, tk_layout *after, int *slot,
+                              uint32_t *epoch, tk_err *err) {
+    tk_layout l;
+    tk_segment *a;
+    frame_at at;
+    size_t j;
+    tk_code rc;
+    *slot = -1;
+    if (log->nsegs == 0 || log->o.retention_discard_new || tk_state_torn(&log->st)) return TK_OK;
+    a = active(log);
+    tk_state_copy(&log->st, &l);
+    if (!(l.flags & TK_LAYOUT_CHECKED) || (l.gen & 1) || l.gen != log->gen ||
+        l.active_base != a->base || l.start != log->start || !a->writable || a->log_fd < 0 ||
+        a->idx_fd < 0 || a->tim_fd < 0 || !log_unshared(log, a))
+        return TK_OK;
+    tk_state_frontier(&log->st, f);
+    at.base = a->base;
+    at.next = f->next;
+    at.size = f->size;
+    at.ws.since = f->since;
+    at.ws.max_ts = f->max_ts;
+    if ((rc = frame_chunk(log, &at, recs, 0, n, &j, len, pd, now_ms(), err)) != TK_OK) return rc;
+    if (j < n || (f->size > 0 && f->size + *len > log->o.max_segment_size)) return TK_OK;
+    if (pd->ix.n > 0 && (tk_link_count(a->idx_fd) > 1 || tk_link_count(a->tim_fd) > 1))
+        return TK_OK;
+    *after = *f;
+    after->next += (int64_t)n;
+    after->size += *len;
+    after->idx_n += pd->ix.n;
+    after->since = pd->ws.since;
+    after->max_ts = pd->ws.max_ts;
+    *slot = tk_state_reserve(&log->st, f, after, epoch);
+    return TK_OK;
+}
+
+/* Writes a reservation's records and index entries. */
+static tk_code write_reserved(tk_log *log, const tk_segment *a, const tk_layout *f, size_t len,
+                              const pending *pd, tk_err *err) {
+    unsigned char ebuf[64 * TK_TIDX_ENTRY], *eb = ebuf;
+    size_t n = pd->ix.n;
+    tk_code rc = TK_OK;
+    if (tk_pwrite_all(a->log_fd, log->wbuf, len, f->size) < 0)
+        return write_failed(log, a, TK_EXT_LOG, errno, err);
+    if (n == 0) return TK_OK;
+    if (n > 64 && !(eb = tk_malloc(n * TK_TIDX_ENTRY)))
+        return tk_fail(err, TK_NOMEM, "append to %s: out of memory", log->dir);
+    tk_index_encode_time(&pd->ix, 0, n, eb);
+    if (tk_pwrite_all(a->tim_fd, eb, n * TK_TIDX_ENTRY, f->idx_n * TK_TIDX_ENTRY) < 0)
+        rc = write_failed(log, a, TK_EXT_TIMEINDEX, errno, err);
+    tk_index_encode_off(&pd->ix, 0, n, eb);
+    if (rc == TK_OK && tk_pwrite_all(a->idx_fd, eb, n * TK_OIDX_ENTRY, f->idx_n * TK_OIDX_ENTRY) < 0)
+        rc = write_failed(log, a, TK_EXT_INDEX, errno, err);
+    if (eb != ebuf) free(eb);
+    return rc;
+}
+
+/* The layout with our records, at our turn: the published one (which
+ * ends where we begin) moved past them. */
+static void layout_after(tk_log *log, const tk_layout *after, size_t len, const pending *pd,
+                         tk_layout *p) {
+    unsigned char e[TK_TIDX_ENTRY];
+    tk_state_copy(&log->st, p);
+    if (p->flags & TK_LAYOUT_CRC) p->log_crc = tk_crc32c(p->log_crc, log->wbuf, len);
+    for (size_t k = 0; k < pd->ix.n && (p->flags & TK_LAYOUT_ICRC); k++) {
+        tk_index_encode_off(&pd->ix, k, k + 1, e);
+        p->idx_crc = tk_crc32c(p->idx_crc, e, TK_OIDX_ENTRY);
+        tk_index_encode_time(&pd->ix, k, k + 1, e);
+        p->tim_crc = tk_crc32c(p->tim_crc, e, TK_TIDX_ENTRY);
+    }
+    p->next = after->next;
+    p->size = after->size;
+    p->idx_n = after->idx_n;
+    p->since = after->since;
+    p->max_ts = after->max_ts;
+}
+
+/* This handle's view takes what it just published. */
+static void adopt_published(tk_log *log, tk_segment *a, const tk_layout *f, const tk_layout *p,
+                            const pending *pd) {
+    pthread_rwlock_wrlock(&log->rw);
+    if (log->nsegs > 0 && active(log) == a && log->gen == p->gen) {
+        int in_step = a->ix.n == a->idx_n && a->idx_n == f->idx_n;
+        adopt_counts(a, p);
+        for (size_t k = 0; in_step && k < pd->ix.n; k++)
+            if (tk_index_push(&a->ix, pd->ix.e[k].rel, pd->ix.e[k].pos, pd->ix.e[k].max_ts) < 0)
+                break;      /* a missing in-memory entry only lengthens scans */
+        a->dirty = 1;
+    }
+    pthread_rwlock_unlock(&log->rw);
+}
+
+/* A shared append: reserved, written and published as above when it can
+ * be, else under the lock like any other.  Caller holds wmu; *end is one
+ * past its records. */
+static tk_code append_shared(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *first,
+                             int64_t *end, tk_err *err) {
+    for (int tries = 0;; tries++) {
+        pending pd = { { NULL, 0, 0 }, { 0, 0 } };
+        tk_layout f, after, p;
+        size_t len = 0;
+        int repair, slot = -1, turn;
+        uint32_t epoch = 0;
+        tk_segment *a;
+        tk_code rc = tk_state_lock(&log->st, log->dir, &repair, err);
+        if (rc != TK_OK) return rc;
+        if (!repair && tries < 100)
+            rc = reserve_locked(log, recs, n, &pd, &len, &f, &after, &slot, &epoch, err);
+        if (rc != TK_OK || slot < 0) {
+            tk_index_free(&pd.ix);
+            if (rc != TK_OK) {
+                tk_state_unlock(&log->st);
+                return rc;
+            }
+            if ((rc = writer_locked(log, repair, err)) != TK_OK) return rc;
+            rc = append_locked(log, recs, n, first, err);
+            *end = active(log)->next;
+            writer_leave(log);
+            return rc;
+        }
+        a = active(log);
+        tk_state_unlock(&log->st);
+        TK_FAULT("append.reserved");
+        rc = write_reserved(log, a, &f, len, &pd, err);
+        tk_state_reserved_done(&log->st, slot, rc == TK_OK ? TK_RES_WRITTEN : TK_RES_FAILED);
+        if (rc == TK_OK) {
+            TK_FAULT("append.written");
+            turn = tk_state_wait_turn(&log->st, f.next, epoch);
+        } else {
+            turn = -1;
+        }
+        if (turn < 0) {
+            /* The one at the turn is stuck (or it is ours, failed): the
+             * lock's drain voids it and everything after it, ours too. */
+            tk_err scratch;
+            tk_code r2;
+            log->own_res = f.next;          /* ours may reach the turn meanwhile */
+            r2 = writer_enter(log, rc == TK_OK ? err : &scratch);
+            log->own_res = TK_NONE;
+            if (r2 == TK_OK) writer_leave(log);
+            tk_index_free(&pd.ix);
+            if (rc != TK_OK) return rc;
+            if (r2 != TK_OK) return r2;
+            continue;
+        }
+        if (turn == 0) {                        /* voided: append again */
+            tk_index_free(&pd.ix);
+            continue;
+        }
+        layout_after(log, &after, len, &pd, &p);
+        tk_state_publish_turn(&log->st, slot, &p);
+        adopt_published(log, a, &f, &p, &pd);
+        tk_index_free(&pd.ix);
+        *first = f.next;
+        *end = after.next;
+        return TK_OK;
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1371,7 +1646,11 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
     if (keeps) TK_FAULT("append.entered");
     pthread_mutex_lock(&log->wmu);
     int64_t at = TK_NONE;
-    if ((rc = take_sync_error(log, err)) == TK_OK && (rc = writer_enter(log, err)) == TK_OK) {
+    if ((rc = take_sync_error(log, err)) != TK_OK) {
+        /* reported */
+    } else if (log->o.mode == TK_LOG_SHARED && !log->st.is_private) {
+        rc = append_shared(log, recs, n, &at, &end, err);
+    } else if ((rc = writer_enter(log, err)) == TK_OK) {
         rc = append_locked(log, recs, n, &at, err);
         end = active(log)->next;
         writer_leave(log);

@@ -1860,8 +1860,17 @@ void tk_snap_import_abort(const char *tmp, int tmp_fd) {
 }
 
 #ifdef TK_FAULT_INJECTION
+/* TAKHIN_FAULT=step kills at the first time step is reached; step@N at
+ * the Nth (counted in this process). */
 void tk_fault_point(const char *name) {
-    const char *want = getenv("TAKHIN_FAULT");
-    if (want && strcmp(want, name) == 0) raise(SIGKILL);
+    static unsigned long seen;
+    const char *want = getenv("TAKHIN_FAULT"), *at;
+    size_t len;
+    if (!want) return;
+    at = strchr(want, '@');
+    len = at ? (size_t)(at - want) : strlen(want);
+    if (strlen(name) != len || strncmp(want, name, len) != 0) return;
+    if (!at || __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) >= strtoul(at + 1, NULL, 10))
+        raise(SIGKILL);
 }
 #endif

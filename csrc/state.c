@@ -262,7 +262,10 @@ tk_code tk_state_lock(tk_state *st, const char *dir, int *repair, tk_err *err) {
         return TK_OK;
     }
     if (rc != 0) return tk_fail_errno(err, rc, "lock %s/" TK_STATE_FILE, dir);
-    if (LOAD(&st->sh->stale) || (LOAD(&st->sh->seq) & 1)) *repair = 1;
+    /* An odd seqlock is not looked at here: a shared append publishes at
+     * its turn without the lock.  writer_locked looks once none is under
+     * way. */
+    if (LOAD(&st->sh->stale)) *repair = 1;
     return TK_OK;
 }
 
@@ -326,7 +329,8 @@ void tk_state_set_stale(tk_state *st) {
     STORE(&st->sh->stale, 1u);
 }
 
-void tk_state_publish(tk_state *st, const tk_layout *l) {
+/* The seqlock write of l, and the followers' wake-up. */
+static void write_layout(tk_state *st, const tk_layout *l, int turn) {
     tk_shared *sh = st->sh;
     uint64_t s = LOAD(&sh->seq) | 1;
     int64_t old_next = LOAD(&sh->next);
@@ -343,12 +347,39 @@ void tk_state_publish(tk_state *st, const tk_layout *l) {
     STORE(&sh->tim_crc, l->tim_crc);
     STORE(&sh->flags, l->flags);
     __atomic_store_n(&sh->next, l->next, __ATOMIC_SEQ_CST);
+    if (turn) TK_FAULT("append.publishing");
     __atomic_store_n(&sh->seq, s + 1, __ATOMIC_RELEASE);
     /* Followers: see tk_state_wait for why this is race-free. */
     if (l->next != old_next && __atomic_load_n(&sh->waiters, __ATOMIC_SEQ_CST) > 0) {
         __atomic_fetch_add(&sh->wake, 1, __ATOMIC_SEQ_CST);
         if (!st->is_private) futex_wake_all(&sh->wake);
     }
+}
+
+/* Wakes what waits for the turn to move (or for the epoch). */
+static void wake_turn(tk_state *st) {
+    tk_shared *sh = st->sh;
+    if (__atomic_load_n(&sh->turn_waiters, __ATOMIC_SEQ_CST) > 0) {
+        __atomic_fetch_add(&sh->turn_wake, 1, __ATOMIC_SEQ_CST);
+        if (!st->is_private) futex_wake_all(&sh->turn_wake);
+    }
+}
+
+/* No reservation is under way (the caller holds the lock and drained
+ * them): the frontier is the layout. */
+static void reset_frontier(tk_state *st, const tk_layout *l) {
+    tk_shared *sh = st->sh;
+    STORE(&sh->res_size, l->size);
+    STORE(&sh->res_idx_n, l->idx_n);
+    STORE(&sh->res_since, l->since);
+    STORE(&sh->res_max_ts, l->max_ts);
+    STORE(&sh->res_next, l->next);
+    __atomic_store_n(&sh->turn, l->next, __ATOMIC_SEQ_CST);
+}
+
+void tk_state_publish(tk_state *st, const tk_layout *l) {
+    write_layout(st, l, 0);
+    reset_frontier(st, l);
 }
 
 void tk_state_begin_change(tk_state *st, tk_layout *l) {
@@ -368,8 +399,191 @@ void tk_state_end_change(tk_state *st, tk_layout *l) {
 
 int64_t tk_state_next(const tk_state *st) { return __atomic_load_n(&st->sh->next, __ATOMIC_ACQUIRE); }
 int64_t tk_state_start(const tk_state *st) { return __atomic_load_n(&st->sh->start, __ATOMIC_ACQUIRE); }
+int tk_state_seq_odd(const tk_state *st) { return (LOAD(&st->sh->seq) & 1) != 0; }
 int tk_state_is_stale(const tk_state *st) { return __atomic_load_n(&st->sh->stale, __ATOMIC_ACQUIRE) != 0; }
 uint64_t tk_state_gen(const tk_state *st) { return __atomic_load_n(&st->sh->gen, __ATOMIC_ACQUIRE); }
+
+
+/* ------------------------------------------------------------------ */
+/* Shared appends (log.c, "Shared appends")                             */
+/* ------------------------------------------------------------------ */
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+void tk_state_frontier(const tk_state *st, tk_layout *f) {
+    const tk_shared *sh = st->sh;
+    copy_layout(sh, f);
+    f->next = LOAD(&sh->res_next);
+    f->size = LOAD(&sh->res_size);
+    f->idx_n = LOAD(&sh->res_idx_n);
+    f->since = LOAD(&sh->res_since);
+    f->max_ts = LOAD(&sh->res_max_ts);
+}
+
+/* The slot is filled before the frontier moves: a maker killed in between
+ * leaves a slot at the frontier, which tk_state_drain frees. */
+/* getpid(2) is a system call (glibc stopped caching it): the pid is kept,
+ * and forgotten in a forked child. */
+static int32_t my_pid_cache;
+static pthread_once_t my_pid_once = PTHREAD_ONCE_INIT;
+static void forget_pid(void) { __atomic_store_n(&my_pid_cache, 0, __ATOMIC_RELAXED); }
+static void register_forget(void) { pthread_atfork(NULL, NULL, forget_pid); }
+
+static int32_t my_pid(void) {
+    int32_t pid = __atomic_load_n(&my_pid_cache, __ATOMIC_RELAXED);
+    if (pid == 0) {
+        pthread_once(&my_pid_once, register_forget);
+        pid = (int32_t)getpid();
+        __atomic_store_n(&my_pid_cache, pid, __ATOMIC_RELAXED);
+    }
+    return pid;
+}
+
+int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, uint32_t *epoch) {
+    tk_shared *sh = st->sh;
+    int k;
+    if (st->is_private) return -1;
+    for (k = 0; k < TK_STATE_RESERVATIONS && LOAD(&sh->res[k].pid) != 0; k++) {}
+    if (k == TK_STATE_RESERVATIONS) return -1;
+    STORE(&sh->res[k].start, f->next);
+    STORE(&sh->res[k].pos, f->size);
+    STORE(&sh->res[k].idx_n, f->idx_n);
+    STORE(&sh->res[k].state, TK_RES_RESERVED);
+    STORE(&sh->res[k].pid, my_pid());
+    STORE(&sh->res_size, after->size);
+    STORE(&sh->res_idx_n, after->idx_n);
+    STORE(&sh->res_since, after->since);
+    STORE(&sh->res_max_ts, after->max_ts);
+    __atomic_store_n(&sh->res_next, after->next, __ATOMIC_SEQ_CST);
+    *epoch = __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST);
+    return k;
+}
+
+void tk_state_reserved_done(tk_state *st, int slot, uint32_t state) {
+    __atomic_store_n(&st->sh->res[slot].state, state, __ATOMIC_SEQ_CST);
+}
+
+/* The reservation at the turn, or -1. */
+static int at_turn(const tk_shared *sh, int64_t turn) {
+    for (int k = 0; k < TK_STATE_RESERVATIONS; k++)
+        if (LOAD(&sh->res[k].pid) != 0 && LOAD(&sh->res[k].start) == turn) return k;
+    return -1;
+}
+
+/* Whether the reservation at the turn will never publish: its write
+ * failed, or its maker died.  Looked at after a wait only (tk_pid_alive
+ * reads /proc).  A turn no reservation claims, for several looks in a
+ * row, is stuck too (a maker killed between freeing its slot and passing
+ * the turn on). */
+static int turn_stuck(const tk_shared *sh, int64_t turn, int *unclaimed) {
+    int k = at_turn(sh, turn);
+    if (k < 0) return ++*unclaimed > 3;
+    *unclaimed = 0;
+    return LOAD(&sh->res[k].state) == TK_RES_FAILED || !tk_pid_alive(LOAD(&sh->res[k].pid));
+}
+
+/* One wait for the turn to move: spins first (the one before us is
+ * usually on another CPU, a few microseconds from publishing), then
+ * sleeps on turn_wake for at most 2 ms.  Returns 1 after a sleep that
+ * timed out. */
+static int turn_nap(tk_state *st, int64_t turn, uint32_t epoch, int spun) {
+    tk_shared *sh = st->sh;
+    struct timespec nap = { 0, 2 * 1000000 };
+    uint32_t w;
+    int timed_out = 0;
+    if (!spun) {
+        for (int i = 0; i < 2000; i++) {
+            if (__atomic_load_n(&sh->turn, __ATOMIC_ACQUIRE) != turn ||
+                __atomic_load_n(&sh->epoch, __ATOMIC_ACQUIRE) != epoch)
+                return 0;
+            cpu_relax();
+        }
+    }
+    __atomic_fetch_add(&sh->turn_waiters, 1, __ATOMIC_SEQ_CST);
+    w = __atomic_load_n(&sh->turn_wake, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST) == turn &&
+        __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST) == epoch)
+        timed_out = futex_wait(&sh->turn_wake, w, &nap) < 0 && errno == ETIMEDOUT;
+    __atomic_fetch_sub(&sh->turn_waiters, 1, __ATOMIC_SEQ_CST);
+    return timed_out;
+}
+
+int tk_state_wait_turn(tk_state *st, int64_t start, uint32_t epoch) {
+    tk_shared *sh = st->sh;
+    int spun = 0, unclaimed = 0;
+    for (;;) {
+        int64_t turn = __atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST);
+        /* The epoch after the turn: a reservation voided and made again
+         * at the same offset is seen as voided. */
+        if (__atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST) != epoch) return 0;
+        if (turn == start) return 1;
+        if (turn_nap(st, turn, epoch, spun++) && turn_stuck(sh, turn, &unclaimed)) return -1;
+    }
+}
+
+void tk_state_publish_turn(tk_state *st, int slot, const tk_layout *l) {
+    tk_shared *sh = st->sh;
+    write_layout(st, l, 1);
+    STORE(&sh->res[slot].pid, 0);
+    TK_FAULT("append.freed");
+    __atomic_store_n(&sh->turn, l->next, __ATOMIC_SEQ_CST);
+    wake_turn(st);
+}
+
+int tk_state_drain(tk_state *st, int64_t own, uint64_t *pos, uint64_t *idx_n) {
+    tk_shared *sh = st->sh;
+    int spun = 0, unclaimed = 0;
+    if (st->is_private) return 0;
+    for (;;) {
+        int64_t turn = __atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST);
+        uint32_t epoch = __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST);
+        int k = at_turn(sh, turn);
+        if (turn == __atomic_load_n(&sh->res_next, __ATOMIC_SEQ_CST)) {
+            /* None under way.  A slot still taken is that of a maker
+             * killed between taking it and moving the frontier. */
+            for (k = 0; k < TK_STATE_RESERVATIONS; k++) STORE(&sh->res[k].pid, 0);
+            return 0;
+        }
+        if (turn == own || (k >= 0 && LOAD(&sh->res[k].state) == TK_RES_FAILED) ||
+            (turn_nap(st, turn, epoch, spun++) && turn_stuck(sh, turn, &unclaimed))) {
+            if ((k = at_turn(sh, turn)) >= 0) {
+                *pos = LOAD(&sh->res[k].pos);
+                *idx_n = LOAD(&sh->res[k].idx_n);
+            } else {                    /* the published layout ends at the turn */
+                *pos = LOAD(&sh->size_);
+                *idx_n = LOAD(&sh->idx_n);
+            }
+            return 1;
+        }
+    }
+}
+
+void tk_state_void(tk_state *st) {
+    tk_shared *sh = st->sh;
+    __atomic_fetch_add(&sh->epoch, 1, __ATOMIC_SEQ_CST);
+    wake_turn(st);
+    for (int k = 0; k < TK_STATE_RESERVATIONS; k++) {
+        for (int i = 0; LOAD(&sh->res[k].pid) != 0 && LOAD(&sh->res[k].state) == TK_RES_RESERVED; i++) {
+            if (i < 1000) { cpu_relax(); continue; }
+            if (!tk_pid_alive(LOAD(&sh->res[k].pid))) break;
+            nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+        }
+    }
+}
+
+void tk_state_voided(tk_state *st) {
+    tk_layout l;
+    copy_layout(st->sh, &l);
+    for (int k = 0; k < TK_STATE_RESERVATIONS; k++) STORE(&st->sh->res[k].pid, 0);
+    reset_frontier(st, &l);
+    wake_turn(st);
+}
 
 /* ------------------------------------------------------------------ */
 /* Following                                                            */

@@ -52,15 +52,16 @@
 
 #include "takhin.h"
 
-#define TK_STATE_VERSION 1
+#define TK_STATE_VERSION 2
 #define TK_STATE_SIZE    4096u
 #define TK_STATE_WRITERS 32         /* pid slots for shared writers */
 #define TK_STATE_COUNTERS 96
+#define TK_STATE_RESERVATIONS 16    /* shared appends under way at once */
 
 /* The counters behind tk_log_stats, by index into tk_shared.counters. */
 enum {
     TK_C_APPENDS, TK_C_RECORDS, TK_C_BYTES, TK_C_READS, TK_C_FSYNCS, TK_C_FSYNC_US,
-    TK_C_ROLLS, TK_C_TRUNCATES, TK_C_SEGMENTS_DELETED, TK_C_CURSOR_COMMITS,
+    TK_C_ROLLS, TK_C_TRUNCATES, TK_C_SEGMENTS_DELETED, TK_C_CURSOR_COMMITS, TK_C_VOIDED,
     TK_C_FSYNC_BUCKET0,                             /* TK_FSYNC_BUCKETS of them */
     TK_C_ERROR0 = TK_C_FSYNC_BUCKET0 + TK_FSYNC_BUCKETS,   /* TK_CODE_COUNT of them */
     TK_C_END = TK_C_ERROR0 + TK_CODE_COUNT
@@ -87,6 +88,20 @@ typedef struct tk_layout {
 #define TK_LAYOUT_CHECKED 4u    /* a writer validated the files as published (a
                                    layout a reader built makes the next writer
                                    run recovery first) */
+
+/* A shared append under way (tk_state_reserve): where it starts, and who
+ * makes it.  Free when pid is 0. */
+typedef struct tk_reservation {
+    int64_t start;          /* its first offset */
+    uint64_t pos;           /* where its bytes go in the active .log */
+    uint64_t idx_n;         /* index entries of the segment before its own */
+    int32_t pid;            /* who reserved it; 0: free */
+    uint32_t state;         /* TK_RES_* */
+} tk_reservation;
+
+#define TK_RES_RESERVED 1u  /* its bytes may still be being written */
+#define TK_RES_WRITTEN  2u  /* its bytes are in the files: it waits for its turn */
+#define TK_RES_FAILED   3u  /* its write failed: it and every later one are voided */
 
 /* The mapped file.  Fixed layout for one build: the header names the
  * version and the sizes that must agree. */
@@ -129,6 +144,19 @@ typedef struct tk_shared {
                                        there is one, a roll makes the sealed segment
                                        durable (an over-count after a crash only costs
                                        fsyncs) */
+    /* Shared appends (log.c, "Shared appends"): reserved under mu from the
+     * frontier, written outside it, published in the order reserved.  The
+     * frontier is the layout's active segment as it will be once every
+     * reservation is published; `turn` is the published next, stored after
+     * the seqlock closes: the reservation starting there publishes next.
+     * `epoch` moves when reservations are voided (one died or failed). */
+    int64_t res_next __attribute__((aligned(64)));
+    uint64_t res_size, res_idx_n, res_since;
+    int64_t res_max_ts;
+    int64_t turn;
+    uint32_t epoch;
+    uint32_t turn_wake, turn_waiters;
+    tk_reservation res[TK_STATE_RESERVATIONS] __attribute__((aligned(64)));
     int32_t writers[TK_STATE_WRITERS] __attribute__((aligned(64)));
     uint64_t counters[TK_STATE_COUNTERS] __attribute__((aligned(64)));
 } tk_shared;
@@ -172,6 +200,9 @@ int tk_state_try_read(const tk_state *st, tk_layout *l);
 static inline int tk_state_torn(const tk_state *st) { return st->sh->torn != 0; }
 static inline void tk_state_set_torn(tk_state *st, int v) { st->sh->torn = v ? 1u : 0u; }
 
+/* 1 while the seqlock is odd: a writer is inside it, or died there. */
+int tk_state_seq_odd(const tk_state *st);
+
 /* 1 while the published layout is marked stale (nobody rebuilt it yet). */
 int tk_state_is_stale(const tk_state *st);
 
@@ -208,6 +239,47 @@ int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms);
  * replaced.  Returns 0, or -1 with errno from the leader's own fsync. */
 typedef int (*tk_sync_fn)(void *ud, int64_t *target);
 int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud);
+
+/* Shared appends (see log.c).  The frontier as a layout: the published
+ * one with next, size, idx_n, since and max_ts moved past every
+ * reservation (caller holds the lock). */
+void tk_state_frontier(const tk_state *st, tk_layout *f);
+
+/* Reserves [f->next, after->next): records the reservation, moves the
+ * frontier to `after` and returns its slot (-1 when every slot is taken:
+ * the caller appends under the lock instead), with the epoch it belongs
+ * to.  Caller holds the lock. */
+int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, uint32_t *epoch);
+
+/* The reservation's bytes are written (TK_RES_WRITTEN), or failed. */
+void tk_state_reserved_done(tk_state *st, int slot, uint32_t state);
+
+/* Waits for the turn of the reservation starting at `start`: 1 when it
+ * is ours to publish, 0 when it was voided (epoch moved: append again),
+ * -1 when the one before it is stuck -- its process died, or its write
+ * failed: take the lock (writer_enter drains, voiding it and us). */
+int tk_state_wait_turn(tk_state *st, int64_t start, uint32_t epoch);
+
+/* Publishes l at our turn (no lock: nobody else may publish now), frees
+ * the slot and passes the turn on. */
+void tk_state_publish_turn(tk_state *st, int slot, const tk_layout *l);
+
+/* Under the lock: waits until every reservation is published.  0: none
+ * left; 1: the one at the turn is stuck (dead or failed, or the caller's
+ * own, starting at `own`: one that gave up waiting and will append
+ * again) -- *pos and *idx_n say where it starts (where the files must be
+ * cut): call tk_state_void. */
+int tk_state_drain(tk_state *st, int64_t own, uint64_t *pos, uint64_t *idx_n);
+
+/* Under the lock: voids every reservation (epoch moves), waiting for
+ * their live makers to finish writing (not one byte of theirs lands
+ * after this returns).  The caller then cuts the files and calls
+ * tk_state_voided. */
+void tk_state_void(tk_state *st);
+
+/* Under the lock, after the cut: the frontier back to the published
+ * layout, every slot free. */
+void tk_state_voided(tk_state *st);
 
 /* A durable append starts (+1) or has written its records (-1). */
 void tk_state_appending(tk_state *st, int delta);

@@ -170,6 +170,10 @@ int tk_watch_armed(const tk_watch *w, uint64_t key) {
            w->epoch == __atomic_load_n(&g_epoch, __ATOMIC_ACQUIRE);
 }
 
+int tk_watch_fired(const tk_watch *w) {
+    return __atomic_load_n(&w->fired, __ATOMIC_ACQUIRE) != 0;
+}
+
 int tk_watch_take(tk_watch *w) {
     if (!__atomic_load_n(&w->fired, __ATOMIC_ACQUIRE)) return 0;
     return __atomic_exchange_n(&w->fired, 0, __ATOMIC_ACQ_REL);

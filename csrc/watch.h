@@ -48,6 +48,10 @@ void tk_watch_disarm(tk_watch *w);
  * fork loses the thread: the child's watches are not armed). */
 int tk_watch_armed(const tk_watch *w, uint64_t key);
 
+/* 1 when the attributes changed since the last tk_watch_take (the flag
+ * stays). */
+int tk_watch_fired(const tk_watch *w);
+
 /* 1 (and clears the flag) when the attributes changed since the last
  * call: the caller checks the link count. */
 int tk_watch_take(tk_watch *w);

@@ -64,6 +64,8 @@ local WORKER_SECONDS = 900      -- a child that takes longer is killed as hung
 
 local OPS = {
     { "append", "an append of one record", "leaves no record behind" },
+    { "append_shared", "an append of one record in shared mode (reserved, written outside the lock)",
+      "leaves no record behind" },
     { "append_batch", "an append_batch that rolls a segment in its middle",
       "leaves none of its records behind" },
     { "roll", "an append that rolls a segment", "leaves the old segment active and no record behind" },

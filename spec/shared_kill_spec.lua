@@ -37,7 +37,10 @@
 --
 -- Crash points.  The fault build (`make fault`) kills a child with
 -- SIGKILL at named steps (csrc/fault.h); the steps of delete_before's
--- retention and of a cursor commit run under the lock.  For each of them
+-- retention and of a cursor commit run under the lock; those of a shared
+-- append run outside it, between its reservation and its turn to
+-- publish, and hold up every append reserved after it until another
+-- writer finds it dead and voids them.  For each of them
 -- a child in shared mode appends, commits cursors and deletes old
 -- segments until it dies exactly there, while two others append; they
 -- must go on, and the log must hold every acknowledged record from its
@@ -281,12 +284,18 @@ io.stderr:write("never reached the crash point\n")
 os.exit(5)
 ]]
 
+-- The steps under the lock, then those of a shared append outside it
+-- (csrc/log.c, "Shared appends"): after its reservation, after its write,
+-- inside the seqlock as it publishes at its turn, and after it freed its
+-- reservation but before it passed the turn on.  "@N": the Nth time the
+-- step is reached, so that the victim has appended before.
 local CRASH_POINTS = {
     "retention.start", "retention.published", "retention.removing", "retention.removed",
     "cursor.named", "cursor.writing", "cursor.written",
+    "append.reserved@7", "append.written@7", "append.publishing@7", "append.freed@7",
 }
 
-describe("a shared-mode writer killed at a crash point under the lock", function()
+describe("a shared-mode writer killed at a crash point (under the lock, or in an append's reservation)", function()
     local tmp, pids
 
     before_each(function()

@@ -346,7 +346,8 @@ end
 -- Each operation has:
 --   fixture     the template (build_template)
 --   handles     what is open when it runs: log (a writer, sync =
---               "always"), sm (a manager), sm_copy (a copy-mode manager)
+--               "always"; shared mode with shared = true), sm (a
+--               manager), sm_copy (a copy-mode manager)
 --   undo        it cuts files back when it fails (the "!" cases)
 --   setup(c)    before arming: c holds the fixture (c.fx) and the handles
 --   run(c)      the operation
@@ -416,6 +417,21 @@ OPS.append = {
     handles = { log = true },
     undo = true,
     setup = function(c) c.recs = { fitting_record(c) } end,
+    run = append_recs,
+    returned = returned_offset,
+    log = one_more_record,
+    snaps = all_must,
+}
+
+-- The same in shared mode, where an append that needs no roll reserves
+-- its place under the lock and writes outside it (csrc/log.c, "Shared
+-- appends"): a failed write voids the reservation, and the files are cut
+-- back by name.
+OPS.append_shared = {
+    fixture = OPS.append.fixture,
+    handles = { log = true, shared = true },
+    undo = true,
+    setup = OPS.append.setup,
     run = append_recs,
     returned = returned_offset,
     log = one_more_record,
@@ -810,7 +826,9 @@ local function one_run(fx, op, case)
     local problems = {}
     local function bad(what, text) problems[#problems + 1] = { what, text } end
     local c = { fx = fx }
-    if op.handles.log then c.log = logs.open({ dir = fx.logdir, sync = "always" }, LOG_OPTS) end
+    if op.handles.log then
+        c.log = logs.open({ dir = fx.logdir, sync = "always", shared = op.handles.shared }, LOG_OPTS)
+    end
     if op.handles.sm then c.sm = assert(takhin.snapshot_manager(fx.logdir)) end
     if op.handles.sm_copy then c.sm_copy = assert(takhin.snapshot_manager(fx.logdir, { mode = "copy" })) end
     if op.setup then op.setup(c) end
