@@ -231,6 +231,14 @@ void tk_state_close(tk_state *st) {
 /* The lock                                                             */
 /* ------------------------------------------------------------------ */
 
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* The wait for the lock is in slices of 50 ms: a robust mutex can lose a
  * wake-up.  An unlock wakes waiter B; before B runs, writer A takes the
  * free lock on the fast path (which does not mark it contended); B is
@@ -241,6 +249,13 @@ void tk_state_close(tk_state *st) {
  * start when the lock is held.) */
 static int lock_slices(pthread_mutex_t *mu) {
     int rc = pthread_mutex_trylock(mu);
+    /* Held only for a moment most of the time (a shared append holds it
+     * to reserve, not to write): a short spin saves sleeping in the
+     * kernel and being woken. */
+    for (int i = 0; rc == EBUSY && i < 64; i++) {
+        for (int k = 0; k < 8; k++) cpu_relax();
+        rc = pthread_mutex_trylock(mu);
+    }
     while (rc == EBUSY || rc == ETIMEDOUT || rc == EINTR) {
         /* timedlock's clock is CLOCK_REALTIME: a step of the clock only
          * makes one slice shorter or longer. */
@@ -407,14 +422,6 @@ uint64_t tk_state_gen(const tk_state *st) { return __atomic_load_n(&st->sh->gen,
 /* ------------------------------------------------------------------ */
 /* Shared appends (log.c, "Shared appends")                             */
 /* ------------------------------------------------------------------ */
-
-static void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 void tk_state_frontier(const tk_state *st, tk_layout *f) {
     const tk_shared *sh = st->sh;

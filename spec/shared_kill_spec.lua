@@ -398,6 +398,60 @@ describe("a shared-mode writer killed at a crash point (under the lock, or in an
         end)
     end
 
+    -- One shared append killed at each step between its reservation and
+    -- passing the turn on, with nobody else appending: the next append
+    -- (this process's) reserves after it, finds it dead while waiting for
+    -- its turn, voids it and appends again -- at the dead one's offset,
+    -- unless the dead one had published already ("append.freed": its
+    -- record stays, it only never passed the turn on).  Either way the
+    -- active .log ends where the published records end (nothing of the
+    -- dead one's is left past it to come back at the next open), and a
+    -- fresh open of the files finds the same log.
+    local DEAD_APPENDS = {
+        { "append.reserved", false }, { "append.written", false },
+        { "append.publishing", false }, { "append.freed", true },
+    }
+    for _, case in ipairs(DEAD_APPENDS) do
+        local point, stays = case[1], case[2]
+        it("at " .. point .. " with nobody appending after it: the next append "
+           .. (stays and "follows its record" or "takes its offset") .. ", and no byte of it "
+           .. "is left past the end", function()
+            if skip then return pending(skip) end
+            local takhin = require("takhin")
+            local dir = tmp .. "/log"
+            local log = assert(takhin.open_log({ dir = dir, shared = true }))
+            for i = 1, 3 do assert.are.equal(i - 1, log:append("k", "before " .. i)) end
+            local vpid, vout = spawn_fault([[
+                local takhin = require("takhin")
+                local log = assert(takhin.open_log({ dir = arg[1], shared = true }))
+                log:append("k", "the victim's record")
+                io.stderr:write("never reached the crash point\n")
+                os.exit(5)
+            ]], { dir }, point)
+            assert.is_true(util.wait_exit(vpid, 3000), "the victim did not reach " .. point)
+            assert.is_nil(util.read_file(vout):find("never reached", 1, true), util.read_file(vout))
+            local want = { "before 1", "before 2", "before 3" }
+            if stays then want[#want + 1] = "the victim's record" end
+            want[#want + 1] = "after"
+            assert.are.equal(#want - 1, log:append("k", "after"))
+            local function check(h, where)
+                local got = {}
+                for rec in h:records() do got[#got + 1] = rec.value end
+                assert.are.same(want, got, where)
+                assert.are.equal(#want, h:high_water_mark(), where)
+                assert.are.equal(h:size(), util.file_size(dir .. "/" .. util.segment_name(0, "log")),
+                                 where .. ": the .log holds bytes past the published records")
+            end
+            check(log, "the handle that appended after")
+            log:close()
+            -- no handle open: the next open rebuilds .state from the files
+            local again = assert(takhin.open_log({ dir = dir, shared = true }))
+            check(again, "reopened from the files")
+            assert.are.equal(#want, again:append("k", "next"))
+            again:close()
+        end)
+    end
+
     -- A group-commit leader that dies but is not reaped -- its parent never
     -- waits: here a `sleep` the shell exec'd -- stays a zombie, which
     -- kill(pid, 0) still finds.  The next durable append must see it dead
