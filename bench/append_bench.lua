@@ -438,6 +438,16 @@ local function main()
     else
         skip_row("shared 2 procs / exclusive 1 proc", 0.8, "lua-system is missing")
     end
+    -- info: more processes than CPUs (nginx with other work on the
+    -- machine): a shared append reserves its place only while fewer are
+    -- under way than there are CPUs, else it appends under the lock
+    if has_system then
+        for _, k in ipairs({ 4, 8 }) do
+            add_pair(format("shared %d procs / exclusive 1 proc", k), nil,
+                     function() return (procs_rate(k, N, true, "none")) end,
+                     function() return (procs_rate(1, N, false, "none")) end)
+        end
+    end
     -- info: what two processes writing one file get from the kernel at
     -- best, and how close shared mode comes to it
     if C.exists(GROUP_COMMIT) then

@@ -1485,7 +1485,7 @@ static tk_code append_shared(tk_log *log, const tk_rec_in *recs, size_t n, int64
         tk_state_reserved_done(&log->st, slot, rc == TK_OK ? TK_RES_WRITTEN : TK_RES_FAILED);
         if (rc == TK_OK) {
             TK_FAULT("append.written");
-            turn = tk_state_wait_turn(&log->st, f.next, epoch);
+            turn = tk_state_wait_turn(&log->st, slot, f.next, epoch);
         } else {
             turn = -1;
         }

@@ -371,12 +371,30 @@ static void write_layout(tk_state *st, const tk_layout *l, int turn) {
     }
 }
 
-/* Wakes what waits for the turn to move (or for the epoch). */
-static void wake_turn(tk_state *st) {
+/* Wakes a reservation's maker sleeping for its turn. */
+static void wake_slot(tk_state *st, int k) {
+    tk_reservation *r = &st->sh->res[k];
+    if (__atomic_load_n(&r->sleeping, __ATOMIC_SEQ_CST)) {
+        __atomic_fetch_add(&r->wake, 1, __ATOMIC_SEQ_CST);
+        if (!st->is_private) futex_wake_all(&r->wake);
+    }
+}
+
+/* Wakes what waits for the turn to move: the drains (on turn_wake) and,
+ * with all, every maker (the epoch moved); else only the maker whose turn
+ * it is now -- one wake-up per publish, not one per waiter. */
+static int at_turn(const tk_shared *sh, int64_t turn);
+static void wake_turn(tk_state *st, int all) {
     tk_shared *sh = st->sh;
     if (__atomic_load_n(&sh->turn_waiters, __ATOMIC_SEQ_CST) > 0) {
         __atomic_fetch_add(&sh->turn_wake, 1, __ATOMIC_SEQ_CST);
         if (!st->is_private) futex_wake_all(&sh->turn_wake);
+    }
+    if (all) {
+        for (int k = 0; k < TK_STATE_RESERVATIONS; k++) wake_slot(st, k);
+    } else {
+        int k = at_turn(sh, __atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST));
+        if (k >= 0) wake_slot(st, k);
     }
 }
 
@@ -452,12 +470,29 @@ static int32_t my_pid(void) {
     return pid;
 }
 
+static int max_reservations(void) {
+    static int cached;
+    int n = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus < 2 ? 2 : cpus > TK_STATE_RESERVATIONS ? TK_STATE_RESERVATIONS : (int)cpus;
+        __atomic_store_n(&cached, n, __ATOMIC_RELAXED);
+    }
+    return n;
+}
+
 int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, uint32_t *epoch) {
     tk_shared *sh = st->sh;
-    int k;
+    int k = -1, used = 0;
     if (st->is_private) return -1;
-    for (k = 0; k < TK_STATE_RESERVATIONS && LOAD(&sh->res[k].pid) != 0; k++) {}
-    if (k == TK_STATE_RESERVATIONS) return -1;
+    for (int i = 0; i < TK_STATE_RESERVATIONS; i++) {
+        if (LOAD(&sh->res[i].pid) != 0) used++;
+        else if (k < 0) k = i;
+    }
+    /* At most one under way per CPU: a maker beyond that would mostly
+     * sleep for its turn, and every turn would then cost a wake-up.  It
+     * appends under the lock instead, which lets whoever runs go on. */
+    if (k < 0 || used >= max_reservations()) return -1;
     STORE(&sh->res[k].start, f->next);
     STORE(&sh->res[k].pos, f->size);
     STORE(&sh->res[k].idx_n, f->idx_n);
@@ -497,32 +532,37 @@ static int turn_stuck(const tk_shared *sh, int64_t turn, int *unclaimed) {
 
 /* One wait for the turn to move: spins first (the one before us is
  * usually on another CPU, a few microseconds from publishing), then
- * sleeps on turn_wake for at most 2 ms.  Returns 1 after a sleep that
- * timed out. */
-static int turn_nap(tk_state *st, int64_t turn, uint32_t epoch, int spun) {
+ * sleeps on word (with *flag raised: the publisher wakes only flagged
+ * sleepers) for at most 2 ms.  Returns 1 after a sleep that timed out. */
+static int turn_nap(tk_state *st, uint32_t *word, uint32_t *flag, int64_t turn, uint32_t epoch,
+                    int spun) {
     tk_shared *sh = st->sh;
     struct timespec nap = { 0, 2 * 1000000 };
     uint32_t w;
     int timed_out = 0;
     if (!spun) {
-        for (int i = 0; i < 2000; i++) {
+        for (int i = 0; i < 1000; i++) {
             if (__atomic_load_n(&sh->turn, __ATOMIC_ACQUIRE) != turn ||
                 __atomic_load_n(&sh->epoch, __ATOMIC_ACQUIRE) != epoch)
                 return 0;
             cpu_relax();
         }
     }
-    __atomic_fetch_add(&sh->turn_waiters, 1, __ATOMIC_SEQ_CST);
-    w = __atomic_load_n(&sh->turn_wake, __ATOMIC_SEQ_CST);
+    /* flag, then the word, then the turn; the publisher stores the turn,
+     * then reads the flag (all sequentially consistent): either it sees
+     * the flag and bumps the word, or we see the new turn. */
+    __atomic_fetch_add(flag, 1, __ATOMIC_SEQ_CST);
+    w = __atomic_load_n(word, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST) == turn &&
         __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST) == epoch)
-        timed_out = futex_wait(&sh->turn_wake, w, &nap) < 0 && errno == ETIMEDOUT;
-    __atomic_fetch_sub(&sh->turn_waiters, 1, __ATOMIC_SEQ_CST);
+        timed_out = futex_wait(word, w, &nap) < 0 && errno == ETIMEDOUT;
+    __atomic_fetch_sub(flag, 1, __ATOMIC_SEQ_CST);
     return timed_out;
 }
 
-int tk_state_wait_turn(tk_state *st, int64_t start, uint32_t epoch) {
+int tk_state_wait_turn(tk_state *st, int slot, int64_t start, uint32_t epoch) {
     tk_shared *sh = st->sh;
+    tk_reservation *r = &sh->res[slot];
     int spun = 0, unclaimed = 0;
     for (;;) {
         int64_t turn = __atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST);
@@ -530,7 +570,9 @@ int tk_state_wait_turn(tk_state *st, int64_t start, uint32_t epoch) {
          * at the same offset is seen as voided. */
         if (__atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST) != epoch) return 0;
         if (turn == start) return 1;
-        if (turn_nap(st, turn, epoch, spun++) && turn_stuck(sh, turn, &unclaimed)) return -1;
+        if (turn_nap(st, &r->wake, &r->sleeping, turn, epoch, spun++) &&
+            turn_stuck(sh, turn, &unclaimed))
+            return -1;
     }
 }
 
@@ -540,7 +582,7 @@ void tk_state_publish_turn(tk_state *st, int slot, const tk_layout *l) {
     STORE(&sh->res[slot].pid, 0);
     TK_FAULT("append.freed");
     __atomic_store_n(&sh->turn, l->next, __ATOMIC_SEQ_CST);
-    wake_turn(st);
+    wake_turn(st, 0);
 }
 
 int tk_state_drain(tk_state *st, int64_t own, uint64_t *pos, uint64_t *idx_n) {
@@ -558,7 +600,8 @@ int tk_state_drain(tk_state *st, int64_t own, uint64_t *pos, uint64_t *idx_n) {
             return 0;
         }
         if (turn == own || (k >= 0 && LOAD(&sh->res[k].state) == TK_RES_FAILED) ||
-            (turn_nap(st, turn, epoch, spun++) && turn_stuck(sh, turn, &unclaimed))) {
+            (turn_nap(st, &sh->turn_wake, &sh->turn_waiters, turn, epoch, spun++) &&
+             turn_stuck(sh, turn, &unclaimed))) {
             if ((k = at_turn(sh, turn)) >= 0) {
                 *pos = LOAD(&sh->res[k].pos);
                 *idx_n = LOAD(&sh->res[k].idx_n);
@@ -574,7 +617,7 @@ int tk_state_drain(tk_state *st, int64_t own, uint64_t *pos, uint64_t *idx_n) {
 void tk_state_void(tk_state *st) {
     tk_shared *sh = st->sh;
     __atomic_fetch_add(&sh->epoch, 1, __ATOMIC_SEQ_CST);
-    wake_turn(st);
+    wake_turn(st, 1);
     for (int k = 0; k < TK_STATE_RESERVATIONS; k++) {
         for (int i = 0; LOAD(&sh->res[k].pid) != 0 && LOAD(&sh->res[k].state) == TK_RES_RESERVED; i++) {
             if (i < 1000) { cpu_relax(); continue; }
@@ -589,7 +632,7 @@ void tk_state_voided(tk_state *st) {
     copy_layout(st->sh, &l);
     for (int k = 0; k < TK_STATE_RESERVATIONS; k++) STORE(&st->sh->res[k].pid, 0);
     reset_frontier(st, &l);
-    wake_turn(st);
+    wake_turn(st, 1);
 }
 
 /* ------------------------------------------------------------------ */

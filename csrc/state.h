@@ -97,6 +97,8 @@ typedef struct tk_reservation {
     uint64_t idx_n;         /* index entries of the segment before its own */
     int32_t pid;            /* who reserved it; 0: free */
     uint32_t state;         /* TK_RES_* */
+    uint32_t wake;          /* its maker sleeps here for its turn (futex) ... */
+    uint32_t sleeping;      /* ... and says so: a publisher wakes only the next */
 } tk_reservation;
 
 #define TK_RES_RESERVED 1u  /* its bytes may still be being written */
@@ -258,7 +260,7 @@ void tk_state_reserved_done(tk_state *st, int slot, uint32_t state);
  * is ours to publish, 0 when it was voided (epoch moved: append again),
  * -1 when the one before it is stuck -- its process died, or its write
  * failed: take the lock (writer_enter drains, voiding it and us). */
-int tk_state_wait_turn(tk_state *st, int64_t start, uint32_t epoch);
+int tk_state_wait_turn(tk_state *st, int slot, int64_t start, uint32_t epoch);
 
 /* Publishes l at our turn (no lock: nobody else may publish now), frees
  * the slot and passes the turn on. */
