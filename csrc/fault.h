@@ -3,7 +3,8 @@
  *
  * Built with -DTK_FAULT_INJECTION (the `make` variable FAULT=1, never the
  * normal build), TK_FAULT("create.renamed") kills the process with SIGKILL
- * when the environment variable TAKHIN_FAULT names that step.  Specs use it
+ * when the environment variable TAKHIN_FAULT names that step ("step", or
+ * "step@N" for the Nth time this process reaches it).  Specs use it
  * to stop a child at every named step of a protocol and check what a new
  * process finds.  In a normal build the macro is empty.
  */

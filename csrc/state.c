@@ -398,16 +398,20 @@ static void wake_turn(tk_state *st, int all) {
     }
 }
 
-/* No reservation is under way (the caller holds the lock and drained
- * them): the frontier is the layout. */
-static void reset_frontier(tk_state *st, const tk_layout *l) {
-    tk_shared *sh = st->sh;
+/* The frontier takes l's active segment (caller holds the lock). */
+static void store_frontier(tk_shared *sh, const tk_layout *l) {
     STORE(&sh->res_size, l->size);
     STORE(&sh->res_idx_n, l->idx_n);
     STORE(&sh->res_since, l->since);
     STORE(&sh->res_max_ts, l->max_ts);
-    STORE(&sh->res_next, l->next);
-    __atomic_store_n(&sh->turn, l->next, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&sh->res_next, l->next, __ATOMIC_SEQ_CST);
+}
+
+/* No reservation is under way (the caller holds the lock and drained
+ * them): the frontier is the layout. */
+static void reset_frontier(tk_state *st, const tk_layout *l) {
+    store_frontier(st->sh, l);
+    __atomic_store_n(&st->sh->turn, l->next, __ATOMIC_SEQ_CST);
 }
 
 void tk_state_publish(tk_state *st, const tk_layout *l) {
@@ -498,11 +502,7 @@ int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, u
     STORE(&sh->res[k].idx_n, f->idx_n);
     STORE(&sh->res[k].state, TK_RES_RESERVED);
     STORE(&sh->res[k].pid, my_pid());
-    STORE(&sh->res_size, after->size);
-    STORE(&sh->res_idx_n, after->idx_n);
-    STORE(&sh->res_since, after->since);
-    STORE(&sh->res_max_ts, after->max_ts);
-    __atomic_store_n(&sh->res_next, after->next, __ATOMIC_SEQ_CST);
+    store_frontier(sh, after);
     *epoch = __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST);
     return k;
 }
