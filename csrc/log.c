@@ -104,6 +104,11 @@ struct tk_log {
     tk_watch watch;                     /* on the active .log (watch.h) */
     int64_t own_res;                    /* under wmu: this handle's reservation, while it
                                            takes the lock to void the one before it */
+    struct {                            /* under wmu: when the layout last matched the view
+                                           for a reservation (reserve_locked) */
+        uint64_t rgen, gen;
+        int64_t base, start;
+    } ok;
 };
 
 struct tk_iter {
@@ -1358,29 +1363,42 @@ static int log_unshared(tk_log *log, tk_segment *a) {
 
 /* Under the lock: reserves room for recs at the frontier and frames them
  * into wbuf.  *slot is -1 when this append needs the locked path. */
-static tk_code reserve_locked(tk_log *log, const tk_rec_in *recs, size_t n, pending *pd,
-                              size_t *len, tk_layout *f, tk_layout *after, int *slot,
-                              uint32_t *epoch, tk_err *err) {
+static tk_code reserve_locked(tk_log *log, const tk_rec_in *recs, size_t n, int64_t now,
+                              pending *pd, size_t *len, tk_layout *f, tk_layout *after,
+                              int *slot, uint32_t *epoch, tk_err *err) {
     tk_layout l;
     tk_segment *a;
     frame_at at;
     size_t j;
     tk_code rc;
+    uint64_t rgen = tk_state_res_gen(&log->st);
     *slot = -1;
     if (log->nsegs == 0 || log->o.retention_discard_new || tk_state_torn(&log->st)) return TK_OK;
     a = active(log);
-    tk_state_copy(&log->st, &l);
-    if (!(l.flags & TK_LAYOUT_CHECKED) || (l.gen & 1) || l.gen != log->gen ||
-        l.active_base != a->base || l.start != log->start || !a->writable || a->log_fd < 0 ||
-        a->idx_fd < 0 || a->tim_fd < 0 || !log_unshared(log, a))
+    if (!a->writable || a->log_fd < 0 || a->idx_fd < 0 || a->tim_fd < 0 || !log_unshared(log, a))
         return TK_OK;
+    /* The layout's generation, start, active segment and flags against
+     * this view: looked at only when a publish under the lock may have
+     * changed them since the last time they matched (the layout's line
+     * is written by every publish; this saves reading it). */
+    if (rgen != log->ok.rgen || log->gen != log->ok.gen || a->base != log->ok.base ||
+        log->start != log->ok.start) {
+        tk_state_copy(&log->st, &l);
+        if (!(l.flags & TK_LAYOUT_CHECKED) || (l.gen & 1) || l.gen != log->gen ||
+            l.active_base != a->base || l.start != log->start)
+            return TK_OK;
+        log->ok.rgen = rgen;
+        log->ok.gen = log->gen;
+        log->ok.base = a->base;
+        log->ok.start = log->start;
+    }
     tk_state_frontier(&log->st, f);
     at.base = a->base;
     at.next = f->next;
     at.size = f->size;
     at.ws.since = f->since;
     at.ws.max_ts = f->max_ts;
-    if ((rc = frame_chunk(log, &at, recs, 0, n, &j, len, pd, now_ms(), err)) != TK_OK) return rc;
+    if ((rc = frame_chunk(log, &at, recs, 0, n, &j, len, pd, now, err)) != TK_OK) return rc;
     if (j < n || (f->size > 0 && f->size + *len > log->o.max_segment_size)) return TK_OK;
     if (pd->ix.n > 0 && (tk_link_count(a->idx_fd) > 1 || tk_link_count(a->tim_fd) > 1))
         return TK_OK;
@@ -1462,10 +1480,11 @@ static tk_code append_shared(tk_log *log, const tk_rec_in *recs, size_t n, int64
         int repair, slot = -1, turn;
         uint32_t epoch = 0;
         tk_segment *a;
+        int64_t now = now_ms();             /* read outside the lock */
         tk_code rc = tk_state_lock(&log->st, log->dir, &repair, err);
         if (rc != TK_OK) return rc;
         if (!repair && tries < 100)
-            rc = reserve_locked(log, recs, n, &pd, &len, &f, &after, &slot, &epoch, err);
+            rc = reserve_locked(log, recs, n, now, &pd, &len, &f, &after, &slot, &epoch, err);
         if (rc != TK_OK || slot < 0) {
             tk_index_free(&pd.ix);
             if (rc != TK_OK) {
@@ -1674,9 +1693,7 @@ tk_code tk_log_append(tk_log *log, const tk_rec_in *recs, size_t n, int64_t *fir
         uint64_t bytes = 0;
         for (size_t i = 0; i < n; i++)
             bytes += tk_rec_size(recs[i].has_key ? recs[i].key_len : 0, recs[i].value_len);
-        tk_state_count(&log->st, TK_C_APPENDS, 1);
-        tk_state_count(&log->st, TK_C_RECORDS, n);
-        tk_state_count(&log->st, TK_C_BYTES, bytes);
+        tk_state_count_append(&log->st, n, bytes);
     }
     return counted(log, rc);
 }

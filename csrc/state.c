@@ -254,6 +254,10 @@ static int lock_slices(pthread_mutex_t *mu) {
      * kernel and being woken. */
     for (int i = 0; rc == EBUSY && i < 64; i++) {
         for (int k = 0; k < 8; k++) cpu_relax();
+#ifdef __GLIBC__
+        /* look before trying: a failed try takes the line from the holder */
+        if (__atomic_load_n(&mu->__data.__lock, __ATOMIC_RELAXED) != 0) continue;
+#endif
         rc = pthread_mutex_trylock(mu);
     }
     while (rc == EBUSY || rc == ETIMEDOUT || rc == EINTR) {
@@ -390,7 +394,9 @@ static void wake_turn(tk_state *st, int all) {
         __atomic_fetch_add(&sh->turn_wake, 1, __ATOMIC_SEQ_CST);
         if (!st->is_private) futex_wake_all(&sh->turn_wake);
     }
-    if (all) {
+    if (__atomic_load_n(&sh->sleepers, __ATOMIC_SEQ_CST) == 0) {
+        /* nobody asleep (then no slot's line is read) */
+    } else if (all) {
         for (int k = 0; k < TK_STATE_RESERVATIONS; k++) wake_slot(st, k);
     } else {
         int k = at_turn(sh, __atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST));
@@ -417,6 +423,7 @@ static void reset_frontier(tk_state *st, const tk_layout *l) {
 void tk_state_publish(tk_state *st, const tk_layout *l) {
     write_layout(st, l, 0);
     reset_frontier(st, l);
+    STORE(&st->sh->res_gen, LOAD(&st->sh->res_gen) + 1);
 }
 
 void tk_state_begin_change(tk_state *st, tk_layout *l) {
@@ -445,9 +452,10 @@ uint64_t tk_state_gen(const tk_state *st) { return __atomic_load_n(&st->sh->gen,
 /* Shared appends (log.c, "Shared appends")                             */
 /* ------------------------------------------------------------------ */
 
+uint64_t tk_state_res_gen(const tk_state *st) { return LOAD(&st->sh->res_gen); }
+
 void tk_state_frontier(const tk_state *st, tk_layout *f) {
     const tk_shared *sh = st->sh;
-    copy_layout(sh, f);
     f->next = LOAD(&sh->res_next);
     f->size = LOAD(&sh->res_size);
     f->idx_n = LOAD(&sh->res_idx_n);
@@ -487,35 +495,42 @@ static int max_reservations(void) {
 
 int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, uint32_t *epoch) {
     tk_shared *sh = st->sh;
-    int k = -1, used = 0;
+    uint32_t used = LOAD(&sh->res_used);
+    int k;
     if (st->is_private) return -1;
-    for (int i = 0; i < TK_STATE_RESERVATIONS; i++) {
-        if (LOAD(&sh->res[i].pid) != 0) used++;
-        else if (k < 0) k = i;
-    }
     /* At most one under way per CPU: a maker beyond that would mostly
      * sleep for its turn, and every turn would then cost a wake-up.  It
      * appends under the lock instead, which lets whoever runs go on. */
-    if (k < 0 || used >= max_reservations()) return -1;
+    if (__builtin_popcount(used) >= max_reservations()) return -1;
+    k = __builtin_ctz(~used);
     STORE(&sh->res[k].start, f->next);
     STORE(&sh->res[k].pos, f->size);
     STORE(&sh->res[k].idx_n, f->idx_n);
     STORE(&sh->res[k].state, TK_RES_RESERVED);
     STORE(&sh->res[k].pid, my_pid());
+    __atomic_fetch_or(&sh->res_used, 1u << k, __ATOMIC_SEQ_CST);
     store_frontier(sh, after);
     *epoch = __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST);
     return k;
 }
 
 void tk_state_reserved_done(tk_state *st, int slot, uint32_t state) {
-    __atomic_store_n(&st->sh->res[slot].state, state, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&st->sh->res[slot].state, state, __ATOMIC_RELEASE);
 }
 
 /* The reservation at the turn, or -1. */
 static int at_turn(const tk_shared *sh, int64_t turn) {
-    for (int k = 0; k < TK_STATE_RESERVATIONS; k++)
+    for (uint32_t used = LOAD(&sh->res_used); used; used &= used - 1) {
+        int k = __builtin_ctz(used);
         if (LOAD(&sh->res[k].pid) != 0 && LOAD(&sh->res[k].start) == turn) return k;
+    }
     return -1;
+}
+
+/* Every slot free (caller holds the lock; none is under way). */
+static void free_slots(tk_shared *sh) {
+    for (int k = 0; k < TK_STATE_RESERVATIONS; k++) STORE(&sh->res[k].pid, 0);
+    __atomic_store_n(&sh->res_used, 0u, __ATOMIC_SEQ_CST);
 }
 
 /* Whether the reservation at the turn will never publish: its write
@@ -534,8 +549,8 @@ static int turn_stuck(const tk_shared *sh, int64_t turn, int *unclaimed) {
  * usually on another CPU, a few microseconds from publishing), then
  * sleeps on word (with *flag raised: the publisher wakes only flagged
  * sleepers) for at most 2 ms.  Returns 1 after a sleep that timed out. */
-static int turn_nap(tk_state *st, uint32_t *word, uint32_t *flag, int64_t turn, uint32_t epoch,
-                    int spun) {
+static int turn_nap(tk_state *st, uint32_t *word, uint32_t *flag, uint32_t *all, int64_t turn,
+                    uint32_t epoch, int spun) {
     tk_shared *sh = st->sh;
     struct timespec nap = { 0, 2 * 1000000 };
     uint32_t w;
@@ -552,10 +567,12 @@ static int turn_nap(tk_state *st, uint32_t *word, uint32_t *flag, int64_t turn, 
      * then reads the flag (all sequentially consistent): either it sees
      * the flag and bumps the word, or we see the new turn. */
     __atomic_fetch_add(flag, 1, __ATOMIC_SEQ_CST);
+    if (all) __atomic_fetch_add(all, 1, __ATOMIC_SEQ_CST);
     w = __atomic_load_n(word, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&sh->turn, __ATOMIC_SEQ_CST) == turn &&
         __atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST) == epoch)
         timed_out = futex_wait(word, w, &nap) < 0 && errno == ETIMEDOUT;
+    if (all) __atomic_fetch_sub(all, 1, __ATOMIC_SEQ_CST);
     __atomic_fetch_sub(flag, 1, __ATOMIC_SEQ_CST);
     return timed_out;
 }
@@ -570,7 +587,7 @@ int tk_state_wait_turn(tk_state *st, int slot, int64_t start, uint32_t epoch) {
          * at the same offset is seen as voided. */
         if (__atomic_load_n(&sh->epoch, __ATOMIC_SEQ_CST) != epoch) return 0;
         if (turn == start) return 1;
-        if (turn_nap(st, &r->wake, &r->sleeping, turn, epoch, spun++) &&
+        if (turn_nap(st, &r->wake, &r->sleeping, &sh->sleepers, turn, epoch, spun++) &&
             turn_stuck(sh, turn, &unclaimed))
             return -1;
     }
@@ -580,6 +597,7 @@ void tk_state_publish_turn(tk_state *st, int slot, const tk_layout *l) {
     tk_shared *sh = st->sh;
     write_layout(st, l, 1);
     STORE(&sh->res[slot].pid, 0);
+    __atomic_fetch_and(&sh->res_used, ~(1u << slot), __ATOMIC_SEQ_CST);
     TK_FAULT("append.freed");
     __atomic_store_n(&sh->turn, l->next, __ATOMIC_SEQ_CST);
     wake_turn(st, 0);
@@ -596,11 +614,11 @@ int tk_state_drain(tk_state *st, int64_t own, uint64_t *pos, uint64_t *idx_n) {
         if (turn == __atomic_load_n(&sh->res_next, __ATOMIC_SEQ_CST)) {
             /* None under way.  A slot still taken is that of a maker
              * killed between taking it and moving the frontier. */
-            for (k = 0; k < TK_STATE_RESERVATIONS; k++) STORE(&sh->res[k].pid, 0);
+            free_slots(sh);
             return 0;
         }
         if (turn == own || (k >= 0 && LOAD(&sh->res[k].state) == TK_RES_FAILED) ||
-            (turn_nap(st, &sh->turn_wake, &sh->turn_waiters, turn, epoch, spun++) &&
+            (turn_nap(st, &sh->turn_wake, &sh->turn_waiters, NULL, turn, epoch, spun++) &&
              turn_stuck(sh, turn, &unclaimed))) {
             if ((k = at_turn(sh, turn)) >= 0) {
                 *pos = LOAD(&sh->res[k].pos);
@@ -630,7 +648,7 @@ void tk_state_void(tk_state *st) {
 void tk_state_voided(tk_state *st) {
     tk_layout l;
     copy_layout(st->sh, &l);
-    for (int k = 0; k < TK_STATE_RESERVATIONS; k++) STORE(&st->sh->res[k].pid, 0);
+    free_slots(st->sh);
     reset_frontier(st, &l);
     wake_turn(st, 1);
 }
@@ -833,8 +851,32 @@ void tk_state_count(tk_state *st, int counter, uint64_t n) {
     if (st->sh) __atomic_fetch_add(&st->sh->counters[counter], n, __ATOMIC_RELAXED);
 }
 
+void tk_state_count_append(tk_state *st, uint64_t records, uint64_t bytes) {
+    uint64_t *c;
+    if (!st->sh) return;
+    if (st->slot < 0 || st->slot >= TK_STATE_WCOUNTED) {
+        tk_state_count(st, TK_C_APPENDS, 1);
+        tk_state_count(st, TK_C_RECORDS, records);
+        tk_state_count(st, TK_C_BYTES, bytes);
+        return;
+    }
+    c = st->sh->wcount[st->slot].c;
+    __atomic_fetch_add(&c[0], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&c[1], records, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&c[2], bytes, __ATOMIC_RELAXED);
+}
+
+_Static_assert(TK_C_APPENDS == 0 && TK_C_RECORDS == 1 && TK_C_BYTES == 2,
+               "wcount's order is the counters'");
+
 uint64_t tk_state_counter(const tk_state *st, int counter) {
-    return st->sh ? __atomic_load_n(&st->sh->counters[counter], __ATOMIC_RELAXED) : 0;
+    uint64_t v;
+    if (!st->sh) return 0;
+    v = __atomic_load_n(&st->sh->counters[counter], __ATOMIC_RELAXED);
+    if (counter <= TK_C_BYTES && !st->is_private)
+        for (int i = 0; i < TK_STATE_WCOUNTED; i++)
+            v += __atomic_load_n(&st->sh->wcount[i].c[counter], __ATOMIC_RELAXED);
+    return v;
 }
 
 int tk_state_fsync(tk_state *st, int fd, int full) {

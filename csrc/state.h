@@ -57,6 +57,7 @@
 #define TK_STATE_WRITERS 32         /* pid slots for shared writers */
 #define TK_STATE_COUNTERS 96
 #define TK_STATE_RESERVATIONS 16    /* shared appends under way at once */
+#define TK_STATE_WCOUNTED 16        /* writer slots with append counters of their own */
 
 /* The counters behind tk_log_stats, by index into tk_shared.counters. */
 enum {
@@ -91,7 +92,7 @@ typedef struct tk_layout {
 
 /* A shared append under way (tk_state_reserve): where it starts, and who
  * makes it.  Free when pid is 0. */
-typedef struct tk_reservation {
+typedef struct __attribute__((aligned(64))) tk_reservation {   /* a line each */
     int64_t start;          /* its first offset */
     uint64_t pos;           /* where its bytes go in the active .log */
     uint64_t idx_n;         /* index entries of the segment before its own */
@@ -155,11 +156,21 @@ typedef struct tk_shared {
     int64_t res_next __attribute__((aligned(64)));
     uint64_t res_size, res_idx_n, res_since;
     int64_t res_max_ts;
-    int64_t turn;
+    uint32_t res_used;              /* a bit per taken slot of res[] */
+    uint64_t res_gen;               /* moves with every publish under mu (what a
+                                       reserving writer checked may have changed) */
+    int64_t turn __attribute__((aligned(64)));     /* its own line: waiters spin on it */
     uint32_t epoch;
     uint32_t turn_wake, turn_waiters;
+    uint32_t sleepers;              /* makers asleep for their turn, all slots */
     tk_reservation res[TK_STATE_RESERVATIONS] __attribute__((aligned(64)));
     int32_t writers[TK_STATE_WRITERS] __attribute__((aligned(64)));
+    /* appends, records and bytes of the shared writers in the first
+     * TK_STATE_WCOUNTED pid slots, a line each (two writers adding to one
+     * line would pass it back and forth on every append); the counters
+     * below hold everyone else's.  Never reset but with the file: a slot
+     * taken over from a dead writer goes on from its sums. */
+    struct { uint64_t c[3]; } __attribute__((aligned(64))) wcount[TK_STATE_WCOUNTED];
     uint64_t counters[TK_STATE_COUNTERS] __attribute__((aligned(64)));
 } tk_shared;
 
@@ -242,10 +253,15 @@ int tk_state_wait(tk_state *st, int64_t offset, int64_t timeout_ms);
 typedef int (*tk_sync_fn)(void *ud, int64_t *target);
 int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud);
 
-/* Shared appends (see log.c).  The frontier as a layout: the published
- * one with next, size, idx_n, since and max_ts moved past every
- * reservation (caller holds the lock). */
+/* Shared appends (see log.c).  The frontier: the active segment's next,
+ * size, idx_n, since and max_ts (only those fields of f) once every
+ * reservation is published (caller holds the lock). */
 void tk_state_frontier(const tk_state *st, tk_layout *f);
+
+/* Moves with every publish made under the lock (tk_state_publish): while
+ * it stays, the layout's generation, start, active segment and flags do
+ * too.  Caller holds the lock. */
+uint64_t tk_state_res_gen(const tk_state *st);
 
 /* Reserves [f->next, after->next): records the reservation, moves the
  * frontier to `after` and returns its slot (-1 when every slot is taken:
@@ -296,6 +312,10 @@ uint32_t tk_state_durable_writers(const tk_state *st);
 
 /* Counters (tk_log_stats): atomic adds, shared by every process. */
 void tk_state_count(tk_state *st, int counter, uint64_t n);
+
+/* An append of records records, bytes bytes: TK_C_APPENDS, TK_C_RECORDS
+ * and TK_C_BYTES, in this writer's own line when it has one. */
+void tk_state_count_append(tk_state *st, uint64_t records, uint64_t bytes);
 uint64_t tk_state_counter(const tk_state *st, int counter);
 
 /* Runs fdatasync (or fsync when full) on fd and counts it, with its
