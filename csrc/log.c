@@ -680,9 +680,9 @@ static tk_code cut_voided(tk_log *log, uint64_t pos, uint64_t idx_n, tk_err *err
  * sees them as published.  One that never will -- its process died, or
  * its write failed -- is voided with every one after it: their makers
  * append again (or report the failure), and the files are cut back to
- * where it began.  Sets *repair when the layout needs rebuilding after
- * (a maker died inside the seqlock). */
-static void drain_locked(tk_log *log, int *repair) {
+ * where it began.  (A maker that died inside the seqlock left it odd:
+ * writer_locked rebuilds the layout from the cut files.) */
+static void drain_locked(tk_log *log) {
     uint64_t pos, idx_n;
     while (tk_state_drain(&log->st, log->own_res, &pos, &idx_n)) {
         tk_err scratch;
@@ -692,8 +692,6 @@ static void drain_locked(tk_log *log, int *repair) {
          * are written over. */
         if (cut_voided(log, pos, idx_n, &scratch) != TK_OK) tk_state_set_torn(&log->st, 1);
         tk_state_voided(&log->st);
-        tk_state_count(&log->st, TK_C_VOIDED, 1);
-        if (tk_state_is_stale(&log->st) || tk_state_seq_odd(&log->st)) *repair = 1;
     }
 }
 
@@ -703,7 +701,7 @@ static void drain_locked(tk_log *log, int *repair) {
 static tk_code writer_locked(tk_log *log, int repair, tk_err *err) {
     tk_layout l;
     tk_code rc = TK_OK;
-    drain_locked(log, &repair);
+    drain_locked(log);
     if (tk_state_seq_odd(&log->st)) repair = 1;     /* a holder died publishing */
     tk_state_copy(&log->st, &l);
     if (repair || (is_writer(log) && !(l.flags & TK_LAYOUT_CHECKED)))
@@ -1393,11 +1391,7 @@ static tk_code reserve_locked(tk_log *log, const tk_rec_in *recs, size_t n, int6
         log->ok.start = log->start;
     }
     tk_state_frontier(&log->st, f);
-    at.base = a->base;
-    at.next = f->next;
-    at.size = f->size;
-    at.ws.since = f->since;
-    at.ws.max_ts = f->max_ts;
+    at = (frame_at){ a->base, f->next, f->size, { f->since, f->max_ts } };
     if ((rc = frame_chunk(log, &at, recs, 0, n, &j, len, pd, now, err)) != TK_OK) return rc;
     if (j < n || (f->size > 0 && f->size + *len > log->o.max_segment_size)) return TK_OK;
     if (pd->ix.n > 0 && (tk_link_count(a->idx_fd) > 1 || tk_link_count(a->tim_fd) > 1))

@@ -40,6 +40,23 @@ _Static_assert(TK_C_END <= TK_STATE_COUNTERS, "the counters must fit");
 #define LOAD_ACQ(p)  __atomic_load_n(p, __ATOMIC_ACQUIRE)
 #define STORE(p, v)  __atomic_store_n(p, v, __ATOMIC_RELEASE)
 
+/* getpid(2) is a system call (glibc stopped caching it): the pid is kept,
+ * and forgotten in a forked child. */
+static int32_t my_pid_cache;
+static pthread_once_t my_pid_once = PTHREAD_ONCE_INIT;
+static void forget_pid(void) { __atomic_store_n(&my_pid_cache, 0, __ATOMIC_RELAXED); }
+static void register_forget(void) { pthread_atfork(NULL, NULL, forget_pid); }
+
+static int32_t my_pid(void) {
+    int32_t pid = __atomic_load_n(&my_pid_cache, __ATOMIC_RELAXED);
+    if (pid == 0) {
+        pthread_once(&my_pid_once, register_forget);
+        pid = (int32_t)getpid();
+        __atomic_store_n(&my_pid_cache, pid, __ATOMIC_RELAXED);
+    }
+    return pid;
+}
+
 /* ------------------------------------------------------------------ */
 /* futex                                                                */
 /* ------------------------------------------------------------------ */
@@ -375,6 +392,15 @@ static void write_layout(tk_state *st, const tk_layout *l, int turn) {
     }
 }
 
+/* The reservation at the turn, or -1. */
+static int at_turn(const tk_shared *sh, int64_t turn) {
+    for (uint32_t used = LOAD(&sh->res_used); used; used &= used - 1) {
+        int k = __builtin_ctz(used);
+        if (LOAD(&sh->res[k].pid) != 0 && LOAD(&sh->res[k].start) == turn) return k;
+    }
+    return -1;
+}
+
 /* Wakes a reservation's maker sleeping for its turn. */
 static void wake_slot(tk_state *st, int k) {
     tk_reservation *r = &st->sh->res[k];
@@ -387,7 +413,6 @@ static void wake_slot(tk_state *st, int k) {
 /* Wakes what waits for the turn to move: the drains (on turn_wake) and,
  * with all, every maker (the epoch moved); else only the maker whose turn
  * it is now -- one wake-up per publish, not one per waiter. */
-static int at_turn(const tk_shared *sh, int64_t turn);
 static void wake_turn(tk_state *st, int all) {
     tk_shared *sh = st->sh;
     if (__atomic_load_n(&sh->turn_waiters, __ATOMIC_SEQ_CST) > 0) {
@@ -463,25 +488,6 @@ void tk_state_frontier(const tk_state *st, tk_layout *f) {
     f->max_ts = LOAD(&sh->res_max_ts);
 }
 
-/* The slot is filled before the frontier moves: a maker killed in between
- * leaves a slot at the frontier, which tk_state_drain frees. */
-/* getpid(2) is a system call (glibc stopped caching it): the pid is kept,
- * and forgotten in a forked child. */
-static int32_t my_pid_cache;
-static pthread_once_t my_pid_once = PTHREAD_ONCE_INIT;
-static void forget_pid(void) { __atomic_store_n(&my_pid_cache, 0, __ATOMIC_RELAXED); }
-static void register_forget(void) { pthread_atfork(NULL, NULL, forget_pid); }
-
-static int32_t my_pid(void) {
-    int32_t pid = __atomic_load_n(&my_pid_cache, __ATOMIC_RELAXED);
-    if (pid == 0) {
-        pthread_once(&my_pid_once, register_forget);
-        pid = (int32_t)getpid();
-        __atomic_store_n(&my_pid_cache, pid, __ATOMIC_RELAXED);
-    }
-    return pid;
-}
-
 static int max_reservations(void) {
     static int cached;
     int n = __atomic_load_n(&cached, __ATOMIC_RELAXED);
@@ -493,6 +499,8 @@ static int max_reservations(void) {
     return n;
 }
 
+/* The slot is filled before the frontier moves: a maker killed in between
+ * leaves a slot at the frontier, which tk_state_drain frees. */
 int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, uint32_t *epoch) {
     tk_shared *sh = st->sh;
     uint32_t used = LOAD(&sh->res_used);
@@ -516,15 +524,6 @@ int tk_state_reserve(tk_state *st, const tk_layout *f, const tk_layout *after, u
 
 void tk_state_reserved_done(tk_state *st, int slot, uint32_t state) {
     __atomic_store_n(&st->sh->res[slot].state, state, __ATOMIC_RELEASE);
-}
-
-/* The reservation at the turn, or -1. */
-static int at_turn(const tk_shared *sh, int64_t turn) {
-    for (uint32_t used = LOAD(&sh->res_used); used; used &= used - 1) {
-        int k = __builtin_ctz(used);
-        if (LOAD(&sh->res[k].pid) != 0 && LOAD(&sh->res[k].start) == turn) return k;
-    }
-    return -1;
 }
 
 /* Every slot free (caller holds the lock; none is under way). */
@@ -805,7 +804,7 @@ static void gather(tk_shared *sh) {
 
 int tk_state_group_commit(tk_state *st, int64_t end, tk_sync_fn sync, void *ud) {
     tk_shared *sh = st->sh;
-    int32_t me = (int32_t)getpid();
+    int32_t me = my_pid();
     for (;;) {
         int32_t holder = 0;
         uint32_t w = __atomic_load_n(&sh->sync_wake, __ATOMIC_SEQ_CST);
@@ -902,7 +901,7 @@ int tk_state_fsync(tk_state *st, int fd, int full) {
 /* ------------------------------------------------------------------ */
 
 void tk_state_add_writer(tk_state *st) {
-    int32_t pid = (int32_t)getpid();
+    int32_t pid = my_pid();
     if (st->is_private || !st->sh) return;
     for (int i = 0; i < TK_STATE_WRITERS; i++) {
         int32_t cur = __atomic_load_n(&st->sh->writers[i], __ATOMIC_RELAXED);

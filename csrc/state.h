@@ -62,7 +62,7 @@
 /* The counters behind tk_log_stats, by index into tk_shared.counters. */
 enum {
     TK_C_APPENDS, TK_C_RECORDS, TK_C_BYTES, TK_C_READS, TK_C_FSYNCS, TK_C_FSYNC_US,
-    TK_C_ROLLS, TK_C_TRUNCATES, TK_C_SEGMENTS_DELETED, TK_C_CURSOR_COMMITS, TK_C_VOIDED,
+    TK_C_ROLLS, TK_C_TRUNCATES, TK_C_SEGMENTS_DELETED, TK_C_CURSOR_COMMITS,
     TK_C_FSYNC_BUCKET0,                             /* TK_FSYNC_BUCKETS of them */
     TK_C_ERROR0 = TK_C_FSYNC_BUCKET0 + TK_FSYNC_BUCKETS,   /* TK_CODE_COUNT of them */
     TK_C_END = TK_C_ERROR0 + TK_CODE_COUNT
